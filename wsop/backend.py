@@ -1,0 +1,69 @@
+"""Connecting to Redis: a standalone server, a Redis Cluster, or the embedded default.
+
+The URL decides: `redis://`, `rediss://`, `unix://` for one server, and
+`redis+cluster://host:port` (or `rediss+cluster://`) for a cluster, reached
+through any one of its nodes. No URL means the embedded default.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import redis
+from redis.cluster import RedisCluster
+
+from wsop.errors import BackendUnavailable, UsageError
+
+RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 - used at runtime in isinstance
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+PLAIN_SCHEMES = {"redis", "rediss", "unix"}
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to use: the explicit one, `WSOP_REDIS_URL`, else start/reuse the embedded one."""
+    if url:
+        return url
+    env = os.environ.get("WSOP_REDIS_URL")
+    if env:
+        return env
+    from wsop.local.embedded import ensure_running
+
+    return ensure_running()
+
+
+def connect(url: str | None = None, *, check: bool = True) -> RedisClient:
+    """A client for `url` that has answered PING (unless `check` is off).
+
+    Unreachable servers fail here with the URL in the message, not deep inside a
+    command with a socket error.
+    """
+    target = resolve_url(url)
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        raise UsageError(f"not a Redis URL: {target!r} (expected redis://host:port)")
+    try:
+        if scheme in CLUSTER_SCHEMES:
+            client: RedisClient = RedisCluster.from_url(
+                f"{CLUSTER_SCHEMES[scheme]}://{rest}", socket_timeout=10
+            )
+        elif scheme in PLAIN_SCHEMES:
+            client = redis.Redis.from_url(target, socket_timeout=30)
+        else:
+            raise UsageError(
+                f"unsupported Redis URL scheme {scheme!r} in {target!r} "
+                "(use redis://, rediss://, unix:// or redis+cluster://)"
+            )
+        if check:
+            client.ping()
+    except UsageError:
+        raise
+    except (redis.RedisError, OSError, ValueError, IndexError) as exc:
+        raise BackendUnavailable(f"cannot reach Redis at {target}: {_reason(exc)}") from exc
+    return client
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,1 @@
+"""The `wsop` command line: one module per command group, registered in `main`."""

@@ -1,0 +1,71 @@
+"""The Typer plumbing every command group shares: error-to-exit-code mapping, common options.
+
+Errors are mapped here and nowhere else: a `WsopError` becomes one line on stderr and
+its exit code; anything unexpected becomes one line too (set WSOP_DEBUG=1 for the
+traceback), so users never see a stack trace for a bad input.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import click
+import redis
+import typer
+from typer.core import TyperGroup
+
+from wsop.errors import BackendError, BackendUnavailable, WsopError
+from wsop.cli.output import JSON_OPTION_HELP, err_console
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+class WsopGroup(TyperGroup):
+    """A Typer group that turns library errors into exit codes (once, at the root)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except WsopError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except redis.ConnectionError as exc:
+            raise fail(str(BackendUnavailable(f"lost the Redis connection: {exc}")), 1) from None
+        except redis.RedisError as exc:
+            raise fail(str(BackendError(f"Redis error: {exc}")), 1) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except Exception as exc:
+            if os.environ.get("WSOP_DEBUG"):
+                raise
+            name = type(exc).__name__
+            raise fail(f"internal error ({name}): {exc} — rerun with WSOP_DEBUG=1", 1) from None
+
+
+def new_app(help_text: str) -> typer.Typer:
+    """A command group with wsop's conventions (no pretty tracebacks, -h, no completion)."""
+    return typer.Typer(
+        help=help_text,
+        cls=WsopGroup,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_OPTION_HELP)]
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        envvar="WSOP_REDIS_URL",
+        help="Redis URL (redis://, unix://, redis+cluster://). Default: the embedded server.",
+        show_default=False,
+    ),
+]

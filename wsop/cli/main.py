@@ -1,0 +1,38 @@
+"""`wsop`: the root command; every group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from wsop import __version__
+from wsop.cli import redis_cmd
+from wsop.cli.app import new_app
+
+app = new_app(
+    "wsop: multi-tenant real-time messaging toolkit — tenant bitmaps, hash ring, "
+    "WebSocket stack, rebalancing and load tests."
+)
+app.add_typer(redis_cmd.app, name="redis")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """wsop command line."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

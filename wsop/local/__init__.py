@@ -1,0 +1,1 @@
+"""Local runtime pieces: the embedded Redis and (later) the local stack launcher."""

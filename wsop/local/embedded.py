@@ -1,0 +1,134 @@
+"""The embedded default Redis: one private `redis-server` per user, reused across commands.
+
+Without `--redis`/`WSOP_REDIS_URL` every command talks to this server, so a first-time
+user gets working state with nothing to install or configure. Its data lives in the
+user's state directory and survives restarts (RDB snapshots).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from wsop.errors import BackendUnavailable
+from wsop.local.redis_binary import free_port, start_server
+
+
+def state_dir() -> Path:
+    """`WSOP_STATE_DIR`, else `$XDG_STATE_HOME/wsop`, else `~/.local/state/wsop`."""
+    explicit = os.environ.get("WSOP_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "wsop"
+
+
+@dataclass(frozen=True)
+class EmbeddedRedis:
+    """What `wsop redis status` reports about the private server."""
+
+    running: bool
+    url: str | None
+    pid: int | None
+    port: int | None
+    data_dir: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "running": self.running,
+            "url": self.url,
+            "pid": self.pid,
+            "port": self.port,
+            "data_dir": self.data_dir,
+        }
+
+
+def _paths() -> tuple[Path, Path, Path]:
+    root = state_dir()
+    return root / "redis.json", root / "redis.lock", root / "redis"
+
+
+@contextmanager
+def _locked() -> Iterator[None]:
+    """Serialise start/stop so two commands started together share one server."""
+    _, lock_path, _ = _paths()
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _answers(port: int) -> bool:
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+        ok = bool(client.ping())
+        client.close()
+        return ok
+    except redis.RedisError:
+        return False
+
+
+def _read_record() -> dict[str, int] | None:
+    record_path, _, _ = _paths()
+    try:
+        record = json.loads(record_path.read_text())
+        return {"pid": int(record["pid"]), "port": int(record["port"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def status() -> EmbeddedRedis:
+    _, _, data_dir = _paths()
+    record = _read_record()
+    if record and _answers(record["port"]):
+        return EmbeddedRedis(
+            True, f"redis://127.0.0.1:{record['port']}/0", record["pid"], record["port"], str(data_dir)
+        )
+    return EmbeddedRedis(False, None, None, None, str(data_dir))
+
+
+def ensure_running() -> str:
+    """URL of the private server, starting it if needed (reuse first)."""
+    with _locked():
+        current = status()
+        if current.running and current.url:
+            return current.url
+        record_path, _, data_dir = _paths()
+        port = free_port()
+        try:
+            proc = start_server(port, data_dir, logfile=data_dir / "redis.log", persist=True)
+        except OSError as exc:
+            raise BackendUnavailable(f"could not start the embedded redis-server: {exc}") from exc
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": proc.pid, "port": port}))
+        tmp.replace(record_path)
+        return f"redis://127.0.0.1:{port}/0"
+
+
+def stop(timeout: float = 10.0) -> EmbeddedRedis:
+    """Stop the private server (it snapshots on SIGTERM); returns the state before."""
+    with _locked():
+        before = status()
+        record_path, _, _ = _paths()
+        if before.running and before.pid:
+            try:
+                os.kill(before.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and before.port and _answers(before.port):
+                time.sleep(0.05)
+        record_path.unlink(missing_ok=True)
+        return before
