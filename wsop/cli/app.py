@@ -30,7 +30,7 @@ class WsopGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except WsopError as exc:
             raise fail(str(exc), exc.exit_code) from None
@@ -69,3 +69,30 @@ RedisOpt = Annotated[
         show_default=False,
     ),
 ]
+MaxUsersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-users",
+        help="Largest user id + 1 accepted per tenant (default 2^24, env WSOP_MAX_USERS).",
+        show_default=False,
+    ),
+]
+
+
+def max_users_or_default(value: int | None) -> int:
+    from wsop.acl.ids import default_max_users
+    from wsop.errors import UsageError
+
+    if value is None:
+        return default_max_users()
+    if value <= 0:
+        raise UsageError("--max-users must be a positive integer")
+    return value
+
+
+def tenant_store(url: str | None):
+    """A `TenantStore` over the Redis the flags (or the embedded default) point at."""
+    from wsop.acl.store import TenantStore
+    from wsop.backend import connect
+
+    return TenantStore(connect(url))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import typer
 
 from wsop import __version__
-from wsop.cli import redis_cmd
+from wsop.cli import online, redis_cmd, resolve, seed
 from wsop.cli.app import new_app
 
 app = new_app(
     "wsop: multi-tenant real-time messaging toolkit — tenant bitmaps, hash ring, "
     "WebSocket stack, rebalancing and load tests."
 )
+app.add_typer(seed.app, name="seed")
+app.command("resolve")(resolve.resolve_cmd)
+app.add_typer(online.app, name="online")
 app.add_typer(redis_cmd.app, name="redis")
 
 

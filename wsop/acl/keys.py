@@ -1,0 +1,67 @@
+"""The Redis key layout, in one place.
+
+Every key of a tenant carries the `{T}` hash tag, so all of them land in one Redis
+Cluster slot: that is what makes multi-key BITOP, the swap script and per-call temp
+keys valid on a cluster. Names are validated before they reach a key so that a
+tenant or team name can never smuggle in a brace and move a key to another slot.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from wsop.errors import UsageError
+
+TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TEAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def check_tenant(tenant: str) -> str:
+    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+        raise UsageError(
+            f"invalid tenant name {tenant!r}: use 1-64 characters of letters, digits, '_', '.', '-'"
+        )
+    return tenant
+
+
+def check_team(team: str) -> str:
+    if not isinstance(team, str) or not TEAM_RE.match(team):
+        raise UsageError(
+            f"invalid team name {team!r}: use 1-128 characters of letters, digits, '_', '.', ':', '-'"
+        )
+    return team
+
+
+def team_key(tenant: str, team: str) -> str:
+    """Bit u set ⇔ user u may read `team` of `tenant`."""
+    return f"teams:{{{tenant}}}:{team}"
+
+
+def online_key(tenant: str) -> str:
+    """Bit u set ⇔ user u has at least one live connection."""
+    return f"online-users:{{{tenant}}}"
+
+
+def meta_key(tenant: str) -> str:
+    """Hash: id mode (int|string), data version, seeded_at. Its existence defines a known tenant."""
+    return f"meta:{{{tenant}}}"
+
+
+def team_index_key(tenant: str) -> str:
+    """Set of the tenant's team names, so `--replace` knows what to drop without SCAN."""
+    return f"team-index:{{{tenant}}}"
+
+
+def directory_keys(tenant: str) -> tuple[str, str, str]:
+    """String user id → bit index, bit index → string id, and the next free index."""
+    return (
+        f"users:{{{tenant}}}:to-index",
+        f"users:{{{tenant}}}:to-name",
+        f"users:{{{tenant}}}:next",
+    )
+
+
+def temp_key(tenant: str, purpose: str) -> str:
+    """A per-call key in the tenant's slot: concurrent calls never share scratch space."""
+    return f"tmp:{{{tenant}}}:{purpose}:{uuid.uuid4().hex}"
