@@ -28,7 +28,8 @@ def check_tenant(tenant: str) -> str:
 def check_team(team: str) -> str:
     if not isinstance(team, str) or not TEAM_RE.match(team):
         raise UsageError(
-            f"invalid team name {team!r}: use 1-128 characters of letters, digits, '_', '.', ':', '-'"
+            f"invalid team name {team!r}: "
+            "use 1-128 characters of letters, digits, '_', '.', ':', '-'"
         )
     return team
 

@@ -10,13 +10,30 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-import click
 import redis
 import typer
 from typer.core import TyperGroup
 
-from wsop.errors import BackendError, BackendUnavailable, WsopError
 from wsop.cli.output import JSON_OPTION_HELP, err_console
+from wsop.errors import BackendError, BackendUnavailable, WsopError
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """Typer's own control-flow exceptions (it vendors click in recent versions)."""
+    found: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    try:
+        from typer._click import exceptions as vendored
+
+        found.append(vendored.ClickException)
+    except ImportError:  # older typer on upstream click
+        pass
+    import click
+
+    found += [click.exceptions.Exit, click.exceptions.Abort, click.ClickException]
+    return tuple(found)
+
+
+PASSTHROUGH = _click_exceptions()
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -27,10 +44,10 @@ def fail(message: str, code: int) -> typer.Exit:
 class WsopGroup(TyperGroup):
     """A Typer group that turns library errors into exit codes (once, at the root)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except PASSTHROUGH:
             raise
         except WsopError as exc:
             raise fail(str(exc), exc.exit_code) from None

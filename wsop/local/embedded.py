@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +94,11 @@ def status() -> EmbeddedRedis:
     record = _read_record()
     if record and _answers(record["port"]):
         return EmbeddedRedis(
-            True, f"redis://127.0.0.1:{record['port']}/0", record["pid"], record["port"], str(data_dir)
+            True,
+            f"redis://127.0.0.1:{record['port']}/0",
+            record["pid"],
+            record["port"],
+            str(data_dir),
         )
     return EmbeddedRedis(False, None, None, None, str(data_dir))
 
@@ -123,10 +127,8 @@ def stop(timeout: float = 10.0) -> EmbeddedRedis:
         before = status()
         record_path, _, _ = _paths()
         if before.running and before.pid:
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(before.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and before.port and _answers(before.port):
                 time.sleep(0.05)

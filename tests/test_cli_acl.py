@@ -1,0 +1,212 @@
+"""`wsop seed`, `resolve`, `online` and `redis` through typer's runner and as real processes.
+
+Every bad input must give one clear line on stderr, exit 2 (usage) or 1 (runtime), and
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from tests.conftest import run_wsop
+from wsop.acl import keys
+from wsop.cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def assert_clean_error(result, code: int, needle: str) -> None:
+    stderr = result.stderr
+    assert result.exit_code == code, (result.stdout, stderr)
+    assert needle in stderr
+    assert "Traceback" not in stderr + result.stdout
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+@pytest.fixture
+def members(tmp_path: Path) -> Path:
+    return write(
+        tmp_path / "members.csv",
+        "tenant,team,user\nacme,eng,1\nacme,eng,2\nacme,ops,3\nglobex,eng,1\n",
+    )
+
+
+@pytest.fixture
+def online_csv(tmp_path: Path) -> Path:
+    return write(tmp_path / "online.csv", "tenant,user\nacme,2\nacme,3\nglobex,1\n")
+
+
+def test_seed_load_and_resolve_json(redis_url: str, members: Path, online_csv: Path) -> None:
+    res = invoke(
+        "seed", "load", str(members), "--online", str(online_csv), "--redis", redis_url, "--json"
+    )
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["tenants"] == 2 and summary["teams"] == 3
+    assert summary["memberships"] == 4 and summary["online"] == 3
+    assert set(summary) >= {"tenants", "teams", "memberships", "online", "bytes", "seconds"}
+
+    res = invoke(
+        "resolve",
+        "--tenant",
+        "acme",
+        "--team",
+        "eng",
+        "--team",
+        "ops",
+        "--redis",
+        redis_url,
+        "--json",
+    )
+    out = json.loads(res.stdout)
+    assert out["recipients"] == [2, 3] and out["count"] == 2
+    assert set(out) >= {"tenant", "teams", "recipients", "count", "elapsed_ms"}
+
+    res = invoke(
+        "resolve",
+        "--tenant",
+        "acme",
+        "--team",
+        "eng",
+        "--all",
+        "--count",
+        "--redis",
+        redis_url,
+        "--json",
+    )
+    out = json.loads(res.stdout)
+    assert out["count"] == 2 and "recipients" not in out
+
+
+def test_online_add_remove(redis_url: str, members: Path) -> None:
+    assert invoke("seed", "load", str(members), "--redis", redis_url).exit_code == 0
+    res = invoke("online", "add", "--tenant", "acme", "1", "2", "--redis", redis_url, "--json")
+    assert json.loads(res.stdout) == {"tenant": "acme", "changed": 2, "requested": 2}
+    res = invoke("online", "remove", "--tenant", "acme", "2", "--redis", redis_url, "--json")
+    assert json.loads(res.stdout)["changed"] == 1
+    res = invoke("resolve", "--tenant", "acme", "--team", "eng", "--redis", redis_url, "--json")
+    assert json.loads(res.stdout)["recipients"] == [1]
+
+
+def test_seed_synthetic_json(redis_url: str) -> None:
+    res = invoke(
+        "seed",
+        "synthetic",
+        "--tenants",
+        "2",
+        "--users",
+        "1000",
+        "--teams",
+        "4",
+        "--team-size",
+        "100",
+        "--online",
+        "0.5",
+        "--seed",
+        "3",
+        "--redis",
+        redis_url,
+        "--json",
+    )
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["tenants"] == 2 and out["teams"] == 8 and 0 < out["online"] < 2000
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "needle"),
+    [
+        ("tenant,team,user\nacme,eng,1\nacme,eng\n", "members.csv:3: expected 3 fields"),
+        (
+            "tenant,team,user\nacme,eng,1\nacme,eng,abc\n",
+            "members.csv:3: user id 'abc' is not an integer",
+        ),
+        ("tenant,team,user\nacme,eng,-4\n", "members.csv:2: user id -4 is negative"),
+        ("tenant,team,user\nacme,eng,16777216\n", "members.csv:2: user id 16777216 is too large"),
+        ("tenant,team,user\nac{me,eng,1\n", "members.csv:2: invalid tenant name"),
+        ("tenant,user\nacme,1\n", "members.csv:1: header is"),
+        ("", "members.csv: empty file"),
+    ],
+)
+def test_seed_load_bad_rows_write_nothing(
+    redis_url: str, r: redis.Redis, tmp_path: Path, csv_text: str, needle: str
+) -> None:
+    path = write(tmp_path / "members.csv", csv_text)
+    res = invoke("seed", "load", str(path), "--redis", redis_url)
+    assert_clean_error(res, 2, needle)
+    assert r.dbsize() == 0
+
+
+def test_too_large_respects_max_users(redis_url: str, tmp_path: Path) -> None:
+    path = write(tmp_path / "members.csv", "tenant,team,user\nacme,eng,100\n")
+    res = invoke("seed", "load", str(path), "--max-users", "100", "--redis", redis_url)
+    assert_clean_error(res, 2, "user id 100 is too large: max_users is 100")
+
+
+def test_resolve_errors(redis_url: str, r: redis.Redis, members: Path) -> None:
+    assert_clean_error(
+        invoke("resolve", "--tenant", "acme", "--redis", redis_url), 2, "no team given"
+    )
+    assert_clean_error(
+        invoke("resolve", "--tenant", "nobody", "--team", "a", "--redis", redis_url),
+        1,
+        "unknown tenant 'nobody'",
+    )
+    assert invoke("seed", "load", str(members), "--redis", redis_url).exit_code == 0
+    r.lpush(keys.team_key("acme", "bad"), "x")
+    assert_clean_error(
+        invoke("resolve", "--tenant", "acme", "--team", "bad", "--redis", redis_url),
+        1,
+        "teams:{acme}:bad holds a list, not a bitmap string (WRONGTYPE)",
+    )
+
+
+def test_unreachable_redis_names_the_url() -> None:
+    res = invoke("resolve", "--tenant", "a", "--team", "b", "--redis", "redis://127.0.0.1:9")
+    assert_clean_error(res, 1, "cannot reach Redis at redis://127.0.0.1:9")
+
+
+def test_bad_synthetic_flags() -> None:
+    assert_clean_error(invoke("seed", "synthetic", "--online", "2"), 2, "--online is a fraction")
+    assert_clean_error(invoke("seed", "synthetic", "--users", "0"), 2, "--users must be")
+
+
+def test_subprocess_json_and_error(redis_url: str, members: Path) -> None:
+    env = {"WSOP_REDIS_URL": redis_url}
+    done = run_wsop("seed", "load", str(members), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tenants"] == 2
+    done = run_wsop("resolve", "--tenant", "acme", "--team", "eng", "--all", "--json", env=env)
+    assert json.loads(done.stdout)["recipients"] == [1, 2]
+    done = run_wsop("online", "add", "--tenant", "acme", "--", "-1", env=env)
+    assert done.returncode == 2
+    assert "user id -1 is negative" in done.stderr and "Traceback" not in done.stderr
+    done = run_wsop("resolve", "--bogus-flag", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_embedded_default_starts_reuses_and_stops(members: Path) -> None:
+    first = run_wsop("seed", "load", str(members), "--json")
+    assert first.returncode == 0, first.stderr
+    status = json.loads(run_wsop("redis", "status", "--json").stdout)
+    assert status["running"] and status["url"].startswith("redis://127.0.0.1:")
+    again = run_wsop("resolve", "--tenant", "acme", "--team", "eng", "--all", "--json")
+    assert json.loads(again.stdout)["recipients"] == [1, 2]
+    assert json.loads(run_wsop("redis", "status", "--json").stdout)["pid"] == status["pid"]
+    stopped = json.loads(run_wsop("redis", "stop", "--json").stdout)
+    assert stopped["stopped"] is True
+    assert json.loads(run_wsop("redis", "status", "--json").stdout)["running"] is False
