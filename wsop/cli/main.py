@@ -6,6 +6,7 @@ import typer
 
 from wsop import __version__
 from wsop.cli import online, redis_cmd, resolve, seed
+from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
 
 app = new_app(
@@ -16,6 +17,7 @@ app.add_typer(seed.app, name="seed")
 app.command("resolve")(resolve.resolve_cmd)
 app.add_typer(online.app, name="online")
 app.add_typer(redis_cmd.app, name="redis")
+app.command("token")(token_cmd.token_cmd)
 
 
 def _version(value: bool) -> None:
