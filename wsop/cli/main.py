@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from wsop import __version__
-from wsop.cli import online, redis_cmd, resolve, seed
+from wsop.cli import online, redis_cmd, resolve, ring, seed
 from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
 
@@ -17,6 +17,7 @@ app.add_typer(seed.app, name="seed")
 app.command("resolve")(resolve.resolve_cmd)
 app.add_typer(online.app, name="online")
 app.add_typer(redis_cmd.app, name="redis")
+app.add_typer(ring.app, name="ring")
 app.command("token")(token_cmd.token_cmd)
 
 

@@ -1,0 +1,35 @@
+"""Placement of `(tenant, user)` keys on sidecars, shared by the load balancer and every
+sidecar: pure code, deterministic from the membership alone (see docs/ring.md).
+
+    from wsop.ring import build
+    ring = build("maglev", ["ws-0", "ws-1", "ws-2"])
+    ring.owner(("acme", 42))            # -> "ws-1"
+"""
+
+from wsop.ring.base import Placement
+from wsop.ring.bounded import BoundedLoads
+from wsop.ring.keys import Key, encode_key, encode_keys, synthetic_keys
+from wsop.ring.membership import Membership, parse_nodes
+from wsop.ring.registry import (
+    DEFAULT_ALGORITHM,
+    PLACEMENTS,
+    algorithm_names,
+    build,
+    get_algorithm,
+)
+
+__all__ = [
+    "DEFAULT_ALGORITHM",
+    "PLACEMENTS",
+    "BoundedLoads",
+    "Key",
+    "Membership",
+    "Placement",
+    "algorithm_names",
+    "build",
+    "encode_key",
+    "encode_keys",
+    "get_algorithm",
+    "parse_nodes",
+    "synthetic_keys",
+]
