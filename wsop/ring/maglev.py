@@ -17,7 +17,7 @@ at M = 65537 the excess is ~2% for 10 members but ~25% for 50; at M = 1048583 it
 The table size must NOT follow the membership: `key mod M` changes for almost every key
 when M does, so a size derived from the member count would reshuffle everything on a
 scale-up. The default is therefore one constant, 1048583 (the smallest prime ≥ 2^20;
-~0.6 s to build in pure Python, so rebuild off the event loop), replaced by the smallest
+~0.5–0.9 s to build in pure Python, so rebuild off the event loop), replaced by the smallest
 prime ≥ 100 × members only for fleets above ~10,000 members. Every process of a
 deployment must use the same size.
 
