@@ -8,6 +8,7 @@ from wsop import __version__
 from wsop.cli import online, redis_cmd, resolve, ring, seed
 from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
+from wsop.cli.lb import lb_cmd
 
 app = new_app(
     "wsop: multi-tenant real-time messaging toolkit — tenant bitmaps, hash ring, "
@@ -19,6 +20,7 @@ app.add_typer(online.app, name="online")
 app.add_typer(redis_cmd.app, name="redis")
 app.add_typer(ring.app, name="ring")
 app.command("token")(token_cmd.token_cmd)
+app.command("lb")(lb_cmd)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,101 @@
+"""A stand-in sidecar for LB and launcher tests: the process contract, none of the logic.
+
+Same flags as `wsop sidecar` (unknown ones ignored), same admin endpoints, SIGTERM closes
+clients with 1012 and exits 0. On /ws it answers every text message `m` with
+`"<name>:<m>"` (bytes: `b"<name>:" + m`), so a test can see which sidecar it reached,
+plus a few commands:
+
+- `whoami` → JSON {"sidecar", "path", "auth"} (what the LB forwarded);
+- `close:CODE` → closes with CODE, reason "bye";
+- `die` → exits at once without a close frame (a sidecar that vanished);
+- `push:N` → sends N messages "<name>:push:i" (backlog for drain tests).
+
+`?reject=STATUS` on the handshake answers that HTTP status instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", nargs="?", default="sidecar")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args, _ = parser.parse_known_args()
+    asyncio.run(run(args.name, args.host, args.port))
+
+
+async def run(name: str, host: str, port: int) -> None:
+    clients: set[ServerConnection] = set()
+    admin = os.environ.get("WSOP_ADMIN_TOKEN")
+
+    def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/healthz":
+            return _json(conn, {"status": "ok", "name": name})
+        if url.path in ("/connections", "/metrics"):
+            if admin and request.headers.get("Authorization") != f"Bearer {admin}":
+                return conn.respond(401, "admin token required\n")
+            if url.path == "/metrics":
+                return conn.respond(200, f"standin_connections {len(clients)}\n")
+            return _json(conn, {"name": name, "connections": len(clients), "users": []})
+        if url.path != "/ws":
+            return conn.respond(404, "not found\n")
+        reject = parse_qs(url.query).get("reject")
+        if reject:
+            return conn.respond(int(reject[0]), "rejected by stand-in\n")
+        return None
+
+    async def handler(conn: ServerConnection) -> None:
+        clients.add(conn)
+        try:
+            async for message in conn:
+                if isinstance(message, bytes):
+                    await conn.send(name.encode() + b":" + message)
+                elif message == "whoami":
+                    auth = conn.request.headers.get("Authorization") if conn.request else None
+                    path = conn.request.path if conn.request else None
+                    await conn.send(json.dumps({"sidecar": name, "path": path, "auth": auth}))
+                elif message.startswith("close:"):
+                    await conn.close(int(message[6:]), "bye")
+                elif message == "die":
+                    os._exit(3)
+                elif message.startswith("push:"):
+                    for i in range(int(message[5:])):
+                        await conn.send(f"{name}:push:{i}")
+                else:
+                    await conn.send(f"{name}:{message}")
+        finally:
+            clients.discard(conn)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    async with serve(handler, host, port, process_request=process_request) as server:
+        await stop.wait()
+        server.close(close_connections=False)
+        await asyncio.gather(*(c.close(1012, "sidecar restarting") for c in list(clients)))
+        await server.wait_closed()
+
+
+def _json(conn: ServerConnection, payload: object) -> Response:
+    response = conn.respond(200, json.dumps(payload) + "\n")
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`wsop lb`: run the load balancer in the foreground (what `wsop up` starts)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsop.cli.output import err_console
+
+Host = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
+Port = Annotated[int, typer.Option("--port", help="TCP port for clients and admin HTTP.")]
+MembersFile = Annotated[
+    Path | None,
+    typer.Option("--members-file", help="Members file to follow (what `wsop up` writes)."),
+]
+Peers = Annotated[
+    str | None,
+    typer.Option("--peers", help="Fixed sidecars instead: s0=ws://127.0.0.1:9001,s1=…"),
+]
+Insecure = Annotated[
+    bool,
+    typer.Option("--insecure", help="Trust ?tenant=T&user=U without a token (local dev only)."),
+]
+Algo = Annotated[str | None, typer.Option("--algo", help="Ring algorithm (default: maglev).")]
+Name = Annotated[str, typer.Option("--name", help="Name reported by /healthz.")]
+Drain = Annotated[
+    float, typer.Option("--drain-seconds", help="On SIGTERM, close clients over this window.")
+]
+
+
+def lb_cmd(
+    host: Host = "127.0.0.1",
+    port: Port = 8765,
+    members_file: MembersFile = None,
+    peers: Peers = None,
+    insecure: Insecure = False,
+    algo: Algo = None,
+    name: Name = "lb",
+    drain_seconds: Drain = 1.0,
+) -> None:
+    """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
+    /connections answer plain HTTP on the same port."""
+    from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
+    from wsop.discovery import source_from_flags
+    from wsop.errors import UsageError
+    from wsop.lb import LBConfig, run
+    from wsop.lb.admin import admin_token_from_env
+    from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
+
+    algo = algo or DEFAULT_ALGORITHM
+    get_algorithm(algo)  # unknown name: exit 2 before binding anything
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {port}")
+    if drain_seconds < 0:
+        raise UsageError("--drain-seconds must be >= 0")
+    source = source_from_flags(members_file, peers)
+    secret: str | None
+    if insecure:
+        import os
+
+        secret = os.environ.get(SECRET_ENV) or None
+        err_console.print(
+            "[bold red]WARNING: wsop lb is running with --insecure: anyone can connect as any "
+            "tenant and user with ?tenant=T&user=U. Never expose this port.[/]",
+            highlight=False,
+        )
+    else:
+        secret = secret_from_env()
+    if secret and (warning := secret_warning(secret)):
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    run(
+        LBConfig(
+            host=host,
+            port=port,
+            source=source,
+            algo=algo,
+            insecure=insecure,
+            secret=secret,
+            admin_token=admin_token_from_env(),
+            name=name,
+            drain_s=drain_seconds,
+        )
+    )

@@ -1,0 +1,14 @@
+"""The load balancer (`wsop lb`): authenticate, pick the ring owner, relay frames.
+
+    from wsop.lb import LBConfig, LoadBalancer, Relay
+    lb = LoadBalancer(LBConfig(host, port, source, algo="maglev"))
+    await lb.start(); ...; await lb.stop()
+
+`Relay.switch_to(owner, url)` moves one live client to another sidecar at a message
+boundary (the rebalancer's seam); see docs/stack.md.
+"""
+
+from wsop.lb.relay import Relay, RelayClosed
+from wsop.lb.server import LBConfig, LoadBalancer, run
+
+__all__ = ["LBConfig", "LoadBalancer", "Relay", "RelayClosed", "run"]

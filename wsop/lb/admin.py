@@ -1,0 +1,51 @@
+"""Plain HTTP answers on the WebSocket port (`process_request`): health, metrics, counts.
+
+`/healthz` is open (a liveness probe carries no credentials); everything else needs
+``Authorization: Bearer $WSOP_ADMIN_TOKEN`` when that variable is set, because
+connection counts per sidecar leak the shape of the fleet.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Response
+
+ADMIN_TOKEN_ENV: Final = "WSOP_ADMIN_TOKEN"
+
+
+def admin_token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    return (os.environ if environ is None else environ).get(ADMIN_TOKEN_ENV) or None
+
+
+def admin_refusal(headers: Mapping[str, str], token: str | None) -> str | None:
+    """Why an admin request is refused, or None when it may proceed."""
+    if not token:
+        return None
+    given = headers.get("Authorization") or ""
+    scheme, _, credentials = given.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        return f"admin endpoints need 'Authorization: Bearer ${ADMIN_TOKEN_ENV}'"
+    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        return "wrong admin token"
+    return None
+
+
+def text_response(
+    connection: ServerConnection, status: int, text: str, content_type: str | None = None
+) -> Response:
+    """A plain HTTP answer instead of the WebSocket handshake (one line for errors)."""
+    response = connection.respond(status, text if text.endswith("\n") else text + "\n")
+    if content_type:
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = content_type
+    return response
+
+
+def json_response(connection: ServerConnection, status: int, payload: Any) -> Response:
+    return text_response(connection, status, json.dumps(payload), "application/json")

@@ -1,0 +1,262 @@
+"""`wsop lb`: accept client WebSockets, authenticate, relay each one to its ring owner.
+
+The LB decides everything in `process_request`, before the upgrade: admin paths get a
+plain HTTP answer, a `/ws` handshake without a valid identity gets a one-line 401, so a
+refused client never costs a WebSocket. Accepted clients are routed with the same
+placement the sidecars build from the same membership (`build(algo, names)`), rebuilt
+only when the membership changes, never per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from wsop.auth import AuthError, Identity, identity_from_request
+from wsop.discovery import Members, MembershipSource
+from wsop.errors import WsopError
+from wsop.lb.admin import admin_refusal, json_response, text_response
+from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
+from wsop.lb.stats import PROMETHEUS_CONTENT_TYPE, LBStats, make_registry, render
+from wsop.ring import build
+from wsop.ring.base import Placement
+from wsop.ring.bounded import BoundedLoads
+
+log = logging.getLogger("wsop.lb")
+
+WS_PATH = "/ws"
+
+
+@dataclass
+class LBConfig:
+    """Everything `wsop lb` was told; built by the CLI, or directly by tests."""
+
+    host: str
+    port: int
+    source: MembershipSource
+    algo: str
+    insecure: bool = False
+    secret: str | None = None
+    admin_token: str | None = None
+    name: str = "lb"
+    drain_s: float = 1.0
+    """SIGTERM closes clients (1012) spread over this window, not all in one instant."""
+    open_timeout: float = 5.0
+
+
+class LoadBalancer:
+    """The LB's state and its websockets callbacks; `serve()` runs it until stopped."""
+
+    def __init__(self, config: LBConfig) -> None:
+        self.config = config
+        self.stats = LBStats()
+        self.registry = make_registry(self.stats, config.name)
+        self.members: Members = {}
+        self.placement: Placement | BoundedLoads | None = None
+        self.relays: set[Relay] = set()
+        self._identities: weakref.WeakKeyDictionary[ServerConnection, Identity] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.server: Server | None = None
+
+    # --- membership -------------------------------------------------------------------
+    def set_members(self, members: Members) -> None:
+        """Adopt a new membership: rebuild the placement once, here, not per connection."""
+        self._adopt(members, build(self.config.algo, list(members)) if members else None)
+
+    def _adopt(self, members: Members, placement: Placement | BoundedLoads | None) -> None:
+        self.members, self.placement = dict(members), placement
+        log.info("membership: %s", ", ".join(sorted(members)) or "(no sidecars)")
+
+    def route(self, identity: Identity) -> tuple[str, str] | None:
+        """(owner name, owner base url) for a client, or None when there are no sidecars."""
+        placement = self.placement
+        if placement is None:
+            return None
+        owner = placement.owner((identity.tenant, identity.user))
+        return owner, self.members[owner]
+
+    async def _watch_members(self) -> None:
+        """Follow the source; build the placement in a thread (maglev's table takes
+        hundreds of ms, which must not stall every relay on the event loop)."""
+        while True:
+            members = await self.config.source.wait_changed()
+            try:
+                placement = (
+                    await asyncio.to_thread(build, self.config.algo, list(members))
+                    if members
+                    else None
+                )
+            except WsopError as exc:  # e.g. a name the ring refuses: keep routing as before
+                log.error("ignoring membership %s: %s", sorted(members), exc)
+                continue
+            self._adopt(members, placement)
+
+    # --- handshake: admin HTTP and authentication ---------------------------------------
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == WS_PATH:
+            try:
+                identity = identity_from_request(
+                    request.path, request.headers, self.config.secret, self.config.insecure
+                )
+            except AuthError as exc:
+                self.stats.auth_failures += 1
+                return text_response(connection, 401, str(exc))
+            self._identities[connection] = identity
+            return None
+        if path == "/healthz":
+            return json_response(connection, 200, {"status": "ok", "name": self.config.name})
+        if path in ("/metrics", "/connections"):
+            refused = admin_refusal(request.headers, self.config.admin_token)
+            if refused:
+                return text_response(connection, 401, refused)
+            if path == "/metrics":
+                metrics = render(self.registry)
+                return text_response(connection, 200, metrics, PROMETHEUS_CONTENT_TYPE)
+            return json_response(connection, 200, self.connections_payload())
+        return text_response(connection, 404, f"no such path {path!r}: try {WS_PATH}")
+
+    def connections_payload(self) -> dict[str, Any]:
+        """`/connections`: relayed connections per sidecar (every member listed, even at 0)."""
+        counts = dict.fromkeys(self.members, 0)
+        counts.update(self.stats.per_sidecar)
+        sidecars = [
+            {"name": name, "url": self.members.get(name), "connections": counts[name]}
+            for name in sorted(counts)
+        ]
+        return {
+            "name": self.config.name,
+            "connections": self.stats.connections,
+            "sidecars": sidecars,
+        }
+
+    # --- connections ------------------------------------------------------------------
+    def _dialer(self, request: Request) -> Dial:
+        """Dial a sidecar with the client's own query string and Authorization header."""
+        auth = request.headers.get("Authorization")
+        headers = {"Authorization": auth} if auth else None
+        path = request.path  # "/ws?…": the sidecar re-verifies the same credentials
+        timeout = self.config.open_timeout
+
+        async def dial(base_url: str) -> ClientConnection:
+            return await connect(
+                base_url + path,
+                additional_headers=headers,
+                compression=None,  # loopback/in-cluster: deflate would cost CPU per frame
+                open_timeout=timeout,
+                proxy=None,
+                user_agent_header=None,
+            )
+
+        return dial
+
+    async def handler(self, connection: ServerConnection) -> None:
+        identity = self._identities.pop(connection, None)
+        route = self.route(identity) if identity is not None else None
+        if route is None:
+            self.stats.no_sidecar += 1
+            await connection.close(TRY_AGAIN_LATER, "no sidecars available")
+            return
+        owner, url = route
+        dial = self._dialer(connection.request)  # type: ignore[arg-type]
+        try:
+            upstream = await dial(url)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            self.stats.upstream_failures[f"http_{status}"] += 1
+            code = CloseCode.POLICY_VIOLATION if status in (401, 403) else TRY_AGAIN_LATER
+            await connection.close(code, f"sidecar {owner} refused: HTTP {status}")
+            return
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            self.stats.upstream_failures["connect"] += 1
+            log.warning("cannot reach sidecar %s at %s: %s", owner, url, exc)
+            await connection.close(TRY_AGAIN_LATER, f"sidecar {owner} unavailable")
+            return
+        relay = Relay(connection, upstream, owner, dial, self.stats)
+        self.stats.accepted += 1
+        self.stats.per_sidecar[owner] += 1
+        self.relays.add(relay)
+        try:
+            await relay.run()
+        finally:
+            self.relays.discard(relay)
+            self.stats.closed(relay.owner)
+
+    # --- running ----------------------------------------------------------------------
+    async def start(self) -> Server:
+        self.set_members(self.config.source.current())
+        try:
+            self.server = await serve(
+                self.handler,
+                self.config.host,
+                self.config.port,
+                process_request=self.process_request,
+                compression=None,
+                server_header=None,
+            )
+        except OSError as exc:
+            where = f"{self.config.host}:{self.config.port}"
+            raise WsopError(
+                f"cannot listen on {where}: port {self.config.port} is in use or not "
+                f"bindable ({exc.strerror or exc})"
+            ) from None
+        self._watcher = asyncio.ensure_future(self._watch_members())
+        return self.server
+
+    async def stop(self) -> None:
+        """Graceful stop: refuse new clients, close relays with 1012 over `drain_s`."""
+        self._watcher.cancel()
+        assert self.server is not None
+        self.server.close(close_connections=False)
+        relays = list(self.relays)
+        loop = asyncio.get_running_loop()
+        window = self.config.drain_s
+        for i, relay in enumerate(relays):
+            loop.call_later(window * i / len(relays), relay.shutdown)
+        try:
+            async with asyncio.timeout(window + 10):
+                await self.server.wait_closed()
+        except TimeoutError:
+            log.warning("some connections did not close in time")
+
+
+async def serve_until_signalled(lb: LoadBalancer) -> None:
+    """Run `lb` until SIGTERM/SIGINT, then stop gracefully (exit status 0)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await lb.start()
+    cfg = lb.config
+    print(
+        f"wsop lb {cfg.name} listening on ws://{cfg.host}:{cfg.port}{WS_PATH} "
+        f"({len(lb.members)} sidecars, algo {cfg.algo})",
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
+    await lb.stop()
+
+
+def run(config: LBConfig) -> None:
+    """Blocking entry point: uvloop when installed, plain asyncio otherwise."""
+    lb = LoadBalancer(config)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_until_signalled(lb))
+    else:
+        uvloop.run(serve_until_signalled(lb))
