@@ -1,0 +1,119 @@
+"""Helpers shared by the benchmarks: a private redis-server and latency statistics.
+
+A benchmark must never touch a developer's embedded Redis (its data, its memory
+numbers), so each run starts its own throw-away server on a free port, the same way
+the test fixtures do, and stops exactly that process when done.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from wsop.local.redis_binary import find_binary, free_port, start_server
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the numbers were measured on; printed in every report header."""
+
+    binary: str
+    version: str
+    allocator: str
+    port: int
+
+
+@contextmanager
+def private_redis() -> Iterator[tuple[redis.Redis, ServerInfo]]:
+    """A fresh, persistence-free redis-server on loopback, stopped on exit.
+
+    The client has no socket timeout: the slow baseline (a GETBIT loop in Lua) may
+    legitimately block the server for many seconds per call.
+    """
+    with tempfile.TemporaryDirectory(prefix="wsop-bench-") as workdir:
+        port = free_port()
+        proc = start_server(port, Path(workdir), logfile=Path(workdir) / "redis.log")
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=None)
+        try:
+            server = client.info("server")
+            memory = client.info("memory")
+            info = ServerInfo(
+                binary=find_binary(),
+                version=str(server["redis_version"]),
+                allocator=str(memory.get("mem_allocator", "?")),
+                port=port,
+            )
+            yield client, info
+        finally:
+            client.close()
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+                proc.wait()
+
+
+def machine_note() -> str:
+    """CPU model and core count: latency numbers mean little without them."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median and p95 of one measured call, in milliseconds."""
+
+    median_ms: float
+    p95_ms: float
+    n: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"median_ms": round(self.median_ms, 4), "p95_ms": round(self.p95_ms, 4), "n": self.n}
+
+
+def summarize(samples_s: list[float]) -> Latency:
+    arr = np.asarray(samples_s, dtype=np.float64) * 1000
+    return Latency(float(np.median(arr)), float(np.percentile(arr, 95)), int(arr.size))
+
+
+def time_calls(
+    fn: Callable[[], object],
+    iterations: int,
+    budget_s: float,
+    *,
+    warmup: int = 1,
+    min_iterations: int = 3,
+) -> Latency:
+    """Time `fn` up to `iterations` times, stopping early once `budget_s` is spent.
+
+    The budget keeps the slow baseline from dominating the run time while the fast
+    rows still get enough samples for a meaningful p95.
+    """
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < iterations:
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+        if len(samples) >= min_iterations and time.perf_counter() > deadline:
+            break
+    return summarize(samples)
