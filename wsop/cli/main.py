@@ -9,6 +9,7 @@ from wsop.cli import online, redis_cmd, resolve, ring, seed
 from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
 from wsop.cli.lb import lb_cmd
+from wsop.cli.stack import down_cmd, scale_cmd, status_cmd, up_cmd
 
 app = new_app(
     "wsop: multi-tenant real-time messaging toolkit — tenant bitmaps, hash ring, "
@@ -21,6 +22,10 @@ app.add_typer(redis_cmd.app, name="redis")
 app.add_typer(ring.app, name="ring")
 app.command("token")(token_cmd.token_cmd)
 app.command("lb")(lb_cmd)
+app.command("up")(up_cmd)
+app.command("scale")(scale_cmd)
+app.command("status")(status_cmd)
+app.command("down")(down_cmd)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,124 @@
+"""`wsop up`, `wsop scale`, `wsop status`, `wsop down`: the local stack (see docs/stack.md)."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wsop.cli.app import JsonOpt, RedisOpt
+from wsop.cli.output import emit, err_console
+
+SidecarsOpt = Annotated[int, typer.Option("--sidecars", help="Number of sidecar processes.")]
+
+
+def _render(payload: dict[str, Any], title: str) -> Any:
+    def render(console: Console) -> None:
+        table = Table(title=title, title_justify="left")
+        for column in ("role", "name", "url", "pid", "state", "connections"):
+            table.add_column(
+                column, justify="right" if column in ("pid", "connections") else "left"
+            )
+        rows = [("lb", payload["lb"]), *(("sidecar", s) for s in payload["sidecars"])]
+        for role, member in rows:
+            count = member.get("connections")
+            table.add_row(
+                role,
+                member["name"],
+                member["url"] + ("/ws" if role == "lb" else ""),
+                str(member["pid"]),
+                "[green]up[/]" if member["alive"] else "[red]down[/]",
+                "-" if count is None else str(count),
+            )
+        console.print(table)
+        mode = "[bold red]INSECURE (?tenant=&user= trusted)[/]" if payload["insecure"] else "JWT"
+        console.print(
+            f"algo {payload['algo']} · auth {mode} · redis {payload['redis_url']}\n"
+            f"members file {payload['members_file']}",
+            highlight=False,
+        )
+
+    return render
+
+
+def up_cmd(
+    sidecars: SidecarsOpt = 2,
+    port: Annotated[int, typer.Option("--port", help="The LB's port (clients: /ws).")] = 8765,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return once up; stop later with `wsop down`.")
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Trust ?tenant=T&user=U without a token (dev only).")
+    ] = False,
+    algo: Annotated[str | None, typer.Option("--algo", help="Ring algorithm.")] = None,
+    redis_url: RedisOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start Redis (embedded by default), N sidecars and the LB on loopback."""
+    from wsop.local import stack
+
+    if insecure and not as_json:
+        err_console.print(
+            "[bold red]WARNING: insecure stack: anyone reaching the LB can act as any "
+            "tenant and user.[/]",
+            highlight=False,
+        )
+    result = stack.up(sidecars, port, insecure, algo, redis_url)
+    payload = {**result.to_json(), "detached": detach}
+    emit(payload, as_json, _render(payload, "wsop stack is up"))
+    if detach:
+        return
+    if not as_json:
+        err_console.print("Ctrl-C stops the stack.", highlight=False)
+
+    def _sigterm(*_: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        stack.watch_foreground()
+        err_console.print("the stack went away; exiting", highlight=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one Ctrl-C/TERM is enough
+        try:
+            stack.down()
+            if not as_json:
+                err_console.print("stack stopped", highlight=False)
+        except stack.StackNotRunning:
+            pass
+
+
+def scale_cmd(sidecars: SidecarsOpt, as_json: JsonOpt = False) -> None:
+    """Add sidecars (s{k}) or stop the highest-numbered ones; the LB follows."""
+    from wsop.local import stack
+
+    payload = stack.scale(sidecars).to_json()
+    emit(payload, as_json, _render(payload, f"scaled to {sidecars} sidecars"))
+
+
+def status_cmd(as_json: JsonOpt = False) -> None:
+    """The LB and the sidecars of the local stack, with live connections each."""
+    from wsop.local import stack
+
+    payload = stack.status().to_json()
+    emit(payload, as_json, _render(payload, "wsop stack"))
+
+
+def down_cmd(as_json: JsonOpt = False) -> None:
+    """Stop the local stack (the LB first, then the sidecars) and remove its members file."""
+    from wsop.local import stack
+
+    payload = stack.down().to_json()
+
+    def render(console: Console) -> None:
+        stopped = ", ".join(payload["stopped"]) or "nothing"
+        console.print(f"stopped {stopped}", highlight=False)
+        if payload["killed"]:
+            console.print(f"[yellow]had to SIGKILL {', '.join(payload['killed'])}[/]")
+
+    emit(payload, as_json, render)

@@ -1,0 +1,298 @@
+"""The local stack: `wsop up/scale/status/down` as library calls returning result objects.
+
+One LB and N sidecars, each its own process on loopback, all following one members
+file (`wsop.local.stack_file`). Order matters and is kept here:
+
+- up: sidecars first, then the members file, then the LB; done only when every
+  /healthz answers and the LB reports the full membership (a client connecting right
+  after `wsop up` returns is routed, not refused with 1013);
+- scale down: drop sidecars from the members file first (LB and peers stop routing to
+  them), then SIGTERM them (their clients get 1012, reconnect, land on a live owner);
+- down: LB first (no new clients), then the sidecars; then the file goes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from wsop.errors import BackendUnavailable, UsageError, WsopError
+from wsop.local import stack_file, stack_proc
+from wsop.local.redis_binary import free_port
+from wsop.local.stack_file import ProcRecord, StackRecord, sidecar_index
+
+DEFAULT_PORT = 8765
+NO_STACK = "no local stack running; start one with `wsop up`"
+
+
+class StackNotRunning(WsopError):
+    """`scale`, `status` or `down` without a stack: exit 1 with a hint."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_STACK)
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    role: str
+    name: str
+    url: str
+    pid: int
+    alive: bool
+    connections: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "pid": self.pid,
+            "alive": self.alive,
+            "connections": self.connections,
+        }
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """What `up`, `scale` and `status` report; the table and `--json` both read this."""
+
+    lb: MemberStatus
+    sidecars: list[MemberStatus]
+    algo: str
+    insecure: bool
+    redis_url: str
+    members_file: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lb": self.lb.to_json(),
+            "sidecars": [s.to_json() for s in self.sidecars],
+            "algo": self.algo,
+            "insecure": self.insecure,
+            "redis_url": self.redis_url,
+            "members_file": self.members_file,
+            **self.extra,
+        }
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _running() -> StackRecord | None:
+    """The members file if any process it names is still ours and alive."""
+    record = stack_file.load()
+    if record is None or not any(stack_proc.alive(p) for p in record.all_procs()):
+        return None
+    return record
+
+
+def _require_running() -> StackRecord:
+    record = _running()
+    if record is None:
+        raise StackNotRunning()
+    return record
+
+
+def _child_env(record: StackRecord) -> dict[str, str]:
+    env = {"WSOP_ADMIN_TOKEN": record.admin_token}
+    if record.secret:
+        env["WSOP_SECRET"] = record.secret
+    return env
+
+
+def _start_sidecar(
+    record: StackRecord, name: str, taken: set[int]
+) -> tuple[ProcRecord, subprocess.Popen[bytes]]:
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    taken.add(port)
+    argv = [
+        *stack_proc.sidecar_prefix(),
+        *("--name", name, "--host", stack_proc.HOST, "--port", str(port)),
+        *("--members-file", str(stack_file.members_path())),
+        *("--redis", record.redis_url, "--algo", record.algo),
+        *(["--insecure"] if record.insecure else []),
+    ]
+    proc = stack_proc.spawn(name, argv, _child_env(record))
+    return ProcRecord(name, f"ws://{stack_proc.HOST}:{port}", proc.pid), proc
+
+
+def _wait_lb_members(record: StackRecord, timeout: float = 10.0) -> None:
+    """Block until the LB routes over exactly the recorded sidecars."""
+    want = {s.name for s in record.sidecars}
+    deadline = time.monotonic() + timeout
+    seen: set[str] | None = None
+    while time.monotonic() < deadline:
+        payload = stack_proc.admin_get(record.lb, "/connections", record.admin_token)
+        if isinstance(payload, dict):
+            seen = {s["name"] for s in payload.get("sidecars", []) if s.get("url")}
+            if seen == want:
+                return
+        time.sleep(0.05)
+    raise BackendUnavailable(
+        f"the LB did not pick up the membership {sorted(want)} within {timeout:.0f} s "
+        f"(it sees {sorted(seen) if seen is not None else 'nothing'}; "
+        f"log: {stack_file.logs_dir() / 'lb.log'})"
+    )
+
+
+def _status(record: StackRecord, connections: bool = True) -> StackStatus:
+    def one(role: str, proc: ProcRecord) -> MemberStatus:
+        is_alive = stack_proc.alive(proc)
+        count = None
+        if connections and is_alive:
+            payload = stack_proc.admin_get(proc, "/connections", record.admin_token)
+            if isinstance(payload, dict) and isinstance(payload.get("connections"), int):
+                count = payload["connections"]
+        return MemberStatus(role, proc.name, proc.url, proc.pid, is_alive, count)
+
+    return StackStatus(
+        lb=one("lb", record.lb),
+        sidecars=[one("sidecar", s) for s in record.sidecars],
+        algo=record.algo,
+        insecure=record.insecure,
+        redis_url=record.redis_url,
+        members_file=str(stack_file.members_path()),
+    )
+
+
+def _check_count(sidecars: int) -> None:
+    if sidecars < 1:
+        raise UsageError(f"--sidecars must be at least 1, got {sidecars}")
+
+
+# --- the operations -------------------------------------------------------------------
+
+
+def up(
+    sidecars: int = 2,
+    port: int = DEFAULT_PORT,
+    insecure: bool = False,
+    algo: str | None = None,
+    redis_url: str | None = None,
+) -> StackStatus:
+    """Start Redis (embedded unless given), N sidecars and the LB; return once routable."""
+    from wsop.auth import SECRET_ENV
+    from wsop.backend import resolve_url
+    from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
+
+    _check_count(sidecars)
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port must be 1-65535, got {port}")
+    algo = algo or DEFAULT_ALGORITHM
+    get_algorithm(algo)
+    with stack_file.locked():
+        running = _running()
+        if running is not None:
+            raise WsopError(
+                f"a local stack is already running (lb {running.lb.url}, "
+                f"{len(running.sidecars)} sidecars); stop it with `wsop down`"
+            )
+        stack_file.remove()  # stale file from a crashed stack, if any
+        if not stack_proc.port_free(port):
+            raise WsopError(f"port {port} is already in use; choose another with --port")
+        secret = os.environ.get(SECRET_ENV) or (None if insecure else secrets.token_urlsafe(32))
+        record = StackRecord(
+            algo=algo,
+            insecure=insecure,
+            redis_url=resolve_url(redis_url),
+            admin_token=secrets.token_urlsafe(32),
+            secret=secret,
+            lb=ProcRecord("lb", f"ws://{stack_proc.HOST}:{port}", 0),
+        )
+        children: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
+        try:
+            taken = {port}
+            children = [_start_sidecar(record, f"s{i}", taken) for i in range(sidecars)]
+            record = record.with_sidecars([r for r, _ in children])
+            stack_file.save(record)
+            argv = [
+                *stack_proc.wsop_command("lb"),
+                *("--host", stack_proc.HOST, "--port", str(port), "--algo", algo),
+                *("--members-file", str(stack_file.members_path())),
+                *(["--insecure"] if insecure else []),
+            ]
+            lb_proc = stack_proc.spawn("lb", argv, _child_env(record))
+            record = replace(record, lb=replace(record.lb, pid=lb_proc.pid))
+            children.append((record.lb, lb_proc))
+            stack_file.save(record)
+            stack_proc.wait_healthy(children)
+            _wait_lb_members(record)
+        except BaseException:
+            stack_proc.terminate([r for r, _ in children], timeout=5)
+            stack_file.remove()
+            raise
+        return _status(record)
+
+
+def scale(sidecars: int) -> StackStatus:
+    """Add sidecars s{k} (lowest free k) or stop the highest-numbered ones."""
+    _check_count(sidecars)
+    with stack_file.locked():
+        record = _require_running()
+        current = sorted(record.sidecars, key=lambda s: (sidecar_index(s.name), s.name))
+        if sidecars > len(current):
+            used = {sidecar_index(s.name) for s in current}
+            free = (k for k in range(sidecars + len(used) + 1) if k not in used)
+            names = [f"s{next(free)}" for _ in range(sidecars - len(current))]
+            taken = {record.lb.port, *(s.port for s in current)}
+            new: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
+            try:
+                for name in names:
+                    new.append(_start_sidecar(record, name, taken))
+                stack_proc.wait_healthy(new)
+            except BaseException:
+                stack_proc.terminate([r for r, _ in new], timeout=5)
+                raise
+            record = record.with_sidecars([*current, *(r for r, _ in new)])
+            stack_file.save(record)
+            _wait_lb_members(record)
+        elif sidecars < len(current):
+            keep, drop = current[:sidecars], current[sidecars:]
+            record = record.with_sidecars(keep)
+            stack_file.save(record)
+            if stack_proc.alive(record.lb):
+                _wait_lb_members(record)
+            stack_proc.terminate(drop)
+        return _status(record)
+
+
+def status() -> StackStatus:
+    """Who is running and how many connections each holds (from their /connections)."""
+    return _status(_require_running())
+
+
+def down() -> StackStatus:
+    """SIGTERM the LB, then the sidecars; wait; remove the members file."""
+    with stack_file.locked():
+        record = stack_file.load()
+        if record is None:
+            raise StackNotRunning()
+        before = _status(record, connections=False)
+        if not (before.lb.alive or any(s.alive for s in before.sidecars)):
+            stack_file.remove()  # a stale file: nothing to stop
+            raise StackNotRunning()
+        killed = stack_proc.terminate([record.lb])
+        killed += stack_proc.terminate(record.sidecars)
+        stack_file.remove()
+        return replace(
+            before,
+            extra={
+                "stopped": [m.name for m in [before.lb, *before.sidecars] if m.alive],
+                "killed": killed,
+            },
+        )
+
+
+def watch_foreground(poll_s: float = 0.5) -> None:
+    """Block while the stack is up (the foreground `wsop up`); returns if it goes away."""
+    while True:
+        record = stack_file.load()
+        if record is None or not stack_proc.alive(record.lb):
+            return
+        time.sleep(poll_s)

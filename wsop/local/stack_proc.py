@@ -1,0 +1,181 @@
+"""Starting, probing and stopping the stack's processes (LB and sidecars) on loopback.
+
+Children run in their own session (Ctrl-C in the launcher's terminal reaches only the
+launcher, which then stops them in order) with their output in `state_dir()/logs/`.
+A pid read back from the members file is trusted only while `/proc/<pid>/cmdline`
+still names the recorded port: after a reboot or a crash the pid may belong to
+someone else, and `wsop down` must never signal a stranger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from wsop.errors import BackendUnavailable
+from wsop.local.stack_file import ProcRecord, logs_dir
+
+SIDECAR_CMD_ENV = "WSOP_SIDECAR_CMD"
+"""Replaces `python -m wsop.cli.main sidecar` (tests point it at a stand-in)."""
+
+HOST = "127.0.0.1"
+
+
+def wsop_command(sub: str) -> list[str]:
+    return [sys.executable, "-m", "wsop.cli.main", sub]
+
+
+def sidecar_prefix() -> list[str]:
+    override = os.environ.get(SIDECAR_CMD_ENV)
+    return shlex.split(override) if override else wsop_command("sidecar")
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    """Whether a server could bind `port` now (with SO_REUSEADDR, like asyncio servers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start one child in a new session, appending its output to logs/<name>.log."""
+    logs = logs_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        log.write(f"--- {time.strftime('%F %T')} {shlex.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+
+
+def log_tail(name: str, lines: int = 6) -> str:
+    try:
+        text = (logs_dir() / f"{name}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def http_json(url: str, token: str | None = None, timeout: float = 2.0) -> Any:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def healthy(record: ProcRecord) -> bool:
+    try:
+        return http_json(f"{record.http}/healthz", timeout=1.0).get("status") == "ok"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def wait_healthy(
+    children: Iterable[tuple[ProcRecord, subprocess.Popen[bytes]]], timeout: float = 20.0
+) -> None:
+    """Block until every child answers /healthz; a child that exits fails fast with its log."""
+    pending = list(children)
+    deadline = time.monotonic() + timeout
+    while pending:
+        record, proc = pending[0]
+        code = proc.poll()
+        if code is not None:
+            raise BackendUnavailable(
+                f"{record.name} exited with status {code} during start-up "
+                f"(log: {logs_dir() / (record.name + '.log')}):\n{log_tail(record.name)}"
+            )
+        if healthy(record):
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise BackendUnavailable(
+                f"{record.name} did not answer {record.http}/healthz within {timeout:.0f} s "
+                f"(log: {logs_dir() / (record.name + '.log')})"
+            )
+        time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return []  # no such process
+    except OSError:
+        return None  # no /proc here: cannot tell
+    return raw.decode(errors="replace").split("\0")
+
+
+def alive(record: ProcRecord) -> bool:
+    """Is the recorded process still running, and still the one we started?"""
+    if record.pid <= 0:
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's pid now
+    args = _cmdline(record.pid)
+    if args is None:
+        return True
+    return str(record.port) in args  # empty for zombies and vanished pids
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def terminate(records: Iterable[ProcRecord], timeout: float = 10.0) -> list[str]:
+    """SIGTERM every live record, wait for them to exit (SIGKILL after `timeout`).
+
+    Returns the names that had to be killed.
+    """
+    targets = [r for r in records if alive(r)]
+    for record in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in targets:
+            _reap(record.pid)
+        targets = [r for r in targets if alive(r)]
+        if not targets:
+            return []
+        time.sleep(0.05)
+    for record in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, signal.SIGKILL)
+        _reap(record.pid)
+    return [r.name for r in targets]
+
+
+def admin_get(record: ProcRecord, path: str, token: str) -> Any:
+    """GET an admin endpoint; None when the process does not answer."""
+    try:
+        return http_json(f"{record.http}{path}", token)
+    except (OSError, ValueError, urllib.error.HTTPError):
+        return None
