@@ -320,6 +320,40 @@ async def test_relay_switch_to_moves_a_live_client(standins: Members) -> None:
         assert await ws.recv() == f"{target}:c"
 
 
+@pytest.mark.asyncio
+async def test_misplaced_relays_follow_the_ring(tmp_path: Path, standins: Members) -> None:
+    path = tmp_path / "stack.json"
+
+    def write(names: list[str]) -> None:
+        doc = {"sidecars": [{"name": n, "url": standins[n], "pid": 0} for n in names]}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+
+    write(["s0"])
+    async with running_lb(RegistryFileMembership(path, interval=0.02)) as lb:
+        clients = [await dial(lb, user=u) for u in range(8)]
+        for ws in clients:
+            await ws.send("x")
+            assert await ws.recv() == "s0:x"
+        assert lb.misplaced() == []
+        write(list(standins))
+        for _ in range(200):
+            if len(lb.members) == 3:
+                break
+            await asyncio.sleep(0.02)
+        moves = lb.misplaced()
+        ring = build(ALGO, list(standins))
+        assert moves and all(owner == ring.owner(r.key) for r, owner, _ in moves)
+        for relay, owner, url in moves:
+            await relay.switch_to(owner, url)
+        assert lb.misplaced() == []
+        for user, ws in enumerate(clients):
+            await ws.send("y")
+            assert await ws.recv() == f"{ring.owner(('acme', user))}:y"
+            await ws.close()
+
+
 # --- the real command -------------------------------------------------------------------
 
 

@@ -64,8 +64,11 @@ class Relay:
         owner: str,
         dial: Dial,
         stats: LBStats,
+        key: tuple[str, int | str] | None = None,
     ) -> None:
         self.client = client
+        self.key = key
+        """(tenant, user) this client is placed by: what a rebalancer re-locates."""
         self.upstream = upstream
         self.owner = owner
         self._dial = dial

@@ -70,6 +70,7 @@ class LoadBalancer:
             weakref.WeakKeyDictionary()
         )
         self.server: Server | None = None
+        self._stopping = False
 
     # --- membership -------------------------------------------------------------------
     def set_members(self, members: Members) -> None:
@@ -129,6 +130,23 @@ class LoadBalancer:
             return json_response(connection, 200, self.connections_payload())
         return text_response(connection, 404, f"no such path {path!r}: try {WS_PATH}")
 
+    def misplaced(self) -> list[tuple[Relay, str, str]]:
+        """Relays whose client the current placement puts elsewhere: (relay, owner, url).
+
+        The rebalance seam: a rebalancer calls `relay.switch_to(owner, url)` on these
+        (rate-limited), instead of closing clients and letting them reconnect.
+        """
+        placement, moves = self.placement, []
+        if placement is None:
+            return []
+        for relay in list(self.relays):
+            if relay.key is None or relay.finished:
+                continue
+            owner = placement.owner(relay.key)
+            if owner != relay.owner:
+                moves.append((relay, owner, self.members[owner]))
+        return moves
+
     def connections_payload(self) -> dict[str, Any]:
         """`/connections`: relayed connections per sidecar (every member listed, even at 0)."""
         counts = dict.fromkeys(self.members, 0)
@@ -166,7 +184,7 @@ class LoadBalancer:
     async def handler(self, connection: ServerConnection) -> None:
         identity = self._identities.pop(connection, None)
         route = self.route(identity) if identity is not None else None
-        if route is None:
+        if identity is None or route is None:
             self.stats.no_sidecar += 1
             await connection.close(TRY_AGAIN_LATER, "no sidecars available")
             return
@@ -185,7 +203,15 @@ class LoadBalancer:
             log.warning("cannot reach sidecar %s at %s: %s", owner, url, exc)
             await connection.close(TRY_AGAIN_LATER, f"sidecar {owner} unavailable")
             return
-        relay = Relay(connection, upstream, owner, dial, self.stats)
+        if self._stopping:  # SIGTERM arrived while we were dialling
+            await asyncio.gather(
+                upstream.close(1001, "lb shutting down"),
+                connection.close(1012, "lb restarting"),
+            )
+            return
+        relay = Relay(
+            connection, upstream, owner, dial, self.stats, (identity.tenant, identity.user)
+        )
         self.stats.accepted += 1
         self.stats.per_sidecar[owner] += 1
         self.relays.add(relay)
@@ -218,6 +244,7 @@ class LoadBalancer:
 
     async def stop(self) -> None:
         """Graceful stop: refuse new clients, close relays with 1012 over `drain_s`."""
+        self._stopping = True
         self._watcher.cancel()
         assert self.server is not None
         self.server.close(close_connections=False)
