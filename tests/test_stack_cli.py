@@ -226,7 +226,15 @@ def test_real_sidecar_end_to_end(redis_url: str) -> None:
     async def exchange() -> None:
         a = await connect(f"{lb_url}/ws?tenant=acme&user=1", proxy=None)
         b = await connect(f"{lb_url}/ws?tenant=acme&user=2", proxy=None)
-        await a.send(json.dumps({"type": "direct", "to": 2, "data": "hi", "id": "c1"}))
+        # The sidecars' peer links come up asynchronously after `up`: resend while the
+        # ack says nothing was delivered (readiness of peers is the sidecar's to report).
+        for attempt in range(20):
+            await a.send(json.dumps({"type": "direct", "to": 2, "data": "hi", "id": f"c{attempt}"}))
+            ack = json.loads(await asyncio.wait_for(a.recv(), 5))
+            if ack.get("delivered"):
+                break
+            await asyncio.sleep(0.1)
+        assert ack["type"] == "ack" and ack["delivered"] == 1, ack
         got = json.loads(await asyncio.wait_for(b.recv(), 5))
         assert (got["type"], got["from"], got["data"]) == ("message", 1, "hi")
         status = await asyncio.to_thread(wsop_json, "status")
