@@ -67,3 +67,16 @@ def connect(url: str | None = None, *, check: bool = True) -> RedisClient:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def connect_async(url: str):
+    """An asyncio client for `url` (already resolved; no PING — servers retry on their own)."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return AsyncRedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")
+    if scheme in PLAIN_SCHEMES and sep:
+        return aioredis.Redis.from_url(url)
+    raise UsageError(f"unsupported Redis URL {url!r}")

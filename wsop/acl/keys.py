@@ -18,7 +18,7 @@ TEAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
         raise UsageError(
             f"invalid tenant name {tenant!r}: use 1-64 characters of letters, digits, '_', '.', '-'"
         )
@@ -26,7 +26,7 @@ def check_tenant(tenant: str) -> str:
 
 
 def check_team(team: str) -> str:
-    if not isinstance(team, str) or not TEAM_RE.match(team):
+    if not isinstance(team, str) or not TEAM_RE.fullmatch(team):
         raise UsageError(
             f"invalid team name {team!r}: "
             "use 1-128 characters of letters, digits, '_', '.', ':', '-'"
@@ -66,3 +66,8 @@ def directory_keys(tenant: str) -> tuple[str, str, str]:
 def temp_key(tenant: str, purpose: str) -> str:
     """A per-call key in the tenant's slot: concurrent calls never share scratch space."""
     return f"tmp:{{{tenant}}}:{purpose}:{uuid.uuid4().hex}"
+
+
+def presence_count_key(tenant: str) -> str:
+    """Hash: bit index → number of sidecars holding a connection of that user."""
+    return f"presence:{{{tenant}}}"

@@ -8,84 +8,22 @@ a call share the tenant's hash tag, so the same scripts run on a Redis Cluster.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import redis
 
 from wsop.acl import keys
 from wsop.acl.ids import IdMode
+from wsop.acl.scripts import (
+    DIRECTORY_LUA,
+    RESOLVE_LUA,
+    SWAP_LUA,
+    RawResolution,
+    parse_resolve_reply,
+)
 from wsop.backend import RedisClient
 from wsop.errors import BackendError, NotFound
 
-# Union of teams, optionally AND online, read back and deleted in one round trip.
-# KEYS: meta, online, scratch, team...; ARGV: "1" to AND with online.
-_RESOLVE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local exists = {}
-for i = 4, #KEYS do exists[#exists + 1] = redis.call('EXISTS', KEYS[i]) end
-redis.call('BITOP', 'OR', KEYS[3], unpack(KEYS, 4))
-if ARGV[1] == '1' then redis.call('BITOP', 'AND', KEYS[3], KEYS[3], KEYS[2]) end
-local bits = redis.call('GET', KEYS[3])
-redis.call('DEL', KEYS[3])
-return {1, redis.call('HGET', KEYS[1], 'ids') or 'int', exists, bits or ''}
-"""
-
-# Atomically move staged bitmaps into place (the swap of stage-then-swap).
-# KEYS: meta, team-index, online-dest, online-stage|'', then n stage keys, n dest keys,
-#       then the keys to drop (--replace). ARGV: n, id mode, drop count, seeded_at, names...
-_SWAP_LUA = """
-local n = tonumber(ARGV[1])
-local ndrop = tonumber(ARGV[3])
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[4 + i]) == 0 then
-    return redis.error_reply('staged key vanished before the swap: ' .. KEYS[4 + i])
-  end
-end
-for i = 1, ndrop do redis.call('DEL', KEYS[4 + 2 * n + i]) end
-if ndrop > 0 then redis.call('DEL', KEYS[2]) end
-for i = 1, n do
-  redis.call('PERSIST', KEYS[4 + i])
-  redis.call('RENAME', KEYS[4 + i], KEYS[4 + n + i])
-  redis.call('SADD', KEYS[2], ARGV[4 + i])
-end
-if KEYS[4] ~= KEYS[3] then
-  redis.call('PERSIST', KEYS[4])
-  redis.call('RENAME', KEYS[4], KEYS[3])
-end
-redis.call('HSET', KEYS[1], 'ids', ARGV[2], 'seeded_at', ARGV[4])
-return redis.call('HINCRBY', KEYS[1], 'version', 1)
-"""
-
-# Map string ids to dense bit indices, assigning new ones from a per-tenant counter.
-# KEYS: to-index, to-name, next; ARGV: max_users, assign ('1'|'0'), names...
-_DIRECTORY_LUA = """
-local max_users = tonumber(ARGV[1])
-local out = {}
-for i = 3, #ARGV do
-  local idx = redis.call('HGET', KEYS[1], ARGV[i])
-  if (not idx) and ARGV[2] == '1' then
-    idx = redis.call('INCR', KEYS[3]) - 1
-    if idx >= max_users then
-      return redis.error_reply('directory full: max_users is ' .. max_users)
-    end
-    redis.call('HSET', KEYS[1], ARGV[i], idx)
-    redis.call('HSET', KEYS[2], idx, ARGV[i])
-  end
-  out[#out + 1] = idx and tonumber(idx) or -1
-end
-return out
-"""
-
 STAGE_TTL_S = 3600
-
-
-@dataclass(frozen=True)
-class RawResolution:
-    """What the resolve script returned, before decoding."""
-
-    id_mode: IdMode
-    team_exists: list[bool]
-    bits: bytes
 
 
 class TenantStore:
@@ -93,9 +31,9 @@ class TenantStore:
 
     def __init__(self, client: RedisClient) -> None:
         self.client = client
-        self._resolve = client.register_script(_RESOLVE_LUA)
-        self._swap = client.register_script(_SWAP_LUA)
-        self._directory = client.register_script(_DIRECTORY_LUA)
+        self._resolve = client.register_script(RESOLVE_LUA)
+        self._swap = client.register_script(SWAP_LUA)
+        self._directory = client.register_script(DIRECTORY_LUA)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -126,10 +64,7 @@ class TenantStore:
             reply = self._resolve(keys=script_keys, args=["1" if online_only else "0"])
         except redis.ResponseError as exc:
             raise self._explain(exc, [keys.online_key(tenant), *team_keys]) from None
-        if reply[0] == 0:
-            raise NotFound(f"unknown tenant {tenant!r}: nothing seeded for it (see `wsop seed`)")
-        mode = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        return RawResolution(IdMode(mode), [bool(e) for e in reply[2]], bytes(reply[3]))
+        return parse_resolve_reply(tenant, reply)
 
     def names_for(self, tenant: str, indices: Iterable[int]) -> list[str]:
         """String ids for bit indices (string-id tenants), in the given order."""

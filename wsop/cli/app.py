@@ -8,6 +8,7 @@ traceback), so users never see a stack trace for a bad input.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Any
 
 import redis
@@ -64,11 +65,42 @@ class WsopGroup(TyperGroup):
             raise fail(f"internal error ({name}): {exc} — rerun with WSOP_DEBUG=1", 1) from None
 
 
-def new_app(help_text: str) -> typer.Typer:
+def _one_line(exc: BaseException) -> str:
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return " ".join(message.split()) + hint
+
+
+class _RootGroup(WsopGroup):
+    """The root also owns argument-parsing errors: one line, exit 2, no help box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except PASSTHROUGH as exc:
+            if not standalone_mode:
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # type: ignore[attr-defined]
+                sys.exit(getattr(exc, "exit_code", 2))
+            if isinstance(exc, typer.Abort) or type(exc).__name__ == "Abort":
+                err_console.print("aborted")
+                sys.exit(1)
+            err_console.print(
+                f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True
+            )
+            sys.exit(getattr(exc, "exit_code", 2))
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+def new_app(help_text: str, root: bool = False) -> typer.Typer:
     """A command group with wsop's conventions (no pretty tracebacks, -h, no completion)."""
     return typer.Typer(
         help=help_text,
-        cls=WsopGroup,
+        cls=_RootGroup if root else WsopGroup,
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,

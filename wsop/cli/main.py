@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from wsop import __version__
-from wsop.cli import online, redis_cmd, resolve, ring, seed
+from wsop.cli import online, redis_cmd, resolve, ring, seed, sidecar
 from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
 from wsop.cli.lb import lb_cmd
@@ -13,7 +13,8 @@ from wsop.cli.stack import down_cmd, scale_cmd, status_cmd, up_cmd
 
 app = new_app(
     "wsop: multi-tenant real-time messaging toolkit — tenant bitmaps, hash ring, "
-    "WebSocket stack, rebalancing and load tests."
+    "WebSocket stack, rebalancing and load tests.",
+    root=True,
 )
 app.add_typer(seed.app, name="seed")
 app.command("resolve")(resolve.resolve_cmd)
@@ -21,6 +22,7 @@ app.add_typer(online.app, name="online")
 app.add_typer(redis_cmd.app, name="redis")
 app.add_typer(ring.app, name="ring")
 app.command("token")(token_cmd.token_cmd)
+app.command("sidecar")(sidecar.sidecar_cmd)
 app.command("lb")(lb_cmd)
 app.command("up")(up_cmd)
 app.command("scale")(scale_cmd)

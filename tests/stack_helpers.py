@@ -1,0 +1,125 @@
+"""Real sidecar processes on loopback for the stack tests, and a tiny blocking client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from websockets.sync.client import ClientConnection, connect
+
+from wsop.local.redis_binary import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def wait_healthy(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing healthy on port {port}")
+
+
+@dataclass
+class Sidecars:
+    redis_url: str
+    members_file: Path
+    env: dict[str, str]
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def write_members(self) -> None:
+        doc = {
+            "version": int(time.time() * 1000),
+            "algo": "rendezvous",
+            "sidecars": [
+                {"name": p.name, "url": p.url, "pid": p.proc.pid} for p in self.procs.values()
+            ],
+        }
+        tmp = self.members_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.members_file)
+
+    def start(self, name: str, log_dir: Path) -> Proc:
+        port = free_port()
+        log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wsop.cli.main",
+                "sidecar",
+                "--name",
+                name,
+                "--port",
+                str(port),
+                "--members-file",
+                str(self.members_file),
+                "--redis",
+                self.redis_url,
+                "--insecure",
+                "--algo",
+                "rendezvous",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+        )
+        log.close()
+        self.procs[name] = Proc(name, port, proc)
+        wait_healthy(port)
+        return self.procs[name]
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.proc.poll() is None:
+                p.proc.terminate()
+        for p in self.procs.values():
+            p.stop()
+
+
+def client(url: str, tenant: str, user: int | str) -> ClientConnection:
+    return connect(f"{url}/ws?tenant={tenant}&user={user}", open_timeout=5, legacy=True)
+
+
+def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def drain(ws: ClientConnection, wait: float = 0.3) -> list[dict]:
+    """Everything that arrives within `wait` seconds."""
+    out = []
+    while True:
+        try:
+            out.append(json.loads(ws.recv(timeout=wait)))
+        except TimeoutError:
+            return out

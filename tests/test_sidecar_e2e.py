@@ -1,0 +1,132 @@
+"""Sidecars as real processes on loopback: direct, team, multi-tab, cross-sidecar, isolation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.stack_helpers import Sidecars, client, drain, recv_json
+from wsop.acl import bitmap, seed
+from wsop.acl.dataset import TenantData
+from wsop.acl.store import TenantStore
+from wsop.ring import build
+
+
+def seed_tenant(r: redis.Redis, name: str, teams: dict[str, set[int]]) -> None:
+    data = TenantData(
+        tenant=name,
+        teams={t: bitmap.encode(sorted(m)) for t, m in teams.items()},
+        online=b"",
+        memberships=sum(map(len, teams.values())),
+        online_count=0,
+    )
+    seed.seed(TenantStore(r), [data], False)
+
+
+@pytest.fixture
+def sidecars(redis_url: str, tmp_path: Path) -> Iterator[Sidecars]:
+    stack = Sidecars(redis_url, tmp_path / "members.json", {})
+    stack.write_members()
+    for name in ("s0", "s1", "s2"):
+        stack.start(name, tmp_path)
+    stack.write_members()
+    time.sleep(0.8)  # every sidecar polls the members file
+    yield stack
+    stack.stop_all()
+
+
+def owner_url(stack: Sidecars, tenant: str, user: int) -> str:
+    ring = build("rendezvous", sorted(stack.procs))
+    return stack.procs[ring.owner((tenant, user))].url
+
+
+def test_direct_team_multitab_cross_sidecar_and_isolation(
+    sidecars: Sidecars, r: redis.Redis
+) -> None:
+    seed_tenant(r, "A", {"eng": {1, 2, 3}, "ops": {3, 4}})
+    seed_tenant(r, "B", {"eng": {1, 2, 3}})
+    urls = [p.url for p in sidecars.procs.values()]
+    # Same numeric ids in two tenants; some on their owner, some deliberately elsewhere.
+    a1 = client(owner_url(sidecars, "A", 1), "A", 1)
+    a2_tab1 = client(urls[0], "A", 2)
+    a2_tab2 = client(urls[1], "A", 2)
+    a3 = client(urls[2], "A", 3)
+    a4 = client(owner_url(sidecars, "A", 4), "A", 4)
+    b1 = client(urls[1], "B", 1)
+    b2 = client(urls[2], "B", 2)
+    everyone = [a1, a2_tab1, a2_tab2, a3, a4, b1, b2]
+    time.sleep(0.3)
+    assert [r.getbit("online-users:{A}", u) for u in range(6)] == [0, 1, 1, 1, 1, 0]
+    assert [r.getbit("online-users:{B}", u) for u in range(4)] == [0, 1, 1, 0]
+
+    a1.send('{"type":"direct","to":2,"data":"hi","id":"d1"}')
+    assert recv_json(a1) == {"type": "ack", "id": "d1", "delivered": 1}
+    for tab in (a2_tab1, a2_tab2):
+        got = recv_json(tab)
+        assert got["type"] == "message" and got["from"] == 1 and got["data"] == "hi"
+    assert drain(b2) == [] and drain(b1) == []  # B's user 2 never sees A's message
+
+    a3.send('{"type":"team","teams":["eng"],"data":{"x":1},"id":"t1"}')
+    expected = {id(a1), id(a2_tab1), id(a2_tab2), id(a3)}
+    got_by = {}
+    for ws in everyone:
+        for frame in drain(ws, 0.5):
+            got_by.setdefault(id(ws), []).append(frame)
+    ack = [f for f in got_by.pop(id(a3)) if f["type"] == "ack"]
+    assert ack == [{"type": "ack", "id": "t1", "delivered": 3}]
+    for ws_id, frames in got_by.items():
+        assert ws_id in expected, frames
+        assert [f["teams"] for f in frames] == [["eng"]]
+    assert set(got_by) == expected - {id(a3)}
+
+    a4.send('{"type":"team","teams":["eng"],"data":1,"id":"t2"}')
+    err = recv_json(a4)
+    assert err["type"] == "error" and err["code"] == "forbidden" and err["id"] == "t2"
+    assert all(drain(ws, 0.2) == [] for ws in everyone)
+
+    for ws in everyone:
+        ws.close()
+
+
+def test_malformed_frames_get_error_frames_and_connection_survives(
+    sidecars: Sidecars, r: redis.Redis
+) -> None:
+    seed_tenant(r, "A", {"eng": {1, 2}})
+    ws = client(next(iter(sidecars.procs.values())).url, "A", 1)
+    peer = client(next(iter(sidecars.procs.values())).url, "A", 2)
+    cases = {
+        "not json": "bad_request",
+        "[1,2]": "bad_request",
+        '{"type":"shout","id":"u"}': "bad_request",
+        '{"type":"direct","id":"m"}': "bad_request",
+        '{"type":"team","teams":[],"data":1}': "bad_request",
+        '{"type":"team","teams":["nope"],"data":1,"id":"f"}': "forbidden",
+    }
+    for raw, code in cases.items():
+        ws.send(raw)
+        frame = recv_json(ws)
+        assert frame["type"] == "error" and frame["code"] == code, (raw, frame)
+    ws.send('{"type":"direct","to":2,"data":"still here","id":"ok"}')
+    assert recv_json(ws)["type"] == "ack"
+    assert recv_json(peer)["data"] == "still here"
+    ws.close()
+    peer.close()
+
+
+def test_presence_follows_first_and_last_connection(sidecars: Sidecars, r: redis.Redis) -> None:
+    seed_tenant(r, "A", {"eng": {5}})
+    urls = [p.url for p in sidecars.procs.values()]
+    tab1 = client(urls[0], "A", 5)
+    tab2 = client(urls[1], "A", 5)
+    time.sleep(0.3)
+    assert r.getbit("online-users:{A}", 5) == 1
+    tab1.close()
+    time.sleep(0.3)
+    assert r.getbit("online-users:{A}", 5) == 1  # the other tab is still open
+    tab2.close()
+    time.sleep(0.3)
+    assert r.getbit("online-users:{A}", 5) == 0

@@ -1,0 +1,92 @@
+"""The asyncio ACL adapter the sidecars use on the live message path.
+
+Same keys and the same Lua as the CLI's `TenantStore`, but asynchronous and with the
+per-tenant facts that never change between messages (the id mode) cached, so a team
+message costs one Redis round trip: authorise + resolve in `SEND_LUA`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import redis
+
+from wsop.acl import bitmap, keys
+from wsop.acl.ids import IdMode, default_max_users
+from wsop.acl.scripts import DIRECTORY_LUA, PRESENCE_LUA, SEND_LUA, parse_resolve_reply
+from wsop.errors import NotFound
+
+UserId = int | str
+MODE_TTL_S = 5.0
+
+
+class LiveAcl:
+    def __init__(self, client, max_users: int | None = None) -> None:
+        self.client = client
+        self.max_users = max_users or default_max_users()
+        self._send = client.register_script(SEND_LUA)
+        self._presence = client.register_script(PRESENCE_LUA)
+        self._directory = client.register_script(DIRECTORY_LUA)
+        self._modes: dict[str, tuple[float, IdMode]] = {}
+
+    async def id_mode(self, tenant: str) -> IdMode:
+        """The tenant's id mode; unknown tenants count as integer-id tenants."""
+        cached = self._modes.get(tenant)
+        now = time.monotonic()
+        if cached and now - cached[0] < MODE_TTL_S:
+            return cached[1]
+        raw = await self.client.hget(keys.meta_key(tenant), "ids")
+        mode = IdMode(raw.decode()) if raw else IdMode.INT
+        self._modes[tenant] = (now, mode)
+        return mode
+
+    async def bit_index(self, tenant: str, user: UserId) -> int | None:
+        """The user's bit position, or None when it cannot have one (bad id for the tenant)."""
+        if await self.id_mode(tenant) is IdMode.STRING:
+            reply = await self._directory(
+                keys=list(keys.directory_keys(tenant)), args=[self.max_users, "1", str(user)]
+            )
+            return int(reply[0])
+        if isinstance(user, int) and 0 <= user < self.max_users:
+            return user
+        return None
+
+    async def presence(self, tenant: str, index: int, delta: int) -> None:
+        await self._presence(
+            keys=[keys.online_key(tenant), keys.presence_count_key(tenant)], args=[index, delta]
+        )
+
+    async def team_recipients(
+        self, tenant: str, teams: Sequence[str], sender_index: int
+    ) -> tuple[list[UserId] | None, str | None]:
+        """(online recipients, None), or (None, the first team the sender is not in)."""
+        script_keys = [
+            keys.meta_key(tenant),
+            keys.online_key(tenant),
+            keys.temp_key(tenant, "send"),
+            *[keys.team_key(tenant, t) for t in teams],
+        ]
+        try:
+            reply = await self._send(keys=script_keys, args=["1", sender_index])
+        except NotFound:
+            raise
+        except redis.ResponseError as exc:
+            raise NotFound(f"cannot resolve teams of {tenant!r}: {exc}") from None
+        raw = parse_resolve_reply(tenant, reply)
+        if raw.forbidden_team is not None:
+            return None, teams[raw.forbidden_team]
+        indices = bitmap.decode(raw.bits).tolist()
+        if raw.id_mode is IdMode.STRING:
+            return await self.names_for(tenant, indices), None
+        return indices, None
+
+    async def names_for(self, tenant: str, indices: Sequence[int]) -> list[UserId]:
+        if not indices:
+            return []
+        _, to_name, _ = keys.directory_keys(tenant)
+        raw = await self.client.hmget(to_name, list(indices))
+        return [r.decode() for r in raw if r is not None]
+
+    async def close(self) -> None:
+        await self.client.aclose()

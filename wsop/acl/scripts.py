@@ -1,0 +1,120 @@
+"""Lua scripts shared by the sync store (CLI, seeding) and the async one (sidecars).
+
+Keeping the text in one place means the CLI's `wsop resolve` and the live message path
+compute recipients with exactly the same server-side code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wsop.acl.ids import IdMode
+from wsop.errors import NotFound
+
+# Union of teams, optionally AND online, read back and deleted in one round trip.
+# KEYS: meta, online, scratch, team...; ARGV: "1" to AND with online.
+RESOLVE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local exists = {}
+for i = 4, #KEYS do exists[#exists + 1] = redis.call('EXISTS', KEYS[i]) end
+redis.call('BITOP', 'OR', KEYS[3], unpack(KEYS, 4))
+if ARGV[1] == '1' then redis.call('BITOP', 'AND', KEYS[3], KEYS[3], KEYS[2]) end
+local bits = redis.call('GET', KEYS[3])
+redis.call('DEL', KEYS[3])
+return {1, redis.call('HGET', KEYS[1], 'ids') or 'int', exists, bits or ''}
+"""
+
+# Atomically move staged bitmaps into place (the swap of stage-then-swap).
+# KEYS: meta, team-index, online-dest, online-stage|'', then n stage keys, n dest keys,
+#       then the keys to drop (--replace). ARGV: n, id mode, drop count, seeded_at, names...
+SWAP_LUA = """
+local n = tonumber(ARGV[1])
+local ndrop = tonumber(ARGV[3])
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[4 + i]) == 0 then
+    return redis.error_reply('staged key vanished before the swap: ' .. KEYS[4 + i])
+  end
+end
+for i = 1, ndrop do redis.call('DEL', KEYS[4 + 2 * n + i]) end
+if ndrop > 0 then redis.call('DEL', KEYS[2]) end
+for i = 1, n do
+  redis.call('PERSIST', KEYS[4 + i])
+  redis.call('RENAME', KEYS[4 + i], KEYS[4 + n + i])
+  redis.call('SADD', KEYS[2], ARGV[4 + i])
+end
+if KEYS[4] ~= KEYS[3] then
+  redis.call('PERSIST', KEYS[4])
+  redis.call('RENAME', KEYS[4], KEYS[3])
+end
+redis.call('HSET', KEYS[1], 'ids', ARGV[2], 'seeded_at', ARGV[4])
+return redis.call('HINCRBY', KEYS[1], 'version', 1)
+"""
+
+# Map string ids to dense bit indices, assigning new ones from a per-tenant counter.
+# KEYS: to-index, to-name, next; ARGV: max_users, assign ('1'|'0'), names...
+DIRECTORY_LUA = """
+local max_users = tonumber(ARGV[1])
+local out = {}
+for i = 3, #ARGV do
+  local idx = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not idx) and ARGV[2] == '1' then
+    idx = redis.call('INCR', KEYS[3]) - 1
+    if idx >= max_users then
+      return redis.error_reply('directory full: max_users is ' .. max_users)
+    end
+    redis.call('HSET', KEYS[1], ARGV[i], idx)
+    redis.call('HSET', KEYS[2], idx, ARGV[i])
+  end
+  out[#out + 1] = idx and tonumber(idx) or -1
+end
+return out
+"""
+
+# Like RESOLVE_LUA, but first checks that the sender (bit ARGV[2]) is in every team:
+# the live team-message path does authorisation and resolution in one round trip.
+# Returns {2, team_index} when the sender lacks a team.
+SEND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local sender = tonumber(ARGV[2])
+for i = 4, #KEYS do
+  if redis.call('GETBIT', KEYS[i], sender) == 0 then return {2, i - 3} end
+end
+redis.call('BITOP', 'OR', KEYS[3], unpack(KEYS, 4))
+redis.call('BITOP', 'AND', KEYS[3], KEYS[3], KEYS[2])
+local bits = redis.call('GET', KEYS[3])
+redis.call('DEL', KEYS[3])
+return {1, redis.call('HGET', KEYS[1], 'ids') or 'int', {}, bits or ''}
+"""
+
+# Presence across sidecars: a per-tenant count of sidecars holding >= 1 connection of a
+# user; the online bit is set on 0 -> 1 and cleared on 1 -> 0 (multi-tab, multi-pod).
+# KEYS: online, presence-count; ARGV: bit index, delta (+1 | -1).
+PRESENCE_LUA = """
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
+if n <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('SETBIT', KEYS[1], ARGV[1], 0)
+  return 0
+end
+if n == 1 and tonumber(ARGV[2]) > 0 then redis.call('SETBIT', KEYS[1], ARGV[1], 1) end
+return n
+"""
+
+
+@dataclass(frozen=True)
+class RawResolution:
+    """What a resolve script returned, before decoding. `forbidden_team` set: sender not in it."""
+
+    id_mode: IdMode
+    team_exists: list[bool]
+    bits: bytes
+    forbidden_team: int | None = None
+
+
+def parse_resolve_reply(tenant: str, reply: list) -> RawResolution:
+    if reply[0] == 0:
+        raise NotFound(f"unknown tenant {tenant!r}: nothing seeded for it (see `wsop seed`)")
+    if reply[0] == 2:
+        return RawResolution(IdMode.INT, [], b"", forbidden_team=int(reply[1]) - 1)
+    mode = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+    return RawResolution(IdMode(mode), [bool(e) for e in reply[2]], bytes(reply[3]))

@@ -1,0 +1,96 @@
+"""`wsop sidecar`: run one proxy sidecar in the foreground (normally started by `wsop up`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsop import protocol
+from wsop.auth import check_secret
+from wsop.cli.app import RedisOpt
+from wsop.cli.output import err_console
+from wsop.errors import BackendUnavailable
+
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")]
+
+
+def sidecar_cmd(
+    name: Annotated[str, typer.Option("--name", help="This sidecar's member name on the ring.")],
+    host: HostOpt = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port for /ws, /peer and admin HTTP.")] = 0,
+    members_file: Annotated[
+        Path | None, typer.Option("--members-file", help="Members file written by `wsop up`.")
+    ] = None,
+    peers: Annotated[
+        str | None, typer.Option("--peers", help="Static membership: s0=ws://h:p,s1=ws://h:p")
+    ] = None,
+    algo: Annotated[str, typer.Option("--algo", help="Ring algorithm (see `wsop ring`).")] = "",
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Accept ?tenant=&user= without a token (dev only).")
+    ] = False,
+    max_frame_bytes: Annotated[
+        int, typer.Option("--max-frame-bytes", help="Larger client frames are closed with 1009.")
+    ] = protocol.DEFAULT_MAX_FRAME_BYTES,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Hold client connections, keep presence, route direct and team messages."""
+    from wsop.acl.live import LiveAcl
+    from wsop.backend import connect, connect_async, resolve_url
+    from wsop.discovery import source_from_flags
+    from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
+    from wsop.sidecar.app import Sidecar, SidecarConfig
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    algo = algo or DEFAULT_ALGORITHM
+    get_algorithm(algo)  # unknown names fail here, before anything starts
+    secret = os.environ.get("WSOP_SECRET") or None
+    if insecure:
+        err_console.print("[bold red]WARNING: --insecure: identities are NOT authenticated[/]")
+    else:
+        check_secret(secret)
+    url = resolve_url(redis_url)
+    connect(url).close()  # fail fast, with the URL in the message
+    members = source_from_flags(members_file, peers)
+    config = SidecarConfig(
+        name=name,
+        host=host,
+        port=port,
+        algo=algo,
+        insecure=insecure,
+        secret=secret,
+        admin_token=os.environ.get("WSOP_ADMIN_TOKEN") or None,
+        max_frame_bytes=max_frame_bytes,
+    )
+    run_server(lambda: Sidecar(config, LiveAcl(connect_async(url)), members), name)
+
+
+def run_server(factory, label: str) -> None:
+    """Run an asyncio server object until SIGTERM/SIGINT, then its graceful shutdown."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def main() -> None:
+        server = factory()
+        try:
+            port = await server.start()
+        except OSError as exc:
+            raise BackendUnavailable(f"{label}: cannot listen: {exc.strerror or exc}") from None
+        print(f"{label} listening on port {port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.shutdown()
+
+    asyncio.run(main())

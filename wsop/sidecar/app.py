@@ -1,0 +1,375 @@
+"""The sidecar process: the asyncio layer around `Router`, `LiveAcl` and the peer links.
+
+Per client frame: parse (pure), decide (router, pure), one Redis round trip for team
+messages, then writes. Acks are sent once every owner a message went to has answered,
+so `delivered` in the ack is a real count, and anything not delivered is counted in
+`wsop_deliveries_failed` and reported in the ack's `undelivered`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from wsop import protocol
+from wsop.acl.live import LiveAcl
+from wsop.auth import AuthError, Identity, identity_from_request
+from wsop.discovery import MembershipSource
+from wsop.errors import NotFound
+from wsop.httpadmin import admin_allowed, json_response, path_of, query, respond, text_response
+from wsop.ring import build
+from wsop.sidecar.metrics import SidecarMetrics
+from wsop.sidecar.peer_codec import (
+    TO_HOLDER,
+    TO_OWNER,
+    Ack,
+    Deliver,
+    Holding,
+    PeerFormatError,
+    PeerItem,
+    decode_batch,
+)
+from wsop.sidecar.peers import PeerLinks
+from wsop.sidecar.router import DeliveryPlan, HolderChange, Router
+
+log = logging.getLogger("wsop.sidecar")
+
+ACK_TIMEOUT_S = 5.0
+
+
+@dataclass
+class SidecarConfig:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    algo: str = "rendezvous"
+    insecure: bool = False
+    secret: str | None = None
+    admin_token: str | None = None
+    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
+    close_window_s: float = 2.0
+
+
+@dataclass
+class PendingAck:
+    """A client message waiting for its owners' answers."""
+
+    conn: ServerConnection
+    msg_id: str | None
+    started: float
+    delivered: int = 0
+    undelivered: int = 0
+    waiting: dict[str, int] = field(default_factory=dict)  # peer -> users sent to it
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig, acl: LiveAcl, members: MembershipSource) -> None:
+        self.config = config
+        self.acl = acl
+        self.members = members
+        self.metrics = SidecarMetrics(config.name)
+        self.router = Router(config.name, self._placement(members.current()))
+        self.peers = PeerLinks(config.name, config.admin_token, self._lost)
+        self._acks: dict[int, PendingAck] = {}
+        self._ack_ids = itertools.count(1)
+        self._server: Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._identities: dict[ServerConnection, tuple[Identity, int]] = {}
+        self._peer_conns: set[ServerConnection] = set()
+
+    def _placement(self, members: dict[str, str]):
+        if not members:
+            return lambda key: self.config.name
+        return build(self.config.algo, sorted(members)).owner
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> int:
+        await self.peers.update(self.members.current())
+        self._server = await serve(
+            self._handler,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            max_size=self.config.max_frame_bytes,
+            compression=None,
+            ping_interval=30,
+            close_timeout=2,
+        )
+        self._tasks.append(asyncio.create_task(self._watch_members()))
+        self._tasks.append(asyncio.create_task(self._expire_acks()))
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _watch_members(self) -> None:
+        while True:
+            members = await self.members.wait_changed()
+            changes = self.router.set_owner(self._placement(members))
+            await self.peers.update(members)
+            for change in changes:
+                self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
+            log.info("membership now %s (%d registrations sent)", sorted(members), len(changes))
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close clients with 1012 spread over the window, clear presence."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        clients = list(self._identities)
+        pause = self.config.close_window_s / max(1, len(clients))
+        for conn in clients:
+            await conn.close(1012, "service restart")
+            if pause:
+                await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+        # handlers clear presence as their connections close; give them a moment
+        for _ in range(100):
+            if not self._identities:
+                break
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        await self.peers.close()
+        for conn in list(self._peer_conns):
+            conn.transport.abort()  # internal links: no close handshake with a dying peer
+        self._server.close(close_connections=True)
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), 3)
+        except TimeoutError:
+            log.warning("some connections did not close in time")
+
+    # -- HTTP and handshake ------------------------------------------------------------
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = path_of(request)
+        if path == "/ws":
+            try:
+                ident = identity_from_request(
+                    request.path, request.headers, self.config.secret, self.config.insecure
+                )
+            except AuthError as exc:
+                return text_response(401, str(exc))
+            conn.wsop_identity = ident  # type: ignore[attr-defined]
+            return None
+        if path == "/healthz":
+            return json_response(200, {"status": "ok", "name": self.config.name})
+        if not admin_allowed(request, self.config.admin_token):
+            return text_response(401, "admin token required")
+        if path == "/peer":
+            conn.wsop_peer = query(request).get("from", "?")  # type: ignore[attr-defined]
+            return None
+        if path == "/metrics":
+            return respond(200, self.metrics.render(), "text/plain; version=0.0.4")
+        if path == "/connections":
+            return json_response(200, self.connections_report())
+        return text_response(404, f"no such endpoint: {path}")
+
+    def connections_report(self) -> dict[str, Any]:
+        users = [{"tenant": t, "user": u, "count": c} for t, u, c in self.router.users()]
+        return {
+            "name": self.config.name,
+            "connections": self.router.connection_count(),
+            "users": users,
+        }
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        peer = getattr(conn, "wsop_peer", None)
+        if peer is not None:
+            await self._peer_handler(conn, peer)
+        else:
+            await self._client_handler(conn, conn.wsop_identity)  # type: ignore[attr-defined]
+
+    # -- clients -----------------------------------------------------------------------
+
+    async def _client_handler(self, conn: ServerConnection, ident: Identity) -> None:
+        try:
+            index = await self.acl.bit_index(ident.tenant, ident.user)
+        except redis.RedisError as exc:
+            await conn.close(1011, f"presence store unavailable: {exc}"[:120])
+            return
+        if index is None:
+            await conn.close(1008, "user id not valid for this tenant")
+            return
+        first, change = self.router.connect(ident.tenant, ident.user, conn)
+        self._identities[conn] = (ident, index)
+        self.metrics.connections.inc()
+        if change:
+            self.peers.send(change.owner, Holding(change.tenant, change.user, True))
+        try:
+            if first:
+                await self.acl.presence(ident.tenant, index, +1)
+            async for raw in conn:
+                await self._on_client_frame(conn, ident, index, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            del self._identities[conn]
+            self.metrics.connections.dec()
+            last, change = self.router.disconnect(ident.tenant, ident.user, conn)
+            if change:
+                self.peers.send(change.owner, Holding(change.tenant, change.user, False))
+            if last:
+                try:
+                    await self.acl.presence(ident.tenant, index, -1)
+                except redis.RedisError as exc:
+                    log.warning(
+                        "could not clear presence of %s/%s: %s", ident.tenant, ident.user, exc
+                    )
+
+    async def _on_client_frame(
+        self, conn: ServerConnection, ident: Identity, index: int, raw: str | bytes
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            msg = protocol.parse_client_frame(raw, self.config.max_frame_bytes)
+        except protocol.ProtocolError as exc:
+            self.metrics.errors.labels(exc.code).inc()
+            await conn.send(exc.to_frame())
+            return
+        ts = int(time.time() * 1000)
+        if isinstance(msg, protocol.DirectMessage):
+            self.metrics.messages_in.labels("direct").inc()
+            frame = protocol.encode_message(ident.user, msg.data, msg.id, ts)
+            users: list[Any] = [msg.to]
+        else:
+            self.metrics.messages_in.labels("team").inc()
+            try:
+                found, forbidden = await self.acl.team_recipients(ident.tenant, msg.teams, index)
+            except NotFound as exc:
+                await self._error(conn, msg.id, protocol.NOT_FOUND, str(exc))
+                return
+            except redis.RedisError as exc:
+                await self._error(conn, msg.id, protocol.UNAVAILABLE, f"ACL store: {exc}")
+                return
+            if found is None:
+                await self._error(
+                    conn, msg.id, protocol.FORBIDDEN, f"you are not a member of team {forbidden!r}"
+                )
+                return
+            users = found
+            frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
+        plan = self.router.plan(ident.tenant, users)
+        pending = PendingAck(conn, msg.id, started)
+        self._execute(ident.tenant, plan, frame, pending)
+
+    async def _error(
+        self, conn: ServerConnection, msg_id: str | None, code: str, text: str
+    ) -> None:
+        self.metrics.errors.labels(code).inc()
+        await conn.send(protocol.encode_error(msg_id, code, text))
+
+    # -- delivery ----------------------------------------------------------------------
+
+    def _deliver_local(self, tenant: str, users: list[Any], frame: str) -> int:
+        conns = []
+        for user in users:
+            conns.extend(self.router.connections(tenant, user))
+        if conns:
+            broadcast(conns, frame)
+            self.metrics.messages_out.inc(len(conns))
+        return len(users)
+
+    def _fan_out(self, tenant: str, plan: DeliveryPlan, frame: str) -> tuple[int, int]:
+        """Local + holder deliveries; returns (users reached, users unreachable)."""
+        reached = set(plan.local)
+        self._deliver_local(tenant, plan.local, frame)
+        for holder, users in plan.holders.items():
+            self.peers.send(holder, Deliver(tenant, users, 0, TO_HOLDER, frame))
+            self.metrics.forwarded.inc(len(users))
+            reached.update(users)
+        if plan.unreachable:
+            self.metrics.failed.labels("no_connection").inc(len(plan.unreachable))
+        return len(reached), len(plan.unreachable)
+
+    def _execute(self, tenant: str, plan: DeliveryPlan, frame: str, pending: PendingAck) -> None:
+        pending.delivered, pending.undelivered = self._fan_out(tenant, plan, frame)
+        if plan.peers:
+            ack_id = next(self._ack_ids)
+            self._acks[ack_id] = pending
+            for owner, users in plan.peers.items():
+                pending.waiting[owner] = len(users)
+                self.metrics.forwarded.inc(len(users))
+                self.peers.send(owner, Deliver(tenant, users, ack_id, TO_OWNER, frame))
+        else:
+            self._finish(pending)
+
+    def _finish(self, pending: PendingAck) -> None:
+        self.metrics.ack_latency.observe(time.perf_counter() - pending.started)
+        frame = protocol.encode_ack(pending.msg_id, pending.delivered)
+        if pending.undelivered:
+            frame = frame[:-1] + f',"undelivered":{pending.undelivered}}}'
+        broadcast([pending.conn], frame)
+
+    def _settle(self, ack_id: int, peer: str, delivered: int, unreachable: int) -> None:
+        pending = self._acks.get(ack_id)
+        if pending is None or peer not in pending.waiting:
+            return
+        del pending.waiting[peer]
+        pending.delivered += delivered
+        pending.undelivered += unreachable
+        if not pending.waiting:
+            del self._acks[ack_id]
+            self._finish(pending)
+
+    def _lost(self, peer: str, items: list[PeerItem]) -> None:
+        """Items a peer link could not carry: count them, and settle their acks."""
+        for item in items:
+            if isinstance(item, Deliver):
+                self.metrics.failed.labels("peer_unavailable").inc(len(item.users))
+                if item.ack:
+                    self._settle(item.ack, peer, 0, len(item.users))
+
+    async def _expire_acks(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.perf_counter()
+            for ack_id, pending in list(self._acks.items()):
+                if now - pending.started > ACK_TIMEOUT_S:
+                    for peer, count in list(pending.waiting.items()):
+                        self.metrics.failed.labels("ack_timeout").inc(count)
+                        self._settle(ack_id, peer, 0, count)
+
+    # -- peers -------------------------------------------------------------------------
+
+    async def _peer_handler(self, conn: ServerConnection, peer: str) -> None:
+        self._peer_conns.add(conn)
+        try:
+            async for raw in conn:
+                try:
+                    items = decode_batch(raw)
+                except PeerFormatError as exc:
+                    log.warning("bad batch from peer %s: %s", peer, exc)
+                    await conn.close(1002, "malformed peer batch")
+                    return
+                for item in items:
+                    self._on_peer_item(peer, item)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._peer_conns.discard(conn)
+
+    def _on_peer_item(self, peer: str, item: PeerItem) -> None:
+        if isinstance(item, Deliver):
+            if item.mode == TO_HOLDER:
+                self._deliver_local(item.tenant, self._held(item.tenant, item.users), item.frame)
+                return
+            plan = self.router.plan(item.tenant, item.users, as_owner_only=True)
+            delivered, unreachable = self._fan_out(item.tenant, plan, item.frame)
+            if item.ack:
+                self.peers.send(peer, Ack(item.ack, delivered, unreachable))
+        elif isinstance(item, Ack):
+            self._settle(item.ack, peer, item.delivered, item.unreachable)
+        else:
+            change = HolderChange(self.config.name, item.tenant, item.user, item.holding)
+            self.router.holder(change, peer)
+
+    def _held(self, tenant: str, users: list[Any]) -> list[Any]:
+        return [u for u in users if self.router.connections(tenant, u)]

@@ -1,0 +1,148 @@
+"""Persistent, batching links to the other sidecars.
+
+One outgoing WebSocket per peer, kept open and re-dialled with backoff. Items queue
+while the writer is busy and leave as one batch frame, so a busy sidecar sends a few
+large frames instead of one per message. Items that cannot be sent (the peer is gone)
+are handed to `on_lost` so they are counted as failed deliveries, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from wsop.sidecar.peer_codec import PeerItem, encode_batch, encode_item
+
+log = logging.getLogger("wsop.sidecar.peers")
+
+MAX_BATCH_ITEMS = 512
+MAX_QUEUE = 100_000
+DIAL_TIMEOUT_S = 2.0
+GIVE_UP_AFTER_S = 3.0
+
+
+class PeerLink:
+    """The link to one peer; `send` never blocks the caller."""
+
+    def __init__(
+        self,
+        me: str,
+        peer: str,
+        url: str,
+        admin_token: str | None,
+        on_lost: Callable[[str, list[PeerItem]], None],
+    ) -> None:
+        self.me, self.peer, self.url = me, peer, url
+        self._token = admin_token
+        self._on_lost = on_lost
+        self._queue: list[tuple[PeerItem, str]] = []
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"peer-{peer}")
+        self._closing = False
+
+    def send(self, item: PeerItem) -> None:
+        if self._closing or len(self._queue) >= MAX_QUEUE:
+            self._on_lost(self.peer, [item])
+            return
+        self._queue.append((item, encode_item(item)))
+        self._wake.set()
+
+    async def _dial(self) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        return await asyncio.wait_for(
+            connect(
+                f"{self.url}/peer?from={self.me}",
+                additional_headers=headers,
+                max_size=None,
+                ping_interval=20,
+                close_timeout=1,
+            ),
+            DIAL_TIMEOUT_S,
+        )
+
+    async def _run(self) -> None:
+        ws: ClientConnection | None = None
+        failing_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            try:
+                if ws is None:
+                    ws = await self._dial()
+                    failing_since = None
+                batch, self._queue = self._queue[:MAX_BATCH_ITEMS], self._queue[MAX_BATCH_ITEMS:]
+                try:
+                    await ws.send(encode_batch([text for _, text in batch]))
+                except BaseException:
+                    self._queue[:0] = batch  # unsent: retry on the next connection
+                    raise
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                ws = None
+                now = loop.time()
+                failing_since = failing_since or now
+                if now - failing_since >= GIVE_UP_AFTER_S:
+                    lost, self._queue = self._queue, []
+                    log.warning(
+                        "peer %s unreachable (%s): %d items lost", self.peer, exc, len(lost)
+                    )
+                    self._on_lost(self.peer, [item for item, _ in lost])
+                    failing_since = None
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        self._closing = True
+        # give queued items a moment to leave before the link goes
+        for _ in range(20):
+            if not self._queue:
+                break
+            await asyncio.sleep(0.05)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._queue:
+            self._on_lost(self.peer, [item for item, _ in self._queue])
+            self._queue = []
+
+
+class PeerLinks:
+    """The set of links, kept in step with the membership."""
+
+    def __init__(self, me: str, admin_token: str | None, on_lost) -> None:
+        self.me = me
+        self._token = admin_token
+        self._on_lost = on_lost
+        self._links: dict[str, PeerLink] = {}
+        self._urls: dict[str, str] = {}
+
+    async def update(self, members: dict[str, str]) -> None:
+        wanted = {n: u for n, u in members.items() if n != self.me}
+        for name in list(self._links):
+            if name not in wanted or wanted[name] != self._urls[name]:
+                link = self._links.pop(name)
+                del self._urls[name]
+                await link.close()
+        for name, url in wanted.items():
+            if name not in self._links:
+                self._links[name] = PeerLink(self.me, name, url, self._token, self._on_lost)
+                self._urls[name] = url
+
+    def send(self, peer: str, item: PeerItem) -> None:
+        link = self._links.get(peer)
+        if link is None:
+            self._on_lost(peer, [item])
+        else:
+            link.send(item)
+
+    async def close(self) -> None:
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()

@@ -1,0 +1,159 @@
+"""Who delivers what: the sidecar's routing decisions as pure code (no sockets, no Redis).
+
+Placement is authoritative: the ring owner of (tenant, user) is the one sidecar that
+knows every connection of that user. Its own connections it delivers to; connections
+that sit elsewhere (a "straggler" left on its old pod after a scale change, before the
+rebalance moves it) are registered with the owner by the pod that holds them, and the
+owner forwards to that holder. So a message always takes sender → owner → holder, and
+each connection gets each message exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+
+UserId = int | str
+UserKey = tuple[str, UserId]
+Owner = Callable[[UserKey], str]
+
+
+@dataclass
+class DeliveryPlan:
+    """Where a message for some users of one tenant goes next.
+
+    `local`: users with connections here. `peers`: owner → users to forward (owners
+    deliver and fan out to holders). `holders`: holder → users to deliver without any
+    further forwarding. `unreachable`: users the owner knows no connection for.
+    """
+
+    local: list[UserId] = field(default_factory=list)
+    peers: dict[str, list[UserId]] = field(default_factory=lambda: defaultdict(list))
+    holders: dict[str, list[UserId]] = field(default_factory=lambda: defaultdict(list))
+    unreachable: list[UserId] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HolderChange:
+    """Tell `owner` that this sidecar holds (or no longer holds) a connection of `user`."""
+
+    owner: str
+    tenant: str
+    user: UserId
+    holding: bool
+
+
+class Router:
+    """Connection bookkeeping and routing for one sidecar named `name`."""
+
+    def __init__(self, name: str, owner: Owner) -> None:
+        self.name = name
+        self._owner = owner
+        self._conns: dict[UserKey, set[Hashable]] = {}
+        self._holders: dict[UserKey, set[str]] = defaultdict(set)
+
+    # -- membership --------------------------------------------------------------------
+
+    def set_owner(self, owner: Owner) -> list[HolderChange]:
+        """Adopt a new placement; returns the registrations to send to the new owners.
+
+        Connections stay where they are (the rebalancer moves them); only who must be
+        told about them changes. Holder entries we kept for users we no longer own are
+        dropped: their holders re-register with the new owner on their own.
+        """
+        old = self._owner
+        self._owner = owner
+        changes: list[HolderChange] = []
+        for key in self._conns:
+            before, after = old(key), owner(key)
+            if before == after:
+                continue
+            if before != self.name:
+                changes.append(HolderChange(before, key[0], key[1], False))
+            if after != self.name:
+                changes.append(HolderChange(after, key[0], key[1], True))
+        for key in [k for k in self._holders if owner(k) != self.name]:
+            del self._holders[key]
+        return changes
+
+    def owner(self, tenant: str, user: UserId) -> str:
+        return self._owner((tenant, user))
+
+    # -- connections -------------------------------------------------------------------
+
+    def connect(
+        self, tenant: str, user: UserId, conn: Hashable
+    ) -> tuple[bool, HolderChange | None]:
+        """Register a connection; (first connection of this user here, registration to send)."""
+        key = (tenant, user)
+        conns = self._conns.setdefault(key, set())
+        first = not conns
+        conns.add(conn)
+        owner = self._owner(key)
+        change = HolderChange(owner, tenant, user, True) if first and owner != self.name else None
+        return first, change
+
+    def disconnect(
+        self, tenant: str, user: UserId, conn: Hashable
+    ) -> tuple[bool, HolderChange | None]:
+        """Forget a connection; (it was the user's last one here, deregistration to send)."""
+        key = (tenant, user)
+        conns = self._conns.get(key)
+        if not conns or conn not in conns:
+            return False, None
+        conns.discard(conn)
+        if conns:
+            return False, None
+        del self._conns[key]
+        owner = self._owner(key)
+        change = HolderChange(owner, tenant, user, False) if owner != self.name else None
+        return True, change
+
+    def connections(self, tenant: str, user: UserId) -> set[Hashable]:
+        return self._conns.get((tenant, user), set())
+
+    def users(self) -> list[tuple[str, UserId, int]]:
+        return [(t, u, len(c)) for (t, u), c in self._conns.items()]
+
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self._conns.values())
+
+    def holder(self, change: HolderChange, holder: str) -> None:
+        """Apply a registration received from peer `holder` (we are, or were, the owner)."""
+        key = (change.tenant, change.user)
+        if change.holding:
+            self._holders[key].add(holder)
+        else:
+            holders = self._holders.get(key)
+            if holders is not None:
+                holders.discard(holder)
+                if not holders:
+                    del self._holders[key]
+
+    # -- routing -----------------------------------------------------------------------
+
+    def plan(
+        self, tenant: str, users: Iterable[UserId], as_owner_only: bool = False
+    ) -> DeliveryPlan:
+        """Route a message for `users` of `tenant` (all of one tenant, by construction).
+
+        `as_owner_only`: the message came from a peer that routed it to us as the owner;
+        users we do not own (a placement change raced the message) are delivered to
+        whatever we hold locally instead of bouncing between pods.
+        """
+        plan = DeliveryPlan()
+        for user in users:
+            key = (tenant, user)
+            owner = self._owner(key)
+            if owner != self.name and not as_owner_only:
+                plan.peers[owner].append(user)
+                continue
+            holders = self._holders.get(key)
+            if key in self._conns:
+                plan.local.append(user)
+            elif not holders:
+                plan.unreachable.append(user)
+            for holder in holders or ():
+                plan.holders[holder].append(user)
+        return plan
