@@ -2,7 +2,7 @@
 
 Same keys and the same Lua as the CLI's `TenantStore`, but asynchronous and with the
 per-tenant facts that never change between messages (the id mode) cached, so a team
-message costs one Redis round trip: authorise + resolve in `SEND_LUA`.
+message costs one Redis round trip: authorise + resolve in one pipeline.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import redis
 
 from wsop.acl import bitmap, keys
 from wsop.acl.ids import IdMode, default_max_users
-from wsop.acl.scripts import DIRECTORY_LUA, PRESENCE_LUA, SEND_LUA, parse_resolve_reply
-from wsop.errors import NotFound
+from wsop.acl.pipeline import parse_resolve, queue_resolve
+from wsop.acl.scripts import DIRECTORY_LUA, PRESENCE_LUA
+from wsop.errors import BackendError
 
 UserId = int | str
 MODE_TTL_S = 5.0
@@ -25,7 +26,6 @@ class LiveAcl:
     def __init__(self, client, max_users: int | None = None) -> None:
         self.client = client
         self.max_users = max_users or default_max_users()
-        self._send = client.register_script(SEND_LUA)
         self._presence = client.register_script(PRESENCE_LUA)
         self._directory = client.register_script(DIRECTORY_LUA)
         self._modes: dict[str, tuple[float, IdMode]] = {}
@@ -61,19 +61,13 @@ class LiveAcl:
         self, tenant: str, teams: Sequence[str], sender_index: int
     ) -> tuple[list[UserId] | None, str | None]:
         """(online recipients, None), or (None, the first team the sender is not in)."""
-        script_keys = [
-            keys.meta_key(tenant),
-            keys.online_key(tenant),
-            keys.temp_key(tenant, "send"),
-            *[keys.team_key(tenant, t) for t in teams],
-        ]
+        pipe = self.client.pipeline(transaction=False)
+        queue_resolve(pipe, tenant, teams, True, sender=sender_index)
+        replies = await pipe.execute(raise_on_error=False)
         try:
-            reply = await self._send(keys=script_keys, args=["1", sender_index])
-        except NotFound:
-            raise
+            raw = parse_resolve(tenant, teams, replies, sender=sender_index)
         except redis.ResponseError as exc:
-            raise NotFound(f"cannot resolve teams of {tenant!r}: {exc}") from None
-        raw = parse_resolve_reply(tenant, reply)
+            raise BackendError(f"cannot resolve teams of {tenant!r}: {exc}") from None
         if raw.forbidden_team is not None:
             return None, teams[raw.forbidden_team]
         indices = bitmap.decode(raw.bits).tolist()

@@ -1,7 +1,7 @@
-"""Lua scripts shared by the sync store (CLI, seeding) and the async one (sidecars).
+"""Lua scripts for the writes that must be atomic (seed swap, id directory, presence),
+shared by the sync store (CLI, seeding) and the async one (sidecars).
 
-Keeping the text in one place means the CLI's `wsop resolve` and the live message path
-compute recipients with exactly the same server-side code.
+Resolution is not here: it is a plain pipeline (`wsop.acl.pipeline`).
 """
 
 from __future__ import annotations
@@ -9,20 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wsop.acl.ids import IdMode
-from wsop.errors import NotFound
-
-# Union of teams, optionally AND online, read back and deleted in one round trip.
-# KEYS: meta, online, scratch, team...; ARGV: "1" to AND with online.
-RESOLVE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local exists = {}
-for i = 4, #KEYS do exists[#exists + 1] = redis.call('EXISTS', KEYS[i]) end
-redis.call('BITOP', 'OR', KEYS[3], unpack(KEYS, 4))
-if ARGV[1] == '1' then redis.call('BITOP', 'AND', KEYS[3], KEYS[3], KEYS[2]) end
-local bits = redis.call('GET', KEYS[3])
-redis.call('DEL', KEYS[3])
-return {1, redis.call('HGET', KEYS[1], 'ids') or 'int', exists, bits or ''}
-"""
 
 # Atomically move staged bitmaps into place (the swap of stage-then-swap).
 # KEYS: meta, team-index, online-dest, online-stage|'', then n stage keys, n dest keys,
@@ -70,22 +56,6 @@ end
 return out
 """
 
-# Like RESOLVE_LUA, but first checks that the sender (bit ARGV[2]) is in every team:
-# the live team-message path does authorisation and resolution in one round trip.
-# Returns {2, team_index} when the sender lacks a team.
-SEND_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local sender = tonumber(ARGV[2])
-for i = 4, #KEYS do
-  if redis.call('GETBIT', KEYS[i], sender) == 0 then return {2, i - 3} end
-end
-redis.call('BITOP', 'OR', KEYS[3], unpack(KEYS, 4))
-redis.call('BITOP', 'AND', KEYS[3], KEYS[3], KEYS[2])
-local bits = redis.call('GET', KEYS[3])
-redis.call('DEL', KEYS[3])
-return {1, redis.call('HGET', KEYS[1], 'ids') or 'int', {}, bits or ''}
-"""
-
 # Presence across sidecars: a per-tenant count of sidecars holding >= 1 connection of a
 # user; the online bit is set on 0 -> 1 and cleared on 1 -> 0 (multi-tab, multi-pod).
 # KEYS: online, presence-count; ARGV: bit index, delta (+1 | -1).
@@ -103,18 +73,9 @@ return n
 
 @dataclass(frozen=True)
 class RawResolution:
-    """What a resolve script returned, before decoding. `forbidden_team` set: sender not in it."""
+    """A resolution before decoding. `forbidden_team`: index of a team the sender is not in."""
 
     id_mode: IdMode
     team_exists: list[bool]
     bits: bytes
     forbidden_team: int | None = None
-
-
-def parse_resolve_reply(tenant: str, reply: list) -> RawResolution:
-    if reply[0] == 0:
-        raise NotFound(f"unknown tenant {tenant!r}: nothing seeded for it (see `wsop seed`)")
-    if reply[0] == 2:
-        return RawResolution(IdMode.INT, [], b"", forbidden_team=int(reply[1]) - 1)
-    mode = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-    return RawResolution(IdMode(mode), [bool(e) for e in reply[2]], bytes(reply[3]))

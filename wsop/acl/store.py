@@ -13,13 +13,8 @@ import redis
 
 from wsop.acl import keys
 from wsop.acl.ids import IdMode
-from wsop.acl.scripts import (
-    DIRECTORY_LUA,
-    RESOLVE_LUA,
-    SWAP_LUA,
-    RawResolution,
-    parse_resolve_reply,
-)
+from wsop.acl.pipeline import parse_resolve, queue_resolve
+from wsop.acl.scripts import DIRECTORY_LUA, SWAP_LUA, RawResolution
 from wsop.backend import RedisClient
 from wsop.errors import BackendError, NotFound
 
@@ -31,7 +26,6 @@ class TenantStore:
 
     def __init__(self, client: RedisClient) -> None:
         self.client = client
-        self._resolve = client.register_script(RESOLVE_LUA)
         self._swap = client.register_script(SWAP_LUA)
         self._directory = client.register_script(DIRECTORY_LUA)
 
@@ -53,18 +47,14 @@ class TenantStore:
         return sorted(m.decode() for m in self.client.smembers(keys.team_index_key(tenant)))
 
     def resolve_raw(self, tenant: str, teams: Sequence[str], online_only: bool) -> RawResolution:
-        team_keys = [keys.team_key(tenant, t) for t in teams]
-        script_keys = [
-            keys.meta_key(tenant),
-            keys.online_key(tenant),
-            keys.temp_key(tenant, "resolve"),
-            *team_keys,
-        ]
+        pipe = self.client.pipeline(transaction=False)
+        queue_resolve(pipe, tenant, teams, online_only)
         try:
-            reply = self._resolve(keys=script_keys, args=["1" if online_only else "0"])
+            replies = pipe.execute(raise_on_error=False)
+            return parse_resolve(tenant, teams, replies)
         except redis.ResponseError as exc:
-            raise self._explain(exc, [keys.online_key(tenant), *team_keys]) from None
-        return parse_resolve_reply(tenant, reply)
+            involved = [keys.online_key(tenant), *(keys.team_key(tenant, t) for t in teams)]
+            raise self._explain(exc, involved) from None
 
     def names_for(self, tenant: str, indices: Iterable[int]) -> list[str]:
         """String ids for bit indices (string-id tenants), in the given order."""
