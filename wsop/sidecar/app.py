@@ -45,6 +45,9 @@ from wsop.sidecar.router import DeliveryPlan, HolderChange, Router
 log = logging.getLogger("wsop.sidecar")
 
 ACK_TIMEOUT_S = 5.0
+# Sidecar → LB control frame on a client's upstream: "move to NAME at URL". A JSON
+# frame never starts with NUL, so the LB tells them apart with one character check.
+MOVE_PREFIX = "\x00wsop:move "
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Sidecar:
             except AuthError as exc:
                 return text_response(401, str(exc))
             conn.wsop_identity = ident  # type: ignore[attr-defined]
+            conn.wsop_moved_from = query(request).get("moved_from")  # type: ignore[attr-defined]
             return None
         if path == "/healthz":
             return json_response(200, {"status": "ok", "name": self.config.name})
@@ -170,7 +174,29 @@ class Sidecar:
             return respond(200, self.metrics.render(), "text/plain; version=0.0.4")
         if path == "/connections":
             return json_response(200, self.connections_report())
+        if path == "/move":
+            return self._move(query(request))
         return text_response(404, f"no such endpoint: {path}")
+
+    def _move(self, params: dict[str, str]) -> Response:
+        """Ask the LB in front of each of the user's connections to move it to `to`.
+
+        The control frame travels on the connection itself, so it reaches exactly the LB
+        that holds the client, wherever it is; the LB dials `to`, switches at a message
+        boundary, and the new sidecar takes over delivery (see `Router.connect`).
+        """
+        tenant, raw_user, target = params.get("tenant"), params.get("user"), params.get("to")
+        members = self.members.current()
+        if not tenant or raw_user is None or not target:
+            return json_response(400, {"error": "need tenant, user and to"})
+        if target not in members:
+            return json_response(404, {"error": f"no sidecar named {target!r}"})
+        user = protocol.normalize_user_id(raw_user)
+        conns = list(self.router.connections(tenant, user)) if user is not None else []
+        if target == self.config.name or not conns:
+            return json_response(200, {"moved": 0})
+        broadcast(conns, f"{MOVE_PREFIX}{target} {members[target]}")
+        return json_response(200, {"moved": len(conns)})
 
     def connections_report(self) -> dict[str, Any]:
         users = [{"tenant": t, "user": u, "count": c} for t, u, c in self.router.users()]
@@ -198,11 +224,14 @@ class Sidecar:
         if index is None:
             await conn.close(1008, "user id not valid for this tenant")
             return
-        first, change = self.router.connect(ident.tenant, ident.user, conn)
+        moved_from = getattr(conn, "wsop_moved_from", None)
+        first, change = self.router.connect(ident.tenant, ident.user, conn, moved_from)
         self._identities[conn] = (ident, index)
         self.metrics.connections.inc()
         if change:
-            self.peers.send(change.owner, Holding(change.tenant, change.user, True))
+            self.peers.send(
+                change.owner, Holding(change.tenant, change.user, True, change.replaces)
+            )
         try:
             if first:
                 await self.acl.presence(ident.tenant, index, +1)
@@ -368,7 +397,9 @@ class Sidecar:
         elif isinstance(item, Ack):
             self._settle(item.ack, peer, item.delivered, item.unreachable)
         else:
-            change = HolderChange(self.config.name, item.tenant, item.user, item.holding)
+            change = HolderChange(
+                self.config.name, item.tenant, item.user, item.holding, item.replaces
+            )
             self.router.holder(change, peer)
 
     def _held(self, tenant: str, users: list[Any]) -> list[Any]:

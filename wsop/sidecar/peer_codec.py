@@ -9,6 +9,8 @@ line (the client frame for deliveries, empty otherwise)::
     (empty line)
     ["h","acme",42,1]                I hold a connection of acme/42 (1) / no longer (0)
     (empty line)
+    ["h","acme",42,1,"s3"]           I hold it now, *instead of* s3 (a move: the owner
+    (empty line)                     swaps holders atomically, so no message is missed)
 
 Frames are encoded once by the sender and forwarded verbatim: the receiver parses only
 the headers. Our encoders emit compact ASCII JSON, which never contains a newline.
@@ -56,6 +58,7 @@ class Holding:
     tenant: str
     user: UserId
     holding: bool
+    replaces: str | None = None
 
 
 PeerItem = Deliver | Ack | Holding
@@ -69,7 +72,10 @@ def encode_item(item: PeerItem) -> str:
         return _encode(["d", item.tenant, item.users, item.ack, item.mode]) + "\n" + item.frame
     if isinstance(item, Ack):
         return _encode(["a", item.ack, item.delivered, item.unreachable]) + "\n"
-    return _encode(["h", item.tenant, item.user, 1 if item.holding else 0]) + "\n"
+    head: list[object] = ["h", item.tenant, item.user, 1 if item.holding else 0]
+    if item.replaces:
+        head.append(item.replaces)
+    return _encode(head) + "\n"
 
 
 def encode_batch(encoded_items: Sequence[str]) -> str:
@@ -98,7 +104,8 @@ def decode_batch(raw: str | bytes) -> list[PeerItem]:
             elif kind == "a":
                 items.append(Ack(int(head[1]), int(head[2]), int(head[3])))
             elif kind == "h":
-                items.append(Holding(str(head[1]), head[2], bool(head[3])))
+                replaces = str(head[4]) if len(head) > 4 else None
+                items.append(Holding(str(head[1]), head[2], bool(head[3]), replaces))
             else:
                 raise ValueError
         except (ValueError, TypeError, IndexError, KeyError):

@@ -36,12 +36,17 @@ class DeliveryPlan:
 
 @dataclass(frozen=True)
 class HolderChange:
-    """Tell `owner` that this sidecar holds (or no longer holds) a connection of `user`."""
+    """Tell `owner` that this sidecar holds (or no longer holds) a connection of `user`.
+
+    `replaces`: the connection moved here from that sidecar; the owner swaps the two
+    holders in one step, so every message goes to exactly one of them.
+    """
 
     owner: str
     tenant: str
     user: UserId
     holding: bool
+    replaces: str | None = None
 
 
 class Router:
@@ -52,6 +57,8 @@ class Router:
         self._owner = owner
         self._conns: dict[UserKey, set[Hashable]] = {}
         self._holders: dict[UserKey, set[str]] = defaultdict(set)
+        # Connections moving away: still open (they drain), no longer delivered to.
+        self._detached: dict[UserKey, set[Hashable]] = {}
 
     # -- membership --------------------------------------------------------------------
 
@@ -83,22 +90,37 @@ class Router:
     # -- connections -------------------------------------------------------------------
 
     def connect(
-        self, tenant: str, user: UserId, conn: Hashable
+        self, tenant: str, user: UserId, conn: Hashable, moved_from: str | None = None
     ) -> tuple[bool, HolderChange | None]:
-        """Register a connection; (first connection of this user here, registration to send)."""
+        """Register a connection; (first connection of this user here, registration to send).
+
+        `moved_from`: the connection is being moved here from that sidecar. As owner we
+        take over delivery at once; otherwise the owner is told to swap holders.
+        """
         key = (tenant, user)
-        conns = self._conns.setdefault(key, set())
-        first = not conns
-        conns.add(conn)
+        first = not self._conns.get(key) and not self._detached.get(key)
+        self._conns.setdefault(key, set()).add(conn)
         owner = self._owner(key)
-        change = HolderChange(owner, tenant, user, True) if first and owner != self.name else None
-        return first, change
+        if owner == self.name:
+            if moved_from:
+                self.holder(HolderChange(owner, tenant, user, False), moved_from)
+            return first, None
+        if first or moved_from:
+            return first, HolderChange(owner, tenant, user, True, moved_from)
+        return first, None
 
     def disconnect(
         self, tenant: str, user: UserId, conn: Hashable
     ) -> tuple[bool, HolderChange | None]:
         """Forget a connection; (it was the user's last one here, deregistration to send)."""
         key = (tenant, user)
+        detached = self._detached.get(key)
+        if detached and conn in detached:
+            detached.discard(conn)
+            if not detached:
+                del self._detached[key]
+            # the move already told the owner; presence ends only with the last one
+            return key not in self._conns and key not in self._detached, None
         conns = self._conns.get(key)
         if not conns or conn not in conns:
             return False, None
@@ -108,7 +130,15 @@ class Router:
         del self._conns[key]
         owner = self._owner(key)
         change = HolderChange(owner, tenant, user, False) if owner != self.name else None
-        return True, change
+        return key not in self._detached, change
+
+    def detach(self, tenant: str, user: UserId) -> list[Hashable]:
+        """Stop delivering to the user's connections here (they are moving away)."""
+        key = (tenant, user)
+        conns = self._conns.pop(key, set())
+        if conns:
+            self._detached.setdefault(key, set()).update(conns)
+        return list(conns)
 
     def connections(self, tenant: str, user: UserId) -> set[Hashable]:
         return self._conns.get((tenant, user), set())
@@ -119,9 +149,16 @@ class Router:
     def connection_count(self) -> int:
         return sum(len(c) for c in self._conns.values())
 
+    def is_local(self, tenant: str, user: UserId) -> bool:
+        return (tenant, user) in self._conns
+
     def holder(self, change: HolderChange, holder: str) -> None:
         """Apply a registration received from peer `holder` (we are, or were, the owner)."""
         key = (change.tenant, change.user)
+        if change.replaces == self.name:
+            self.detach(change.tenant, change.user)  # moved off us: the holder delivers now
+        elif change.replaces:
+            self._holders.get(key, set()).discard(change.replaces)
         if change.holding:
             self._holders[key].add(holder)
         else:
