@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import Annotated, Any, NoReturn
 
@@ -66,31 +67,40 @@ def up_cmd(
             "tenant and user.[/]",
             highlight=False,
         )
-    result = stack.up(sidecars, port, insecure, algo, redis_url)
-    payload = {**result.to_json(), "detached": detach}
-    emit(payload, as_json, _render(payload, "wsop stack is up"))
     if detach:
+        payload = {
+            **stack.up(sidecars, port, insecure, algo, redis_url).to_json(),
+            "detached": True,
+        }
+        emit(payload, as_json, _render(payload, "wsop stack is up"))
         return
-    if not as_json:
-        err_console.print("Ctrl-C stops the stack.", highlight=False)
-
-    def _sigterm(*_: object) -> NoReturn:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _sigterm)
-    try:
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
+    started = False
+    try:  # any way out of the foreground brings the stack down, even mid-start
+        payload = {**stack.up(sidecars, port, insecure, algo, redis_url).to_json()}
+        started = True
+        payload["detached"] = False
+        emit(payload, as_json, _render(payload, "wsop stack is up"))
+        if not as_json:
+            err_console.print("Ctrl-C stops the stack.", highlight=False)
         stack.watch_foreground()
         err_console.print("the stack went away; exiting", highlight=False)
     except KeyboardInterrupt:
-        pass
+        if not started:
+            raise  # interrupted start-up (already cleaned up by `up`): exit 130
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one Ctrl-C/TERM is enough
-        try:
-            stack.down()
-            if not as_json:
-                err_console.print("stack stopped", highlight=False)
-        except stack.StackNotRunning:
-            pass
+        # a second Ctrl-C/TERM must not interrupt the teardown half-way
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if started:
+            with contextlib.suppress(stack.StackNotRunning):
+                stack.down()
+                if not as_json:
+                    err_console.print("stack stopped", highlight=False)
+
+
+def _raise_interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def scale_cmd(sidecars: SidecarsOpt, as_json: JsonOpt = False) -> None:
