@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from wsop import __version__
-from wsop.cli import online, redis_cmd, resolve, ring, seed, sidecar
+from wsop.cli import loadtest, online, redis_cmd, resolve, ring, seed, sidecar
 from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
 from wsop.cli.lb import lb_cmd
@@ -28,6 +28,7 @@ app.command("up")(up_cmd)
 app.command("scale")(scale_cmd)
 app.command("status")(status_cmd)
 app.command("down")(down_cmd)
+app.command("loadtest")(loadtest.loadtest_cmd)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,186 @@
+"""`wsop loadtest`: locust profiles against the local stack or a target (docs/loadtest.md).
+
+Thin: flags → `LoadPlan` → `wsop.load.runner.run` (locust in subprocesses, so this
+process is never monkey-patched by gevent) → `summary` → table or `--json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wsop.cli.app import JsonOpt, RedisOpt
+from wsop.cli.output import emit, err_console
+from wsop.errors import UsageError, WsopError
+
+
+def _live(as_json: bool):
+    """A status callback rendering one live line (terminal only), and its closer."""
+    if as_json or not err_console.is_terminal:
+        return None, lambda: None
+    from rich.live import Live
+
+    live = Live(console=err_console, transient=True, refresh_per_second=4)
+    live.start()
+
+    def show(point: dict[str, Any]) -> None:
+        p95 = point.get("p95")
+        live.update(
+            f"[bold]{point['phase']}[/] t={point['t']:.0f}s users={point['users']} "
+            f"rate={point['msgs_per_s']:.0f}/{point['target_rate']:.0f} msg/s "
+            f"sent={point['sent']} delivered={point['delivered']} "
+            f"[{'red' if point['lost'] else 'green'}]lost={point['lost']}[/] "
+            f"p95={'-' if p95 is None else p95} ms"
+        )
+
+    return show, live.stop
+
+
+def _render(result: dict[str, Any]) -> Any:
+    def render(console: Console) -> None:
+        table = Table(title=f"wsop loadtest · {result['profile']}", title_justify="left")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        lat = result["latency_ms"]
+        rows = [
+            ("target", result["target"]),
+            ("connections (ready)", f"{result['connections']} ({result['ready']})"),
+            ("workers", result["workers"]),
+            ("duration s", result["duration_s"]),
+            ("target rate msg/s", f"{result['target_rate']:g}"),
+            ("sent (direct / team)", f"{result['sent']} ({result['direct']} / {result['team']})"),
+            ("achieved msg/s", f"{result['msgs_per_s']} ({result['rate_ratio']:.1%} of plan)"),
+            ("expected deliveries", result["expected_deliveries"]),
+            ("delivered", result["delivered"]),
+            ("lost", result["lost"]),
+            ("duplicates", result["duplicates"]),
+            ("deliveries/s", result["deliveries_per_s"]),
+            ("latency p50/p95/p99 ms", f"{lat['p50']} / {lat['p95']} / {lat['p99']}"),
+        ]
+        side = ("late", "surplus", "unexpected", "errors", "disconnects", "acks_missing")
+        rows += [(k, result[k]) for k in side if result[k]]
+        for key, value in rows:
+            style = "red" if key in ("lost", "duplicates") and value else ""
+            table.add_row(key, f"[{style}]{value}[/]" if style else str(value))
+        console.print(table)
+        if result.get("report_dir"):
+            console.print(f"report: {result['report_dir']}", highlight=False)
+
+    return render
+
+
+def loadtest_cmd(
+    local: Annotated[bool, typer.Option("--local", help="Use (or start) the local stack.")] = False,
+    target: Annotated[
+        str | None, typer.Option("--target", help="The LB's URL, ws://HOST:PORT.")
+    ] = None,
+    profile: Annotated[
+        str, typer.Option("--profile", help="smoke, ramp, 30k, spike or soak.")
+    ] = "smoke",
+    rate: Annotated[float | None, typer.Option("--rate", help="Peak msg/s.")] = None,
+    connections: Annotated[int | None, typer.Option("--connections", help="WebSockets.")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="Seconds.")] = None,
+    team_share: Annotated[
+        float | None, typer.Option("--team-share", help="Fraction of team messages.")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Locust worker processes (0: one process).")
+    ] = 0,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write HTML, CSV and a PNG plot here.")
+    ] = None,
+    allow_loss: Annotated[bool, typer.Option("--allow-loss", help="Lost ≠ failure.")] = False,
+    min_rate_ratio: Annotated[
+        float, typer.Option("--min-rate-ratio", help="Fail below this share of the plan.")
+    ] = 0.9,
+    grace: Annotated[float, typer.Option("--grace", help="Seconds to wait for stragglers.")] = 3.0,
+    sidecars: Annotated[
+        int, typer.Option("--sidecars", help="Sidecars if --local starts a stack.")
+    ] = 2,
+    master: Annotated[bool, typer.Option("--master", help="Run only the master.")] = False,
+    worker: Annotated[bool, typer.Option("--worker", help="Run only a worker.")] = False,
+    master_host: Annotated[str, typer.Option("--master-host", help="Master to join.")] = "",
+    master_port: Annotated[int, typer.Option("--master-port", help="Master's port.")] = 5557,
+    master_bind: Annotated[
+        str, typer.Option("--master-bind", help="Master's listen address.")
+    ] = "0.0.0.0",
+    redis_url: RedisOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drive the stack with locust at a profile's rates and account for every delivery."""
+    from wsop.load import localstack, runner
+    from wsop.load import report as reporting
+    from wsop.load.profiles import make_plan
+
+    if worker:
+        if not master_host:
+            raise UsageError("--worker needs --master-host")
+        raise typer.Exit(runner.run_worker(master_host, master_port, {}))
+    if local == (target is not None):
+        raise UsageError("pass exactly one of --local or --target URL")
+    if not 0 < min_rate_ratio <= 1:
+        raise UsageError(f"--min-rate-ratio is a fraction in (0, 1], got {min_rate_ratio}")
+    if master:
+        expected_workers = workers or 1
+    else:
+        runner.check_workers(workers)
+        expected_workers = max(1, workers)
+    plan = make_plan(profile, rate, connections, duration, team_share, expected_workers, grace)
+    if target is not None:
+        target = runner.normalize_target(target)
+        runner.check_reachable(target)
+
+    stack = None
+    env: dict[str, str] = {}
+    if local:
+        stack = localstack.ensure(sidecars, redis_url)
+        target, redis_url = stack.url, stack.redis_url
+        if stack.secret:
+            env["WSOP_SECRET"] = stack.secret
+    try:
+        if local or redis_url:
+            localstack.seed(plan, redis_url)
+        elif not as_json:
+            err_console.print(f"assuming the target is seeded: {plan.seed_command()}")
+        if report is not None:
+            report.mkdir(parents=True, exist_ok=True)
+        show, close = _live(as_json)
+        assert target is not None
+        spec = runner.RunSpec(
+            target=target,
+            plan=plan,
+            workers=0 if master else workers,
+            master_only=master,
+            master_bind=master_bind if master else "127.0.0.1",
+            master_port=master_port if master else _free_port(workers),
+            report_dir=report,
+            env=env,
+            on_status=show,
+        )
+        try:
+            results = runner.run(spec)
+        finally:
+            close()
+    finally:
+        if stack is not None:
+            stack.stop()
+    result = reporting.summary(results, target)
+    if report is not None:
+        result["report_dir"] = str(report)
+        result["plot"] = str(reporting.plot(results, report / "loadtest.png"))
+    emit(result, as_json, _render(result))
+    reasons = reporting.verdict(result, allow_loss, min_rate_ratio)
+    if reasons:
+        raise WsopError("; ".join(reasons))
+
+
+def _free_port(workers: int) -> int:
+    if not workers:
+        return 0
+    from wsop.local.redis_binary import free_port
+
+    return free_port()

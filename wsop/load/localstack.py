@@ -1,0 +1,64 @@
+"""CLI side of `--local`: find or start the local stack, seed the plan's tenants, stop it.
+
+Plain Python (no gevent). The stack is started through the library (`wsop up --detach
+--insecure` in effect) and stopped only if this run started it, so a developer's own
+stack survives a load test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from wsop.errors import BackendUnavailable
+from wsop.load.profiles import LoadPlan
+
+
+@dataclass
+class LocalStack:
+    url: str  # the LB's ws:// base url
+    redis_url: str
+    secret: str | None
+    started: bool
+    sidecar_pids: dict[str, int]
+
+    def stop(self) -> None:
+        if self.started:
+            from wsop.local import stack
+
+            stack.down()
+
+
+def ensure(sidecars: int = 2, redis_url: str | None = None) -> LocalStack:
+    """The running local stack, or a new insecure one on a free port."""
+    from wsop.local import stack, stack_file
+    from wsop.local.redis_binary import free_port
+
+    started = False
+    try:
+        stack.status()
+    except stack.StackNotRunning:
+        stack.up(sidecars=sidecars, port=free_port(), insecure=True, redis_url=redis_url)
+        started = True
+    record = stack_file.load()
+    if record is None:
+        raise BackendUnavailable("the local stack vanished right after starting")
+    return LocalStack(
+        url=record.lb.url,
+        redis_url=record.redis_url,
+        secret=record.secret,
+        started=started,
+        sidecar_pids={s.name: s.pid for s in record.sidecars},
+    )
+
+
+def seed(plan: LoadPlan, redis_url: str | None) -> dict[str, Any]:
+    """`wsop seed synthetic … --online 0 --replace` for exactly the plan's tenants."""
+    from wsop.acl import seed as seeding
+    from wsop.acl.store import TenantStore
+    from wsop.acl.synthetic import generate
+    from wsop.backend import connect
+    from wsop.load.layout import synthetic_spec
+
+    store = TenantStore(connect(redis_url))
+    return seeding.seed(store, generate(synthetic_spec(plan)), replace=True).to_json()

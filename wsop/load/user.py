@@ -1,0 +1,300 @@
+"""The load user: one WebSocket through the LB, paced sends, a receiving greenlet.
+
+gevent world only (imported by the locustfile after locust monkey-patched the standard
+library). Follows locust's `contrib/socketio.py`: a blocking client (websocket-client)
+made cooperative by gevent, wrapped in a `User`, one request event per delivered
+message with a low-cardinality name (`WS`/`direct`, `WS`/`team`) so locust's stats,
+CSV and HTML report show end-to-end delivery latency.
+
+Every payload is `[worker, slot, seq, send_ts_us]`: who sent it, its sequence number
+and when, so the receiver can both time it and tick it off in the ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import gevent
+import websocket
+from gevent.event import Event
+from locust import User, task
+
+from wsop.load.layout import TenantTeams, slot_identity, team_membership, worker_tenants
+from wsop.load.ledger import SEQ_BITS, Ledger
+from wsop.load.profiles import LoadPlan
+
+HELLO_TIMEOUT_S = 10.0
+SETTLE_EVERY_S = 1.0
+_loads = json.JSONDecoder().decode
+
+
+class WorkerContext:
+    """What the users of one locust process share: plan, ledger, who is online."""
+
+    def __init__(self, plan: LoadPlan, worker_index: int) -> None:
+        self.plan = plan
+        self.index = worker_index
+        self.ledger = Ledger(plan.grace_s)
+        self.tenants = worker_tenants(plan, worker_index)
+        self.teams: dict[str, TenantTeams] = team_membership(plan, self.tenants)
+        # Users meant to be online: joined after a round trip proved them routable, left
+        # only when their locust User stops. A disconnect does not remove anyone, so
+        # messages to a user the stack dropped count as lost, not as "not expected".
+        self.pool: dict[str, set[int]] = {t: set() for t in self.tenants}
+        self.pool_list: dict[str, list[int]] = {t: [] for t in self.tenants}
+        self.per_user_rate = 0.0
+        self.secret = os.environ.get("WSOP_SECRET") or None
+        self.users: set[WsopUser] = set()
+        self._next_slot = 0
+        self._free: list[int] = []
+        self._settler = gevent.spawn(self._settle_forever)
+
+    def claim_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        slot, self._next_slot = self._next_slot, self._next_slot + 1
+        return slot
+
+    def release_slot(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def join(self, tenant: str, user: int) -> None:
+        if user not in self.pool[tenant]:
+            self.pool[tenant].add(user)
+            self.pool_list[tenant].append(user)
+            self.ledger.counters.ready += 1
+
+    def leave(self, tenant: str, user: int) -> None:
+        if user in self.pool[tenant]:
+            self.pool[tenant].discard(user)
+            self.pool_list[tenant].remove(user)
+            self.ledger.counters.ready -= 1
+
+    def finish(self) -> dict[str, Any]:
+        """Stop the clock: settle every message (the drain stage was the grace period)."""
+        self._settler.kill(block=False)
+        self.ledger.settle(time.time(), everything=True)
+        self.ledger.counters.acks_missing = sum(len(u.pending_acks) for u in self.users)
+        return self.ledger.snapshot()
+
+    def _settle_forever(self) -> None:
+        while True:
+            gevent.sleep(SETTLE_EVERY_S)
+            self.ledger.settle(time.time())
+
+
+_context: WorkerContext | None = None
+
+
+def context(environment: Any) -> WorkerContext:
+    """This process's context, built on first use (workers learn the plan at spawn)."""
+    global _context
+    if _context is None:
+        plan = LoadPlan.from_json(environment.parsed_options.wsop_config)
+        index = getattr(environment.runner, "worker_index", 0)
+        _context = WorkerContext(plan, max(index, 0))
+    return _context
+
+
+def current_context() -> WorkerContext | None:
+    return _context
+
+
+class WsopUser(User):
+    """One chat user: sends direct and team messages at the shared pace, receives all."""
+
+    def on_start(self) -> None:
+        self.ctx = context(self.environment)
+        self.plan = self.ctx.plan
+        self.slot = self.ctx.claim_slot()
+        self.tenant, self.user = slot_identity(self.plan, self.ctx.index, self.slot)
+        self.my_teams = self.ctx.teams[self.tenant].teams_of.get(self.user, ())
+        self.members = self.ctx.teams[self.tenant].members
+        self.key_base = self.slot << SEQ_BITS
+        self.seq = 0
+        self.ready = False
+        self.stopping = False
+        self.ws: websocket.WebSocket | None = None
+        self._next: float | None = None
+        self.pending_acks: dict[str, tuple[int, bool]] = {}
+        self.ctx.users.add(self)
+        self._hello = Event()
+        self.ws = self._connect()
+        self._rx = gevent.spawn(self._receive)
+        if self.ws is None:
+            return
+        self.ws.send(f'{{"type":"direct","to":{self.user},"data":"hello","id":"hello"}}')
+        if self._hello.wait(HELLO_TIMEOUT_S):
+            self.ctx.join(self.tenant, self.user)
+            self.ready = True
+        else:
+            self._fail("hello", "no round trip to self within 10 s")
+
+    def on_stop(self) -> None:
+        self.stopping = True
+        self.ctx.leave(self.tenant, self.user)
+        self._rx.kill(block=False)
+        if self.ws is not None:
+            with contextlib.suppress(Exception):  # a dead socket: nothing left to close
+                self.ws.close(timeout=0.5)
+        self.ctx.users.discard(self)
+        self.ctx.release_slot(self.slot)
+
+    # -- pacing and sending ------------------------------------------------------------
+
+    def wait_time(self) -> float:
+        """Absolute schedule at the shared per-user rate; a backlog > 1 s is dropped."""
+        rate = self.ctx.per_user_rate
+        now = time.monotonic()
+        if rate <= 0 or not self.ready:
+            self._next = None
+            return 0.2
+        interval = 1.0 / rate
+        if self._next is None:
+            self._next = now + random.random() * interval
+        else:
+            self._next += interval
+            if self._next < now - 1.0:
+                self._next = now
+        return max(0.0, self._next - now)
+
+    @task
+    def send(self) -> None:
+        ws = self.ws
+        if not self.ready or ws is None or self.ctx.per_user_rate <= 0:
+            return
+        ctx, seq = self.ctx, self.seq
+        self.seq += 1
+        ts = time.time_ns() // 1000
+        data = f"[{ctx.index},{self.slot},{seq},{ts}]"
+        if self.my_teams and random.random() < self.plan.team_share:
+            team = random.choice(self.my_teams)
+            expected = len(self.members[team] & ctx.pool[self.tenant])
+            frame = f'{{"type":"team","teams":["{team}"],"data":{data},"id":"{seq}"}}'
+            is_team = True
+        else:
+            pool = ctx.pool_list[self.tenant]
+            to = random.choice(pool)
+            if to == self.user and len(pool) > 1:
+                to = random.choice(pool)
+            expected = 1
+            frame = f'{{"type":"direct","to":{to},"data":{data},"id":"{seq}"}}'
+            is_team = False
+        key = self.key_base | seq
+        # Book it before sending: a greenlet switch inside send() could let the
+        # receiver see the delivery first.
+        ctx.ledger.sent(key, expected, ts / 1e6, is_team)
+        self.pending_acks[str(seq)] = (expected, is_team)
+        try:
+            ws.send(frame)
+        except (websocket.WebSocketException, OSError):
+            ctx.ledger.cancel(key)
+            self.pending_acks.pop(str(seq), None)
+
+    # -- connection and receiving ------------------------------------------------------
+
+    def _url(self) -> str:
+        base = self.environment.host.rstrip("/")
+        if self.ctx.secret:
+            from wsop.auth import mint_token
+
+            ttl = int(self.plan.duration + 3600)
+            token = mint_token(self.ctx.secret, self.tenant, self.user, ttl_s=ttl)
+            return f"{base}/ws?token={token}"
+        return f"{base}/ws?tenant={self.tenant}&user={self.user}"
+
+    def _connect(self) -> websocket.WebSocket | None:
+        started = time.perf_counter()
+        try:
+            ws = websocket.create_connection(
+                self._url(),
+                timeout=10,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+                sockopt=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            )
+        except (websocket.WebSocketException, OSError) as exc:
+            self._fail("connect", f"{type(exc).__name__}: {exc}"[:200], started)
+            return None
+        ws.settimeout(None)
+        self._event("connect", (time.perf_counter() - started) * 1000, 0)
+        return ws
+
+    def _receive(self) -> None:
+        ledger, index, slot = self.ctx.ledger, self.ctx.index, self.slot
+        while not self.stopping:
+            ws = self.ws
+            if ws is None:
+                gevent.sleep(random.uniform(0.5, 1.5))
+                self.ws = self._connect()
+                if self.ws is not None:
+                    ledger.counters.reconnects += 1
+                continue
+            try:
+                raw = ws.recv()
+            except (websocket.WebSocketException, OSError):
+                raw = None
+            if not raw:
+                if not self.stopping:
+                    ledger.counters.disconnects += 1
+                    self._fail("disconnect", "connection closed by the stack")
+                    self.ws = None
+                continue
+            obj = _loads(raw)
+            kind = obj.get("type")
+            if kind == "message":
+                data = obj.get("data")
+                if type(data) is list and len(data) == 4:
+                    if data[0] != index:
+                        ledger.counters.unexpected += 1
+                    elif ledger.received(slot, (data[1] << SEQ_BITS) | data[2]):
+                        latency = (time.time_ns() // 1000 - data[3]) / 1000
+                        name = "team" if "teams" in obj else "direct"
+                        self._event(name, latency, len(raw))
+                elif data == "hello" and obj.get("from") == self.user:
+                    self._hello.set()
+            elif kind == "ack":
+                self._on_ack(obj)
+            elif kind == "error":
+                ledger.counters.errors += 1
+                self.pending_acks.pop(str(obj.get("id")), None)
+                self._fail("error", str(obj.get("code")))
+
+    def _on_ack(self, ack: dict[str, Any]) -> None:
+        c = self.ctx.ledger.counters
+        pending = self.pending_acks.pop(str(ack.get("id")), None)
+        if pending is None:
+            return  # the hello
+        c.acks += 1
+        undelivered = ack.get("undelivered", 0)
+        c.ack_undelivered += undelivered
+        expected, is_team = pending
+        if is_team and ack.get("delivered", 0) + undelivered != expected:
+            c.ack_mismatch += 1
+
+    def _event(self, name: str, response_time: float, length: int) -> None:
+        self.environment.events.request.fire(
+            request_type="WS",
+            name=name,
+            response_time=response_time,
+            response_length=length,
+            exception=None,
+            context={},
+        )
+
+    def _fail(self, name: str, reason: str, started: float | None = None) -> None:
+        elapsed = 0.0 if started is None else (time.perf_counter() - started) * 1000
+        self.environment.events.request.fire(
+            request_type="WS",
+            name=name,
+            response_time=elapsed,
+            response_length=0,
+            exception=Exception(reason),
+            context={},
+        )
