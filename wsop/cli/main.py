@@ -9,6 +9,8 @@ from wsop.cli import loadtest, online, redis_cmd, resolve, ring, seed, sidecar
 from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
 from wsop.cli.lb import lb_cmd
+from wsop.cli.manifests import inject_cmd, manifests_cmd
+from wsop.cli.rebalance import rebalance_cmd
 from wsop.cli.stack import down_cmd, scale_cmd, status_cmd, up_cmd
 
 app = new_app(
@@ -28,6 +30,9 @@ app.command("up")(up_cmd)
 app.command("scale")(scale_cmd)
 app.command("status")(status_cmd)
 app.command("down")(down_cmd)
+app.command("rebalance")(rebalance_cmd)
+app.command("inject")(inject_cmd)
+app.command("manifests")(manifests_cmd)
 app.command("loadtest")(loadtest.loadtest_cmd)
 
 

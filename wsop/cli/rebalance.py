@@ -1,0 +1,183 @@
+"""`wsop rebalance`: move live connections back onto their ring owners, within 1 + ε.
+
+Thin: flags pick the fleet (the local stack or a label selector in a namespace),
+`wsop.k8s.rebalance` gathers, plans and executes, and one result object feeds both the
+rich table and `--json`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from wsop.cli.app import JsonOpt
+from wsop.cli.output import emit, err_console
+from wsop.errors import UsageError
+from wsop.k8s.discovery import DEFAULT_SELECTOR
+from wsop.ring.registry import DEFAULT_EPSILON
+
+DEFAULT_RATE = 50.0
+DEFAULT_MAX_MOVES = 1000
+
+
+def rebalance_cmd(
+    local: Annotated[
+        bool, typer.Option("--local", help="Rebalance the stack `wsop up` started.")
+    ] = False,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Kubernetes namespace of the sidecar pods."),
+    ] = None,
+    selector: Annotated[
+        str | None,
+        typer.Option(
+            "--selector",
+            "-l",
+            help=f"Label selector of the sidecar pods (default: {DEFAULT_SELECTOR}).",
+        ),
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option("--service", help="Also require readiness in this Service's EndpointSlices."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Sidecar port when the pod spec names no 'wsop' port."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and show; move nothing.")
+    ] = False,
+    max_moves: Annotated[
+        int, typer.Option("--max-moves", help="Move at most this many users.")
+    ] = DEFAULT_MAX_MOVES,
+    rate: Annotated[float, typer.Option("--rate", help="Moves per second.")] = DEFAULT_RATE,
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Target: max load ≤ ⌈(1+ε)·mean⌉ connections.")
+    ] = DEFAULT_EPSILON,
+    algo: Annotated[
+        str | None,
+        typer.Option(
+            "--algo", help="Ring algorithm of the stack (default: the local stack's, else maglev)."
+        ),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option("--kubeconfig", help="Path to a kubeconfig.")
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="kubeconfig context to use.")
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="WSOP_ADMIN_TOKEN",
+            show_default=False,
+            help="The sidecars' admin token (Kubernetes; --local reads the members file).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Gather every sidecar's connections, plan the fewest moves, and apply them at --rate."""
+    from wsop.k8s.rebalance import kubernetes_fleet, local_fleet, rebalance
+
+    if local == (namespace is not None):
+        raise UsageError("give exactly one of --local or --namespace NS [--selector SEL]")
+    if local and (selector or kubeconfig or context or service):
+        raise UsageError(
+            "--selector/--service/--kubeconfig/--context need --namespace, not --local"
+        )
+    if max_moves < 0:
+        raise UsageError(f"--max-moves must be ≥ 0, got {max_moves}")
+    if not rate > 0:
+        raise UsageError(f"--rate must be > 0 moves per second, got {rate}")
+    if local:
+        fleet = local_fleet(algo)
+    else:
+        from wsop.k8s.client import connect
+
+        cluster = connect(kubeconfig, context)
+        fleet = kubernetes_fleet(
+            cluster,
+            str(namespace),
+            selector or DEFAULT_SELECTOR,
+            algo or "maglev",
+            admin_token or None,
+            service,
+            port,
+        )
+    progress = None if as_json or dry_run else _progress()
+    if progress is None:
+        result = rebalance(fleet, epsilon, max_moves, rate, dry_run)
+    else:
+        with progress:
+            task = progress.add_task("moving", total=None)
+
+            def report(done: int, total: int, move: Any, error: str | None) -> None:
+                progress.update(task, completed=done, total=total)
+
+            result = rebalance(fleet, epsilon, max_moves, rate, dry_run, report)
+    payload = result.to_json()
+    emit(payload, as_json, lambda console: _render(console, payload))
+    run = result.execution
+    if run is not None and run.aborted:
+        err_console.print(f"[bold red]error:[/] {run.aborted}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=not os.environ.get("WSOP_KEEP_PROGRESS"),
+    )
+
+
+def _render(console: Console, p: dict[str, Any]) -> None:
+    loads = Table(title=f"rebalance {p['where']}", title_justify="left")
+    for column in ("member", "before", "after", ""):
+        loads.add_column(column, justify="left" if column == "member" else "right")
+    members = set(p["members"])
+    for name in sorted(set(p["loads_before"]) | set(p["loads_after"])):
+        note = "" if name in members else "[yellow]gone[/]"
+        loads.add_row(
+            name, str(p["loads_before"].get(name, 0)), str(p["loads_after"].get(name, 0)), note
+        )
+    console.print(loads)
+    if p["matrix"]:
+        matrix = Table(title="moves (from → to)", title_justify="left")
+        for column in ("from", "to", "users", "connections"):
+            matrix.add_column(
+                column, justify="right" if column in ("users", "connections") else "left"
+            )
+        for cell in p["matrix"]:
+            matrix.add_row(cell["from"], cell["to"], str(cell["moves"]), str(cell["connections"]))
+        console.print(matrix)
+    verb = "would move" if p["dry_run"] else "moved"
+    done = p["moves"] if p["dry_run"] else p["moved"]
+    console.print(
+        f"max/mean {p['before']} → {p['after']} (ε {p['epsilon']}, capacity {p['capacity']}) · "
+        f"{verb} {done}/{p['moves']} users"
+        + (f" · {p['dropped']} more over --max-moves" if p["dropped"] else ""),
+        highlight=False,
+    )
+    for item in p["not_ready"]:
+        console.print(f"[yellow]not ready[/] {item['name']}: {item['reason']}", highlight=False)
+    for item in p["skipped_pods"]:
+        console.print(f"[red]skipped[/] {item['name']}: {item['reason']}", highlight=False)
+    for error in p["errors"][:10]:
+        console.print(
+            f"[red]failed[/] {error['tenant']}/{error['user']} {error['from']} → {error['to']}: "
+            f"{error['error']}",
+            highlight=False,
+        )
+    if len(p["errors"]) > 10:
+        console.print(f"… and {len(p['errors']) - 10} more errors (see --json)")

@@ -1,0 +1,128 @@
+"""`wsop inject`: add the wsop sidecar to the Deployments that ask for it.
+
+A Deployment opts in with the label `ws.operator/enabled: "true"` on itself. For each
+one, injection makes the pod template carry:
+
+- the `wsop-sidecar` container (`manifests.sidecar_container`), replacing an older
+  copy of it — so a second run, or a run with the same flags, changes nothing;
+- the same label on the pod template (discovery selects *pods* by it);
+- `serviceAccountName: wsop` when the template names none (the sidecar lists pods);
+  a template that already names one keeps it, with a note to bind the Role to it.
+
+Every other field and document passes through untouched (PyYAML does not keep
+comments). A port already used by an app container is refused, not doubled.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from wsop.errors import InputError
+from wsop.k8s.discovery import SIDECAR_CONTAINER
+from wsop.k8s.manifests import ENABLED_LABEL, NAME, Settings, sidecar_container
+
+
+@dataclass
+class InjectResult:
+    documents: list[Any]
+    injected: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_yaml(self) -> str:
+        return dump_all(self.documents)
+
+
+def load_all(text: str, source: str) -> list[Any]:
+    """Every document of a YAML stream; a parse error names the source's line."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is not None:
+            raise InputError(
+                f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+                f"{problem}"
+            ) from None
+        raise InputError(f"{source}: invalid YAML: {problem}") from None
+    return [d for d in docs if d is not None]
+
+
+def dump_all(documents: list[Any]) -> str:
+    return yaml.safe_dump_all(
+        documents, sort_keys=False, default_flow_style=False, explicit_start=True, width=100
+    )
+
+
+def enabled(doc: Any) -> bool:
+    if not isinstance(doc, dict) or doc.get("kind") != "Deployment":
+        return False
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(ENABLED_LABEL)).lower() == "true"
+
+
+def inject(text: str, settings: Settings, source: str = "<stdin>") -> InjectResult:
+    """Inject the sidecar into every enabled Deployment of the YAML stream `text`."""
+    docs = load_all(text, source)
+    result = InjectResult(documents=[])
+    for i, doc in enumerate(docs):
+        if not enabled(doc):
+            result.documents.append(doc)
+            continue
+        name = str((doc.get("metadata") or {}).get("name") or f"document {i + 1}")
+        updated = inject_deployment(doc, settings, f"{source}: Deployment {name}", result.notes)
+        (result.injected if updated != doc else result.unchanged).append(name)
+        result.documents.append(updated)
+    return result
+
+
+def inject_deployment(
+    doc: dict[str, Any], settings: Settings, where: str, notes: list[str]
+) -> dict[str, Any]:
+    """A copy of the Deployment `doc` with the sidecar in its pod template."""
+    out = copy.deepcopy(doc)
+    spec = _mapping(out, "spec", where)
+    template = _mapping(spec, "template", where)
+    pod = _mapping(template, "spec", where)
+    labels = _mapping(_mapping(template, "metadata", where), "labels", where)
+    labels[ENABLED_LABEL] = "true"
+    containers = pod.setdefault("containers", [])
+    if not isinstance(containers, list):
+        raise InputError(f"{where}: spec.template.spec.containers must be a list")
+    sidecar = sidecar_container(settings)
+    for c in containers:
+        if not isinstance(c, dict) or c.get("name") == SIDECAR_CONTAINER:
+            continue
+        for port in c.get("ports") or []:
+            if isinstance(port, dict) and port.get("containerPort") == settings.sidecar_port:
+                raise InputError(
+                    f"{where}: container {c.get('name')!r} already uses port "
+                    f"{settings.sidecar_port}; pass --port with a free one"
+                )
+    kept = [
+        c for c in containers if not (isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER)
+    ]
+    pod["containers"] = [*kept, sidecar]
+    account = pod.get("serviceAccountName")
+    if account is None:
+        pod["serviceAccountName"] = NAME
+    elif account != NAME:
+        notes.append(
+            f"{where} runs as service account {account!r}: bind Role {NAME!r} to it "
+            "(the sidecar lists pods and endpointslices)"
+        )
+    return out
+
+
+def _mapping(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = parent.setdefault(key, {})
+    if value is None:
+        value = parent[key] = {}
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
+    return value

@@ -1,0 +1,61 @@
+"""`MoveTarget` over plain HTTP to the local stack's sidecars (`wsop rebalance --local`).
+
+The members file (`state_dir()/stack.json`, see docs/stack.md) lists every sidecar's
+`ws://` url and holds the admin token; the same port answers plain HTTP admin requests,
+so the token goes in the `Authorization: Bearer` header as usual.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from wsop.errors import NotFound
+from wsop.k8s.executor import MemberFailed, parse_moved, sidecar_answer
+from wsop.local import stack_file
+
+
+class LocalStackTarget:
+    """The sidecars of the members file, by name."""
+
+    def __init__(self, urls: dict[str, str], admin_token: str | None, timeout: float = 5.0):
+        self.urls = {name: "http" + url[2:] for name, url in urls.items()}  # ws→http, wss→https
+        self.admin_token = admin_token
+        self.timeout = timeout
+
+    def _get(self, member: str, path: str, params: list[tuple[str, str]]) -> Any:
+        base = self.urls.get(member)
+        if base is None:
+            raise MemberFailed(member, "not in the members file")
+        url = base + path + (f"?{urlencode(params)}" if params else "")
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        if self.admin_token:
+            request.add_header("Authorization", f"Bearer {self.admin_token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MemberFailed(member, f"{path}: unreachable at {base} ({reason})") from None
+        return sidecar_answer(member, path, status, body)
+
+    def connections(self, member: str) -> Any:
+        return self._get(member, "/connections", [])
+
+    def move(self, member: str, tenant: str, user: str | int, to: str) -> int:
+        params = [("tenant", tenant), ("user", str(user)), ("to", to)]
+        return parse_moved(self._get(member, "/move", params), member)
+
+
+def local_stack(path: Path | None = None) -> tuple[stack_file.StackRecord, LocalStackTarget]:
+    """The running local stack and a target for its sidecars (`NotFound` if none)."""
+    record = stack_file.load(path)
+    if record is None:
+        raise NotFound("no local stack running; start one with `wsop up`")
+    urls = {s.name: s.url for s in record.sidecars}
+    return record, LocalStackTarget(urls, record.admin_token or None)

@@ -1,0 +1,279 @@
+"""The Kubernetes objects of a wsop stack, as plain dicts (`wsop manifests`, `wsop inject`).
+
+One builder per object, all driven by `Settings`, so the rendered set, the injected
+sidecar and the docs agree on names, ports, labels and the Secret's keys:
+
+- Secret `wsop` (not rendered: it holds credentials; create it with kubectl) with keys
+  `redis-url`, `jwt-secret`, `admin-token`;
+- ConfigMap `wsop-config`: ring algorithm, selector, sidecar Service, ports;
+- ServiceAccount + Role + RoleBinding `wsop`: list/watch pods and endpointslices
+  (membership), get pods/proxy (the rebalancer's `/connections` and `/move`) — nothing
+  else;
+- headless Service `wsop-sidecars` over the sidecar pods (its EndpointSlices are the
+  readiness the LB and sidecars follow);
+- Deployment + Service `wsop-lb`;
+- optionally a locust worker Deployment.
+
+The LB and sidecar args use the Kubernetes membership flags (`--namespace`,
+`--selector`, `--service`) of `wsop.k8s.discovery.kubernetes_source`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from wsop import __version__
+from wsop.k8s.discovery import DEFAULT_PORT, PORT_NAME, SIDECAR_CONTAINER
+from wsop.ring.registry import DEFAULT_ALGORITHM
+
+ENABLED_LABEL = "ws.operator/enabled"
+DEFAULT_IMAGE = f"ghcr.io/wsop/wsop:{__version__}"
+NAME = "wsop"
+SECRET = "wsop"
+CONFIG = "wsop-config"
+SIDECAR_SERVICE = "wsop-sidecars"
+LB = "wsop-lb"
+LB_PORT = 8765
+LOCUST_MASTER = "wsop-locust-master"
+SECRET_ENV = (
+    ("WSOP_REDIS_URL", "redis-url"),
+    ("WSOP_SECRET", "jwt-secret"),
+    ("WSOP_ADMIN_TOKEN", "admin-token"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str | None = None
+    image: str = DEFAULT_IMAGE
+    sidecar_port: int = DEFAULT_PORT
+    algo: str = DEFAULT_ALGORITHM
+
+    @property
+    def selector(self) -> str:
+        return f"{ENABLED_LABEL}=true"
+
+
+def _meta(name: str, s: Settings, **labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if s.namespace:
+        meta["namespace"] = s.namespace
+    meta["labels"] = {"app.kubernetes.io/part-of": "wsop", **labels}
+    return meta
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _secret_env() -> list[dict[str, Any]]:
+    return [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key}}}
+        for env, key in SECRET_ENV
+    ]
+
+
+def _config_env(name: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"configMapKeyRef": {"name": CONFIG, "key": key}}}
+
+
+def _probes(port: str) -> dict[str, Any]:
+    get = {"httpGet": {"path": "/healthz", "port": port}}
+    return {
+        "readinessProbe": {**get, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {
+            **get,
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+    }
+
+
+_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def sidecar_container(s: Settings) -> dict[str, Any]:
+    """The container `wsop inject` adds to every enabled Deployment's pods."""
+    return {
+        "name": SIDECAR_CONTAINER,
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["wsop"],
+        "args": [
+            "sidecar",
+            "--name=$(POD_NAME)",
+            "--host=0.0.0.0",
+            f"--port={s.sidecar_port}",
+            f"--algo={s.algo}",
+            "--namespace=$(POD_NAMESPACE)",
+            f"--selector={s.selector}",
+            f"--service={SIDECAR_SERVICE}",
+        ],
+        "ports": [{"name": PORT_NAME, "containerPort": s.sidecar_port, "protocol": "TCP"}],
+        "env": [
+            _field_env("POD_NAME", "metadata.name"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+            *_secret_env(),
+        ],
+        **_probes(PORT_NAME),
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": _SECURITY,
+    }
+
+
+def rbac(s: Settings) -> list[dict[str, Any]]:
+    rules = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
+    ]
+    subject: dict[str, Any] = {"kind": "ServiceAccount", "name": NAME}
+    if s.namespace:
+        subject["namespace"] = s.namespace
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, s)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(NAME, s),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(NAME, s),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+            "subjects": [subject],
+        },
+    ]
+
+
+def config_map(s: Settings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(CONFIG, s),
+        "data": {
+            "algo": s.algo,
+            "selector": s.selector,
+            "sidecar-service": SIDECAR_SERVICE,
+            "sidecar-port": str(s.sidecar_port),
+            "lb-port": str(LB_PORT),
+            "locust-master": LOCUST_MASTER,
+        },
+    }
+
+
+def sidecar_service(s: Settings) -> dict[str, Any]:
+    """Headless: no virtual IP, just EndpointSlices listing the ready sidecar pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(SIDECAR_SERVICE, s),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {ENABLED_LABEL: "true"},
+            "publishNotReadyAddresses": False,
+            "ports": [{"name": PORT_NAME, "port": s.sidecar_port, "targetPort": PORT_NAME}],
+        },
+    }
+
+
+def _deployment(name: str, s: Settings, replicas: int, container: dict[str, Any]) -> dict:
+    labels = {"app.kubernetes.io/name": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, s, **labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, "app.kubernetes.io/part-of": "wsop"}},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def lb(s: Settings) -> list[dict[str, Any]]:
+    container = {
+        "name": LB,
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["wsop"],
+        "args": [
+            "lb",
+            "--name=$(POD_NAME)",
+            "--host=0.0.0.0",
+            f"--port={LB_PORT}",
+            "--algo=$(WSOP_ALGO)",
+            "--namespace=$(POD_NAMESPACE)",
+            "--selector=$(WSOP_SELECTOR)",
+            "--service=$(WSOP_SIDECAR_SERVICE)",
+        ],
+        "ports": [{"name": "ws", "containerPort": LB_PORT, "protocol": "TCP"}],
+        "env": [
+            _field_env("POD_NAME", "metadata.name"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+            _config_env("WSOP_ALGO", "algo"),
+            _config_env("WSOP_SELECTOR", "selector"),
+            _config_env("WSOP_SIDECAR_SERVICE", "sidecar-service"),
+            *_secret_env(),
+        ],
+        **_probes("ws"),
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": _SECURITY,
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(LB, s),
+        "spec": {
+            "selector": {"app.kubernetes.io/name": LB},
+            "ports": [{"name": "ws", "port": 80, "targetPort": "ws", "protocol": "TCP"}],
+        },
+    }
+    return [_deployment(LB, s, 2, container), service]
+
+
+def locust_workers(s: Settings, replicas: int = 2) -> dict[str, Any]:
+    """locust's own worker mode: workers dial the master named in the ConfigMap."""
+    container = {
+        "name": "locust-worker",
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["locust"],
+        "args": ["--worker", "--master-host=$(WSOP_LOCUST_MASTER)"],
+        "env": [_config_env("WSOP_LOCUST_MASTER", "locust-master"), *_secret_env()[1:2]],
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {**_SECURITY, "readOnlyRootFilesystem": False},
+    }
+    return _deployment("wsop-locust-worker", s, replicas, container)
+
+
+def render(s: Settings, with_locust_workers: bool = False) -> list[dict[str, Any]]:
+    """Every object of the stack, in apply order (RBAC and config before workloads)."""
+    objects = [*rbac(s), config_map(s), sidecar_service(s), *lb(s)]
+    if with_locust_workers:
+        objects.append(locust_workers(s))
+    return objects

@@ -1,0 +1,87 @@
+"""`MoveTarget` over the API server's pods/proxy subresource (the Kubernetes path).
+
+Every request is `GET /api/v1/namespaces/NS/pods/POD:PORT/proxy/PATH` authenticated
+with the kubeconfig's credentials, so the rebalancer needs no network route to the pods
+and RBAC decides who may rebalance (`get` on `pods/proxy`).
+
+The sidecar's admin token travels as the `admin` query parameter, not as an
+`Authorization` header: the API server authenticates *us* with that header and strips
+it before proxying, so the sidecar would never see it (its `admin_allowed` accepts
+either). The token is therefore visible to anything that logs proxied URLs (API server
+audit logs at the RequestResponse level); a dedicated header would avoid that and is a
+sidecar change.
+
+A Kubernetes `Status` document in the answer comes from the API server itself: a 403 is
+RBAC (abort, naming the verb and resource), a 401 our credentials (abort), a 404 a pod
+that is gone (skip it). Anything else is the sidecar's answer (`sidecar_answer`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from wsop.errors import BackendError
+from wsop.k8s.client import Cluster, pod_proxy_path
+from wsop.k8s.executor import MemberFailed, parse_moved, sidecar_answer
+
+
+class PodProxyTarget:
+    """Reach each pod's admin endpoints through pods/proxy on its sidecar port."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        ports: Mapping[str, int],
+        admin_token: str | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.ports = dict(ports)
+        self.admin_token = admin_token
+
+    def _get(self, member: str, path: str, params: list[tuple[str, str]]) -> Any:
+        if member not in self.ports:
+            raise MemberFailed(member, "not a selected pod (no port known)")
+        if self.admin_token:
+            params = [*params, ("admin", self.admin_token)]
+        url = pod_proxy_path(self.namespace, member, self.ports[member], path)
+        status, body, _ = self.cluster.raw_get(url, params)
+        api_status = _api_status(body)
+        if api_status is not None:
+            message = str(api_status.get("message") or api_status.get("reason") or "")
+            if status == 403:
+                verb = "get"
+                raise BackendError(
+                    f"forbidden: cannot {verb} pods/proxy in namespace {self.namespace!r} "
+                    f"({self.cluster.describe()}); grant '{verb}' on 'pods/proxy' in a Role "
+                    f"(see `wsop manifests`): {message}"
+                )
+            if status == 401:
+                raise BackendError(
+                    f"the Kubernetes API rejected the credentials of "
+                    f"{self.cluster.describe()} (401 Unauthorized): {message}"
+                )
+            if status >= 400:
+                raise MemberFailed(member, f"{path}: API server answered {status}: {message}")
+        return sidecar_answer(member, path, status, body)
+
+    def connections(self, member: str) -> Any:
+        return self._get(member, "/connections", [])
+
+    def move(self, member: str, tenant: str, user: str | int, to: str) -> int:
+        params = [("tenant", tenant), ("user", str(user)), ("to", to)]
+        return parse_moved(self._get(member, "/move", params), member)
+
+
+def _api_status(body: bytes) -> dict[str, Any] | None:
+    """The body as a Kubernetes `Status` object, if it is one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("kind") == "Status":
+        return doc
+    return None
