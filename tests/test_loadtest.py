@@ -1,0 +1,207 @@
+"""`wsop loadtest`: the ledger's arithmetic, bad input, and real runs against a local stack.
+
+The real runs are short (5-8 s of load) and only ever target 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_wsop
+from wsop.errors import UsageError
+from wsop.load.ledger import Counters, Ledger, message_key
+from wsop.load.profiles import PROFILES, make_plan
+from wsop.load.runner import normalize_target
+from wsop.local.redis_binary import free_port
+
+
+def balanced(c: dict) -> bool:
+    return c["expected_deliveries"] == c["delivered"] + c["lost"]
+
+
+# -- the ledger (pure) -------------------------------------------------------------------
+
+
+def test_ledger_settles_each_message_and_counts_the_odd_ones_apart() -> None:
+    ledger = Ledger(grace_s=1.0)
+    a, b, c, d = (message_key(0, n) for n in range(4))
+    ledger.sent(a, 1, now=10.0)  # direct: arrives once, then a duplicate
+    ledger.sent(b, 3, now=10.0, team=True)  # team of 3: two arrive
+    ledger.sent(c, 1, now=10.0)  # direct: never arrives
+    ledger.sent(d, 1, now=10.0)  # the send failed: cancelled
+    ledger.cancel(d)
+    assert ledger.received(5, a) and not ledger.received(5, a)
+    assert ledger.received(5, b) and ledger.received(6, b)
+    ledger.settle(now=10.5)
+    assert ledger.counters.expected == 0  # still inside the grace period
+    ledger.settle(now=11.5)
+    assert not ledger.received(7, b)  # after settling: late
+    assert not ledger.received(7, message_key(3, 0))  # never sent here: unexpected
+    snap = ledger.snapshot()
+    assert snap["sent"] == 3 and snap["direct"] == 2 and snap["team"] == 1
+    assert snap["send_failed"] == 1
+    assert (snap["expected"], snap["delivered"], snap["lost"]) == (5, 3, 2)
+    assert snap["expected"] == snap["delivered"] + snap["lost"]
+    assert (snap["duplicates"], snap["late"], snap["unexpected"]) == (1, 1, 1)
+    assert snap["pending"] == 0
+
+
+def test_ledger_surplus_never_hides_a_loss() -> None:
+    ledger = Ledger(grace_s=0.0)
+    key = message_key(1, 0)
+    ledger.sent(key, 1, now=0.0, team=True)
+    for receiver in (1, 2):  # two distinct receivers, one expected
+        ledger.received(receiver, key)
+    ledger.settle(now=1.0, everything=True)
+    c = ledger.counters
+    assert (c.expected, c.delivered, c.lost, c.surplus) == (1, 1, 0, 1)
+
+
+def test_counters_total_sums_workers_and_spans_send_times() -> None:
+    one = Counters(sent=3, lost=1, first_send=5.0, last_send=9.0).to_json()
+    two = Counters(sent=4, duplicates=2, first_send=4.0, last_send=8.0).to_json()
+    total = Counters.total([one, two])
+    assert (total.sent, total.lost, total.duplicates) == (7, 1, 2)
+    assert (total.first_send, total.last_send) == (4.0, 9.0)
+
+
+# -- profiles and targets (pure) ---------------------------------------------------------
+
+
+def test_profiles_resolve_overrides_into_a_plan() -> None:
+    assert set(PROFILES) == {"smoke", "ramp", "30k", "spike", "soak"}
+    big = make_plan("30k")
+    assert big.connections == 3000 and big.rate == 30000
+    assert big.planned_messages == pytest.approx(30000 * big.duration)
+    ramp = make_plan("ramp", rate=1000, duration=50, workers=2)
+    assert [s.rate for s in ramp.stages] == [200, 400, 600, 800, 1000]
+    assert ramp.duration == pytest.approx(50)
+    assert ramp.tenants == 2 * ramp.tenants_per_worker
+    assert ramp.users_per_tenant * ramp.tenants >= ramp.connections
+    small = make_plan("smoke", rate=200, connections=20, duration=5)
+    assert (small.connections, small.stages[0].seconds) == (20, 5)
+    with pytest.raises(UsageError, match="valid profiles: smoke, ramp, 30k, spike, soak"):
+        make_plan("nope")
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(UsageError, match="--rate"):
+            make_plan("smoke", rate=bad)
+
+
+def test_target_must_be_a_ws_url() -> None:
+    assert normalize_target("ws://127.0.0.1:8765/ws") == "ws://127.0.0.1:8765"
+    assert normalize_target("wss://lb.example:443/") == "wss://lb.example:443"
+    for bad in ("http://127.0.0.1:8765", "127.0.0.1:8765", "ws://", "ws://h:99999"):
+        with pytest.raises(UsageError):
+            normalize_target(bad)
+
+
+# -- bad input through the real CLI ------------------------------------------------------
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    return lines[0]
+
+
+def test_bad_input_exits_with_one_line() -> None:
+    dead = f"ws://127.0.0.1:{free_port()}"
+    line = _one_line_error(run_wsop("loadtest", "--target", dead, "--duration", "1"), 1)
+    assert dead in line
+    line = _one_line_error(run_wsop("loadtest", "--target", "http://127.0.0.1:1"), 2)
+    assert "ws://" in line
+    line = _one_line_error(run_wsop("loadtest", "--target", dead, "--profile", "huge"), 2)
+    assert "smoke, ramp, 30k, spike, soak" in line
+    for rate in ("0", "-5"):
+        line = _one_line_error(run_wsop("loadtest", "--target", dead, "--rate", rate), 2)
+        assert "--rate" in line
+    too_many = str(2 * (os.cpu_count() or 1) + 1)
+    line = _one_line_error(run_wsop("loadtest", "--target", dead, "--workers", too_many), 2)
+    assert "--workers" in line
+    _one_line_error(run_wsop("loadtest", "--local", "--target", dead), 2)
+
+
+# -- real runs ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_stack_left() -> Iterator[None]:
+    yield
+    if (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists():
+        run_wsop("down")
+
+
+def test_healthy_run_with_two_workers_accounts_for_every_delivery(
+    redis_url: str, tmp_path: Path, no_stack_left: None
+) -> None:
+    report = tmp_path / "report"
+    result = run_wsop(
+        "loadtest", "--local", "--redis", redis_url, "--duration", "5", "--rate", "200",
+        "--connections", "20", "--workers", "2", "--report", str(report), "--json",
+        timeout=80,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert balanced(out) and out["lost"] == 0 and out["duplicates"] == 0
+    assert out["workers"] == 2 and out["workers_settled"] == 2 and out["ready"] == 20
+    assert out["sent"] == out["direct"] + out["team"] and out["team"] > 0
+    assert 0.9 <= out["rate_ratio"] <= 1.1 and out["msgs_per_s"] > 150
+    # team messages fan out: every member online gets one, the sender included
+    assert out["expected_deliveries"] > out["sent"]
+    assert out["ack_mismatch"] == 0 and out["errors"] == 0 and out["acks_missing"] == 0
+    assert out["latency_ms"]["p50"] is not None and out["latency_ms"]["p99"] >= 0
+    for name in ("report.html", "locust_stats.csv", "locust_stats_history.csv", "loadtest.png"):
+        assert (report / name).stat().st_size > 0, name
+    # the run started the stack, so it stopped it
+    assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
+
+
+def _status() -> dict:
+    result = run_wsop("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_killing_a_sidecar_mid_run_is_reported_as_loss(
+    redis_url: str, no_stack_left: None
+) -> None:
+    up = run_wsop(
+        "up", "--detach", "--insecure", "--redis", redis_url, "--port", str(free_port()), "--json"
+    )
+    assert up.returncode == 0, up.stderr
+    run = subprocess.Popen(
+        [sys.executable, "-m", "wsop.cli.main", "loadtest", "--local", "--duration", "8",
+         "--rate", "200", "--connections", "20", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = _status()
+        if status["lb"]["connections"] == 20:
+            break
+        time.sleep(0.3)
+    else:
+        run.kill()
+        pytest.fail(f"the load users never all connected: {status}")
+    time.sleep(3.0)  # the connect phase settles for 2 s, then messages flow
+    victim = status["sidecars"][1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 1, stderr
+    out = json.loads(stdout)
+    assert balanced(out)
+    assert out["lost"] > 0 and out["disconnects"] > 0
+    assert "lost" in stderr.strip().splitlines()[-1]
+    # the stack was already running: the load test leaves it up
+    assert (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
