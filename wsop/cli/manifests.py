@@ -70,16 +70,19 @@ def inject_cmd(
     result = inject(text, _settings(None, image, port, algo), source)
     _write(result.documents, as_json)
     for name in result.injected:
-        err_console.print(f"injected wsop-sidecar into Deployment {name}", highlight=False)
+        err_console.print(
+            f"injected wsop-sidecar into Deployment {name}", highlight=False, soft_wrap=True
+        )
     for name in result.unchanged:
-        err_console.print(f"Deployment {name} already up to date", highlight=False)
+        err_console.print(f"Deployment {name} already up to date", highlight=False, soft_wrap=True)
     if not result.injected and not result.unchanged:
         err_console.print(
             'no Deployment labelled ws.operator/enabled: "true" in the input; nothing injected',
             highlight=False,
+            soft_wrap=True,
         )
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
 def manifests_cmd(

@@ -53,9 +53,21 @@ def load_all(text: str, source: str) -> list[Any]:
     return [d for d in docs if d is not None]
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No `&id001` anchors for repeated sub-objects: kubectl users read this YAML."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_all(documents: list[Any]) -> str:
-    return yaml.safe_dump_all(
-        documents, sort_keys=False, default_flow_style=False, explicit_start=True, width=100
+    return yaml.dump_all(
+        documents,
+        Dumper=_PlainDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        explicit_start=True,
+        width=100,
     )
 
 

@@ -194,8 +194,15 @@ def sidecar_service(s: Settings) -> dict[str, Any]:
     }
 
 
-def _deployment(name: str, s: Settings, replicas: int, container: dict[str, Any]) -> dict:
+def _deployment(
+    name: str, s: Settings, replicas: int, container: dict[str, Any], account: str | None = NAME
+) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": name}
+    pod: dict[str, Any] = (
+        {"serviceAccountName": account}
+        if account
+        else {"automountServiceAccountToken": False}  # no API access needed
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -206,7 +213,7 @@ def _deployment(name: str, s: Settings, replicas: int, container: dict[str, Any]
             "template": {
                 "metadata": {"labels": {**labels, "app.kubernetes.io/part-of": "wsop"}},
                 "spec": {
-                    "serviceAccountName": NAME,
+                    **pod,
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                 },
@@ -257,18 +264,19 @@ def lb(s: Settings) -> list[dict[str, Any]]:
 
 
 def locust_workers(s: Settings, replicas: int = 2) -> dict[str, Any]:
-    """locust's own worker mode: workers dial the master named in the ConfigMap."""
+    """locust's own worker mode: workers dial the master named in the ConfigMap and
+    fetch the locustfile from it (`--locustfile=-`, locust ≥ 2.23)."""
     container = {
         "name": "locust-worker",
         "image": s.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["locust"],
-        "args": ["--worker", "--master-host=$(WSOP_LOCUST_MASTER)"],
+        "args": ["--worker", "--master-host=$(WSOP_LOCUST_MASTER)", "--locustfile=-"],
         "env": [_config_env("WSOP_LOCUST_MASTER", "locust-master"), *_secret_env()[1:2]],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": {**_SECURITY, "readOnlyRootFilesystem": False},
     }
-    return _deployment("wsop-locust-worker", s, replicas, container)
+    return _deployment("wsop-locust-worker", s, replicas, container, account=None)
 
 
 def render(s: Settings, with_locust_workers: bool = False) -> list[dict[str, Any]]:
