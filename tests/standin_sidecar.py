@@ -8,7 +8,9 @@ plus a few commands:
 - `whoami` → JSON {"sidecar", "path", "auth"} (what the LB forwarded);
 - `close:CODE` → closes with CODE, reason "bye";
 - `die` → exits at once without a close frame (a sidecar that vanished);
-- `push:N` → sends N messages "<name>:push:i" (backlog for drain tests).
+- `push:N` → sends N messages "<name>:push:i" (backlog for drain tests);
+- `slowpush:N` → the same, 30 ms apart, in the background (a sidecar still delivering);
+- `sendmove:NAME URL` → sends the sidecar→LB control frame "\\x00wsop:move NAME URL".
 
 `?reject=STATUS` on the handshake answers that HTTP status instead.
 """
@@ -71,6 +73,10 @@ async def run(name: str, host: str, port: int) -> None:
                     await conn.close(int(message[6:]), "bye")
                 elif message == "die":
                     os._exit(3)
+                elif message.startswith("sendmove:"):
+                    await conn.send("\x00wsop:move " + message[len("sendmove:") :])
+                elif message.startswith("slowpush:"):
+                    asyncio.ensure_future(slowpush(conn, int(message[9:])))
                 elif message.startswith("push:"):
                     for i in range(int(message[5:])):
                         await conn.send(f"{name}:push:{i}")
@@ -78,6 +84,11 @@ async def run(name: str, host: str, port: int) -> None:
                     await conn.send(f"{name}:{message}")
         finally:
             clients.discard(conn)
+
+    async def slowpush(conn: ServerConnection, count: int) -> None:
+        for i in range(count):
+            await asyncio.sleep(0.03)
+            await conn.send(f"{name}:push:{i}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -86,6 +86,7 @@ async def running_lb(source, **overrides) -> AsyncIterator[LoadBalancer]:
         secret=SECRET,
         admin_token=ADMIN,
         drain_s=0.2,
+        move_drain_s=0.5,
     )
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -308,10 +309,16 @@ async def test_relay_switch_to_moves_a_live_client(standins: Members) -> None:
         assert isinstance(relay, Relay) and relay.owner == first
         old_upstream = relay.upstream
         target = next(n for n in standins if n != first)
+        await ws.send("slowpush:5")  # the old sidecar keeps delivering after the switch
         await relay.switch_to(target, standins[target])
-        assert old_upstream.close_code == 1000  # drained and closed, not the client
         await ws.send("b")
-        assert await ws.recv() == f"{target}:b"
+        got = [await ws.recv() for _ in range(6)]
+        assert f"{target}:b" in got  # the client's next message went to the new sidecar
+        assert sorted(m for m in got if m != f"{target}:b") == [
+            f"{first}:push:{i}" for i in range(5)
+        ]  # and nothing the old one sent during the drain was lost
+        await asyncio.wait_for(old_upstream.wait_closed(), 2)
+        assert old_upstream.close_code == 1000  # drained, then closed; not the client
         assert dict(lb.stats.per_sidecar) == {target: 1}
         # a failed switch changes nothing
         with pytest.raises(OSError):
@@ -352,6 +359,32 @@ async def test_misplaced_relays_follow_the_ring(tmp_path: Path, standins: Member
             await ws.send("y")
             assert await ws.recv() == f"{ring.owner(('acme', user))}:y"
             await ws.close()
+
+
+@pytest.mark.asyncio
+async def test_sidecar_move_frame_switches_the_client(standins: Members) -> None:
+    async with running_lb(StaticMembership({"s0": standins["s0"]})) as lb:
+        ws = await connect(ws_url(lb, f"?moved_from=evil&x=1&token={token('acme', 2)}"), proxy=None)
+        await ws.send("whoami")
+        info = json.loads(await ws.recv())
+        assert info["sidecar"] == "s0" and "moved_from" not in info["path"]  # stripped
+        await ws.send(f"sendmove:s2 {standins['s2']}")
+        for _ in range(100):
+            if lb.relays and next(iter(lb.relays)).owner == "s2":
+                break
+            await asyncio.sleep(0.02)
+        await ws.send("whoami")
+        info = json.loads(await ws.recv())  # the control frame never reached the client
+        assert info["sidecar"] == "s2" and info["path"].endswith("&moved_from=s0")
+        assert dict(lb.stats.per_sidecar) == {"s2": 1}
+        await ws.send(f"sendmove:s9 ws://127.0.0.1:{free_port()}")  # unreachable: stays
+        for _ in range(100):
+            if lb.stats.upstream_failures["switch"]:
+                break
+            await asyncio.sleep(0.02)
+        await ws.send("z")
+        assert await ws.recv() == "s2:z"
+        await ws.close()
 
 
 # --- the real command -------------------------------------------------------------------

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,12 @@ def pid_alive(pid: int) -> bool:
         return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3]
     except OSError:
         return False
+
+
+def http_get(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.loads(resp.read())
 
 
 def wsop(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -217,6 +224,21 @@ def test_foreground_up_stops_on_ctrl_c(standin_env: None, redis_url: str) -> Non
             proc.kill()
 
 
+async def _direct_until_delivered(a, data: str, tries: int = 20) -> dict:
+    """Send a direct message to user 2 until the ack counts a delivery.
+
+    The sidecars' peer links come up asynchronously after `up` (and holder changes
+    after a move): readiness is the sidecar's to report, so the test polls.
+    """
+    for attempt in range(tries):
+        await a.send(json.dumps({"type": "direct", "to": 2, "data": data, "id": f"c{attempt}"}))
+        ack = json.loads(await asyncio.wait_for(a.recv(), 5))
+        if ack.get("delivered"):
+            return ack
+        await asyncio.sleep(0.1)
+    return ack
+
+
 def test_real_sidecar_end_to_end(redis_url: str) -> None:
     """The launcher with the real `wsop sidecar`: a direct message through the LB."""
     pytest.importorskip("wsop.sidecar.app")
@@ -226,14 +248,7 @@ def test_real_sidecar_end_to_end(redis_url: str) -> None:
     async def exchange() -> None:
         a = await connect(f"{lb_url}/ws?tenant=acme&user=1", proxy=None)
         b = await connect(f"{lb_url}/ws?tenant=acme&user=2", proxy=None)
-        # The sidecars' peer links come up asynchronously after `up`: resend while the
-        # ack says nothing was delivered (readiness of peers is the sidecar's to report).
-        for attempt in range(20):
-            await a.send(json.dumps({"type": "direct", "to": 2, "data": "hi", "id": f"c{attempt}"}))
-            ack = json.loads(await asyncio.wait_for(a.recv(), 5))
-            if ack.get("delivered"):
-                break
-            await asyncio.sleep(0.1)
+        ack = await _direct_until_delivered(a, "hi")
         assert ack["type"] == "ack" and ack["delivered"] == 1, ack
         got = json.loads(await asyncio.wait_for(b.recv(), 5))
         assert (got["type"], got["from"], got["data"]) == ("message", 1, "hi")
@@ -244,4 +259,47 @@ def test_real_sidecar_end_to_end(redis_url: str) -> None:
         await b.close()
 
     asyncio.run(exchange())
+    assert wsop("down").returncode == 0
+
+
+def test_real_sidecar_move_switches_lb_upstream(redis_url: str) -> None:
+    """Sidecar `/move` → control frame → the LB switches the client's upstream live."""
+    pytest.importorskip("wsop.sidecar.app")
+    started = up(redis_url, "--insecure", "--algo", "rendezvous")
+    lb_url = started["lb"]["url"]
+    ring = build("rendezvous", ["s0", "s1"])
+
+    async def move() -> None:
+        a = await connect(f"{lb_url}/ws?tenant=acme&user=1", proxy=None)
+        b = await connect(f"{lb_url}/ws?tenant=acme&user=2", proxy=None)
+        await _direct_until_delivered(a, "warm-up")
+        await asyncio.wait_for(b.recv(), 5)
+        doc = members()
+        token = doc["admin_token"]
+        urls = {s["name"]: "http" + s["url"][2:] for s in doc["sidecars"]}
+        src = ring.owner(("acme", 2))
+        dst = next(n for n in urls if n != src)
+        moved = await asyncio.to_thread(
+            http_get, f"{urls[src]}/move?tenant=acme&user=2&to={dst}", token
+        )
+        assert moved == {"moved": 1}
+        want = 1 + (ring.owner(("acme", 1)) == dst)
+        lb_http = "http" + doc["lb"]["url"][2:]
+        for _ in range(100):  # the LB switches asynchronously after the control frame
+            report = await asyncio.to_thread(http_get, f"{lb_http}/connections", token)
+            if {s["name"]: s["connections"] for s in report["sidecars"]}[dst] == want:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"b never moved to {dst}: {report}")
+        # the old upstream drains (the LB keeps forwarding what the old sidecar delivers
+        # until the take-over reaches the owner), so nothing is lost across the move
+        ack = await _direct_until_delivered(a, "moved")
+        assert ack["delivered"] == 1, ack
+        got = json.loads(await asyncio.wait_for(b.recv(), 5))
+        assert got["data"] == "moved"
+        await a.close()
+        await b.close()
+
+    asyncio.run(move())
     assert wsop("down").returncode == 0

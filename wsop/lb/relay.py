@@ -32,8 +32,14 @@ from wsop.lb.stats import LBStats
 
 log = logging.getLogger("wsop.lb")
 
-Dial = Callable[[str], Awaitable[ClientConnection]]
-"""Open the upstream WebSocket for this client on a sidecar base url (``ws://h:p``)."""
+Dial = Callable[[str, str | None], Awaitable[ClientConnection]]
+"""Open the upstream WebSocket for this client on a sidecar base url (``ws://h:p``);
+the second argument is the sidecar it moves from (sent as ``?moved_from=``), if any."""
+
+CONTROL_MARK: Final = "\x00"
+"""Sidecar → LB control frames start with NUL (a JSON frame never does); never forwarded."""
+MOVE_PREFIX: Final = "\x00wsop:move "
+"""``"\x00wsop:move NAME URL"``: the sidecar asks the LB to switch this client to NAME."""
 
 SERVICE_RESTART: Final = int(CloseCode.SERVICE_RESTART)  # 1012
 TRY_AGAIN_LATER: Final = int(CloseCode.TRY_AGAIN_LATER)  # 1013
@@ -65,6 +71,7 @@ class Relay:
         dial: Dial,
         stats: LBStats,
         key: tuple[str, int | str] | None = None,
+        drain_s: float = 1.0,
     ) -> None:
         self.client = client
         self.key = key
@@ -74,6 +81,9 @@ class Relay:
         self._dial = dial
         self._stats = stats
         self._pumps: set[asyncio.Task[None]] = set()
+        self._switching = False
+        self._drain_s = drain_s
+        self._draining: set[ClientConnection] = set()
         self._finished: asyncio.Future[tuple[str, int, str]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -99,9 +109,11 @@ class Relay:
                     self.upstream.close(GOING_AWAY, "lb shutting down"),
                 )
         finally:
+            draining = list(self._draining)  # cancelling a drain task forgets its upstream
             for task in list(self._pumps):
                 task.cancel()
             await asyncio.gather(*self._pumps, return_exceptions=True)
+            await asyncio.gather(*(old.close(GOING_AWAY) for old in draining))
 
     def shutdown(self, code: int = SERVICE_RESTART, reason: str = "lb restarting") -> None:
         """Ask `run` to close both sides (client gets `code`); returns at once."""
@@ -111,12 +123,15 @@ class Relay:
         """Move this client to sidecar `owner` at base `url` without closing it.
 
         Connects the new upstream first (on failure nothing changes and the error
-        propagates), then swaps the attribute the client→upstream pump reads, then
-        closes the old upstream with 1000 "moved" while its pump drains what it sent.
+        propagates), then swaps the attribute the client→upstream pump reads. The old
+        upstream drains in the background: its pump keeps forwarding whatever the old
+        sidecar still delivers (it may do so until the new sidecar's take-over reaches
+        the user's owner) until the old sidecar closes it, or for `drain_s` at most,
+        after which the LB closes it with 1000 "moved".
         """
         if self.finished:
             raise RelayClosed("relay already finished")
-        new = await self._dial(url)
+        new = await self._dial(url, self.owner)
         if self.finished:  # the client left while we were dialling
             await new.close(NORMAL, "client gone")
             raise RelayClosed("relay finished during switch")
@@ -124,7 +139,42 @@ class Relay:
         self.upstream, self.owner = new, owner  # the switch: next client message goes to new
         self._stats.moved(old_owner, owner)
         self._spawn(self._upstream_to_client(new))
-        await old.close(NORMAL, "moved")
+        self._draining.add(old)
+        self._spawn(self._drain(old))
+
+    async def _drain(self, old: ClientConnection) -> None:
+        try:
+            async with asyncio.timeout(self._drain_s):
+                await old.wait_closed()
+        except TimeoutError:
+            await old.close(NORMAL, "moved")
+        finally:
+            self._draining.discard(old)
+
+    def _control(self, frame: str, upstream: ClientConnection) -> None:
+        """A control frame from a sidecar: today only "move", handled off the pump."""
+        if not frame.startswith(MOVE_PREFIX) or upstream is not self.upstream:
+            log.warning("ignoring control frame %r", frame[:60])
+            return
+        owner, _, url = frame[len(MOVE_PREFIX) :].strip().partition(" ")
+        if not owner or not url.startswith(("ws://", "wss://")) or owner == self.owner:
+            log.warning("ignoring move frame %r", frame[:120])
+            return
+        if self._switching or self.finished:
+            return
+        self._spawn(self._move(owner, url.rstrip("/")))
+
+    async def _move(self, owner: str, url: str) -> None:
+        self._switching = True
+        try:
+            await self.switch_to(owner, url)
+        except RelayClosed:
+            pass
+        except Exception as exc:  # the client stays where it was
+            self._stats.upstream_failures["switch"] += 1
+            log.warning("cannot move %s to %s at %s: %s", self.key, owner, url, exc)
+        finally:
+            self._switching = False
 
     # --- pumps ------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -162,6 +212,9 @@ class Relay:
         client = self.client
         try:
             async for message in upstream:
+                if message.__class__ is str and message[:1] == CONTROL_MARK:
+                    self._control(message, upstream)  # type: ignore[arg-type]
+                    continue
                 try:
                     await client.send(message)
                 except ConnectionClosed:

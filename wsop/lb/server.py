@@ -16,7 +16,7 @@ import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -54,6 +54,8 @@ class LBConfig:
     drain_s: float = 1.0
     """SIGTERM closes clients (1012) spread over this window, not all in one instant."""
     open_timeout: float = 5.0
+    move_drain_s: float = 1.0
+    """After a switch, the old upstream may still deliver this long before we close it."""
 
 
 class LoadBalancer:
@@ -163,15 +165,26 @@ class LoadBalancer:
 
     # --- connections ------------------------------------------------------------------
     def _dialer(self, request: Request) -> Dial:
-        """Dial a sidecar with the client's own query string and Authorization header."""
+        """Dial a sidecar with the client's own query string and Authorization header.
+
+        `moved_from` is the LB's to set (it tells the new owner to take over from the old
+        one), so a client-supplied one is stripped.
+        """
         auth = request.headers.get("Authorization")
         headers = {"Authorization": auth} if auth else None
-        path = request.path  # "/ws?…": the sidecar re-verifies the same credentials
+        url = urlsplit(request.path)
+        params = parse_qsl(url.query, keep_blank_values=True)
+        kept = [(k, v) for k, v in params if k != "moved_from"]
+        base_query = url.query if len(kept) == len(params) else urlencode(kept)
         timeout = self.config.open_timeout
 
-        async def dial(base_url: str) -> ClientConnection:
+        async def dial(base_url: str, moved_from: str | None = None) -> ClientConnection:
+            query = base_query
+            if moved_from:
+                extra = urlencode({"moved_from": moved_from})
+                query = f"{query}&{extra}" if query else extra
             return await connect(
-                base_url + path,
+                f"{base_url}{WS_PATH}?{query}" if query else f"{base_url}{WS_PATH}",
                 additional_headers=headers,
                 compression=None,  # loopback/in-cluster: deflate would cost CPU per frame
                 open_timeout=timeout,
@@ -191,7 +204,7 @@ class LoadBalancer:
         owner, url = route
         dial = self._dialer(connection.request)  # type: ignore[arg-type]
         try:
-            upstream = await dial(url)
+            upstream = await dial(url, None)
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.stats.upstream_failures[f"http_{status}"] += 1
@@ -209,9 +222,8 @@ class LoadBalancer:
                 connection.close(1012, "lb restarting"),
             )
             return
-        relay = Relay(
-            connection, upstream, owner, dial, self.stats, (identity.tenant, identity.user)
-        )
+        key = (identity.tenant, identity.user)
+        relay = Relay(connection, upstream, owner, dial, self.stats, key, self.config.move_drain_s)
         self.stats.accepted += 1
         self.stats.per_sidecar[owner] += 1
         self.relays.add(relay)
