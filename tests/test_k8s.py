@@ -22,7 +22,7 @@ from wsop.cli.main import app
 from wsop.errors import BackendError, UsageError
 from wsop.k8s import client as k8s_client
 from wsop.k8s.discovery import KubernetesMembership, discover, pod_state, ready_in_slices
-from wsop.k8s.executor import MemberFailed
+from wsop.k8s.executor import MemberFailed, MoveRefused
 from wsop.k8s.plan import Holding, plan_rebalance
 from wsop.k8s.proxy import PodProxyTarget
 
@@ -205,9 +205,13 @@ async def test_pod_proxy_target_gets_connections_and_moves_with_the_admin_token(
     (conn_req,) = requests_to(kmock, proxy_path("ws-0", "connections"))
     (move_req,) = requests_to(kmock, proxy_path("ws-0", "move"))
     assert conn_req.method == "GET" and move_req.method == "GET"
-    assert dict(move_req.params) == {"tenant": "acme", "user": "7", "to": "ws-1", "admin": ADMIN}
-    # the API server authenticates (and strips) Authorization: it must carry *our* token
-    assert move_req.headers["Authorization"] == f"Bearer {API_TOKEN}"
+    assert dict(move_req.params) == {"tenant": "acme", "user": "7", "to": "ws-1"}
+    # the API server authenticates (and strips) Authorization: it must carry *our* token;
+    # the sidecar's token rides in its own header, never in the URL
+    for req in (conn_req, move_req):
+        assert req.headers["Authorization"] == f"Bearer {API_TOKEN}"
+        assert req.headers["X-Wsop-Admin-Token"] == ADMIN
+        assert ADMIN not in str(req.url)
 
 
 @pytest.mark.asyncio
@@ -226,6 +230,9 @@ async def test_pod_proxy_failures_are_classified(kmock):
     ports = dict.fromkeys(["down", "old", "noauth", "garbage", "rbac"], 9100)
     target = PodProxyTarget(cluster_for(kmock), NS, ports, ADMIN)
 
+    kmock["get", proxy_path("down", "move")] << 404 << {"error": "no sidecar named 'ws-9'"}
+    with pytest.raises(MoveRefused, match="no sidecar named"):  # membership lag: one move
+        await asyncio.to_thread(target.move, "down", "acme", 1, "ws-9")
     for name, text in [
         ("down", "HTTP 503"),
         ("old", "404"),
@@ -295,11 +302,11 @@ async def test_rebalance_plans_and_moves_through_the_api(kmock, tmp_path):
     assert doc["after"] <= 1.25 + 3 / 50
 
     sent = [
-        (r.url.path.split("/")[-3].split(":")[0], dict(r.params))
+        (r.url.path.split("/")[-3].split(":")[0], dict(r.params), r.headers["X-Wsop-Admin-Token"])
         for r in requests_to(kmock, r".*/proxy/move")
     ]
     assert sent == [
-        (m.source, {"tenant": m.tenant, "user": str(m.user), "to": m.target, "admin": ADMIN})
+        (m.source, {"tenant": m.tenant, "user": str(m.user), "to": m.target}, ADMIN)
         for m in plan.moves
     ]
     (pods_req,) = requests_to(kmock, f"/api/v1/namespaces/{NS}/pods")

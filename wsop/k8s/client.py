@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,13 +52,19 @@ class Cluster:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.unreachable(exc) from None
 
-    def raw_get(self, path: str, query: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes, str]:
+    def raw_get(
+        self,
+        path: str,
+        query: Sequence[tuple[str, str]] = (),
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes, str]:
         """GET `path` on the API server: (status, body, content type), any status.
 
         Only transport failures raise (`BackendUnavailable`): the caller decides what a
         4xx/5xx from a proxied pod means.
         """
         headers = {"Accept": "application/json, text/plain;q=0.9, */*;q=0.1"}
+        headers.update(extra_headers or {})
         try:
             _, url, headers, _, _ = self.api.param_serialize(
                 "GET",

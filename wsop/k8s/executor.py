@@ -65,6 +65,8 @@ def sidecar_answer(member: str, path: str, status: int, body: bytes) -> Any:
             member,
             f"{path}: admin token rejected (401 {line}); set --admin-token or WSOP_ADMIN_TOKEN",
         )
+    if status == 404 and path == "/move" and text.startswith("{"):
+        raise MoveRefused(f"HTTP 404 {line}")  # JSON: the sidecar does not know `to` (yet)
     if status == 404:
         raise MemberFailed(member, f"{path}: 404 {line or 'not found'}")
     if status >= 500:

@@ -4,12 +4,11 @@ Every request is `GET /api/v1/namespaces/NS/pods/POD:PORT/proxy/PATH` authentica
 with the kubeconfig's credentials, so the rebalancer needs no network route to the pods
 and RBAC decides who may rebalance (`get` on `pods/proxy`).
 
-The sidecar's admin token travels as the `admin` query parameter, not as an
-`Authorization` header: the API server authenticates *us* with that header and strips
-it before proxying, so the sidecar would never see it (its `admin_allowed` accepts
-either). The token is therefore visible to anything that logs proxied URLs (API server
-audit logs at the RequestResponse level); a dedicated header would avoid that and is a
-sidecar change.
+The sidecar's admin token travels in the `X-Wsop-Admin-Token` header, not in
+`Authorization`: the API server authenticates *us* with `Authorization` and strips it
+before proxying, so the sidecar would never see it. Other request headers pass through
+the proxy, and a header (unlike a query parameter) stays out of audit logs of URLs. The
+sidecar must accept this header as an alternative to `Authorization: Bearer`.
 
 A Kubernetes `Status` document in the answer comes from the API server itself: a 403 is
 RBAC (abort, naming the verb and resource), a 401 our credentials (abort), a 404 a pod
@@ -25,6 +24,9 @@ from typing import Any
 from wsop.errors import BackendError
 from wsop.k8s.client import Cluster, pod_proxy_path
 from wsop.k8s.executor import MemberFailed, parse_moved, sidecar_answer
+
+ADMIN_HEADER = "X-Wsop-Admin-Token"
+"""Carries the sidecar admin token through pods/proxy (which consumes `Authorization`)."""
 
 
 class PodProxyTarget:
@@ -45,10 +47,9 @@ class PodProxyTarget:
     def _get(self, member: str, path: str, params: list[tuple[str, str]]) -> Any:
         if member not in self.ports:
             raise MemberFailed(member, "not a selected pod (no port known)")
-        if self.admin_token:
-            params = [*params, ("admin", self.admin_token)]
+        headers = {ADMIN_HEADER: self.admin_token} if self.admin_token else {}
         url = pod_proxy_path(self.namespace, member, self.ports[member], path)
-        status, body, _ = self.cluster.raw_get(url, params)
+        status, body, _ = self.cluster.raw_get(url, params, headers)
         api_status = _api_status(body)
         if api_status is not None:
             message = str(api_status.get("message") or api_status.get("reason") or "")
