@@ -1,50 +1,56 @@
-"""Plain-HTTP answers on a WebSocket port (websockets' `process_request` hook).
+"""Plain HTTP answers on a WebSocket port (`process_request`), shared by the LB and sidecars.
 
-Both servers (LB and sidecar) answer `/healthz`, `/metrics` and their JSON admin
-endpoints on the same port they serve WebSockets on; this module builds those replies
-and checks the admin token, so both do it the same way.
+`/healthz` is open (a liveness probe carries no credentials); everything else needs
+``Authorization: Bearer $WSOP_ADMIN_TOKEN`` when that variable is set, because
+connection counts per sidecar leak the shape of the fleet.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from http import HTTPStatus
-from typing import Any
+import os
+from collections.abc import Mapping
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.datastructures import Headers
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-
-def respond(status: int, body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-        ]
-    )
-    return Response(status, HTTPStatus(status).phrase, headers, body)
+ADMIN_TOKEN_ENV: Final = "WSOP_ADMIN_TOKEN"
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def json_response(status: int, payload: Any) -> Response:
-    return respond(status, json.dumps(payload).encode() + b"\n", "application/json")
+def admin_token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    return (os.environ if environ is None else environ).get(ADMIN_TOKEN_ENV) or None
 
 
-def text_response(status: int, text: str) -> Response:
-    return respond(status, text.encode() + b"\n", "text/plain; charset=utf-8")
+def admin_refusal(headers: Mapping[str, str], token: str | None) -> str | None:
+    """Why an admin request is refused, or None when it may proceed."""
+    if not token:
+        return None
+    given = headers.get("Authorization") or ""
+    scheme, _, credentials = given.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        return f"admin endpoints need 'Authorization: Bearer ${ADMIN_TOKEN_ENV}'"
+    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        return "wrong admin token"
+    return None
 
 
-def admin_allowed(request: Request, admin_token: str | None) -> bool:
-    """True when no admin token is configured or the request carries it (header or ?admin=)."""
-    if not admin_token:
-        return True
-    auth = request.headers.get("Authorization", "")
-    offered = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if not offered:
-        offered = query(request).get("admin", "")
-    return hmac.compare_digest(offered.encode(), admin_token.encode())
+def text_response(
+    connection: ServerConnection, status: int, text: str, content_type: str | None = None
+) -> Response:
+    """A plain HTTP answer instead of the WebSocket handshake (one line for errors)."""
+    response = connection.respond(status, text if text.endswith("\n") else text + "\n")
+    if content_type:
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = content_type
+    return response
+
+
+def json_response(connection: ServerConnection, status: int, payload: Any) -> Response:
+    return text_response(connection, status, json.dumps(payload), "application/json")
 
 
 def path_of(request: Request) -> str:
@@ -52,4 +58,5 @@ def path_of(request: Request) -> str:
 
 
 def query(request: Request) -> dict[str, str]:
+    """The request's query parameters (last value wins)."""
     return {k: v[-1] for k, v in parse_qs(urlsplit(request.path).query).items()}

@@ -47,8 +47,8 @@ def lb_cmd(
     from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
     from wsop.discovery import source_from_flags
     from wsop.errors import UsageError
+    from wsop.httpadmin import admin_token_from_env
     from wsop.lb import LBConfig, run
-    from wsop.lb.admin import admin_token_from_env
     from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
 
     algo = algo or DEFAULT_ALGORITHM

@@ -27,9 +27,9 @@ from websockets.http11 import Request, Response
 from wsop.auth import AuthError, Identity, identity_from_request
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
-from wsop.lb.admin import admin_refusal, json_response, text_response
+from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response, text_response
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
-from wsop.lb.stats import PROMETHEUS_CONTENT_TYPE, LBStats, make_registry, render
+from wsop.lb.stats import LBStats, make_registry, render
 from wsop.ring import build
 from wsop.ring.base import Placement
 from wsop.ring.bounded import BoundedLoads

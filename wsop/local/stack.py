@@ -123,7 +123,7 @@ def _start_sidecar(
 
 
 def _wait_lb_members(record: StackRecord, timeout: float = 10.0) -> None:
-    """Block until the LB routes over exactly the recorded sidecars."""
+    """Block until the LB and every sidecar route over exactly the recorded sidecars."""
     want = {s.name for s in record.sidecars}
     deadline = time.monotonic() + timeout
     seen: set[str] | None = None
@@ -131,14 +131,26 @@ def _wait_lb_members(record: StackRecord, timeout: float = 10.0) -> None:
         payload = stack_proc.admin_get(record.lb, "/connections", record.admin_token)
         if isinstance(payload, dict):
             seen = {s["name"] for s in payload.get("sidecars", []) if s.get("url")}
-            if seen == want:
+            if seen == want and _sidecars_see(record, want):
                 return
         time.sleep(0.05)
     raise BackendUnavailable(
-        f"the LB did not pick up the membership {sorted(want)} within {timeout:.0f} s "
+        f"the LB and sidecars did not pick up the membership {sorted(want)} within "
+        f"{timeout:.0f} s "
         f"(it sees {sorted(seen) if seen is not None else 'nothing'}; "
         f"log: {stack_file.logs_dir() / 'lb.log'})"
     )
+
+
+def _sidecars_see(record: StackRecord, want: set[str]) -> bool:
+    """Every sidecar routes over `want` too (else a first message could go astray)."""
+    for sidecar in record.sidecars:
+        health = stack_proc.admin_get(sidecar, "/healthz", record.admin_token)
+        if not isinstance(health, dict):
+            return False
+        if "members" in health and set(health["members"]) != want:
+            return False
+    return True
 
 
 def _status(record: StackRecord, connections: bool = True) -> StackStatus:

@@ -26,7 +26,14 @@ from wsop.acl.live import LiveAcl
 from wsop.auth import AuthError, Identity, identity_from_request
 from wsop.discovery import MembershipSource
 from wsop.errors import NotFound
-from wsop.httpadmin import admin_allowed, json_response, path_of, query, respond, text_response
+from wsop.httpadmin import (
+    PROMETHEUS_CONTENT_TYPE,
+    admin_refusal,
+    json_response,
+    path_of,
+    query,
+    text_response,
+)
 from wsop.ring import build
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.peer_codec import (
@@ -116,7 +123,9 @@ class Sidecar:
     async def _watch_members(self) -> None:
         while True:
             members = await self.members.wait_changed()
-            changes = self.router.set_owner(self._placement(members))
+            # a maglev table takes ~0.6 s to build: never on the event loop
+            placement = await asyncio.to_thread(self._placement, members)
+            changes = self.router.set_owner(placement)
             await self.peers.update(members)
             for change in changes:
                 self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
@@ -159,26 +168,30 @@ class Sidecar:
                     request.path, request.headers, self.config.secret, self.config.insecure
                 )
             except AuthError as exc:
-                return text_response(401, str(exc))
+                return text_response(conn, 401, str(exc))
             conn.wsop_identity = ident  # type: ignore[attr-defined]
             conn.wsop_moved_from = query(request).get("moved_from")  # type: ignore[attr-defined]
             return None
         if path == "/healthz":
-            return json_response(200, {"status": "ok", "name": self.config.name})
-        if not admin_allowed(request, self.config.admin_token):
-            return text_response(401, "admin token required")
+            members = sorted(self.members.current())
+            return json_response(
+                conn, 200, {"status": "ok", "name": self.config.name, "members": members}
+            )
+        refused = admin_refusal(request.headers, self.config.admin_token)
+        if refused:
+            return text_response(conn, 401, refused)
         if path == "/peer":
             conn.wsop_peer = query(request).get("from", "?")  # type: ignore[attr-defined]
             return None
         if path == "/metrics":
-            return respond(200, self.metrics.render(), "text/plain; version=0.0.4")
+            return text_response(conn, 200, self.metrics.render().decode(), PROMETHEUS_CONTENT_TYPE)
         if path == "/connections":
-            return json_response(200, self.connections_report())
+            return json_response(conn, 200, self.connections_report())
         if path == "/move":
-            return self._move(query(request))
-        return text_response(404, f"no such endpoint: {path}")
+            return self._move(conn, query(request))
+        return text_response(conn, 404, f"no such endpoint: {path}")
 
-    def _move(self, params: dict[str, str]) -> Response:
+    def _move(self, conn: ServerConnection, params: dict[str, str]) -> Response:
         """Ask the LB in front of each of the user's connections to move it to `to`.
 
         The control frame travels on the connection itself, so it reaches exactly the LB
@@ -188,15 +201,15 @@ class Sidecar:
         tenant, raw_user, target = params.get("tenant"), params.get("user"), params.get("to")
         members = self.members.current()
         if not tenant or raw_user is None or not target:
-            return json_response(400, {"error": "need tenant, user and to"})
+            return json_response(conn, 400, {"error": "need tenant, user and to"})
         if target not in members:
-            return json_response(404, {"error": f"no sidecar named {target!r}"})
+            return json_response(conn, 404, {"error": f"no sidecar named {target!r}"})
         user = protocol.normalize_user_id(raw_user)
         conns = list(self.router.connections(tenant, user)) if user is not None else []
         if target == self.config.name or not conns:
-            return json_response(200, {"moved": 0})
+            return json_response(conn, 200, {"moved": 0})
         broadcast(conns, f"{MOVE_PREFIX}{target} {members[target]}")
-        return json_response(200, {"moved": len(conns)})
+        return json_response(conn, 200, {"moved": len(conns)})
 
     def connections_report(self) -> dict[str, Any]:
         users = [{"tenant": t, "user": u, "count": c} for t, u, c in self.router.users()]
