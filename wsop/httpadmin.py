@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 ADMIN_TOKEN_ENV: Final = "WSOP_ADMIN_TOKEN"
+ADMIN_HEADER: Final = "X-Wsop-Admin-Token"
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -26,14 +27,21 @@ def admin_token_from_env(environ: Mapping[str, str] | None = None) -> str | None
 
 
 def admin_refusal(headers: Mapping[str, str], token: str | None) -> str | None:
-    """Why an admin request is refused, or None when it may proceed."""
+    """Why an admin request is refused, or None when it may proceed.
+
+    Accepts `Authorization: Bearer TOKEN`, or `X-Wsop-Admin-Token: TOKEN` for calls that
+    come through the Kubernetes API server's pods/proxy, which consumes `Authorization`.
+    """
     if not token:
         return None
-    given = headers.get("Authorization") or ""
-    scheme, _, credentials = given.strip().partition(" ")
-    if scheme.lower() != "bearer" or not credentials:
-        return f"admin endpoints need 'Authorization: Bearer ${ADMIN_TOKEN_ENV}'"
-    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+    credentials = (headers.get(ADMIN_HEADER) or "").strip()
+    if not credentials:
+        given = headers.get("Authorization") or ""
+        scheme, _, bearer = given.strip().partition(" ")
+        if scheme.lower() != "bearer" or not bearer:
+            return f"admin endpoints need 'Authorization: Bearer ${ADMIN_TOKEN_ENV}'"
+        credentials = bearer.strip()
+    if not hmac.compare_digest(credentials.encode(), token.encode()):
         return "wrong admin token"
     return None
 
