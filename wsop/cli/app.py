@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import redis
@@ -145,3 +146,46 @@ def tenant_store(url: str | None):
     from wsop.backend import connect
 
     return TenantStore(connect(url))
+
+
+# Where the sidecars are (shared by `wsop lb` and `wsop sidecar`): exactly one source.
+MembersFileOpt = Annotated[
+    Path | None,
+    typer.Option("--members-file", help="Members file to follow (what `wsop up` writes)."),
+]
+PeersOpt = Annotated[
+    str | None,
+    typer.Option("--peers", help="Fixed sidecars instead: s0=ws://127.0.0.1:9001,s1=…"),
+]
+NamespaceOpt = Annotated[
+    str | None,
+    typer.Option("--namespace", help="Kubernetes: discover sidecar pods in this namespace."),
+]
+SelectorOpt = Annotated[
+    str,
+    typer.Option("--selector", help="Kubernetes: label selector of the sidecar pods."),
+]
+ServiceOpt = Annotated[
+    str | None,
+    typer.Option("--service", help="Kubernetes: also require readiness in this Service's slices."),
+]
+
+
+def membership_source(
+    members_file: Path | None,
+    peers: str | None,
+    namespace: str | None,
+    selector: str,
+    service: str | None,
+):
+    """The one membership source the flags name (local file, static list or Kubernetes)."""
+    from wsop.discovery import source_from_flags
+    from wsop.errors import UsageError
+
+    if namespace is None:
+        return source_from_flags(members_file, peers)
+    if members_file is not None or peers is not None:
+        raise UsageError("give one of --members-file, --peers or --namespace")
+    from wsop.k8s.discovery import kubernetes_source
+
+    return kubernetes_source(namespace, selector, service)

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from wsop.cli.app import (
+    MembersFileOpt,
+    NamespaceOpt,
+    PeersOpt,
+    SelectorOpt,
+    ServiceOpt,
+    membership_source,
+)
 from wsop.cli.output import err_console
+from wsop.k8s.discovery import DEFAULT_SELECTOR
 
 Host = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
 Port = Annotated[int, typer.Option("--port", help="TCP port for clients and admin HTTP.")]
-MembersFile = Annotated[
-    Path | None,
-    typer.Option("--members-file", help="Members file to follow (what `wsop up` writes)."),
-]
-Peers = Annotated[
-    str | None,
-    typer.Option("--peers", help="Fixed sidecars instead: s0=ws://127.0.0.1:9001,s1=…"),
-]
 Insecure = Annotated[
     bool,
     typer.Option("--insecure", help="Trust ?tenant=T&user=U without a token (local dev only)."),
@@ -35,8 +35,11 @@ Drain = Annotated[
 def lb_cmd(
     host: Host = "127.0.0.1",
     port: Port = 8765,
-    members_file: MembersFile = None,
-    peers: Peers = None,
+    members_file: MembersFileOpt = None,
+    peers: PeersOpt = None,
+    namespace: NamespaceOpt = None,
+    selector: SelectorOpt = DEFAULT_SELECTOR,
+    service: ServiceOpt = None,
     insecure: Insecure = False,
     algo: Algo = None,
     name: Name = "lb",
@@ -45,7 +48,6 @@ def lb_cmd(
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
     /connections answer plain HTTP on the same port."""
     from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
-    from wsop.discovery import source_from_flags
     from wsop.errors import UsageError
     from wsop.httpadmin import admin_token_from_env
     from wsop.lb import LBConfig, run
@@ -57,7 +59,7 @@ def lb_cmd(
         raise UsageError(f"--port must be 0-65535, got {port}")
     if drain_seconds < 0:
         raise UsageError("--drain-seconds must be >= 0")
-    source = source_from_flags(members_file, peers)
+    source = membership_source(members_file, peers, namespace, selector, service)
     secret: str | None
     if insecure:
         import os

@@ -6,16 +6,24 @@ import asyncio
 import logging
 import os
 import signal
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from wsop import protocol
 from wsop.auth import check_secret
-from wsop.cli.app import RedisOpt
+from wsop.cli.app import (
+    MembersFileOpt,
+    NamespaceOpt,
+    PeersOpt,
+    RedisOpt,
+    SelectorOpt,
+    ServiceOpt,
+    membership_source,
+)
 from wsop.cli.output import err_console
 from wsop.errors import BackendUnavailable
+from wsop.k8s.discovery import DEFAULT_SELECTOR
 
 HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")]
 
@@ -24,12 +32,11 @@ def sidecar_cmd(
     name: Annotated[str, typer.Option("--name", help="This sidecar's member name on the ring.")],
     host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port for /ws, /peer and admin HTTP.")] = 0,
-    members_file: Annotated[
-        Path | None, typer.Option("--members-file", help="Members file written by `wsop up`.")
-    ] = None,
-    peers: Annotated[
-        str | None, typer.Option("--peers", help="Static membership: s0=ws://h:p,s1=ws://h:p")
-    ] = None,
+    members_file: MembersFileOpt = None,
+    peers: PeersOpt = None,
+    namespace: NamespaceOpt = None,
+    selector: SelectorOpt = DEFAULT_SELECTOR,
+    service: ServiceOpt = None,
     algo: Annotated[str, typer.Option("--algo", help="Ring algorithm (see `wsop ring`).")] = "",
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Accept ?tenant=&user= without a token (dev only).")
@@ -42,7 +49,6 @@ def sidecar_cmd(
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.acl.live import LiveAcl
     from wsop.backend import connect, connect_async, resolve_url
-    from wsop.discovery import source_from_flags
     from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
     from wsop.sidecar.app import Sidecar, SidecarConfig
 
@@ -56,7 +62,7 @@ def sidecar_cmd(
         check_secret(secret)
     url = resolve_url(redis_url)
     connect(url).close()  # fail fast, with the URL in the message
-    members = source_from_flags(members_file, peers)
+    members = membership_source(members_file, peers, namespace, selector, service)
     config = SidecarConfig(
         name=name,
         host=host,
