@@ -68,7 +68,7 @@ class Sidecars:
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.members_file)
 
-    def start(self, name: str, log_dir: Path) -> Proc:
+    def start(self, name: str, log_dir: Path, extra: list[str] | None = None) -> Proc:
         port = free_port()
         log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
@@ -88,6 +88,7 @@ class Sidecars:
                 "--insecure",
                 "--algo",
                 "rendezvous",
+                *(extra or []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

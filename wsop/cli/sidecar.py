@@ -22,7 +22,7 @@ from wsop.cli.app import (
     membership_source,
 )
 from wsop.cli.output import err_console
-from wsop.errors import BackendUnavailable
+from wsop.errors import BackendUnavailable, UsageError
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 
 HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")]
@@ -44,6 +44,14 @@ def sidecar_cmd(
     max_frame_bytes: Annotated[
         int, typer.Option("--max-frame-bytes", help="Larger client frames are closed with 1009.")
     ] = protocol.DEFAULT_MAX_FRAME_BYTES,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream",
+            help="App container to mirror each client to (ws://127.0.0.1:3001); its frames "
+            "are routed as the user's own.",
+        ),
+    ] = None,
     redis_url: RedisOpt = None,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
@@ -72,7 +80,10 @@ def sidecar_cmd(
         secret=secret,
         admin_token=os.environ.get("WSOP_ADMIN_TOKEN") or None,
         max_frame_bytes=max_frame_bytes,
+        upstream=upstream,
     )
+    if upstream and not upstream.startswith(("ws://", "wss://")):
+        raise UsageError(f"--upstream must be a ws:// or wss:// URL, got {upstream!r}")
     run_server(lambda: Sidecar(config, LiveAcl(connect_async(url)), members), name)
 
 

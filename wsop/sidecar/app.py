@@ -15,10 +15,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
 from wsop import protocol
@@ -68,13 +71,14 @@ class SidecarConfig:
     admin_token: str | None = None
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     close_window_s: float = 2.0
+    upstream: str | None = None
 
 
 @dataclass
 class PendingAck:
     """A client message waiting for its owners' answers."""
 
-    conn: ServerConnection
+    conn: Connection
     msg_id: str | None
     started: float
     delivered: int = 0
@@ -245,14 +249,19 @@ class Sidecar:
             self.peers.send(
                 change.owner, Holding(change.tenant, change.user, True, change.replaces)
             )
+        app = await self._open_app(ident, index) if self.config.upstream else None
         try:
             if first:
                 await self.acl.presence(ident.tenant, index, +1)
             async for raw in conn:
+                if app is not None:
+                    await self._mirror(app, raw)
                 await self._on_client_frame(conn, ident, index, raw)
         except ConnectionClosed:
             pass
         finally:
+            if app is not None:
+                await app.close(1000, "client left")
             del self._identities[conn]
             self.metrics.connections.dec()
             last, change = self.router.disconnect(ident.tenant, ident.user, conn)
@@ -266,8 +275,46 @@ class Sidecar:
                         "could not clear presence of %s/%s: %s", ident.tenant, ident.user, exc
                     )
 
+    # -- upstream app (the sidecar pattern) ---------------------------------------------
+
+    async def _open_app(self, ident: Identity, index: int) -> ClientConnection | None:
+        """Mirror this client to the app container; the app's frames are routed as the
+        user's own (same protocol, same ACL), its acks and errors go back to the app."""
+        assert self.config.upstream is not None
+        params = urlencode({"tenant": ident.tenant, "user": str(ident.user)})
+        try:
+            app = await connect(
+                f"{self.config.upstream}?{params}",
+                additional_headers={"X-Wsop-Tenant": ident.tenant, "X-Wsop-User": str(ident.user)},
+                open_timeout=2,
+                compression=None,
+                max_size=self.config.max_frame_bytes,
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            self.metrics.failed.labels("app_unavailable").inc()
+            log.warning("upstream app %s unavailable: %s", self.config.upstream, exc)
+            return None
+
+        async def pump() -> None:
+            try:
+                async for raw in app:
+                    await self._on_client_frame(app, ident, index, raw)
+            except ConnectionClosed:
+                pass
+
+        task = asyncio.create_task(pump())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+        return app
+
+    async def _mirror(self, app: ClientConnection, raw: str | bytes) -> None:
+        try:
+            await app.send(raw)
+        except ConnectionClosed:
+            self.metrics.failed.labels("app_unavailable").inc()
+
     async def _on_client_frame(
-        self, conn: ServerConnection, ident: Identity, index: int, raw: str | bytes
+        self, conn: Connection, ident: Identity, index: int, raw: str | bytes
     ) -> None:
         started = time.perf_counter()
         try:
@@ -302,9 +349,7 @@ class Sidecar:
         pending = PendingAck(conn, msg.id, started)
         self._execute(ident.tenant, plan, frame, pending)
 
-    async def _error(
-        self, conn: ServerConnection, msg_id: str | None, code: str, text: str
-    ) -> None:
+    async def _error(self, conn: Connection, msg_id: str | None, code: str, text: str) -> None:
         self.metrics.errors.labels(code).inc()
         await conn.send(protocol.encode_error(msg_id, code, text))
 
