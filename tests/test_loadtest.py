@@ -173,9 +173,7 @@ def _status() -> dict:
     return json.loads(result.stdout)
 
 
-def test_killing_a_sidecar_mid_run_is_reported_as_loss(
-    redis_url: str, no_stack_left: None
-) -> None:
+def test_killing_a_sidecar_mid_run_is_reported_as_loss(redis_url: str, no_stack_left: None) -> None:
     up = run_wsop(
         "up", "--detach", "--insecure", "--redis", redis_url, "--port", str(free_port()), "--json"
     )
@@ -205,3 +203,49 @@ def test_killing_a_sidecar_mid_run_is_reported_as_loss(
     assert "lost" in stderr.strip().splitlines()[-1]
     # the stack was already running: the load test leaves it up
     assert (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
+
+
+# -- the frame reader (pure) -------------------------------------------------------------
+
+
+def _frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"") -> bytes:
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + payload
+
+
+def test_frame_reader_splits_bulk_reads_at_any_byte() -> None:
+    from wsop.load.frames import OP_PING, OP_TEXT, FrameError, FrameReader
+
+    big = b"x" * 70000
+    stream = (
+        _frame(OP_TEXT, b'{"a":1}')
+        + _frame(OP_TEXT, b"y" * 300)
+        + _frame(OP_TEXT, b"par", fin=False)
+        + _frame(OP_PING, b"p")  # a control frame inside a fragmented message
+        + _frame(0, b"ts", fin=True)
+        + _frame(OP_TEXT, big)
+        + _frame(OP_TEXT, b"masked", mask=b"\x01\x02\x03\x04")
+    )
+    want = [
+        (OP_TEXT, b'{"a":1}'), (OP_TEXT, b"y" * 300), (OP_PING, b"p"),
+        (OP_TEXT, b"parts"), (OP_TEXT, big), (OP_TEXT, b"masked"),
+    ]  # fmt: skip
+    for size in (1, 7, 4096, len(stream)):
+        reader, got = FrameReader(), []
+        for i in range(0, len(stream), size):
+            got += reader.feed(stream[i : i + size])
+        assert got == want, size
+    with pytest.raises(FrameError):
+        FrameReader().feed(_frame(0, b"orphan"))
+    with pytest.raises(FrameError):
+        FrameReader().feed(bytes([0xC1, 0]))  # RSV1 without an extension

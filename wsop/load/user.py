@@ -25,13 +25,14 @@ import websocket
 from gevent.event import Event
 from locust import User, task
 
+from wsop.load.frames import OP_CLOSE, OP_PING, OP_TEXT, FrameError, FrameReader
 from wsop.load.layout import TenantTeams, slot_identity, team_membership, worker_tenants
 from wsop.load.ledger import SEQ_BITS, Ledger
 from wsop.load.profiles import LoadPlan
 
 HELLO_TIMEOUT_S = 10.0
 SETTLE_EVERY_S = 1.0
-_loads = json.JSONDecoder().decode
+_loads = json.loads
 
 
 class WorkerContext:
@@ -227,7 +228,8 @@ class WsopUser(User):
         return ws
 
     def _receive(self) -> None:
-        ledger, index, slot = self.ctx.ledger, self.ctx.index, self.slot
+        """Read frames in bulk off the raw socket (see `wsop.load.frames`); reconnect on loss."""
+        ledger = self.ctx.ledger
         while not self.stopping:
             ws = self.ws
             if ws is None:
@@ -236,35 +238,48 @@ class WsopUser(User):
                 if self.ws is not None:
                     ledger.counters.reconnects += 1
                 continue
+            reader = FrameReader()
             try:
-                raw = ws.recv()
-            except (websocket.WebSocketException, OSError):
-                raw = None
-            if not raw:
-                if not self.stopping:
-                    ledger.counters.disconnects += 1
-                    self._fail("disconnect", "connection closed by the stack")
-                    self.ws = None
-                continue
-            obj = _loads(raw)
-            kind = obj.get("type")
-            if kind == "message":
-                data = obj.get("data")
-                if type(data) is list and len(data) == 4:
-                    if data[0] != index:
-                        ledger.counters.unexpected += 1
-                    elif ledger.received(slot, (data[1] << SEQ_BITS) | data[2]):
-                        latency = (time.time_ns() // 1000 - data[3]) / 1000
-                        name = "team" if "teams" in obj else "direct"
-                        self._event(name, latency, len(raw))
-                elif data == "hello" and obj.get("from") == self.user:
-                    self._hello.set()
-            elif kind == "ack":
-                self._on_ack(obj)
-            elif kind == "error":
-                ledger.counters.errors += 1
-                self.pending_acks.pop(str(obj.get("id")), None)
-                self._fail("error", str(obj.get("code")))
+                while True:
+                    chunk = ws.sock.recv(65536)
+                    if not chunk:
+                        break
+                    for opcode, payload in reader.feed(chunk):
+                        if opcode == OP_TEXT:
+                            self._on_text(payload)
+                        elif opcode == OP_CLOSE:
+                            raise EOFError
+                        elif opcode == OP_PING:
+                            ws.pong(payload)
+            except (EOFError, FrameError, OSError, AttributeError, websocket.WebSocketException):
+                pass  # AttributeError: the socket was closed under us (ws.sock is None)
+            if not self.stopping:
+                ledger.counters.disconnects += 1
+                self._fail("disconnect", "connection closed by the stack")
+                self.ws = None
+                with contextlib.suppress(Exception):
+                    ws.shutdown()
+
+    def _on_text(self, raw: bytes) -> None:
+        ledger = self.ctx.ledger
+        obj = _loads(raw)
+        kind = obj.get("type")
+        if kind == "message":
+            data = obj.get("data")
+            if type(data) is list and len(data) == 4:
+                if data[0] != self.ctx.index:
+                    ledger.counters.unexpected += 1
+                elif ledger.received(self.slot, (data[1] << SEQ_BITS) | data[2]):
+                    latency = (time.time_ns() // 1000 - data[3]) / 1000
+                    self._event("team" if "teams" in obj else "direct", latency, len(raw))
+            elif data == "hello" and obj.get("from") == self.user:
+                self._hello.set()
+        elif kind == "ack":
+            self._on_ack(obj)
+        elif kind == "error":
+            ledger.counters.errors += 1
+            self.pending_acks.pop(str(obj.get("id")), None)
+            self._fail("error", str(obj.get("code")))
 
     def _on_ack(self, ack: dict[str, Any]) -> None:
         c = self.ctx.ledger.counters
