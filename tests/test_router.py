@@ -132,3 +132,15 @@ def test_disconnect_of_last_connection_deregisters_with_owner() -> None:
     fleet.disconnect(other, "A", 1, "tab2")
     plan = fleet.routers[owner].plan("A", [1])
     assert plan.unreachable == [1] and not plan.holders
+
+
+def test_owner_that_no_longer_owns_redirects_once() -> None:
+    """A peer still on the old membership sends us a user we no longer own: we pass it
+    to the owner we believe in, and that hop is never forwarded again."""
+    old = Router("s0", build("rendezvous", ["s0"]).owner)
+    old.set_owner(build("rendezvous", ["s0", "s1", "s2"]).owner)
+    user = next(u for u in range(100) if old.owner("A", u) != "s0")
+    plan = old.plan("A", [user], as_owner_only=True, redirect=True)
+    assert dict(plan.peers) == {old.owner("A", user): [user]} and not plan.unreachable
+    final = old.plan("A", [user], as_owner_only=True, redirect=False)
+    assert final.unreachable == [user] and not final.peers

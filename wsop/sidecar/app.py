@@ -13,6 +13,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -42,6 +43,7 @@ from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.peer_codec import (
     TO_HOLDER,
     TO_OWNER,
+    TO_OWNER_FINAL,
     Ack,
     Deliver,
     Holding,
@@ -55,6 +57,12 @@ from wsop.sidecar.router import DeliveryPlan, HolderChange, Router
 log = logging.getLogger("wsop.sidecar")
 
 ACK_TIMEOUT_S = 5.0
+# After a membership change, peers adopt it a few hundred ms apart: within this grace,
+# a recipient nobody seems to hold is retried for a while rather than reported lost.
+MEMBERSHIP_GRACE_S = 3.0
+RETRY_WINDOW_S = 1.5
+RETRY_INTERVAL_S = 0.1
+RETRY = "~retry"  # pseudo-peer a PendingAck waits on while retries run
 # Sidecar → LB control frame on a client's upstream: "move to NAME at URL". A JSON
 # frame never starts with NUL, so the LB tells them apart with one character check.
 MOVE_PREFIX = "\x00wsop:move "
@@ -76,14 +84,16 @@ class SidecarConfig:
 
 @dataclass
 class PendingAck:
-    """A client message waiting for its owners' answers."""
+    """A message waiting for its owners' answers; `done` runs once all have answered
+    (an ack frame to the client, or an `Ack` item back to the peer that forwarded it)."""
 
-    conn: Connection
+    conn: Connection | None
     msg_id: str | None
     started: float
     delivered: int = 0
     undelivered: int = 0
-    waiting: dict[str, int] = field(default_factory=dict)  # peer -> users sent to it
+    waiting: dict[str, int] = field(default_factory=dict)  # peer (or RETRY) -> users
+    done: Callable[[PendingAck], None] = lambda _: None
 
 
 class Sidecar:
@@ -100,6 +110,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[Any]] = []
         self._identities: dict[ServerConnection, tuple[Identity, int]] = {}
         self._peer_conns: set[ServerConnection] = set()
+        self._membership_changed_at = time.monotonic()
 
     def _placement(self, members: dict[str, str]):
         if not members:
@@ -129,6 +140,7 @@ class Sidecar:
             members = await self.members.wait_changed()
             # a maglev table takes ~0.6 s to build: never on the event loop
             placement = await asyncio.to_thread(self._placement, members)
+            self._membership_changed_at = time.monotonic()
             changes = self.router.set_owner(placement)
             await self.peers.update(members)
             for change in changes:
@@ -302,9 +314,7 @@ class Sidecar:
             except ConnectionClosed:
                 pass
 
-        task = asyncio.create_task(pump())
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
+        self._spawn(pump())
         return app
 
     async def _mirror(self, app: ClientConnection, raw: str | bytes) -> None:
@@ -346,8 +356,8 @@ class Sidecar:
             users = found
             frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
         plan = self.router.plan(ident.tenant, users)
-        pending = PendingAck(conn, msg.id, started)
-        self._execute(ident.tenant, plan, frame, pending)
+        pending = PendingAck(conn, msg.id, started, done=self._client_done)
+        self._execute(ident.tenant, plan, frame, pending, TO_OWNER)
 
     async def _error(self, conn: Connection, msg_id: str | None, code: str, text: str) -> None:
         self.metrics.errors.labels(code).inc()
@@ -364,35 +374,64 @@ class Sidecar:
             self.metrics.messages_out.inc(len(conns))
         return len(users)
 
-    def _fan_out(self, tenant: str, plan: DeliveryPlan, frame: str) -> tuple[int, int]:
-        """Local + holder deliveries; returns (users reached, users unreachable)."""
+    def _fan_out(self, tenant: str, plan: DeliveryPlan, frame: str) -> int:
+        """Local + holder deliveries; returns the users reached."""
         reached = set(plan.local)
         self._deliver_local(tenant, plan.local, frame)
         for holder, users in plan.holders.items():
             self.peers.send(holder, Deliver(tenant, users, 0, TO_HOLDER, frame))
             self.metrics.forwarded.inc(len(users))
             reached.update(users)
+        return len(reached)
+
+    def _execute(
+        self, tenant: str, plan: DeliveryPlan, frame: str, pending: PendingAck, mode: str
+    ) -> None:
+        """Deliver what is ours, forward the rest; `pending` completes when all answered."""
+        pending.delivered = self._fan_out(tenant, plan, frame)
+        ack_id = next(self._ack_ids)
+        self._acks[ack_id] = pending
+        for owner, users in plan.peers.items():
+            pending.waiting[owner] = len(users)
+            self.metrics.forwarded.inc(len(users))
+            self.peers.send(owner, Deliver(tenant, users, ack_id, mode, frame))
         if plan.unreachable:
-            self.metrics.failed.labels("no_connection").inc(len(plan.unreachable))
-        return len(reached), len(plan.unreachable)
+            if self._in_grace():
+                pending.waiting[RETRY] = len(plan.unreachable)
+                self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id))
+            else:
+                self._unreachable(pending, len(plan.unreachable))
+        if not pending.waiting:
+            del self._acks[ack_id]
+            pending.done(pending)
 
-    def _execute(self, tenant: str, plan: DeliveryPlan, frame: str, pending: PendingAck) -> None:
-        pending.delivered, pending.undelivered = self._fan_out(tenant, plan, frame)
-        if plan.peers:
-            ack_id = next(self._ack_ids)
-            self._acks[ack_id] = pending
-            for owner, users in plan.peers.items():
-                pending.waiting[owner] = len(users)
-                self.metrics.forwarded.inc(len(users))
-                self.peers.send(owner, Deliver(tenant, users, ack_id, TO_OWNER, frame))
-        else:
-            self._finish(pending)
+    def _unreachable(self, pending: PendingAck, count: int) -> None:
+        self.metrics.failed.labels("no_connection").inc(count)
+        pending.undelivered += count
 
-    def _finish(self, pending: PendingAck) -> None:
+    def _in_grace(self) -> bool:
+        return time.monotonic() - self._membership_changed_at < MEMBERSHIP_GRACE_S
+
+    async def _retry(self, tenant: str, users: list[Any], frame: str, ack_id: int) -> None:
+        """Right after a membership change, holders re-register with their new owners a
+        few hundred ms late: retry users we know no connection of instead of dropping."""
+        delivered, missing = 0, users
+        deadline = time.monotonic() + RETRY_WINDOW_S
+        while missing and time.monotonic() < deadline:
+            await asyncio.sleep(RETRY_INTERVAL_S)
+            plan = self.router.plan(tenant, missing, as_owner_only=True)
+            delivered += self._fan_out(tenant, plan, frame)
+            missing = plan.unreachable
+        if missing:
+            self.metrics.failed.labels("no_connection").inc(len(missing))
+        self._settle(ack_id, RETRY, delivered, len(missing))
+
+    def _client_done(self, pending: PendingAck) -> None:
         self.metrics.ack_latency.observe(time.perf_counter() - pending.started)
         frame = protocol.encode_ack(pending.msg_id, pending.delivered)
         if pending.undelivered:
             frame = frame[:-1] + f',"undelivered":{pending.undelivered}}}'
+        assert pending.conn is not None
         broadcast([pending.conn], frame)
 
     def _settle(self, ack_id: int, peer: str, delivered: int, unreachable: int) -> None:
@@ -404,7 +443,7 @@ class Sidecar:
         pending.undelivered += unreachable
         if not pending.waiting:
             del self._acks[ack_id]
-            self._finish(pending)
+            pending.done(pending)
 
     def _lost(self, peer: str, items: list[PeerItem]) -> None:
         """Items a peer link could not carry: count them, and settle their acks."""
@@ -423,6 +462,11 @@ class Sidecar:
                     for peer, count in list(pending.waiting.items()):
                         self.metrics.failed.labels("ack_timeout").inc(count)
                         self._settle(ack_id, peer, 0, count)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     # -- peers -------------------------------------------------------------------------
 
@@ -448,10 +492,15 @@ class Sidecar:
             if item.mode == TO_HOLDER:
                 self._deliver_local(item.tenant, self._held(item.tenant, item.users), item.frame)
                 return
-            plan = self.router.plan(item.tenant, item.users, as_owner_only=True)
-            delivered, unreachable = self._fan_out(item.tenant, plan, item.frame)
-            if item.ack:
-                self.peers.send(peer, Ack(item.ack, delivered, unreachable))
+            redirect = item.mode == TO_OWNER
+            plan = self.router.plan(item.tenant, item.users, as_owner_only=True, redirect=redirect)
+
+            def reply(done: PendingAck, ack: int = item.ack) -> None:
+                if ack:
+                    self.peers.send(peer, Ack(ack, done.delivered, done.undelivered))
+
+            pending = PendingAck(None, None, time.perf_counter(), done=reply)
+            self._execute(item.tenant, plan, item.frame, pending, TO_OWNER_FINAL)
         elif isinstance(item, Ack):
             self._settle(item.ack, peer, item.delivered, item.unreachable)
         else:

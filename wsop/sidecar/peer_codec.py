@@ -4,7 +4,8 @@ A batch is newline-separated text, two lines per item: a JSON header, then a pay
 line (the client frame for deliveries, empty otherwise)::
 
     ["d","acme",[17,42],7,"o"]       deliver to these users; ack id 7 (0: no ack);
-    {"type":"message",...}           "o" = you are the owner, "h" = you only hold them
+    {"type":"message",...}           "o" = you are the owner, "h" = you only hold them,
+                                     "f" = owner, redirected once: do not forward again
     ["a",7,2,0]                      ack 7: 2 users reached, 0 unreachable
     (empty line)
     ["h","acme",42,1]                I hold a connection of acme/42 (1) / no longer (0)
@@ -28,6 +29,7 @@ from wsop.errors import WsopError
 UserId = int | str
 TO_OWNER: Final = "o"
 TO_HOLDER: Final = "h"
+TO_OWNER_FINAL: Final = "f"  # redirected once already: deliver or report, never forward
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
@@ -98,7 +100,7 @@ def decode_batch(raw: str | bytes) -> list[PeerItem]:
             kind = head[0]
             if kind == "d":
                 _, tenant, users, ack, mode = head
-                if not isinstance(users, list) or mode not in (TO_OWNER, TO_HOLDER):
+                if not isinstance(users, list) or mode not in (TO_OWNER, TO_HOLDER, TO_OWNER_FINAL):
                     raise ValueError
                 items.append(Deliver(str(tenant), users, int(ack), mode, lines[i + 1]))
             elif kind == "a":

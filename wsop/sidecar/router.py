@@ -171,13 +171,18 @@ class Router:
     # -- routing -----------------------------------------------------------------------
 
     def plan(
-        self, tenant: str, users: Iterable[UserId], as_owner_only: bool = False
+        self,
+        tenant: str,
+        users: Iterable[UserId],
+        as_owner_only: bool = False,
+        redirect: bool = False,
     ) -> DeliveryPlan:
         """Route a message for `users` of `tenant` (all of one tenant, by construction).
 
-        `as_owner_only`: the message came from a peer that routed it to us as the owner;
-        users we do not own (a placement change raced the message) are delivered to
-        whatever we hold locally instead of bouncing between pods.
+        `as_owner_only`: a peer routed this to us as the owner. Users we do not own (the
+        two of us disagree about the membership for a moment) are delivered to what we
+        hold; with `redirect`, the ones we know nothing about go on to the owner we
+        believe in — once: that hop is sent without `redirect`, so nothing loops.
         """
         plan = DeliveryPlan()
         for user in users:
@@ -190,7 +195,10 @@ class Router:
             if key in self._conns:
                 plan.local.append(user)
             elif not holders:
-                plan.unreachable.append(user)
+                if redirect and owner != self.name:
+                    plan.peers[owner].append(user)
+                else:
+                    plan.unreachable.append(user)
             for holder in holders or ():
                 plan.holders[holder].append(user)
         return plan
