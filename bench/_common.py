@@ -117,3 +117,35 @@ def time_calls(
         if len(samples) >= min_iterations and time.perf_counter() > deadline:
             break
     return summarize(samples)
+
+
+def percentile_ms(samples_ns: list[int], q: float) -> float | None:
+    """The q-th percentile of nanosecond samples, in ms (None without samples)."""
+    if not samples_ns:
+        return None
+    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process from /proc/<pid>/stat (0.0 once it is gone).
+
+    Read from /proc rather than psutil so the number is exactly what the kernel
+    charged the process, with no sampling of our own in between.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """VmRSS of one process from /proc/<pid>/status, in bytes (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
