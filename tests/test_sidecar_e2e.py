@@ -130,3 +130,23 @@ def test_presence_follows_first_and_last_connection(sidecars: Sidecars, r: redis
     tab2.close()
     time.sleep(0.3)
     assert r.getbit("online-users:{A}", 5) == 0
+
+
+def test_crashed_sidecar_presence_is_released_when_it_restarts(
+    sidecars: Sidecars, r: redis.Redis, tmp_path: Path
+) -> None:
+    seed_tenant(r, "A", {"eng": {7, 8}})
+    s0 = sidecars.procs["s0"]
+    ws7 = client(s0.url, "A", 7)
+    ws8 = client(sidecars.procs["s1"].url, "A", 8)
+    time.sleep(0.3)
+    assert r.getbit("online-users:{A}", 7) == 1
+    s0.proc.kill()  # no shutdown, no cleanup
+    s0.proc.wait()
+    time.sleep(0.2)
+    assert r.getbit("online-users:{A}", 7) == 1  # stale until s0 comes back
+    sidecars.start("s0", tmp_path)
+    assert r.getbit("online-users:{A}", 7) == 0
+    assert r.getbit("online-users:{A}", 8) == 1  # s1's user untouched
+    ws8.close()
+    del ws7

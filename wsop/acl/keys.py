@@ -68,6 +68,19 @@ def temp_key(tenant: str, purpose: str) -> str:
     return f"tmp:{{{tenant}}}:{purpose}:{uuid.uuid4().hex}"
 
 
-def presence_count_key(tenant: str) -> str:
-    """Hash: bit index → number of sidecars holding a connection of that user."""
-    return f"presence:{{{tenant}}}"
+def presence_key(tenant: str, sidecar: str) -> str:
+    """Bit u set ⇔ sidecar `sidecar` holds at least one connection of user u."""
+    return f"presence:{{{tenant}}}:{sidecar}"
+
+
+def presence_holders_key(tenant: str) -> str:
+    """Set of the tenant's per-sidecar presence bitmaps (their OR is the online bitmap)."""
+    return f"presence-holders:{{{tenant}}}"
+
+
+def presence_tenants_key(sidecar: str) -> str:
+    """Set of tenants a sidecar has presence in: what to release after it crashed.
+
+    Deliberately untagged: it spans tenants (and so slots); it is only read at start-up.
+    """
+    return f"presence-tenants:{sidecar}"

@@ -15,7 +15,7 @@ import redis
 from wsop.acl import bitmap, keys
 from wsop.acl.ids import IdMode, default_max_users
 from wsop.acl.pipeline import parse_resolve, queue_resolve
-from wsop.acl.scripts import DIRECTORY_LUA, PRESENCE_LUA
+from wsop.acl.scripts import DIRECTORY_LUA, PRESENCE_LUA, RELEASE_LUA
 from wsop.errors import BackendError
 
 UserId = int | str
@@ -27,6 +27,8 @@ class LiveAcl:
         self.client = client
         self.max_users = max_users or default_max_users()
         self._presence = client.register_script(PRESENCE_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+        self._presence_tenants: set[tuple[str, str]] = set()
         self._directory = client.register_script(DIRECTORY_LUA)
         self._modes: dict[str, tuple[float, IdMode]] = {}
 
@@ -52,10 +54,36 @@ class LiveAcl:
             return user
         return None
 
-    async def presence(self, tenant: str, index: int, delta: int) -> None:
+    async def presence(self, sidecar: str, tenant: str, index: int, delta: int) -> None:
+        """Record that `sidecar` now holds (+1) or no longer holds (-1) user `index`."""
+        if delta > 0 and (sidecar, tenant) not in self._presence_tenants:
+            await self.client.sadd(keys.presence_tenants_key(sidecar), tenant)
+            self._presence_tenants.add((sidecar, tenant))
         await self._presence(
-            keys=[keys.online_key(tenant), keys.presence_count_key(tenant)], args=[index, delta]
+            keys=[
+                keys.online_key(tenant),
+                keys.presence_key(tenant, sidecar),
+                keys.presence_holders_key(tenant),
+            ],
+            args=[index, delta],
         )
+
+    async def release(self, sidecar: str) -> int:
+        """Drop everything `sidecar` ever marked online (start-up after a crash, shutdown)."""
+        tenants_key = keys.presence_tenants_key(sidecar)
+        tenants = [t.decode() for t in await self.client.smembers(tenants_key)]
+        for tenant in tenants:
+            await self._release(
+                keys=[
+                    keys.online_key(tenant),
+                    keys.presence_key(tenant, sidecar),
+                    keys.presence_holders_key(tenant),
+                    keys.temp_key(tenant, "release"),
+                ]
+            )
+        await self.client.delete(tenants_key)
+        self._presence_tenants = {p for p in self._presence_tenants if p[0] != sidecar}
+        return len(tenants)
 
     async def team_recipients(
         self, tenant: str, teams: Sequence[str], sender_index: int

@@ -40,3 +40,10 @@ def set_online(
         indices = [parse_int_id(u, max_users) for u in users]
     changed = store.set_online(tenant, sorted(set(indices)), online)
     return OnlineResult(tenant=tenant, changed=changed, requested=len(users))
+
+
+def reset_presence(client, tenant: str) -> None:
+    """Forget every sidecar's presence in `tenant` (tests and load-test set-up only:
+    a live sidecar would be contradicted)."""
+    holders_key = keys.presence_holders_key(tenant)
+    client.delete(holders_key, *client.smembers(holders_key))

@@ -56,18 +56,50 @@ end
 return out
 """
 
-# Presence across sidecars: a per-tenant count of sidecars holding >= 1 connection of a
-# user; the online bit is set on 0 -> 1 and cleared on 1 -> 0 (multi-tab, multi-pod).
-# KEYS: online, presence-count; ARGV: bit index, delta (+1 | -1).
+# Presence across sidecars: each sidecar keeps its own bitmap of the users it holds a
+# connection of (`presence:{T}:<sidecar>`); the online bit is the OR of them. A sidecar
+# that crashes or misses a decrement can therefore always be cleaned up (RELEASE_LUA)
+# without guessing counts. KEYS: online, mine, holders-set; ARGV: bit index, +1 | -1.
 PRESENCE_LUA = """
-local n = redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
-if n <= 0 then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('SETBIT', KEYS[1], ARGV[1], 0)
-  return 0
+local idx = tonumber(ARGV[1])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SETBIT', KEYS[2], idx, 1)
+  redis.call('SADD', KEYS[3], KEYS[2])
+  redis.call('SETBIT', KEYS[1], idx, 1)
+  return 1
 end
-if n == 1 and tonumber(ARGV[2]) > 0 then redis.call('SETBIT', KEYS[1], ARGV[1], 1) end
-return n
+redis.call('SETBIT', KEYS[2], idx, 0)
+for _, other in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if other ~= KEYS[2] and redis.call('GETBIT', other, idx) == 1 then return 1 end
+end
+redis.call('SETBIT', KEYS[1], idx, 0)
+return 0
+"""
+
+# Drop one sidecar's presence in a tenant: clear the online bits only it was holding.
+# online &= NOT (mine AND NOT OR(others)); strings are padded before NOT so that bits
+# past a shorter operand are kept, not cleared. KEYS: online, mine, holders, scratch.
+RELEASE_LUA = """
+redis.call('SREM', KEYS[3], KEYS[2])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local function pad(key, n)
+  if redis.call('STRLEN', key) < n then redis.call('SETRANGE', key, n - 1, '\\0') end
+end
+local n = math.max(redis.call('STRLEN', KEYS[1]), redis.call('STRLEN', KEYS[2]))
+local others = redis.call('SMEMBERS', KEYS[3])
+if #others > 0 then
+  redis.call('BITOP', 'OR', KEYS[4], unpack(others))
+  pad(KEYS[4], n)
+  redis.call('BITOP', 'NOT', KEYS[4], KEYS[4])
+  redis.call('BITOP', 'AND', KEYS[4], KEYS[4], KEYS[2])
+else
+  redis.call('BITOP', 'OR', KEYS[4], KEYS[2])
+end
+pad(KEYS[4], n)
+redis.call('BITOP', 'NOT', KEYS[4], KEYS[4])
+redis.call('BITOP', 'AND', KEYS[1], KEYS[1], KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[2])
+return 1
 """
 
 

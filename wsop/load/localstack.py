@@ -55,14 +55,12 @@ def ensure(sidecars: int = 2, redis_url: str | None = None) -> LocalStack:
 def seed(plan: LoadPlan, redis_url: str | None) -> dict[str, Any]:
     """`wsop seed synthetic … --online 0 --replace` for exactly the plan's tenants.
 
-    Also drops the tenants' presence counts (`presence:{T}`). The seed empties the
-    online bitmap but leaves the counts, and a count left over from an earlier run
-    (a sidecar that died, or failed to decrement under load) keeps the user's bit
-    from ever being set again: team messages would then skip users who are online.
-    The load-test tenants have no clients between runs, so zero is the truth.
+    Also drops the tenants' per-sidecar presence bitmaps: the seed empties the online
+    bitmap, and the load-test tenants have no clients between runs, so nobody holding
+    anybody is the truth.
     """
-    from wsop.acl import keys
     from wsop.acl import seed as seeding
+    from wsop.acl.presence import reset_presence
     from wsop.acl.store import TenantStore
     from wsop.acl.synthetic import generate
     from wsop.backend import connect
@@ -71,5 +69,5 @@ def seed(plan: LoadPlan, redis_url: str | None) -> dict[str, Any]:
     client = connect(redis_url)
     result = seeding.seed(TenantStore(client), generate(synthetic_spec(plan)), True).to_json()
     for tenant in plan.tenant_names():
-        client.delete(keys.presence_count_key(tenant))
+        reset_presence(client, tenant)
     return result

@@ -63,6 +63,7 @@ MEMBERSHIP_GRACE_S = 3.0
 RETRY_WINDOW_S = 1.5
 RETRY_INTERVAL_S = 0.1
 RETRY = "~retry"  # pseudo-peer a PendingAck waits on while retries run
+PRESENCE_RETRIES = 5
 # Sidecar → LB control frame on a client's upstream: "move to NAME at URL". A JSON
 # frame never starts with NUL, so the LB tells them apart with one character check.
 MOVE_PREFIX = "\x00wsop:move "
@@ -120,6 +121,10 @@ class Sidecar:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> int:
+        # A previous run of this sidecar may have crashed with users marked online.
+        released = await self.acl.release(self.config.name)
+        if released:
+            log.info("released stale presence in %d tenant(s)", released)
         await self.peers.update(self.members.current())
         self._server = await serve(
             self._handler,
@@ -165,6 +170,10 @@ class Sidecar:
             await asyncio.sleep(0.02)
         for task in self._tasks:
             task.cancel()
+        try:
+            await self.acl.release(self.config.name)  # whatever a failed clear left behind
+        except redis.RedisError as exc:
+            log.warning("could not release presence on shutdown: %s", exc)
         await self.peers.close()
         for conn in list(self._peer_conns):
             conn.transport.abort()  # internal links: no close handshake with a dying peer
@@ -264,7 +273,7 @@ class Sidecar:
         app = await self._open_app(ident, index) if self.config.upstream else None
         try:
             if first:
-                await self.acl.presence(ident.tenant, index, +1)
+                await self.acl.presence(self.config.name, ident.tenant, index, +1)
             async for raw in conn:
                 if app is not None:
                     await self._mirror(app, raw)
@@ -280,12 +289,7 @@ class Sidecar:
             if change:
                 self.peers.send(change.owner, Holding(change.tenant, change.user, False))
             if last:
-                try:
-                    await self.acl.presence(ident.tenant, index, -1)
-                except redis.RedisError as exc:
-                    log.warning(
-                        "could not clear presence of %s/%s: %s", ident.tenant, ident.user, exc
-                    )
+                await self._clear_presence(ident, index)
 
     # -- upstream app (the sidecar pattern) ---------------------------------------------
 
@@ -322,6 +326,18 @@ class Sidecar:
             await app.send(raw)
         except ConnectionClosed:
             self.metrics.failed.labels("app_unavailable").inc()
+
+    async def _clear_presence(self, ident: Identity, index: int) -> None:
+        """Clear the user's presence here, retrying: a missed clear would keep the user
+        "online" (and counted as a recipient) until this sidecar restarts."""
+        for attempt in range(PRESENCE_RETRIES):
+            try:
+                await self.acl.presence(self.config.name, ident.tenant, index, -1)
+                return
+            except redis.RedisError as exc:
+                log.warning("clearing presence of %s/%s: %s", ident.tenant, ident.user, exc)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        self.metrics.failed.labels("presence_clear").inc()
 
     async def _on_client_frame(
         self, conn: Connection, ident: Identity, index: int, raw: str | bytes
