@@ -238,7 +238,7 @@ def encode_message(
 
 
 def encode_ack(id: str | None, delivered: int) -> str:
-    """Tell the sender how many connections the message reached."""
+    """Tell the sender how many recipient users the message reached."""
     return _encode({"type": "ack", "id": id, "delivered": delivered})
 
 
