@@ -351,11 +351,11 @@ class Sidecar:
             return
         ts = int(time.time() * 1000)
         if isinstance(msg, protocol.DirectMessage):
-            self.metrics.messages_in.labels("direct").inc()
+            self.metrics.in_direct.inc()
             frame = protocol.encode_message(ident.user, msg.data, msg.id, ts)
             users: list[Any] = [msg.to]
         else:
-            self.metrics.messages_in.labels("team").inc()
+            self.metrics.in_team.inc()
             try:
                 found, forbidden = await self.acl.team_recipients(ident.tenant, msg.teams, index)
             except NotFound as exc:
@@ -405,21 +405,21 @@ class Sidecar:
     ) -> None:
         """Deliver what is ours, forward the rest; `pending` completes when all answered."""
         pending.delivered = self._fan_out(tenant, plan, frame)
+        retry = bool(plan.unreachable) and self._in_grace()
+        if plan.unreachable and not retry:
+            self._unreachable(pending, len(plan.unreachable))
+        if not plan.peers and not retry:
+            pending.done(pending)  # the common local case: no bookkeeping at all
+            return
         ack_id = next(self._ack_ids)
         self._acks[ack_id] = pending
         for owner, users in plan.peers.items():
             pending.waiting[owner] = len(users)
             self.metrics.forwarded.inc(len(users))
             self.peers.send(owner, Deliver(tenant, users, ack_id, mode, frame))
-        if plan.unreachable:
-            if self._in_grace():
-                pending.waiting[RETRY] = len(plan.unreachable)
-                self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id))
-            else:
-                self._unreachable(pending, len(plan.unreachable))
-        if not pending.waiting:
-            del self._acks[ack_id]
-            pending.done(pending)
+        if retry:
+            pending.waiting[RETRY] = len(plan.unreachable)
+            self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id))
 
     def _unreachable(self, pending: PendingAck, count: int) -> None:
         self.metrics.failed.labels("no_connection").inc(count)

@@ -40,6 +40,9 @@ class SidecarMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        # Children resolved once: `.labels()` is a dict lookup under a lock, per call.
+        self.in_direct = self.messages_in.labels("direct")
+        self.in_team = self.messages_in.labels("team")
         self.info = Gauge(
             "wsop_sidecar_info", "Sidecar identity", ["sidecar"], registry=self.registry
         )
