@@ -143,3 +143,34 @@ def test_bad_input_subprocess(args, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_local_nodes_come_from_the_members_file(tmp_path, monkeypatch) -> None:
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from wsop.cli.main import app
+
+    monkeypatch.setenv("WSOP_STATE_DIR", str(tmp_path))
+    runner = CliRunner()
+    missing = runner.invoke(app, ["ring", "show", "--local"])
+    assert missing.exit_code == 1 and "no local stack running" in missing.stderr
+    doc = {
+        "version": 1,
+        "algo": "maglev",
+        "insecure": True,
+        "redis_url": "redis://x",
+        "admin_token": "t",
+        "lb": {"name": "lb", "url": "ws://127.0.0.1:1", "pid": 1},
+        "sidecars": [
+            {"name": "s0", "url": "ws://127.0.0.1:2", "pid": 2},
+            {"name": "s1", "url": "ws://127.0.0.1:3", "pid": 3},
+        ],
+    }
+    (tmp_path / "stack.json").write_text(_json.dumps(doc))
+    shown = runner.invoke(app, ["ring", "show", "--local", "--keys", "1000", "--json"])
+    assert shown.exit_code == 0, shown.stderr
+    assert sorted(_json.loads(shown.stdout)["nodes"]) == ["s0", "s1"]
+    both = runner.invoke(app, ["ring", "show", "--local", "--nodes", "a,b"])
+    assert both.exit_code == 2

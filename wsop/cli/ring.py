@@ -76,9 +76,32 @@ def _bar(value: int, top: int) -> str:
     return "█" * (round(BAR_WIDTH * value / top) if top else 0)
 
 
+LocalOpt = Annotated[
+    bool,
+    typer.Option("--local", help="Use the sidecars of the local stack (`wsop up`) as nodes."),
+]
+
+
+def _local_members() -> list[str]:
+    """The sidecar names of the running local stack (its members file)."""
+    from wsop.discovery import RegistryFileMembership
+    from wsop.errors import NotFound
+    from wsop.local.embedded import state_dir
+
+    path = state_dir() / "stack.json"
+    if not path.exists():
+        raise NotFound("no local stack running; start one with `wsop up`")
+    return sorted(RegistryFileMembership(path).current())
+
+
+def _members(nodes: str | None, local: bool) -> Membership:
+    return resolve_members(nodes, _local_members if local else None)
+
+
 @app.command()
 def show(
     nodes: NodesOpt = None,
+    local: LocalOpt = False,
     algo: AlgoOpt = DEFAULT_ALGORITHM,
     keys: KeysOpt = DEFAULT_KEYS,
     base: BaseOpt = DEFAULT_ALGORITHM,
@@ -90,7 +113,7 @@ def show(
     JSON: {"algo", "nodes": {name: keys}, "max_over_mean"} — max_over_mean is the largest
     load over its fair share (plain max/mean when unweighted).
     """
-    membership = resolve_members(nodes)
+    membership = _members(nodes, local)
     encoded = synthetic_keys(keys)
     owners = place(algo, membership, encoded, **_bounded_opts(algo, base, epsilon))
     report = load_report(algo, membership, owners)
@@ -116,6 +139,7 @@ def _render_show(console: Console, report: LoadReport, membership: Membership) -
 def locate(
     users: Annotated[list[str], typer.Argument(help="User ids to place.", show_default=False)],
     nodes: NodesOpt = None,
+    local: LocalOpt = False,
     algo: AlgoOpt = DEFAULT_ALGORITHM,
     tenant: Annotated[
         str, typer.Option("--tenant", help="Tenant of the users (the key is (tenant, user)).")
@@ -132,7 +156,7 @@ def locate(
             "bounded loads depend on live loads; locate shows a pure placement "
             f"(use --algo {' / '.join(algorithm_names()[:-1])})"
         )
-    membership = resolve_members(nodes)
+    membership = _members(nodes, local)
     placement = build(algo, membership)
     assert isinstance(placement, Placement)
     owners = {user: placement.owner_of(encode_key((tenant, user))) for user in users}
@@ -152,6 +176,9 @@ def locate(
 @app.command()
 def diff(
     nodes: NodesOpt = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Start from the local stack's sidecars.")
+    ] = False,
     to: Annotated[
         str | None,
         typer.Option(
@@ -173,7 +200,7 @@ def diff(
     """
     if to is None:
         raise UsageError("give the new membership with --to a,b,c")
-    before = resolve_members(nodes)
+    before = _members(nodes, local)
     after = resolve_members(to)
     encoded = synthetic_keys(keys)
     opts = _bounded_opts(algo, base, epsilon)
