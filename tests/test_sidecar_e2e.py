@@ -150,3 +150,21 @@ def test_crashed_sidecar_presence_is_released_when_it_restarts(
     assert r.getbit("online-users:{A}", 8) == 1  # s1's user untouched
     ws8.close()
     del ws7
+
+
+def test_oversize_frame_closes_with_1009_and_others_are_unharmed(
+    sidecars: Sidecars, r: redis.Redis
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    seed_tenant(r, "A", {"eng": {1, 2}})
+    url = sidecars.procs["s0"].url
+    big, other = client(url, "A", 1), client(url, "A", 2)
+    big.send('{"type":"direct","to":2,"data":"' + "x" * (70 * 1024) + '"}')  # > 64 KiB
+    with pytest.raises(ConnectionClosed) as closed:
+        big.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert drain(other, 0.2) == []  # nothing of it was delivered
+    other.send('{"type":"direct","to":2,"data":"fine","id":"x"}')
+    assert recv_json(other)["type"] in ("message", "ack")
+    other.close()
