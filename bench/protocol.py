@@ -14,12 +14,11 @@ import timeit
 
 from wsop.protocol import (
     ProtocolError,
-    decode_peer_batch,
     encode_ack,
     encode_message,
-    encode_peer_batch,
     parse_client_frame,
 )
+from wsop.sidecar.peer_codec import TO_OWNER, Deliver, decode_batch, encode_batch, encode_item
 
 DATA = {"text": "hello team, the build is green again", "n": 12, "tags": ["ci", "ok"]}
 DIRECT = json.dumps({"type": "direct", "to": 4242, "data": DATA, "id": "c1"})
@@ -40,7 +39,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000, help="iterations per case")
     n = parser.parse_args().n
     frame = encode_message(7, DATA, "c1", 1_700_000_000_000, ["eng", "oncall"])
-    batch = encode_peer_batch([("acme", list(range(i, i + 8)), frame) for i in range(32)])
+    items = [Deliver("acme", list(range(i, i + 8)), i, TO_OWNER, frame) for i in range(32)]
+    batch = encode_batch([encode_item(item) for item in items])
     cases = {
         "json.loads (reference)": lambda: json.loads(DIRECT),
         "parse direct": lambda: parse_client_frame(DIRECT, 65536),
@@ -50,10 +50,8 @@ def main() -> None:
             7, DATA, "c1", 1_700_000_000_000, ("eng", "oncall")
         ),
         "encode ack": lambda: encode_ack("c1", 12),
-        "peer batch encode (32 items)": lambda: encode_peer_batch(
-            [("acme", range(i, i + 8), frame) for i in range(32)]
-        ),
-        "peer batch decode (32 items)": lambda: decode_peer_batch(batch),
+        "peer batch encode (32 items)": lambda: encode_batch([encode_item(i) for i in items]),
+        "peer batch decode (32 items)": lambda: decode_batch(batch),
     }
     print(f"{'case':34} {'µs/op':>8} {'ops/s':>12}")
     for name, fn in cases.items():

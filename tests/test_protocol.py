@@ -13,15 +13,11 @@ from wsop.protocol import (
     BAD_REQUEST,
     TOO_LARGE,
     DirectMessage,
-    PeerFormatError,
-    PeerItem,
     ProtocolError,
     TeamMessage,
-    decode_peer_batch,
     encode_ack,
     encode_error,
     encode_message,
-    encode_peer_batch,
     normalize_user_id,
     parse_client_frame,
 )
@@ -310,66 +306,6 @@ def test_arbitrary_objects_only_raise_protocol_error(obj):
         assert err.code == BAD_REQUEST
         if isinstance(obj.get("id"), str) and len(obj["id"]) <= 128:
             assert err.id == obj["id"]
-
-
-# --- peer-link envelope -------------------------------------------------------------
-
-
-def test_peer_batch_round_trip_keeps_frames_verbatim():
-    f1 = encode_message(3, {"t": "a\nb"}, "c1", 10, ("eng",))
-    f2 = encode_message("u-1", "x", None, 11)
-    raw = encode_peer_batch([("acme", [17, 42, "u-9f"], f1), PeerItem("beta.co", (5,), f2)])
-    assert raw.count("\n") == 3
-    assert decode_peer_batch(raw) == [
-        PeerItem("acme", [17, 42, "u-9f"], f1),
-        PeerItem("beta.co", [5], f2),
-    ]
-    assert decode_peer_batch(raw.encode()) == decode_peer_batch(raw)
-
-
-@settings(max_examples=200)
-@given(
-    st.lists(
-        st.tuples(
-            st.from_regex(p.TENANT_RE, fullmatch=True),
-            st.lists(user_ids, max_size=5),
-            json_values,
-        ),
-        min_size=1,
-        max_size=5,
-    )
-)
-def test_peer_batch_round_trips(items):
-    encoded = [(t, users, encode_message(1, data, None, 0)) for t, users, data in items]
-    decoded = decode_peer_batch(encode_peer_batch(encoded))
-    assert [(i.tenant, list(i.recipients), i.frame) for i in decoded] == encoded
-
-
-def test_peer_batch_refuses_newline_frames_and_empty_batches():
-    with pytest.raises(PeerFormatError):
-        encode_peer_batch([("acme", [1], '{"a":\n1}')])
-    with pytest.raises(PeerFormatError):
-        encode_peer_batch([])
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        '["acme",[1]]',
-        '["acme",[1]]\n{}\n["acme",[2]]',
-        'nope\n{"type":"message"}',
-        '["a{b}",[1]]\n{}',
-        '["acme",1]\n{}',
-        '["acme",[[1]]]\n{}',
-        '["acme",[1],3]\n{}',
-        '{"t":"acme"}\n{}',
-        '["acme",[1]]\n',
-        b'["acme",[1]]\n\xff',
-    ],
-)
-def test_peer_batch_malformed(raw):
-    with pytest.raises(PeerFormatError):
-        decode_peer_batch(raw)
 
 
 @pytest.mark.parametrize(

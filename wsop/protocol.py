@@ -20,23 +20,15 @@ make the frame unencodable)::
 can read it without a key check. Unknown extra keys in client frames are ignored, which
 lets clients grow new fields without breaking old stacks.
 
-Peer links (sidecar ↔ sidecar, one persistent WebSocket per pair, subprotocol
-`wsop-peer.v1`) carry batches. A batch is newline-separated text, two lines per item::
-
-    ["acme",[17,42,"u-9f"]]                           <- header: [tenant, recipients]
-    {"type":"message","from":3,"data":...,"ts":...}   <- the client frame, verbatim
-
-The frame is encoded once by the sender and forwarded byte-for-byte to every recipient's
-socket: the receiving sidecar parses only the small header, never the payload. This is
-safe because our encoders emit compact ASCII JSON, which never contains a raw newline.
+Peer links between sidecars use their own batch format: `wsop.sidecar.peer_codec`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from wsop.acl.keys import TEAM_RE, TENANT_RE
 from wsop.errors import WsopError
@@ -61,7 +53,6 @@ MAX_TEAMS: Final = 64
 # max_users. This bound only keeps absurd integers out of the stack.
 MAX_NUMERIC_USER_ID: Final = 2**63 - 1
 
-PEER_SUBPROTOCOL: Final = "wsop-peer.v1"
 
 # TENANT_RE / TEAM_RE come from wsop.acl.keys: the names end up inside Redis keys, so
 # the key layout owns their one validator (no `{`/`}`, the Redis Cluster hash-tag
@@ -87,10 +78,6 @@ class ProtocolError(WsopError):
 
     def to_frame(self) -> str:
         return encode_error(self.id, self.code, self.message)
-
-
-class PeerFormatError(WsopError):
-    """A peer-link batch that does not follow the envelope: a bug or version skew."""
 
 
 @dataclass(slots=True)
@@ -245,55 +232,3 @@ def encode_ack(id: str | None, delivered: int) -> str:
 def encode_error(id: str | None, code: str, message: str) -> str:
     """An error frame; the connection stays open."""
     return _encode({"type": "error", "id": id, "code": code, "message": message})
-
-
-class PeerItem(NamedTuple):
-    """One frame for some users of one tenant, forwarded over a peer link."""
-
-    tenant: str
-    recipients: Sequence[UserId]
-    frame: str
-
-
-def encode_peer_batch(items: Iterable[PeerItem | tuple[str, Sequence[UserId], str]]) -> str:
-    """Join items into one peer-link message (two lines per item, see module docstring)."""
-    lines: list[str] = []
-    for tenant, recipients, frame in items:
-        if "\n" in frame:
-            raise PeerFormatError("peer frame must not contain a newline")
-        lines.append(_encode([tenant, list(recipients)]))
-        lines.append(frame)
-    if not lines:
-        raise PeerFormatError("empty peer batch")
-    return "\n".join(lines)
-
-
-def decode_peer_batch(raw: str | bytes) -> list[PeerItem]:
-    """Split a peer-link message; parses headers only, frames stay opaque text."""
-    if isinstance(raw, bytes | bytearray | memoryview):
-        try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise PeerFormatError("peer batch is not UTF-8") from None
-    lines = raw.split("\n")
-    if len(lines) % 2:
-        raise PeerFormatError(f"peer batch has an odd number of lines ({len(lines)})")
-    items: list[PeerItem] = []
-    for i in range(0, len(lines), 2):
-        try:
-            header = _decode(lines[i])
-        except (ValueError, RecursionError):
-            raise PeerFormatError(f"peer header {i // 2} is not JSON") from None
-        if (
-            type(header) is not list
-            or len(header) != 2
-            or not is_valid_tenant(header[0])
-            or type(header[1]) is not list
-            or not all(type(u) is int or type(u) is str for u in header[1])
-        ):
-            raise PeerFormatError(f"peer header {i // 2} is not [tenant, [user ids]]")
-        frame = lines[i + 1]
-        if not frame:
-            raise PeerFormatError(f"peer item {i // 2} has an empty frame")
-        items.append(PeerItem(header[0], header[1], frame))
-    return items

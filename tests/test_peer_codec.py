@@ -1,0 +1,76 @@
+"""The sidecar peer-link batch format: round trips, verbatim frames, malformed input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wsop.protocol import encode_message
+from wsop.sidecar.peer_codec import (
+    TO_HOLDER,
+    TO_OWNER,
+    TO_OWNER_FINAL,
+    Ack,
+    Deliver,
+    Holding,
+    PeerFormatError,
+    decode_batch,
+    encode_batch,
+    encode_item,
+)
+
+tenants = st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True)
+users = st.one_of(st.integers(0, 2**40), st.text("abcdef-0123456789", min_size=1, max_size=10))
+json_data = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+items = st.one_of(
+    st.builds(
+        lambda t, u, a, m, d: Deliver(t, u, a, m, encode_message(1, d, None, 0)),
+        tenants,
+        st.lists(users, max_size=5),
+        st.integers(0, 2**31),
+        st.sampled_from([TO_OWNER, TO_HOLDER, TO_OWNER_FINAL]),
+        json_data,
+    ),
+    st.builds(Ack, st.integers(1, 2**31), st.integers(0, 10**6), st.integers(0, 10**6)),
+    st.builds(Holding, tenants, users, st.booleans(), st.none() | st.sampled_from(["s0", "s9"])),
+)
+
+
+@given(st.lists(items, min_size=1, max_size=8))
+def test_batches_round_trip(batch) -> None:
+    raw = encode_batch([encode_item(i) for i in batch])
+    assert decode_batch(raw) == batch
+    assert decode_batch(raw.encode()) == batch
+
+
+def test_frames_travel_verbatim_even_with_escaped_newlines() -> None:
+    frame = encode_message(3, {"t": "a\nb"}, "c1", 10, ("eng",))
+    (item,) = decode_batch(encode_item(Deliver("acme", [1], 0, TO_HOLDER, frame)))
+    assert item.frame == frame
+
+
+def test_raw_newline_in_a_frame_is_refused() -> None:
+    with pytest.raises(PeerFormatError):
+        encode_item(Deliver("acme", [1], 0, TO_OWNER, '{"a":\n1}'))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '["d","acme",[1],0,"o"]',
+        "nope\n",
+        '["x",1]\n',
+        '["d","acme",1,0,"o"]\n{}',
+        '["d","acme",[1],0,"z"]\n{}',
+        '["a",1]\n',
+        b'["a",1,2,3]\n\xff',
+    ],
+)
+def test_malformed_batches_raise_peer_format_error(raw) -> None:
+    with pytest.raises(PeerFormatError):
+        decode_batch(raw)
