@@ -189,3 +189,23 @@ def membership_source(
     from wsop.k8s.discovery import kubernetes_source
 
     return kubernetes_source(namespace, selector, service)
+
+
+def server_secret(insecure: bool, process: str) -> str | None:
+    """The JWT secret a server checks tokens with; `--insecure` makes it optional and
+    says so loudly, because then anyone can connect as any tenant and user."""
+    from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
+    from wsop.cli.output import err_console
+
+    if insecure:
+        secret = os.environ.get(SECRET_ENV) or None
+        err_console.print(
+            f"[bold red]WARNING: wsop {process} is running with --insecure: anyone can "
+            "connect as any tenant and user with ?tenant=T&user=U. Never expose this port.[/]",
+            highlight=False,
+        )
+    else:
+        secret = secret_from_env()
+    if secret and (warning := secret_warning(secret)):
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    return secret

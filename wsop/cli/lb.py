@@ -15,8 +15,8 @@ from wsop.cli.app import (
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    server_secret,
 )
-from wsop.cli.output import err_console
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 
 Host = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
@@ -47,7 +47,6 @@ def lb_cmd(
 ) -> None:
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
     /connections answer plain HTTP on the same port."""
-    from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
     from wsop.errors import UsageError
     from wsop.httpadmin import admin_token_from_env
     from wsop.lb import LBConfig, run
@@ -60,20 +59,7 @@ def lb_cmd(
     if drain_seconds < 0:
         raise UsageError("--drain-seconds must be >= 0")
     source = membership_source(members_file, peers, namespace, selector, service)
-    secret: str | None
-    if insecure:
-        import os
-
-        secret = os.environ.get(SECRET_ENV) or None
-        err_console.print(
-            "[bold red]WARNING: wsop lb is running with --insecure: anyone can connect as any "
-            "tenant and user with ?tenant=T&user=U. Never expose this port.[/]",
-            highlight=False,
-        )
-    else:
-        secret = secret_from_env()
-    if secret and (warning := secret_warning(secret)):
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    secret = server_secret(insecure, "lb")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )

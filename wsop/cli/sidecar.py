@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from wsop import protocol
-from wsop.auth import check_secret
 from wsop.cli.app import (
     MembersFileOpt,
     NamespaceOpt,
@@ -20,8 +19,8 @@ from wsop.cli.app import (
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    server_secret,
 )
-from wsop.cli.output import err_console
 from wsop.errors import BackendUnavailable, UsageError
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 
@@ -63,11 +62,7 @@ def sidecar_cmd(
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     algo = algo or DEFAULT_ALGORITHM
     get_algorithm(algo)  # unknown names fail here, before anything starts
-    secret = os.environ.get("WSOP_SECRET") or None
-    if insecure:
-        err_console.print("[bold red]WARNING: --insecure: identities are NOT authenticated[/]")
-    else:
-        check_secret(secret)
+    secret = server_secret(insecure, "sidecar")
     url = resolve_url(redis_url)
     connect(url).close()  # fail fast, with the URL in the message
     members = membership_source(members_file, peers, namespace, selector, service)
