@@ -85,3 +85,13 @@ def test_release_keeps_longer_online_strings_intact(
 
     run(with_acl(redis_url, scenario))
     assert online(r, "A", range(length * 8)) == [u for u in others if u != 0]
+
+
+def test_bursts_wait_for_a_connection_instead_of_failing(redis_url: str, r: redis.Redis) -> None:
+    """2,000 concurrent presence updates: more than the pool holds, none may fail."""
+
+    async def scenario(acl: LiveAcl) -> None:
+        await asyncio.gather(*(acl.presence("s0", "A", u, +1) for u in range(2000)))
+
+    run(with_acl(redis_url, scenario))
+    assert r.bitcount(keys.online_key("A")) == 2000

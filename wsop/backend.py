@@ -19,6 +19,8 @@ RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 - used at runtime 
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 PLAIN_SCHEMES = {"redis", "rediss", "unix"}
+ASYNC_POOL_SIZE = 64
+ASYNC_POOL_WAIT_S = 10.0
 
 
 def resolve_url(url: str | None) -> str:
@@ -78,5 +80,11 @@ def connect_async(url: str):
     if scheme in CLUSTER_SCHEMES:
         return AsyncRedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")
     if scheme in PLAIN_SCHEMES and sep:
-        return aioredis.Redis.from_url(url)
+        # A bounded pool that *waits* for a free connection: redis-py's default pool
+        # raises MaxConnectionsError past 100 in-flight commands, which a burst of team
+        # messages reaches; waiting is backpressure, raising was lost messages.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=ASYNC_POOL_SIZE, timeout=ASYNC_POOL_WAIT_S
+        )
+        return aioredis.Redis(connection_pool=pool)
     raise UsageError(f"unsupported Redis URL {url!r}")
