@@ -7,6 +7,7 @@ The LB runs in-process for most tests (fast, and its relays are reachable for th
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -21,13 +22,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close, Frame, Opcode
 
 from tests.conftest import ROOT, run_wsop
 from wsop.auth import mint_token
 from wsop.discovery import Members, RegistryFileMembership, StaticMembership
 from wsop.lb import LBConfig, LoadBalancer, Relay
+from wsop.lb.frames import FrameScanner, close_frame, parse_close, text_frame
+from wsop.lb.handshake import LBServerConnection
+from wsop.lb.stats import LBStats
 from wsop.local.redis_binary import free_port
 from wsop.ring import DEFAULT_ALGORITHM, build
 
@@ -452,3 +459,353 @@ def test_lb_command_bad_input() -> None:
         )
     assert result.returncode == 1 and str(port) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the raw relay's frame scanner (pure) -----------------------------------------------
+
+
+class Recorder(FrameScanner):
+    """Emits into a buffer and records what the hooks saw; asks for every boundary."""
+
+    def __init__(self, intercept: bool) -> None:
+        super().__init__(intercept)
+        self.out = bytearray()
+        self.controls: list[bytes] = []
+        self.closes: list[bytes] = []
+        self.boundaries: set[int] = set()
+        self.want_boundary = True
+
+    def emit(self, chunk: bytes) -> None:
+        self.out += chunk
+
+    def on_close(self, frame: bytes, payload: bytes) -> None:
+        self.closes.append(payload)
+        self.out += frame  # what a relay does with a close frame it forwards
+
+    def on_control(self, payload: bytes) -> None:
+        self.controls.append(payload)
+
+    def on_boundary(self) -> None:
+        self.boundaries.add(len(self.out))
+
+
+LENGTHS = st.one_of(
+    st.integers(0, 125),
+    st.integers(126, 400),  # 16-bit length
+    st.sampled_from([65535, 65536, 65537]),  # the 16/64-bit edge and 64-bit lengths
+)
+
+
+def payload(length: int, first: int = 7) -> bytes:
+    return bytes([first]) + bytes(length - 1) if length else b""
+
+
+@st.composite
+def frame_streams(draw: st.DrawFn) -> tuple[bool, list[tuple[bytes, str, bytes]], list[int]]:
+    """(masked, [(frame bytes, kind, detail)], chunk cut points) for a valid stream."""
+    masked = draw(st.booleans())
+    frames: list[tuple[bytes, str, bytes]] = []
+
+    def add(op: Opcode, data: bytes, fin: bool, kind: str, detail: bytes = b"") -> None:
+        frame = Frame(op, data, fin=fin).serialize(mask=masked, extensions=[])
+        frames.append((frame, kind, detail))
+
+    for _ in range(draw(st.integers(0, 6))):
+        unit = draw(st.sampled_from(["text", "binary", "fragmented", "ping", "nul", "close"]))
+        if unit in ("text", "binary"):
+            op = Opcode.TEXT if unit == "text" else Opcode.BINARY
+            first = 7 if unit == "text" else draw(st.integers(0, 255))
+            add(op, payload(draw(LENGTHS), first), True, "fin")
+        elif unit == "fragmented":  # a NUL first byte in a fragment is just data
+            add(Opcode.TEXT, payload(draw(LENGTHS), 0), False, "nofin")
+            for last in [False] * draw(st.integers(0, 2)) + [True]:
+                if draw(st.booleans()):
+                    add(Opcode.PING, b"p", True, "ctrl")  # control frames may interleave
+                add(Opcode.CONT, payload(draw(LENGTHS)), last, "fin" if last else "nofin")
+        elif unit == "ping":
+            add(draw(st.sampled_from([Opcode.PING, Opcode.PONG])), b"x" * 5, True, "ctrl")
+        elif unit == "nul":
+            text = "\x00wsop:move s1 ws://h:1" + "x" * draw(st.integers(0, 300))
+            add(Opcode.TEXT, text.encode(), True, "nul", text.encode())
+        else:
+            body = Close(draw(st.sampled_from([1000, 1012, 4001])), "bye").serialize()
+            add(Opcode.CLOSE, body, True, "close", body)
+    total = sum(len(f) for f, _, _ in frames)
+    cuts = sorted(draw(st.lists(st.integers(0, total), max_size=12)))
+    return masked, frames, cuts
+
+
+@given(frame_streams(), st.booleans())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_scanner_finds_frames_in_any_chunking(
+    stream: tuple[bool, list[tuple[bytes, str, bytes]], list[int]], intercept: bool
+) -> None:
+    masked, frames, cuts = stream
+    data = b"".join(f for f, _, _ in frames)
+    emitted, boundaries, in_message, messages = bytearray(), {0}, False, 0
+    controls, closes = [], []
+    for frame, kind, detail in frames:
+        if kind == "nul" and intercept:
+            controls.append(detail)
+            continue
+        emitted += frame
+        if kind in ("fin", "nul"):
+            messages, in_message = messages + 1, False
+        elif kind == "nofin":
+            in_message = True
+        elif kind == "close":
+            closes.append(detail)
+        if not in_message:
+            boundaries.add(len(emitted))
+    scanner = Recorder(intercept)
+    counted = 0
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        counted += scanner.feed(data[start:end])
+        # what went out always stops at a header boundary or inside an emitted payload
+        assert scanner.held == b"" or len(scanner.held) < 14 + 65537 + 400
+    assert bytes(scanner.out) == bytes(emitted)
+    assert scanner.controls == controls and scanner.closes == closes
+    assert counted == messages
+    assert scanner.boundaries == boundaries
+    assert scanner.held == b"" and scanner.skip == 0 and scanner.at_boundary == (not in_message)
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 70000])
+@pytest.mark.parametrize("masked", [False, True])
+def test_scanner_header_lengths_byte_by_byte(length: int, masked: bool) -> None:
+    frame = Frame(Opcode.BINARY, payload(length), fin=True).serialize(mask=masked, extensions=[])
+    head = 2 + (2 if 126 <= length < 65536 else 8 if length >= 65536 else 0) + 4 * masked
+    scanner = Recorder(intercept=True)
+    counted = 0
+    for i in range(head):  # the header, one byte at a time: held back until complete
+        counted += scanner.feed(frame[i : i + 1])
+        assert len(scanner.out) == (head if i == head - 1 else 0)
+    assert counted == 1  # a message counts when its final frame's header is read
+    assert scanner.skip == length and scanner.at_boundary == (length == 0)
+    assert scanner.feed(frame[head:]) == 0
+    assert bytes(scanner.out) == frame and scanner.at_boundary and scanner.skip == 0
+
+
+def test_scanner_intercepts_only_whole_unfragmented_nul_text() -> None:
+    move = text_frame("\x00wsop:move s1 ws://h:1", mask=False)
+    normal = text_frame('{"a":1}', mask=False)
+    binary_nul = Frame(Opcode.BINARY, b"\x00x").serialize(mask=False, extensions=[])
+    stream = normal + move + binary_nul + move + normal
+    scanner = Recorder(intercept=True)
+    for i in range(len(stream)):  # worst case: one byte per read
+        scanner.feed(stream[i : i + 1])
+    assert scanner.controls == [b"\x00wsop:move s1 ws://h:1"] * 2
+    assert bytes(scanner.out) == normal + binary_nul + normal
+    off = Recorder(intercept=False)
+    assert off.feed(stream) == 5 and bytes(off.out) == stream and off.controls == []
+
+
+def test_close_frames_the_lb_writes() -> None:
+    unmasked = close_frame(1012, "sidecar went away", mask=False)
+    assert unmasked[:2] == b"\x88\x13" and parse_close(unmasked[2:]) == (1012, "sidecar went away")
+    scanner = Recorder(intercept=False)
+    scanner.feed(close_frame(4001, "bye", mask=True))  # masked: the scanner unmasks it
+    assert [parse_close(p) for p in scanner.closes] == [(4001, "bye")]
+    assert parse_close(b"") == (None, "")
+
+
+# --- the raw relay on fake transports (control frames, switching, splicing, closes) -----
+
+
+class FakeTransport:
+    """Records writes; close/abort report connection_lost to the protocol, like asyncio."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closing = False
+        self.reading = True
+        self.protocol: asyncio.Protocol | None = None
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "write after close"
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            assert self.protocol is not None
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class FakeConn:
+    """A handshaken connection as `wsop.lb.handshake` leaves it: ready to `detach`."""
+
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+        self.closed_with: tuple[int, str] | None = None
+
+    def attach(self, protocol: asyncio.Protocol) -> None:
+        self.transport.protocol = protocol
+        protocol.connection_made(self.transport)  # type: ignore[arg-type]
+
+    def replay(self) -> None:
+        pass
+
+    detach = attach
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+
+def masked(text: str) -> bytes:
+    return text_frame(text, mask=True)
+
+
+def plain(text: str) -> bytes:
+    return text_frame(text, mask=False)
+
+
+def fake_relay(**kw) -> tuple[Relay, FakeConn, FakeConn, list[tuple[str, str | None]]]:
+    client, upstream, dialled = FakeConn(), FakeConn(), []
+    conns: dict[str, FakeConn] = {}
+
+    async def dial(url: str, moved_from: str | None) -> FakeConn:
+        dialled.append((url, moved_from))
+        conns[url] = conn = FakeConn()
+        return conn
+
+    relay = Relay(client, upstream, "s0", dial, LBStats(), ("acme", 1), 0.2, **kw)  # type: ignore[arg-type]
+    relay.conns = conns  # type: ignore[attr-defined]
+    relay.start()
+    return relay, client, upstream, dialled
+
+
+@pytest.mark.asyncio
+async def test_relay_takes_control_frames_out_of_the_stream() -> None:
+    relay, client, upstream, dialled = fake_relay()
+    hello = masked("hello")
+    relay.client.data_received(hello)
+    assert bytes(upstream.transport.written) == hello  # masked bytes pass through unchanged
+    move = plain("\x00wsop:move s1 ws://127.0.0.1:9")
+    # one read: a message, an unknown control frame, a message, half of a move frame
+    chunk = plain("a") + plain("\x00wsop:nonsense") + plain("b") + move[:5]
+    relay.upstream.data_received(chunk)
+    assert bytes(client.transport.written) == plain("a") + plain("b")
+    relay.upstream.data_received(move[5:] + plain("c"))
+    assert bytes(client.transport.written) == plain("a") + plain("b") + plain("c")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert dialled == [("ws://127.0.0.1:9", "s0")] and relay.owner == "s1"
+    assert relay.stats.upstream_to_client == 3 and relay.stats.client_to_upstream == 1
+    new = relay.conns["ws://127.0.0.1:9"]  # type: ignore[attr-defined]
+    nxt = masked("next")
+    relay.client.data_received(nxt)
+    assert bytes(new.transport.written) == nxt and bytes(upstream.transport.written) == hello
+    # a move frame from the draining old upstream is ignored
+    old = next(iter(relay.draining))
+    old.data_received(plain("\x00wsop:move s2 ws://127.0.0.1:8"))
+    await asyncio.sleep(0)
+    assert len(dialled) == 1
+
+
+@pytest.mark.asyncio
+async def test_switch_waits_for_the_client_message_boundary() -> None:
+    relay, client, upstream, dialled = fake_relay()
+    big = Frame(Opcode.BINARY, b"x" * 1000).serialize(mask=True, extensions=[])
+    relay.client.data_received(big[:300])  # half a message is on its way to s0
+    switch = asyncio.ensure_future(relay.switch_to("s1", "ws://s1"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not switch.done() and relay.owner == "s0"  # dialled, waiting for the boundary
+    after = masked("after")
+    relay.client.data_received(big[300:] + after)
+    await switch
+    new = relay.conns["ws://s1"]  # type: ignore[attr-defined]
+    assert bytes(upstream.transport.written) == big  # the whole message went to s0
+    assert bytes(new.transport.written) == after and relay.owner == "s1"
+    # the old upstream drains, then gets 1000 "moved" from the LB (masked: we are its client)
+    await asyncio.sleep(0.25)
+    old_side = next(iter(relay.draining))
+    frame = bytes(upstream.transport.written[len(big) :])
+    scanner = Recorder(intercept=False)
+    scanner.feed(frame)
+    assert [parse_close(p) for p in scanner.closes] == [(1000, "moved")] and frame[1] & 0x80
+    old_side.data_received(close_frame(1000, "moved", mask=False))  # its answer: not forwarded
+    assert b"moved" not in client.transport.written
+
+
+@pytest.mark.asyncio
+async def test_two_upstreams_splice_only_between_messages() -> None:
+    relay, client, upstream, _ = fake_relay()
+    await relay.switch_to("s1", "ws://s1")
+    old, new = next(iter(relay.draining)), relay.upstream
+    long = Frame(Opcode.TEXT, b"o" * 500).serialize(mask=False, extensions=[])
+    old.data_received(long[:100])  # the old sidecar is mid-message
+    new.data_received(plain("n1") + plain("n2"))  # must wait: not inside the old message
+    assert bytes(client.transport.written) == long[:100]
+    old.data_received(long[100:] + plain("o2"))
+    assert bytes(client.transport.written) == long + plain("o2") + plain("n1") + plain("n2")
+    assert relay.writer is None and relay.stats.upstream_to_client == 4
+
+
+@pytest.mark.asyncio
+async def test_close_frames_pass_end_to_end_and_vanished_sidecar_is_1012() -> None:
+    done: list[Relay] = []
+    relay, client, upstream, _ = fake_relay(on_done=done.append)
+    relay.upstream.data_received(close_frame(4001, "bye", mask=False))
+    assert bytes(client.transport.written) == close_frame(4001, "bye", mask=False)
+    reply = close_frame(4001, "bye", mask=True)
+    relay.client.data_received(reply)  # the client's answer goes to the sidecar
+    assert bytes(upstream.transport.written) == reply
+    assert client.transport.closing  # handshake done both ways: the LB closes the client
+    upstream.transport.close()  # the sidecar closes its socket
+    await asyncio.sleep(0)
+    assert done == [relay] and relay.ending == ("upstream", 4001, "bye")
+
+    relay, client, upstream, _ = fake_relay()
+    relay.client.data_received(masked("x"))
+    upstream.transport.close()  # no close frame: the sidecar vanished
+    await asyncio.sleep(0)
+    assert bytes(client.transport.written) == close_frame(1012, "sidecar went away", mask=False)
+    assert relay.stats.upstream_failures["vanished"] == 1
+    relay.client.data_received(close_frame(1012, "", mask=True))
+    assert client.transport.closing
+
+    relay, client, upstream, _ = fake_relay()
+    client.transport.close()  # the client vanished: the sidecar gets 1000 from the LB
+    await asyncio.sleep(0)
+    scanner = Recorder(intercept=False)
+    scanner.feed(bytes(upstream.transport.written))
+    assert [parse_close(p) for p in scanner.closes] == [(1000, "")]
+
+
+@pytest.mark.asyncio
+async def test_raw_relay_end_to_end_pings_large_messages_backpressure(standins: Members) -> None:
+    async with running_lb(StaticMembership(standins)) as lb, await dial(lb, user=4) as ws:
+        owner = build(ALGO, list(standins)).owner(("acme", 4))
+        pong = await ws.ping()  # answered by the sidecar: the LB passes pings through
+        await asyncio.wait_for(pong, 2)
+        big = bytes(range(256)) * 1024  # 256 KiB: 64-bit lengths, many reads per frame
+        count = 40  # ~10 MiB each way, sent without reading: exercises pause/resume
+
+        async def send() -> None:
+            for _ in range(count):
+                await ws.send(big)
+
+        sender = asyncio.ensure_future(send())
+        for _ in range(count):
+            assert await ws.recv() == owner.encode() + b":" + big
+        await sender
+        assert lb.stats.client_to_upstream == count and lb.stats.upstream_to_client == count
+        # after the handshakes the websockets connection objects are gone: only raw sides
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, LBServerConnection)]

@@ -1,4 +1,4 @@
-"""The load balancer (`wsop lb`): authenticate, pick the ring owner, relay frames.
+"""The load balancer (`wsop lb`): authenticate, pick the ring owner, relay raw bytes.
 
     from wsop.lb import LBConfig, LoadBalancer, Relay
     lb = LoadBalancer(LBConfig(host, port, source, algo="maglev"))

@@ -1,19 +1,25 @@
 """One client's pipe to the sidecar that owns it, with a seam to move it while it is open.
 
-A `Relay` runs two kinds of pumps: one client→upstream pump, and one upstream→client
-pump *per upstream*. The client→upstream pump reads `self.upstream` afresh for every
-message, so `switch_to` redirects traffic at a message boundary by swapping one
-attribute (no lock on the per-frame path). The old upstream's pump keeps forwarding
-what the old sidecar had already sent until its closing handshake ends: that is the
-drain. Only the *current* upstream ending ends the relay.
+After both handshakes (websockets does them: `wsop.lb.handshake`), a `Relay` takes the
+two sockets over and relays *raw bytes* (`wsop.lb.sides`): client frames arrive masked,
+exactly what a client-side connection must send, sidecar frames arrive unmasked, exactly
+what a server-side connection must send, so both pass through unchanged — no framing,
+no unmasking, one `write` per read instead of one per frame. A frame-header scanner
+(`wsop.lb.frames`) on each direction finds message boundaries, counts messages, sees
+close frames, and (sidecar → client only) takes the sidecar's NUL-prefixed control
+frames out of the stream. Pings and pongs pass through: keep-alive is end to end.
 
-Messages are forwarded as received: a text frame stays a text frame, bytes stay bytes,
-nothing is parsed.
+Moving a client (`switch_to`) happens at a message boundary in both directions: the
+client's bytes go to the new upstream from the first message that starts after the
+switch, and the old upstream keeps *draining* into the client stream — spliced in only
+between messages (`writer`) — until the old sidecar closes it, or for `drain_s` at most,
+after which the LB closes it with 1000 "moved". Only the *current* upstream ending ends
+the relay.
 
-Close codes: the client gets the upstream's own close code and reason; an upstream
-that vanished without a close frame (crash, kill -9, network) becomes 1012 (service
-restart: reconnect, you will be routed to a live sidecar). The upstream gets the
-client's code when the client leaves.
+Close codes: close frames pass through end to end, so the client gets the upstream's
+own close code and reason and the upstream gets the client's. An upstream that vanished
+without a close frame (crash, kill -9, network) becomes 1012 (service restart: reconnect,
+you will be routed to a live sidecar); a client that vanished becomes 1000 upstream.
 """
 
 from __future__ import annotations
@@ -23,16 +29,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from wsop.lb.handshake import LBClientConnection, LBServerConnection
+from wsop.lb.sides import ClientSide, UpstreamSide
 from wsop.lb.stats import LBStats
 
 log = logging.getLogger("wsop.lb")
 
-Dial = Callable[[str, str | None], Awaitable[ClientConnection]]
+Dial = Callable[[str, str | None], Awaitable[LBClientConnection]]
 """Open the upstream WebSocket for this client on a sidecar base url (``ws://h:p``);
 the second argument is the sidecar it moves from (sent as ``?moved_from=``), if any."""
 
@@ -45,8 +50,14 @@ SERVICE_RESTART: Final = int(CloseCode.SERVICE_RESTART)  # 1012
 TRY_AGAIN_LATER: Final = int(CloseCode.TRY_AGAIN_LATER)  # 1013
 GOING_AWAY: Final = int(CloseCode.GOING_AWAY)  # 1001
 NORMAL: Final = int(CloseCode.NORMAL_CLOSURE)  # 1000
+CLOSE_TIMEOUT: Final = 3.0
+"""How long a peer may take to answer a close frame and close its socket before abort."""
 # Codes that describe a close but may never be sent in a close frame (RFC 6455 §7.4.1).
 _UNSENDABLE: Final = frozenset({1004, 1005, 1006, 1015})
+
+
+_MOVES: set[asyncio.Task[None]] = set()
+"""Strong references to running sidecar-requested moves (a bare task may be collected)."""
 
 
 class RelayClosed(Exception):
@@ -65,95 +76,164 @@ class Relay:
 
     def __init__(
         self,
-        client: ServerConnection,
-        upstream: ClientConnection,
+        client: LBServerConnection,
+        upstream: LBClientConnection,
         owner: str,
         dial: Dial,
         stats: LBStats,
         key: tuple[str, int | str] | None = None,
         drain_s: float = 1.0,
+        on_done: Callable[[Relay], None] | None = None,
     ) -> None:
-        self.client = client
         self.key = key
         """(tenant, user) this client is placed by: what a rebalancer re-locates."""
-        self.upstream = upstream
         self.owner = owner
+        self.stats = stats
+        self.close_timeout = CLOSE_TIMEOUT
+        self.client = ClientSide(self)
+        self.upstream = UpstreamSide(self, owner)
+        """The current upstream: client messages go here; only its end ends the relay."""
+        self.draining: set[UpstreamSide] = set()
+        self.waiting: list[UpstreamSide] = []
+        """Upstreams holding a backlog until `writer` is done with its message (FIFO)."""
+        self.writer: UpstreamSide | None = None
+        """The upstream whose message is half-written to the client (others must wait)."""
+        self.client_paused = False
+        self.ending: tuple[str, int, str] | None = None
+        """(side, code, reason) once the relay is ending: "client", "upstream" or "lb"."""
         self._dial = dial
-        self._stats = stats
-        self._pumps: set[asyncio.Task[None]] = set()
-        self._switching = False
         self._drain_s = drain_s
-        self._draining: set[ClientConnection] = set()
-        self._finished: asyncio.Future[tuple[str, int, str]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._on_done = on_done
+        self._switching = False
+        self._boundary: asyncio.Future[None] | None = None
+        self._pending: tuple[str, LBClientConnection] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._conns = (client, upstream)
 
     @property
     def finished(self) -> bool:
-        return self._finished.done()
+        """The relay is ending (or over): no more switches."""
+        return self.ending is not None
 
     # --- lifecycle --------------------------------------------------------------------
-    async def run(self) -> None:
-        """Relay until one side leaves (or `shutdown`), then close the other side."""
-        self._spawn(self._client_to_upstream())
-        self._spawn(self._upstream_to_client(self.upstream))
-        side, code, reason = await self._finished
-        try:
-            if side == "client":
-                await self.upstream.close(code, reason)
-            elif side == "upstream":
-                await self.client.close(code, reason)
-            else:  # the LB is going away
-                await asyncio.gather(
-                    self.client.close(code, reason),
-                    self.upstream.close(GOING_AWAY, "lb shutting down"),
-                )
-        finally:
-            draining = list(self._draining)  # cancelling a drain task forgets its upstream
-            for task in list(self._pumps):
-                task.cancel()
-            await asyncio.gather(*self._pumps, return_exceptions=True)
-            await asyncio.gather(*(old.close(GOING_AWAY) for old in draining))
+    def start(self) -> None:
+        """Take both sockets over, then let the bytes each side sent meanwhile flow."""
+        client, upstream = self._conns
+        del self._conns
+        upstream.attach(self.upstream)
+        client.attach(self.client)
+        upstream.replay()  # what the sidecar sent already (its first frames, or its EOF)
+        client.replay()
+
+    async def wait(self) -> None:
+        await asyncio.shield(self._done)
 
     def shutdown(self, code: int = SERVICE_RESTART, reason: str = "lb restarting") -> None:
-        """Ask `run` to close both sides (client gets `code`); returns at once."""
-        self._finish("lb", code, reason)
+        """Close both sides (the client gets `code`) with the LB's own close frames."""
+        if self._end("lb", code, reason):
+            self.client.inject_close(code, reason, self.close_timeout)
+            for side in (self.upstream, *self.draining):
+                side.inject_close(GOING_AWAY, "lb shutting down", self.close_timeout)
 
-    async def switch_to(self, owner: str, url: str) -> None:
-        """Move this client to sidecar `owner` at base `url` without closing it.
+    def _end(self, side: str, code: int, reason: str) -> bool:
+        if self.ending is not None:
+            return False
+        self.ending = (side, code, reason)
+        if self._boundary is not None and not self._boundary.done():
+            self._boundary.set_exception(RelayClosed("relay finished during switch"))
+        # One backstop for every way a closing handshake can stall: abort what is left.
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.close_timeout + 1, self._abort_all)
+        return True
 
-        Connects the new upstream first (on failure nothing changes and the error
-        propagates), then swaps the attribute the client→upstream pump reads. The old
-        upstream drains in the background: its pump keeps forwarding whatever the old
-        sidecar still delivers (it may do so until the new sidecar's take-over reaches
-        the user's owner) until the old sidecar closes it, or for `drain_s` at most,
-        after which the LB closes it with 1000 "moved".
-        """
-        if self.finished:
-            raise RelayClosed("relay already finished")
-        new = await self._dial(url, self.owner)
-        if self.finished:  # the client left while we were dialling
-            await new.close(NORMAL, "client gone")
-            raise RelayClosed("relay finished during switch")
-        old, old_owner = self.upstream, self.owner
-        self.upstream, self.owner = new, owner  # the switch: next client message goes to new
-        self._stats.moved(old_owner, owner)
-        self._spawn(self._upstream_to_client(new))
-        self._draining.add(old)
-        self._spawn(self._drain(old))
+    def _abort_all(self) -> None:
+        for side in (self.client, self.upstream, *self.draining):
+            side.abort()
 
-    async def _drain(self, old: ClientConnection) -> None:
-        try:
-            async with asyncio.timeout(self._drain_s):
-                await old.wait_closed()
-        except TimeoutError:
-            await old.close(NORMAL, "moved")
-        finally:
-            self._draining.discard(old)
+    def _check_done(self) -> None:
+        if self._done.done() or not self.client.lost:
+            return
+        if not self.upstream.lost or any(not side.lost for side in self.draining):
+            return
+        self._done.set_result(None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._on_done is not None:
+            self._on_done(self)
 
-    def _control(self, frame: str, upstream: ClientConnection) -> None:
-        """A control frame from a sidecar: today only "move", handled off the pump."""
-        if not frame.startswith(MOVE_PREFIX) or upstream is not self.upstream:
+    # --- events from the sides --------------------------------------------------------
+    def client_closing(self, client: ClientSide) -> None:
+        """The client sent a close frame (forwarded to the upstream, which answers it)."""
+        code, reason = client.close_rcvd or (None, "")
+        self._end("client", sendable(code, NORMAL), reason)
+        if client.close_sent:
+            client.finish_close()
+        upstream = self.upstream
+        if upstream.close_sent and upstream.close_rcvd is not None:
+            upstream.finish_close()
+        for side in self.draining:
+            side.inject_close(GOING_AWAY, "client left", self.close_timeout)
+
+    def client_lost(self) -> None:
+        client = self.client
+        if client.close_rcvd is None and self._end("client", NORMAL, ""):  # vanished
+            self.upstream.inject_close(NORMAL, "", self.close_timeout)
+        for side in (self.upstream, *self.draining):
+            side.inject_close(GOING_AWAY, "client left", self.close_timeout)
+        self._check_done()
+
+    def upstream_closing(self, side: UpstreamSide, frame: bytes) -> None:
+        """A sidecar sent a close frame: the current one's goes to the client; a draining
+        one is answered by the LB (the client must not see it)."""
+        if side is self.upstream:
+            client = self.client
+            if client.sink:  # (`writer` is None or `side`: a frame boundary)
+                client.send_close(frame)
+            code, reason = side.close_rcvd or (None, "")
+            self._end("upstream", sendable(code, NORMAL), reason)
+            if client.close_rcvd is not None:
+                client.finish_close()
+        elif not side.close_sent:
+            code, reason = side.close_rcvd or (None, "")
+            side.inject_close(sendable(code, NORMAL), reason, self.close_timeout)
+        if side.close_sent:
+            side.finish_close()
+
+    def upstream_lost(self, side: UpstreamSide) -> None:
+        if self.writer is side:  # it died mid-message: the client stream is unusable
+            self.writer = None
+            self.client.abort()
+        if side is not self.upstream:
+            self.draining.discard(side)
+        elif side.close_rcvd is None and self._end("upstream", SERVICE_RESTART, ""):
+            self.stats.upstream_failures["vanished"] += 1
+            self.client.inject_close(SERVICE_RESTART, "sidecar went away", self.close_timeout)
+            for old in self.draining:
+                old.inject_close(GOING_AWAY, "lb closing", self.close_timeout)
+        elif self.ending is not None and self.client.close_rcvd is not None:
+            self.client.finish_close()
+        self._check_done()
+
+    def writer_released(self) -> None:
+        """The client stream is between messages again: let waiting upstreams in."""
+        waiting = self.waiting
+        while waiting and self.writer is None:
+            waiting.pop(0).flush_backlog()
+
+    def client_write_paused(self, paused: bool) -> None:
+        """Backpressure: the client's socket buffer is full (or drained again)."""
+        self.client_paused = paused
+        for side in (self.upstream, *self.draining):
+            if paused:
+                side.pause_reading()
+            elif not side.backlog:
+                side.resume_reading()
+
+    def control(self, payload: bytes, side: UpstreamSide) -> None:
+        """A control frame from a sidecar: today only "move", handled off the data path."""
+        frame = payload.decode("utf-8", "replace")
+        if not frame.startswith(MOVE_PREFIX) or side is not self.upstream:
             log.warning("ignoring control frame %r", frame[:60])
             return
         owner, _, url = frame[len(MOVE_PREFIX) :].strip().partition(" ")
@@ -162,7 +242,9 @@ class Relay:
             return
         if self._switching or self.finished:
             return
-        self._spawn(self._move(owner, url.rstrip("/")))
+        task = asyncio.ensure_future(self._move(owner, url.rstrip("/")))
+        _MOVES.add(task)
+        task.add_done_callback(_MOVES.discard)
 
     async def _move(self, owner: str, url: str) -> None:
         self._switching = True
@@ -171,62 +253,69 @@ class Relay:
         except RelayClosed:
             pass
         except Exception as exc:  # the client stays where it was
-            self._stats.upstream_failures["switch"] += 1
+            self.stats.upstream_failures["switch"] += 1
             log.warning("cannot move %s to %s at %s: %s", self.key, owner, url, exc)
         finally:
             self._switching = False
 
-    # --- pumps ------------------------------------------------------------------------
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._pumps.add(task)
-        task.add_done_callback(self._pumps.discard)
+    # --- the switch -------------------------------------------------------------------
+    async def switch_to(self, owner: str, url: str) -> None:
+        """Move this client to sidecar `owner` at base `url` without closing it.
 
-    def _finish(self, side: str, code: int, reason: str) -> None:
-        if not self._finished.done():
-            self._finished.set_result((side, code, reason))
-
-    async def _client_to_upstream(self) -> None:
-        stats = self._stats
-        client = self.client
+        Connects the new upstream first (on failure nothing changes and the error
+        propagates), then, at the client's next message boundary (now, unless a message
+        is half-relayed), sends the client's bytes to the new upstream and lets the old
+        one drain: its messages still reach the client (it may keep delivering until the
+        new sidecar's take-over reaches the user's owner) until the old sidecar closes
+        it, or for `drain_s` at most, after which the LB closes it with 1000 "moved".
+        """
+        if self.finished:
+            raise RelayClosed("relay already finished")
+        conn = await self._dial(url, self.owner)
+        if self.finished:  # the client left while we were dialling
+            await conn.close(NORMAL, "client gone")
+            raise RelayClosed("relay finished during switch")
+        if self.client.at_boundary:
+            self._switch(owner, conn)
+            return
+        # A client message is half-relayed: switch where it ends (the scanner calls us).
+        self._boundary = boundary = asyncio.get_running_loop().create_future()
+        self._pending = (owner, conn)
+        self.client.want_boundary = True
         try:
-            async for message in client:
-                while True:
-                    upstream = self.upstream
-                    try:
-                        await upstream.send(message)
-                        break
-                    except ConnectionClosed:
-                        if upstream is self.upstream:
-                            return  # the current upstream died: its pump reports how
-                        # switched while sending to the old one: resend to the new one
-                stats.client_to_upstream += 1
-        except ConnectionClosed:
-            pass
-        rcvd = client.protocol.close_rcvd  # no-op below if we closed the client ourselves
-        code = sendable(rcvd.code if rcvd else None, NORMAL)
-        self._finish("client", code, rcvd.reason if rcvd else "")
+            await boundary
+        except RelayClosed:
+            await conn.close(NORMAL, "client gone")
+            raise
+        finally:
+            self._boundary = self._pending = None
+            self.client.want_boundary = False
 
-    async def _upstream_to_client(self, upstream: ClientConnection) -> None:
-        stats = self._stats
-        client = self.client
-        try:
-            async for message in upstream:
-                if message.__class__ is str and message[:1] == CONTROL_MARK:
-                    self._control(message, upstream)  # type: ignore[arg-type]
-                    continue
-                try:
-                    await client.send(message)
-                except ConnectionClosed:
-                    return  # the client left: its own pump decides what happens
-                stats.upstream_to_client += 1
-        except ConnectionClosed:
-            pass  # the upstream ended abnormally; handled below
-        if upstream is not self.upstream or self.finished:
-            return  # a drained old upstream, or the relay is already ending
-        rcvd = upstream.protocol.close_rcvd
-        if rcvd is None:
-            stats.upstream_failures["vanished"] += 1
-            self._finish("upstream", SERVICE_RESTART, "sidecar went away")
-        else:
-            self._finish("upstream", sendable(rcvd.code, NORMAL), rcvd.reason)
+    def at_client_boundary(self) -> None:
+        """The client's scanner is between messages: do the pending switch right here."""
+        self.client.want_boundary = False
+        boundary, pending = self._boundary, self._pending
+        if boundary is None or boundary.done() or pending is None:
+            return
+        self._switch(*pending)
+        boundary.set_result(None)
+
+    def _switch(self, owner: str, conn: LBClientConnection) -> None:
+        old, old_owner = self.upstream, self.owner
+        new = UpstreamSide(self, owner)
+        self.upstream, self.owner = new, owner  # the switch: client bytes go to new
+        self.stats.moved(old_owner, owner)
+        old.draining = True
+        self.draining.add(old)
+        if old.write_paused:
+            self.client.resume_reading()
+        conn.detach(new)
+        if self.client_paused:
+            new.pause_reading()
+        if not old.lost:
+            loop = asyncio.get_running_loop()
+            old.timer = loop.call_later(self._drain_s, self._drain_expired, old)
+
+    def _drain_expired(self, old: UpstreamSide) -> None:
+        old.timer = None
+        old.inject_close(NORMAL, "moved", self.close_timeout)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.frames import CloseCode
@@ -28,6 +28,7 @@ from wsop.auth import AuthError, Identity, identity_from_request
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
 from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response, text_response
+from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
 from wsop.ring import build
@@ -178,23 +179,30 @@ class LoadBalancer:
         base_query = url.query if len(kept) == len(params) else urlencode(kept)
         timeout = self.config.open_timeout
 
-        async def dial(base_url: str, moved_from: str | None = None) -> ClientConnection:
+        async def dial(base_url: str, moved_from: str | None = None) -> LBClientConnection:
             query = base_query
             if moved_from:
                 extra = urlencode({"moved_from": moved_from})
                 query = f"{query}&{extra}" if query else extra
-            return await connect(
+            conn = await connect(
                 f"{base_url}{WS_PATH}?{query}" if query else f"{base_url}{WS_PATH}",
                 additional_headers=headers,
-                compression=None,  # loopback/in-cluster: deflate would cost CPU per frame
+                compression=None,  # frames pass through raw: no extension may be negotiated
                 open_timeout=timeout,
+                ping_interval=None,  # pings pass through end to end
                 proxy=None,
                 user_agent_header=None,
+                create_connection=LBClientConnection,
             )
+            assert isinstance(conn, LBClientConnection)
+            return conn
 
         return dial
 
     async def handler(self, connection: ServerConnection) -> None:
+        """Route, dial the owner, then hand both sockets to a raw `Relay` and return (the
+        relay needs no task: it runs on transport callbacks until both sides close)."""
+        assert isinstance(connection, LBServerConnection)
         identity = self._identities.pop(connection, None)
         route = self.route(identity) if identity is not None else None
         if identity is None or route is None:
@@ -222,16 +230,28 @@ class LoadBalancer:
                 connection.close(1012, "lb restarting"),
             )
             return
+        if connection.lost:  # the client gave up while we were dialling
+            await upstream.close(1000, "")
+            return
         key = (identity.tenant, identity.user)
-        relay = Relay(connection, upstream, owner, dial, self.stats, key, self.config.move_drain_s)
+        relay = Relay(
+            connection,
+            upstream,
+            owner,
+            dial,
+            self.stats,
+            key,
+            self.config.move_drain_s,
+            on_done=self._relay_done,
+        )
         self.stats.accepted += 1
         self.stats.per_sidecar[owner] += 1
         self.relays.add(relay)
-        try:
-            await relay.run()
-        finally:
-            self.relays.discard(relay)
-            self.stats.closed(relay.owner)
+        relay.start()
+
+    def _relay_done(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        self.stats.closed(relay.owner)
 
     # --- running ----------------------------------------------------------------------
     async def start(self) -> Server:
@@ -242,8 +262,10 @@ class LoadBalancer:
                 self.config.host,
                 self.config.port,
                 process_request=self.process_request,
-                compression=None,
+                compression=None,  # frames pass through raw: no extension may be negotiated
+                ping_interval=None,  # pings pass through end to end
                 server_header=None,
+                create_connection=LBServerConnection,
             )
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
@@ -267,6 +289,7 @@ class LoadBalancer:
             loop.call_later(window * i / len(relays), relay.shutdown)
         try:
             async with asyncio.timeout(window + 10):
+                await asyncio.gather(*(relay.wait() for relay in relays))
                 await self.server.wait_closed()
         except TimeoutError:
             log.warning("some connections did not close in time")
