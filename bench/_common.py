@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -149,3 +150,39 @@ def proc_rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE to the hard one and return (soft, hard).
+
+    Called before any stack process is spawned, so `wsop up`'s children (which do not
+    touch their limits) inherit it: the LB holds two sockets per client. The hard limit
+    itself needs CAP_SYS_RESOURCE to raise, which a container usually lacks.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
+
+
+def proc_fd_limit(pid: int) -> int | None:
+    """The soft 'Max open files' of a running process (/proc/<pid>/limits), to verify that
+    a child really inherited the limit rather than assume it."""
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                value = line.split()[3]
+                return None if value == "unlimited" else int(value)
+    except OSError:
+        pass
+    return None
+
+
+def proc_fd_count(pid: int) -> int:
+    """Open file descriptors of a process right now (0 once it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
