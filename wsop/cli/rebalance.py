@@ -23,7 +23,6 @@ from wsop.k8s.discovery import DEFAULT_SELECTOR
 from wsop.ring.registry import DEFAULT_EPSILON
 
 DEFAULT_RATE = 50.0
-DEFAULT_MAX_MOVES = 1000
 
 
 def rebalance_cmd(
@@ -54,8 +53,13 @@ def rebalance_cmd(
         bool, typer.Option("--dry-run", help="Plan and show; move nothing.")
     ] = False,
     max_moves: Annotated[
-        int, typer.Option("--max-moves", help="Move at most this many users.")
-    ] = DEFAULT_MAX_MOVES,
+        int | None,
+        typer.Option(
+            "--max-moves",
+            help="Move at most this many users (default: the whole plan).",
+            show_default=False,
+        ),
+    ] = None,
     rate: Annotated[float, typer.Option("--rate", help="Moves per second.")] = DEFAULT_RATE,
     epsilon: Annotated[
         float, typer.Option("--epsilon", help="Target: max load ≤ ⌈(1+ε)·mean⌉ connections.")
@@ -92,7 +96,7 @@ def rebalance_cmd(
         raise UsageError(
             "--selector/--service/--kubeconfig/--context need --namespace, not --local"
         )
-    if max_moves < 0:
+    if max_moves is not None and max_moves < 0:
         raise UsageError(f"--max-moves must be ≥ 0, got {max_moves}")
     if not rate > 0:
         raise UsageError(f"--rate must be > 0 moves per second, got {rate}")
