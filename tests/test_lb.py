@@ -674,17 +674,22 @@ def plain(text: str) -> bytes:
     return text_frame(text, mask=False)
 
 
-def fake_relay(**kw) -> tuple[Relay, FakeConn, FakeConn, list[tuple[str, str | None]]]:
-    client, upstream, dialled = FakeConn(), FakeConn(), []
-    conns: dict[str, FakeConn] = {}
+class Dialled(list[tuple[str, str | None]]):
+    """(url, moved_from) per dial, and the connection each dial returned, by url."""
+
+    conns: dict[str, FakeConn]
+
+
+def fake_relay(**kw) -> tuple[Relay, FakeConn, FakeConn, Dialled]:
+    client, upstream, dialled = FakeConn(), FakeConn(), Dialled()
+    dialled.conns = {}
 
     async def dial(url: str, moved_from: str | None) -> FakeConn:
         dialled.append((url, moved_from))
-        conns[url] = conn = FakeConn()
+        dialled.conns[url] = conn = FakeConn()
         return conn
 
     relay = Relay(client, upstream, "s0", dial, LBStats(), ("acme", 1), 0.2, **kw)  # type: ignore[arg-type]
-    relay.conns = conns  # type: ignore[attr-defined]
     relay.start()
     return relay, client, upstream, dialled
 
@@ -706,7 +711,7 @@ async def test_relay_takes_control_frames_out_of_the_stream() -> None:
         await asyncio.sleep(0)
     assert dialled == [("ws://127.0.0.1:9", "s0")] and relay.owner == "s1"
     assert relay.stats.upstream_to_client == 3 and relay.stats.client_to_upstream == 1
-    new = relay.conns["ws://127.0.0.1:9"]  # type: ignore[attr-defined]
+    new = dialled.conns["ws://127.0.0.1:9"]
     nxt = masked("next")
     relay.client.data_received(nxt)
     assert bytes(new.transport.written) == nxt and bytes(upstream.transport.written) == hello
@@ -729,7 +734,7 @@ async def test_switch_waits_for_the_client_message_boundary() -> None:
     after = masked("after")
     relay.client.data_received(big[300:] + after)
     await switch
-    new = relay.conns["ws://s1"]  # type: ignore[attr-defined]
+    new = dialled.conns["ws://s1"]
     assert bytes(upstream.transport.written) == big  # the whole message went to s0
     assert bytes(new.transport.written) == after and relay.owner == "s1"
     # the old upstream drains, then gets 1000 "moved" from the LB (masked: we are its client)

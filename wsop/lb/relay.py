@@ -74,6 +74,31 @@ def sendable(code: int | None, fallback: int) -> int:
 class Relay:
     """Relays one client connection to its owner sidecar; see the module docstring."""
 
+    # thousands live at once, mostly idle: slots and lazy futures keep each one small
+    __slots__ = (
+        "key",
+        "owner",
+        "stats",
+        "close_timeout",
+        "client",
+        "upstream",
+        "draining",
+        "waiting",
+        "writer",
+        "client_paused",
+        "ending",
+        "over",
+        "_dial",
+        "_drain_s",
+        "_on_done",
+        "_switching",
+        "_boundary",
+        "_pending",
+        "_deadline",
+        "_done",
+        "_conns",
+    )
+
     def __init__(
         self,
         client: LBServerConnection,
@@ -93,7 +118,7 @@ class Relay:
         self.client = ClientSide(self)
         self.upstream = UpstreamSide(self, owner)
         """The current upstream: client messages go here; only its end ends the relay."""
-        self.draining: set[UpstreamSide] = set()
+        self.draining: list[UpstreamSide] = []
         self.waiting: list[UpstreamSide] = []
         """Upstreams holding a backlog until `writer` is done with its message (FIFO)."""
         self.writer: UpstreamSide | None = None
@@ -108,7 +133,9 @@ class Relay:
         self._boundary: asyncio.Future[None] | None = None
         self._pending: tuple[str, LBClientConnection] | None = None
         self._deadline: asyncio.TimerHandle | None = None
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.over = False
+        """Every socket of this relay is closed."""
+        self._done: asyncio.Future[None] | None = None
         self._conns = (client, upstream)
 
     @property
@@ -127,6 +154,10 @@ class Relay:
         client.replay()
 
     async def wait(self) -> None:
+        if self.over:
+            return
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._done)
 
     def shutdown(self, code: int = SERVICE_RESTART, reason: str = "lb restarting") -> None:
@@ -152,11 +183,13 @@ class Relay:
             side.abort()
 
     def _check_done(self) -> None:
-        if self._done.done() or not self.client.lost:
+        if self.over or not self.client.lost:
             return
         if not self.upstream.lost or any(not side.lost for side in self.draining):
             return
-        self._done.set_result(None)
+        self.over = True
+        if self._done is not None:
+            self._done.set_result(None)
         if self._deadline is not None:
             self._deadline.cancel()
         if self._on_done is not None:
@@ -205,7 +238,8 @@ class Relay:
             self.writer = None
             self.client.abort()
         if side is not self.upstream:
-            self.draining.discard(side)
+            if side in self.draining:
+                self.draining.remove(side)
         elif side.close_rcvd is None and self._end("upstream", SERVICE_RESTART, ""):
             self.stats.upstream_failures["vanished"] += 1
             self.client.inject_close(SERVICE_RESTART, "sidecar went away", self.close_timeout)
@@ -306,7 +340,7 @@ class Relay:
         self.upstream, self.owner = new, owner  # the switch: client bytes go to new
         self.stats.moved(old_owner, owner)
         old.draining = True
-        self.draining.add(old)
+        self.draining.append(old)
         if old.write_paused:
             self.client.resume_reading()
         conn.detach(new)

@@ -180,7 +180,7 @@ class UpstreamSide(Side):
     in the middle of a message there at a time (`relay.writer`); the others keep what
     they read in `backlog` until it is done."""
 
-    __slots__ = ("owner", "backlog", "backlog_size", "draining", "write_paused", "closed")
+    __slots__ = ("owner", "backlog", "backlog_size", "draining", "write_paused", "_closed")
 
     masked_out = True
 
@@ -191,7 +191,7 @@ class UpstreamSide(Side):
         self.backlog_size = 0
         self.draining = False
         self.write_paused = False
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed: asyncio.Future[None] | None = None  # made by wait_closed, if ever
 
     @property
     def close_code(self) -> int | None:
@@ -199,7 +199,11 @@ class UpstreamSide(Side):
         return self.close_rcvd[0] if self.close_rcvd else None
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self.closed)
+        if self.lost:
+            return
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed)
 
     def data_received(self, data: bytes) -> None:
         relay = self.relay
@@ -253,8 +257,8 @@ class UpstreamSide(Side):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if not self.closed.done():
-            self.closed.set_result(None)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         self.relay.upstream_lost(self)
 
     def pause_writing(self) -> None:
