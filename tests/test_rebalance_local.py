@@ -64,6 +64,7 @@ def test_scale_then_rebalance_moves_live_connections_without_loss(redis_url: str
 
         assert result["moved"] == result["moves"] > 0 and not result["errors"]
         assert result["after"] <= 1.1 < result["before"]
+        assert result["unconfirmed"] == 0 and result["observed_after"] <= 1.1
         again = wsop_json("rebalance", "--local", "--epsilon", "0.05", "--dry-run", env=env)
         assert again["moves"] == 0  # everything sits where the plan wants it
         status = wsop_json("status", env=env)

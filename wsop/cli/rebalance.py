@@ -173,6 +173,17 @@ def _render(console: Console, p: dict[str, Any]) -> None:
         + (f" · {p['dropped']} more over --max-moves" if p["dropped"] else ""),
         highlight=False,
     )
+    if p.get("observed_after") is not None:
+        unconfirmed = p.get("unconfirmed") or 0
+        console.print(
+            f"checked afterwards: max/mean {p['observed_after']}"
+            + (
+                f" · [red]{unconfirmed} move(s) did not happen[/]"
+                if unconfirmed
+                else " · all moves confirmed"
+            ),
+            highlight=False,
+        )
     for item in p["not_ready"]:
         console.print(f"[yellow]not ready[/] {item['name']}: {item['reason']}", highlight=False)
     for item in p["skipped_pods"]:

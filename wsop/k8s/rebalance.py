@@ -7,6 +7,7 @@ rest the same way for both. The result object feeds both the CLI's table and `--
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ class RebalanceResult:
     gathered: Gathered
     plan: Plan
     execution: Execution | None = None
+    verified: Gathered | None = None
+    """Connections gathered again after the moves: what really happened."""
 
     @property
     def dry_run(self) -> bool:
@@ -64,6 +67,8 @@ class RebalanceResult:
             ],
             "errors": run.errors if run else [],
             "aborted": run.aborted if run else None,
+            "observed_after": self.observed_after,
+            "unconfirmed": self.unconfirmed,
         }
         planned = self.plan.to_json()
         for key in ("moves", "before", "after", "dropped"):
@@ -80,6 +85,27 @@ class RebalanceResult:
             loads[mv.source] -= mv.count
             loads[mv.target] += mv.count
         return max_over_mean(loads, len(self.plan.members))
+
+    @property
+    def observed_after(self) -> float | None:
+        """max/mean of the connections as the sidecars report them after the run."""
+        if self.verified is None:
+            return None
+        return max_over_mean(dict(self.verified.connections), len(self.plan.members))
+
+    @property
+    def unconfirmed(self) -> int | None:
+        """Moves the sidecar accepted but that did not happen (the user is still on the
+        source): a `/move` only asks the LB to switch, so success is checked here."""
+        if self.verified is None or self.execution is None:
+            return None
+        still = {(h.member, h.tenant, str(h.user)) for h in self.verified.holdings}
+        return sum(
+            1 for mv in self.execution.succeeded if (mv.source, mv.tenant, str(mv.user)) in still
+        )
+
+
+VERIFY_AFTER_S = 1.5  # the LB drains an old upstream for up to 1 s after a switch
 
 
 def rebalance(
@@ -106,6 +132,9 @@ def rebalance(
         result.execution = execute(
             plan.moves, fleet.target, rate, progress, skipped=gathered.skipped
         )
+        if result.execution.succeeded:
+            time.sleep(VERIFY_AFTER_S)
+            result.verified = gather(fleet.target, fleet.ask)
     return result
 
 
