@@ -7,7 +7,6 @@ user's state directory and survives restarts (RDB snapshots).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 import redis
 
 from wsop.errors import BackendUnavailable
+from wsop.local.filelock import exclusive
 from wsop.local.redis_binary import free_port, start_server
 
 
@@ -61,13 +61,8 @@ def _paths() -> tuple[Path, Path, Path]:
 def _locked() -> Iterator[None]:
     """Serialise start/stop so two commands started together share one server."""
     _, lock_path, _ = _paths()
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(lock_path):
+        yield
 
 
 def _answers(port: int) -> bool:

@@ -13,7 +13,6 @@ always replaced atomically (temp file + rename): a reader never sees half a docu
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any
 from wsop.discovery import normalize_url
 from wsop.errors import InputError
 from wsop.local.embedded import state_dir
+from wsop.local.filelock import exclusive
 
 _INDEX = re.compile(r"^s(\d+)$")
 
@@ -168,11 +168,5 @@ def remove(path: Path | None = None) -> None:
 @contextmanager
 def locked() -> Iterator[None]:
     """Serialise up/scale/down: two launchers must not both edit the members file."""
-    lock = state_dir() / "stack.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(state_dir() / "stack.lock"):
+        yield
