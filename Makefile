@@ -45,9 +45,15 @@ format: $(STAMP)
 	$(BIN)/ruff format wsop tests bench examples
 	$(BIN)/ruff check --fix wsop tests bench examples
 
+# Every benchmark at full size (~10 min on 2 cores); each prints its own reproduce
+# command, and docs/benchmarks.md records the results.
 bench: $(STAMP) redis
 	$(BIN)/python bench/resolve.py
 	$(BIN)/python bench/ring.py
+	$(BIN)/python bench/protocol.py
+	$(BIN)/python bench/stack.py
+	$(BIN)/python bench/rebalance.py --connections 9500 --rates 200,500
+	$(BIN)/python bench/loadtest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
