@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import Connection
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
@@ -40,6 +40,7 @@ from wsop.httpadmin import (
 )
 from wsop.ring import build
 from wsop.sidecar.metrics import SidecarMetrics
+from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import (
     TO_HOLDER,
     TO_OWNER,
@@ -111,6 +112,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[Any]] = []
         self._identities: dict[ServerConnection, tuple[Identity, int]] = {}
         self._peer_conns: set[ServerConnection] = set()
+        self.outbox = Outbox()
         self._membership_changed_at = time.monotonic()
 
     def _placement(self, members: dict[str, str]):
@@ -233,7 +235,7 @@ class Sidecar:
         conns = list(self.router.connections(tenant, user)) if user is not None else []
         if target == self.config.name or not conns:
             return json_response(conn, 200, {"moved": 0})
-        broadcast(conns, f"{MOVE_PREFIX}{target} {members[target]}")
+        self.outbox.send(conns, f"{MOVE_PREFIX}{target} {members[target]}")
         return json_response(conn, 200, {"moved": len(conns)})
 
     def connections_report(self) -> dict[str, Any]:
@@ -386,8 +388,7 @@ class Sidecar:
         for user in users:
             conns.extend(self.router.connections(tenant, user))
         if conns:
-            broadcast(conns, frame)
-            self.metrics.messages_out.inc(len(conns))
+            self.metrics.messages_out.inc(self.outbox.send(conns, frame))
         return len(users)
 
     def _fan_out(self, tenant: str, plan: DeliveryPlan, frame: str) -> int:
@@ -448,7 +449,7 @@ class Sidecar:
         if pending.undelivered:
             frame = frame[:-1] + f',"undelivered":{pending.undelivered}}}'
         assert pending.conn is not None
-        broadcast([pending.conn], frame)
+        self.outbox.send((pending.conn,), frame)
 
     def _settle(self, ack_id: int, peer: str, delivered: int, unreachable: int) -> None:
         pending = self._acks.get(ack_id)

@@ -1,0 +1,59 @@
+"""Writes to client connections, coalesced: one `write` per connection per loop pass.
+
+A sidecar under load writes several frames to the same connection in one pass of the
+event loop (the deliveries of a peer batch, an ack and a delivery to a pipelining
+client). `websockets.broadcast` makes one `write` syscall per frame — half of the
+sidecar's CPU in profiles. Here frames are framed into each connection's protocol
+buffer at once and flushed by one callback at the end of the pass, so the kernel sees
+one write per connection instead of one per frame. Order is preserved: any direct
+`await conn.send(...)` flushes the pending frames first, in sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from websockets.protocol import State
+
+log = logging.getLogger("wsop.sidecar")
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self._dirty: set[Any] = set()
+        self._scheduled = False
+
+    def send(self, conns: Iterable[Any], text: str) -> int:
+        """Queue `text` on every open connection; returns how many took it."""
+        data = text.encode()
+        taken = 0
+        for conn in conns:
+            if conn.protocol.state is not State.OPEN or _sending_fragments(conn):
+                continue
+            conn.protocol.send_text(data)
+            self._dirty.add(conn)
+            taken += 1
+        if taken and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return taken
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            try:
+                conn.send_data()
+            except Exception as exc:  # a connection dying mid-write: its handler cleans up
+                log.debug("write to a closing connection failed: %s", exc)
+
+
+def _sending_fragments(conn: Any) -> bool:
+    """A fragmented send in progress must not be interleaved (websockets ≥ 15 names)."""
+    return (
+        getattr(conn, "send_in_progress", None) is not None
+        or getattr(conn, "fragmented_send_waiter", None) is not None
+    )
