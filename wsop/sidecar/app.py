@@ -57,7 +57,7 @@ from wsop.sidecar.router import DeliveryPlan, HolderChange, Router
 
 log = logging.getLogger("wsop.sidecar")
 
-ACK_TIMEOUT_S = 5.0
+ACK_TIMEOUT_S = 10.0
 # After a membership change, peers adopt it a few hundred ms apart: within this grace,
 # a recipient nobody seems to hold is retried for a while rather than reported lost.
 MEMBERSHIP_GRACE_S = 3.0
