@@ -44,6 +44,11 @@ ERROR_CODES: Final = frozenset(
     {BAD_REQUEST, FORBIDDEN, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
 )
 
+# Sidecar → LB control frame on a client's upstream: "\x00wsop:move NAME URL" asks the LB
+# to move that client to sidecar NAME. A JSON frame never starts with NUL, so the LB
+# tells them apart with one character check, and never forwards them to the client.
+MOVE_PREFIX: Final = "\x00wsop:move "
+
 # Limits. Frame size is the server's choice (passed to `parse_client_frame`).
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
 MAX_ID_CHARS: Final = 128

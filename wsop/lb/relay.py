@@ -34,6 +34,7 @@ from websockets.frames import CloseCode
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.sides import ClientSide, UpstreamSide
 from wsop.lb.stats import LBStats
+from wsop.protocol import MOVE_PREFIX
 
 log = logging.getLogger("wsop.lb")
 
@@ -43,7 +44,6 @@ the second argument is the sidecar it moves from (sent as ``?moved_from=``), if 
 
 CONTROL_MARK: Final = "\x00"
 """Sidecar → LB control frames start with NUL (a JSON frame never does); never forwarded."""
-MOVE_PREFIX: Final = "\x00wsop:move "
 """``"\x00wsop:move NAME URL"``: the sidecar asks the LB to switch this client to NAME."""
 
 SERVICE_RESTART: Final = int(CloseCode.SERVICE_RESTART)  # 1012

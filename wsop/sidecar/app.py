@@ -9,36 +9,27 @@ so `delivered` in the ack is a real count, and anything not delivered is counted
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import redis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from wsop import protocol
 from wsop.acl.live import LiveAcl
-from wsop.auth import AuthError, Identity, identity_from_request
+from wsop.auth import Identity
 from wsop.discovery import MembershipSource
 from wsop.errors import NotFound
-from wsop.httpadmin import (
-    PROMETHEUS_CONTENT_TYPE,
-    admin_refusal,
-    json_response,
-    path_of,
-    query,
-    text_response,
-)
 from wsop.ring import build
+from wsop.sidecar import admin
+from wsop.sidecar.acks import AckBook, PendingAck
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import (
@@ -54,6 +45,7 @@ from wsop.sidecar.peer_codec import (
 )
 from wsop.sidecar.peers import PeerLinks
 from wsop.sidecar.router import DeliveryPlan, HolderChange, Router
+from wsop.sidecar.upstream import mirror, open_app, pump_from_app
 
 log = logging.getLogger("wsop.sidecar")
 
@@ -65,9 +57,6 @@ RETRY_WINDOW_S = 1.5
 RETRY_INTERVAL_S = 0.1
 RETRY = "~retry"  # pseudo-peer a PendingAck waits on while retries run
 PRESENCE_RETRIES = 5
-# Sidecar → LB control frame on a client's upstream: "move to NAME at URL". A JSON
-# frame never starts with NUL, so the LB tells them apart with one character check.
-MOVE_PREFIX = "\x00wsop:move "
 
 
 @dataclass
@@ -84,20 +73,6 @@ class SidecarConfig:
     upstream: str | None = None
 
 
-@dataclass
-class PendingAck:
-    """A message waiting for its owners' answers; `done` runs once all have answered
-    (an ack frame to the client, or an `Ack` item back to the peer that forwarded it)."""
-
-    conn: Connection | None
-    msg_id: str | None
-    started: float
-    delivered: int = 0
-    undelivered: int = 0
-    waiting: dict[str, int] = field(default_factory=dict)  # peer (or RETRY) -> users
-    done: Callable[[PendingAck], None] = lambda _: None
-
-
 class Sidecar:
     def __init__(self, config: SidecarConfig, acl: LiveAcl, members: MembershipSource) -> None:
         self.config = config
@@ -106,8 +81,7 @@ class Sidecar:
         self.metrics = SidecarMetrics(config.name)
         self.router = Router(config.name, self._placement(members.current()))
         self.peers = PeerLinks(config.name, config.admin_token, self._lost)
-        self._acks: dict[int, PendingAck] = {}
-        self._ack_ids = itertools.count(1)
+        self.acks = AckBook()
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._identities: dict[ServerConnection, tuple[Identity, int]] = {}
@@ -185,66 +159,13 @@ class Sidecar:
         except TimeoutError:
             log.warning("some connections did not close in time")
 
-    # -- HTTP and handshake ------------------------------------------------------------
+    # -- HTTP and handshake (wsop/sidecar/admin.py) ---------------------------------------
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        path = path_of(request)
-        if path == "/ws":
-            try:
-                ident = identity_from_request(
-                    request.path, request.headers, self.config.secret, self.config.insecure
-                )
-            except AuthError as exc:
-                return text_response(conn, 401, str(exc))
-            conn.wsop_identity = ident  # type: ignore[attr-defined]
-            conn.wsop_moved_from = query(request).get("moved_from")  # type: ignore[attr-defined]
-            return None
-        if path == "/healthz":
-            members = sorted(self.members.current())
-            return json_response(
-                conn, 200, {"status": "ok", "name": self.config.name, "members": members}
-            )
-        refused = admin_refusal(request.headers, self.config.admin_token)
-        if refused:
-            return text_response(conn, 401, refused)
-        if path == "/peer":
-            conn.wsop_peer = query(request).get("from", "?")  # type: ignore[attr-defined]
-            return None
-        if path == "/metrics":
-            return text_response(conn, 200, self.metrics.render().decode(), PROMETHEUS_CONTENT_TYPE)
-        if path == "/connections":
-            return json_response(conn, 200, self.connections_report())
-        if path == "/move":
-            return self._move(conn, query(request))
-        return text_response(conn, 404, f"no such endpoint: {path}")
-
-    def _move(self, conn: ServerConnection, params: dict[str, str]) -> Response:
-        """Ask the LB in front of each of the user's connections to move it to `to`.
-
-        The control frame travels on the connection itself, so it reaches exactly the LB
-        that holds the client, wherever it is; the LB dials `to`, switches at a message
-        boundary, and the new sidecar takes over delivery (see `Router.connect`).
-        """
-        tenant, raw_user, target = params.get("tenant"), params.get("user"), params.get("to")
-        members = self.members.current()
-        if not tenant or raw_user is None or not target:
-            return json_response(conn, 400, {"error": "need tenant, user and to"})
-        if target not in members:
-            return json_response(conn, 404, {"error": f"no sidecar named {target!r}"})
-        user = protocol.normalize_user_id(raw_user)
-        conns = list(self.router.connections(tenant, user)) if user is not None else []
-        if target == self.config.name or not conns:
-            return json_response(conn, 200, {"moved": 0})
-        self.outbox.send(conns, f"{MOVE_PREFIX}{target} {members[target]}")
-        return json_response(conn, 200, {"moved": len(conns)})
+        return admin.process_request(self, conn, request)
 
     def connections_report(self) -> dict[str, Any]:
-        users = [{"tenant": t, "user": u, "count": c} for t, u, c in self.router.users()]
-        return {
-            "name": self.config.name,
-            "connections": self.router.connection_count(),
-            "users": users,
-        }
+        return admin.connections_report(self)
 
     async def _handler(self, conn: ServerConnection) -> None:
         peer = getattr(conn, "wsop_peer", None)
@@ -296,37 +217,20 @@ class Sidecar:
     # -- upstream app (the sidecar pattern) ---------------------------------------------
 
     async def _open_app(self, ident: Identity, index: int) -> ClientConnection | None:
-        """Mirror this client to the app container; the app's frames are routed as the
-        user's own (same protocol, same ACL), its acks and errors go back to the app."""
         assert self.config.upstream is not None
-        params = urlencode({"tenant": ident.tenant, "user": str(ident.user)})
-        try:
-            app = await connect(
-                f"{self.config.upstream}?{params}",
-                additional_headers={"X-Wsop-Tenant": ident.tenant, "X-Wsop-User": str(ident.user)},
-                open_timeout=2,
-                compression=None,
-                max_size=self.config.max_frame_bytes,
-            )
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
+        app = await open_app(self.config.upstream, ident, self.config.max_frame_bytes)
+        if app is None:
             self.metrics.failed.labels("app_unavailable").inc()
-            log.warning("upstream app %s unavailable: %s", self.config.upstream, exc)
             return None
 
-        async def pump() -> None:
-            try:
-                async for raw in app:
-                    await self._on_client_frame(app, ident, index, raw)
-            except ConnectionClosed:
-                pass
+        async def routed(conn: ClientConnection, raw: str | bytes) -> None:
+            await self._on_client_frame(conn, ident, index, raw)
 
-        self._spawn(pump())
+        self._spawn(pump_from_app(app, routed))
         return app
 
     async def _mirror(self, app: ClientConnection, raw: str | bytes) -> None:
-        try:
-            await app.send(raw)
-        except ConnectionClosed:
+        if not await mirror(app, raw):
             self.metrics.failed.labels("app_unavailable").inc()
 
     async def _clear_presence(self, ident: Identity, index: int) -> None:
@@ -412,14 +316,17 @@ class Sidecar:
         if not plan.peers and not retry:
             pending.done(pending)  # the common local case: no bookkeeping at all
             return
-        ack_id = next(self._ack_ids)
-        self._acks[ack_id] = pending
+        ack_id = self.acks.open(pending)
+        # Everything awaited is booked before anything is sent: a link that is already
+        # down answers (as lost) synchronously, and must not complete the ack early.
         for owner, users in plan.peers.items():
             pending.waiting[owner] = len(users)
+        if retry:
+            pending.waiting[RETRY] = len(plan.unreachable)
+        for owner, users in plan.peers.items():
             self.metrics.forwarded.inc(len(users))
             self.peers.send(owner, Deliver(tenant, users, ack_id, mode, frame))
         if retry:
-            pending.waiting[RETRY] = len(plan.unreachable)
             self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id))
 
     def _unreachable(self, pending: PendingAck, count: int) -> None:
@@ -441,7 +348,7 @@ class Sidecar:
             missing = plan.unreachable
         if missing:
             self.metrics.failed.labels("no_connection").inc(len(missing))
-        self._settle(ack_id, RETRY, delivered, len(missing))
+        self.acks.settle(ack_id, RETRY, delivered, len(missing))
 
     def _client_done(self, pending: PendingAck) -> None:
         self.metrics.ack_latency.observe(time.perf_counter() - pending.started)
@@ -451,34 +358,20 @@ class Sidecar:
         assert pending.conn is not None
         self.outbox.send((pending.conn,), frame)
 
-    def _settle(self, ack_id: int, peer: str, delivered: int, unreachable: int) -> None:
-        pending = self._acks.get(ack_id)
-        if pending is None or peer not in pending.waiting:
-            return
-        del pending.waiting[peer]
-        pending.delivered += delivered
-        pending.undelivered += unreachable
-        if not pending.waiting:
-            del self._acks[ack_id]
-            pending.done(pending)
-
     def _lost(self, peer: str, items: list[PeerItem]) -> None:
         """Items a peer link could not carry: count them, and settle their acks."""
         for item in items:
             if isinstance(item, Deliver):
                 self.metrics.failed.labels("peer_unavailable").inc(len(item.users))
                 if item.ack:
-                    self._settle(item.ack, peer, 0, len(item.users))
+                    self.acks.settle(item.ack, peer, 0, len(item.users))
 
     async def _expire_acks(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = time.perf_counter()
-            for ack_id, pending in list(self._acks.items()):
-                if now - pending.started > ACK_TIMEOUT_S:
-                    for peer, count in list(pending.waiting.items()):
-                        self.metrics.failed.labels("ack_timeout").inc(count)
-                        self._settle(ack_id, peer, 0, count)
+            expired = self.acks.expire(time.perf_counter(), ACK_TIMEOUT_S)
+            if expired:
+                self.metrics.failed.labels("ack_timeout").inc(expired)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -519,7 +412,7 @@ class Sidecar:
             pending = PendingAck(None, None, time.perf_counter(), done=reply)
             self._execute(item.tenant, plan, item.frame, pending, TO_OWNER_FINAL)
         elif isinstance(item, Ack):
-            self._settle(item.ack, peer, item.delivered, item.unreachable)
+            self.acks.settle(item.ack, peer, item.delivered, item.unreachable)
         else:
             change = HolderChange(
                 self.config.name, item.tenant, item.user, item.holding, item.replaces

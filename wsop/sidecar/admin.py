@@ -1,0 +1,84 @@
+"""The sidecar's plain-HTTP side (websockets' `process_request`): the handshake's
+authentication, `/healthz`, `/metrics`, `/connections` and the `/move` hook."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from wsop import protocol
+from wsop.auth import AuthError, identity_from_request
+from wsop.httpadmin import (
+    PROMETHEUS_CONTENT_TYPE,
+    admin_refusal,
+    json_response,
+    path_of,
+    query,
+    text_response,
+)
+
+if TYPE_CHECKING:
+    from wsop.sidecar.app import Sidecar
+
+
+def process_request(sidecar: Sidecar, conn: ServerConnection, request: Request) -> Response | None:
+    config = sidecar.config
+    path = path_of(request)
+    if path == "/ws":
+        try:
+            ident = identity_from_request(
+                request.path, request.headers, config.secret, config.insecure
+            )
+        except AuthError as exc:
+            return text_response(conn, 401, str(exc))
+        conn.wsop_identity = ident  # type: ignore[attr-defined]
+        conn.wsop_moved_from = query(request).get("moved_from")  # type: ignore[attr-defined]
+        return None
+    if path == "/healthz":
+        members = sorted(sidecar.members.current())
+        return json_response(conn, 200, {"status": "ok", "name": config.name, "members": members})
+    refused = admin_refusal(request.headers, config.admin_token)
+    if refused:
+        return text_response(conn, 401, refused)
+    if path == "/peer":
+        conn.wsop_peer = query(request).get("from", "?")  # type: ignore[attr-defined]
+        return None
+    if path == "/metrics":
+        return text_response(conn, 200, sidecar.metrics.render().decode(), PROMETHEUS_CONTENT_TYPE)
+    if path == "/connections":
+        return json_response(conn, 200, connections_report(sidecar))
+    if path == "/move":
+        return move(sidecar, conn, query(request))
+    return text_response(conn, 404, f"no such endpoint: {path}")
+
+
+def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Response:
+    """Ask the LB in front of each of the user's connections to move it to `to`.
+
+    The control frame travels on the connection itself, so it reaches exactly the LB
+    that holds the client, wherever it is; the LB dials `to`, switches at a message
+    boundary, and the new sidecar takes over delivery (see `Router.connect`).
+    """
+    tenant, raw_user, target = params.get("tenant"), params.get("user"), params.get("to")
+    members = sidecar.members.current()
+    if not tenant or raw_user is None or not target:
+        return json_response(conn, 400, {"error": "need tenant, user and to"})
+    if target not in members:
+        return json_response(conn, 404, {"error": f"no sidecar named {target!r}"})
+    user = protocol.normalize_user_id(raw_user)
+    conns = list(sidecar.router.connections(tenant, user)) if user is not None else []
+    if target == sidecar.config.name or not conns:
+        return json_response(conn, 200, {"moved": 0})
+    sidecar.outbox.send(conns, f"{protocol.MOVE_PREFIX}{target} {members[target]}")
+    return json_response(conn, 200, {"moved": len(conns)})
+
+
+def connections_report(sidecar: Sidecar) -> dict[str, Any]:
+    users = [{"tenant": t, "user": u, "count": c} for t, u, c in sidecar.router.users()]
+    return {
+        "name": sidecar.config.name,
+        "connections": sidecar.router.connection_count(),
+        "users": users,
+    }
