@@ -12,7 +12,8 @@ plus a few commands:
 - `slowpush:N` → the same, 30 ms apart, in the background (a sidecar still delivering);
 - `sendmove:NAME URL` → sends the sidecar→LB control frame "\\x00wsop:move NAME URL".
 
-`?reject=STATUS` on the handshake answers that HTTP status instead.
+`?reject=STATUS` on the handshake answers that HTTP status instead;
+`?reject_moved=STATUS` does so only for a moved connection (one with `moved_from`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ async def run(name: str, host: str, port: int) -> None:
             return _json(conn, {"name": name, "connections": len(clients), "users": []})
         if url.path != "/ws":
             return conn.respond(404, "not found\n")
-        reject = parse_qs(url.query).get("reject")
+        params = parse_qs(url.query)
+        reject = params.get("reject")
+        if "moved_from" in params:
+            reject = reject or params.get("reject_moved")
         if reject:
             return conn.respond(int(reject[0]), "rejected by stand-in\n")
         return None

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests.stack_helpers import Sidecars, client, drain
 from tests.test_sidecar_e2e import seed_tenant
+from wsop.sidecar.app import MEMBERSHIP_GRACE_S
 
 _counter = itertools.count()
 
@@ -29,7 +30,9 @@ def fleet(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     for name in ("s0", "s1", "s2"):
         stack.start(name, tmp)
     stack.write_members()
-    time.sleep(0.8)
+    # Past the grace after a membership change, a message to a user nobody holds is
+    # acked at once (within it, it is retried for a while first).
+    time.sleep(MEMBERSHIP_GRACE_S + 0.5)
     yield stack
     stack.stop_all()
 

@@ -255,6 +255,27 @@ async def test_sidecar_refusal_closes_1008(standins: Members) -> None:
         with pytest.raises(ConnectionClosed):
             await ws.recv()
         assert ws.close_code == 1008
+        assert ws.close_reason.endswith("refused: HTTP 403: rejected by stand-in")
+
+
+@pytest.mark.asyncio
+async def test_a_move_the_new_sidecar_refuses_keeps_the_client_where_it_was(
+    standins: Members,
+) -> None:
+    """The new sidecar answers the move's handshake with 503: the LB keeps the client on
+    the old one (a sidecar that cannot take a client refuses before the 101)."""
+    async with running_lb(StaticMembership(standins)) as lb:
+        query = f"?reject_moved=503&token={token('acme', 9)}"
+        async with await connect(ws_url(lb, query), proxy=None) as ws:
+            await ws.send("a")
+            first = (await ws.recv()).split(":")[0]
+            (relay,) = lb.relays
+            target = next(n for n in standins if n != first)
+            with pytest.raises(InvalidStatus):
+                await relay.switch_to(target, standins[target])
+            await ws.send("b")
+            assert await ws.recv() == f"{first}:b"
+            assert relay.owner == first and not relay.finished
 
 
 @pytest.mark.asyncio

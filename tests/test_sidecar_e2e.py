@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from websockets.exceptions import InvalidStatus
 
 from tests.stack_helpers import Sidecars, client, drain, recv_json
 from wsop.acl import bitmap, seed
@@ -90,6 +92,35 @@ def test_direct_team_multitab_cross_sidecar_and_isolation(
 
     for ws in everyone:
         ws.close()
+    # the counters the hot path keeps as plain ints reach /metrics when scraped
+    scraped = "".join(
+        urllib.request.urlopen(p.url.replace("ws://", "http://") + "/metrics").read().decode()
+        for p in sidecars.procs.values()
+    )
+    assert metric_sum(scraped, 'wsop_messages_in_total{type="direct"}') == 1
+    assert metric_sum(scraped, 'wsop_messages_in_total{type="team"}') == 2
+    assert metric_sum(scraped, "wsop_messages_out_total") == 2 + 4  # d1: 2 tabs; t1: 4 conns
+    assert metric_sum(scraped, 'wsop_client_errors_total{code="forbidden"}') == 1
+
+
+def metric_sum(text: str, series: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")
+    )
+
+
+def test_a_user_the_tenant_cannot_hold_is_refused_at_the_handshake(
+    sidecars: Sidecars, r: redis.Redis
+) -> None:
+    """Refused before the 101 (not accepted then closed), so an LB moving a live client
+    there sees the refusal and keeps the client where it is."""
+    seed_tenant(r, "A", {"eng": {1}})
+    url = next(iter(sidecars.procs.values())).url
+    with pytest.raises(InvalidStatus) as refused:
+        client(url, "A", 2**40)  # beyond the tenant's max_users
+    assert refused.value.response.status_code == 403
+    assert b"user id not valid for this tenant" in refused.value.response.body
+    client(url, "A", 1).close()  # a valid user of the same tenant still gets in
 
 
 def test_malformed_frames_get_error_frames_and_connection_survives(

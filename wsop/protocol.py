@@ -157,7 +157,7 @@ def parse_client_frame(raw: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTE
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            raise ProtocolError(BAD_REQUEST, "binary frame is not UTF-8 text") from None
+            raise ProtocolError(BAD_REQUEST, "frame is not UTF-8 text") from None
     elif len(raw) > max_bytes or (
         len(raw) * 4 > max_bytes
         and not raw.isascii()
@@ -237,3 +237,11 @@ def encode_ack(id: str | None, delivered: int) -> str:
 def encode_error(id: str | None, code: str, message: str) -> str:
     """An error frame; the connection stays open."""
     return _encode({"type": "error", "id": id, "code": code, "message": message})
+
+
+MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: 125-byte control payload, 2 for the code
+
+
+def close_reason(text: str) -> str:
+    """Trim `text` to what a close frame can carry, never mid-character."""
+    return text.encode("utf-8")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")

@@ -1,129 +1,16 @@
-"""websockets does the LB's handshakes; these subclasses hand the sockets over afterwards.
-
-Both legs of a relay are opened with the websockets asyncio API (`serve` with
-`process_request` for clients, `connect` for sidecars) so that HTTP parsing, the
-upgrade checks and the admin endpoints stay websockets' job. Once a handshake's HTTP
-head has been read, these connection classes stop feeding bytes to websockets' frame
-parser and *stash* them instead: no frame of the data phase is ever parsed, unmasked or
-queued by websockets, so `detach` can give the transport, stash first, to a raw relay
-protocol without losing or reordering a byte (and without a parser holding half a
-header). When the LB decides not to relay after all (no sidecar, SIGTERM, a client gone
-during a move), `resume` feeds the stash back and websockets closes the connection as
-usual.
-"""
+"""The LB's handshake connections: websockets does both handshakes, then the sockets are
+detached (`wsop.detach`) and their frames relayed as raw bytes."""
 
 from __future__ import annotations
-
-import asyncio
-from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import OPEN
 
-_SCANNING: Final = 0  # reading the HTTP head: websockets gets every byte
-_STASHING: Final = 1  # head read: bytes are the relay's, kept for `detach`
-_PASSING: Final = 2  # not relaying after all (or a refused handshake): websockets again
-_DETACHED: Final = 3  # the transport belongs to a raw protocol now
+from wsop.detach import Detachable
 
 
-class _Detachable:
-    """Mixin for a websockets connection (an asyncio protocol) that can be detached."""
-
-    _mode = _SCANNING
-    _tail = b""  # the last 3 bytes of the head so far, to find a split b"\r\n\r\n"
-    _stash: bytearray | None = None
-    _eof = False
-    _protocol: asyncio.Protocol | None = None
-    lost = False
-    """The peer went away while the bytes were being stashed."""
-
-    def _relayable(self) -> bool:
-        """Whether the head just read opens a connection whose frames the LB relays."""
-        raise NotImplementedError
-
-    def data_received(self, data: bytes) -> None:
-        mode = self._mode
-        if mode == _STASHING:
-            assert self._stash is not None
-            self._stash += data
-            return
-        if mode != _SCANNING:
-            super().data_received(data)  # type: ignore[misc]
-            return
-        buf = self._tail + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            self._tail = buf[-3:]
-            super().data_received(data)  # type: ignore[misc]
-            return
-        cut = end + 4 - len(self._tail)
-        super().data_received(data[:cut])  # type: ignore[misc]
-        if self._relayable():
-            self._mode = _STASHING
-            self._stash = bytearray(data[cut:])
-        else:
-            self._mode = _PASSING
-            if cut < len(data):
-                super().data_received(data[cut:])  # type: ignore[misc]
-
-    def eof_received(self) -> bool | None:
-        if self._mode == _STASHING:
-            self._eof = True
-            return None  # asyncio closes the transport; connection_lost follows
-        return super().eof_received()  # type: ignore[misc,no-any-return]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._mode == _STASHING:
-            self.lost = True
-        super().connection_lost(exc)  # type: ignore[misc]
-
-    def resume(self) -> None:
-        """Give the stashed bytes back to websockets (to close it with its own close())."""
-        if self._mode != _STASHING:
-            return
-        self._mode = _PASSING
-        stash, self._stash = self._stash, None
-        if stash and not self.lost:
-            super().data_received(bytes(stash))  # type: ignore[misc]
-
-    def detach(self, protocol: asyncio.Protocol) -> None:
-        """`attach` then `replay`: hand the transport to `protocol` for good."""
-        self.attach(protocol)
-        self.replay()
-
-    def attach(self, protocol: asyncio.Protocol) -> None:
-        """Make `protocol` the transport's protocol (`connection_made`); websockets never
-        sees the socket again. Bytes already stashed wait for `replay`, so that a relay
-        can attach both of its sockets before either one's bytes flow to the other."""
-        assert self._mode == _STASHING, "attach() after a relayable handshake only"
-        self._mode = _DETACHED
-        self._protocol = protocol
-        transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-
-    def replay(self) -> None:
-        """Feed the stash to the attached protocol, then `connection_lost` if the peer
-        is already gone."""
-        protocol, self._protocol = self._protocol, None
-        assert protocol is not None, "replay() after attach() only"
-        stash, self._stash = self._stash, None
-        if stash:
-            protocol.data_received(bytes(stash))
-        if self.lost:
-            protocol.connection_lost(None)
-        elif self._eof:
-            self.transport.close()  # type: ignore[attr-defined]
-
-    async def close(self, *args: Any, **kwargs: Any) -> None:
-        if self._mode == _DETACHED:
-            return  # the relay owns the socket; websockets' handler exit must not touch it
-        self.resume()
-        await super().close(*args, **kwargs)  # type: ignore[misc]
-
-
-class LBServerConnection(_Detachable, ServerConnection):
+class LBServerConnection(Detachable, ServerConnection):
     """A client's connection to the LB: relayable once the upgrade request is read.
 
     (A refused request is answered by websockets as usual: with `_STASHING` nothing is
@@ -133,7 +20,7 @@ class LBServerConnection(_Detachable, ServerConnection):
         return self.request is not None
 
 
-class LBClientConnection(_Detachable, ClientConnection):
+class LBClientConnection(Detachable, ClientConnection):
     """The LB's connection to a sidecar: relayable once a 101 response is read (a refusal
     has a body, which websockets must still read for `InvalidStatus`)."""
 

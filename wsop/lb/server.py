@@ -31,6 +31,7 @@ from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
+from wsop.protocol import close_reason
 from wsop.ring import build
 from wsop.ring.base import Placement
 from wsop.ring.bounded import BoundedLoads
@@ -216,8 +217,11 @@ class LoadBalancer:
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.stats.upstream_failures[f"http_{status}"] += 1
-            code = CloseCode.POLICY_VIOLATION if status in (401, 403) else TRY_AGAIN_LATER
-            await connection.close(code, f"sidecar {owner} refused: HTTP {status}")
+            # 4xx: this client may not connect (bad identity); 5xx: try again later
+            code = CloseCode.POLICY_VIOLATION if 400 <= status < 500 else TRY_AGAIN_LATER
+            why = exc.response.body.decode("utf-8", "replace").strip().splitlines()
+            reason = f"sidecar {owner} refused: HTTP {status}" + (f": {why[0]}" if why else "")
+            await connection.close(code, close_reason(reason))
             return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             self.stats.upstream_failures["connect"] += 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingAck:
     """A message waiting for its owners' answers; `done` runs once all have answered."""
 

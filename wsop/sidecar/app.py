@@ -1,7 +1,8 @@
 """The sidecar process: the asyncio layer around `Router`, `LiveAcl` and the peer links.
 
-Per client frame: parse (pure), decide (router, pure), one Redis round trip for team
-messages, then writes. Acks are sent once every owner a message went to has answered,
+Per client frame (delivered by a `ClientSession`, synchronously): parse (pure), decide
+(router, pure), one Redis round trip for team messages (the only await), then writes
+through the outbox. Acks are sent once every owner a message went to has answered,
 so `delivered` in the ack is a real count, and anything not delivered is counted in
 `wsop_deliveries_failed` and reported in the ack's `undelivered`.
 """
@@ -12,12 +13,12 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -27,9 +28,11 @@ from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.discovery import MembershipSource
 from wsop.errors import NotFound
+from wsop.httpadmin import text_response
 from wsop.ring import build
 from wsop.sidecar import admin
 from wsop.sidecar.acks import AckBook, PendingAck
+from wsop.sidecar.client import ClientSession, SidecarServerConnection
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import (
@@ -57,6 +60,7 @@ RETRY_WINDOW_S = 1.5
 RETRY_INTERVAL_S = 0.1
 RETRY = "~retry"  # pseudo-peer a PendingAck waits on while retries run
 PRESENCE_RETRIES = 5
+PING_INTERVAL_S = 30.0
 
 
 @dataclass
@@ -84,7 +88,8 @@ class Sidecar:
         self.acks = AckBook()
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._identities: dict[ServerConnection, tuple[Identity, int]] = {}
+        self._sessions: set[ClientSession] = set()
+        self._apps: dict[ClientSession, ClientConnection] = {}
         self._peer_conns: set[ServerConnection] = set()
         self.outbox = Outbox()
         self._membership_changed_at = time.monotonic()
@@ -111,9 +116,11 @@ class Sidecar:
             compression=None,
             ping_interval=30,
             close_timeout=2,
+            create_connection=SidecarServerConnection,
         )
         self._tasks.append(asyncio.create_task(self._watch_members()))
         self._tasks.append(asyncio.create_task(self._expire_acks()))
+        self._tasks.append(asyncio.create_task(self._keepalive()))
         return self._server.sockets[0].getsockname()[1]
 
     async def _watch_members(self) -> None:
@@ -133,15 +140,15 @@ class Sidecar:
         if self._server is None:
             return
         self._server.close(close_connections=False)
-        clients = list(self._identities)
+        clients = list(self._sessions)
         pause = self.config.close_window_s / max(1, len(clients))
-        for conn in clients:
-            await conn.close(1012, "service restart")
+        for session in clients:
+            session.close(1012, "service restart")
             if pause:
                 await asyncio.sleep(pause * random.uniform(0.5, 1.5))
-        # handlers clear presence as their connections close; give them a moment
+        # presence is cleared as the connections close; give them a moment
         for _ in range(100):
-            if not self._identities:
+            if not self._sessions:
                 break
             await asyncio.sleep(0.02)
         for task in self._tasks:
@@ -161,8 +168,25 @@ class Sidecar:
 
     # -- HTTP and handshake (wsop/sidecar/admin.py) ---------------------------------------
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        return admin.process_request(self, conn, request)
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Admin endpoints and authentication, then — for a client — the user's bit index.
+
+        The user is checked here, before the 101, so that a sidecar that cannot take a
+        client refuses the *handshake*: an LB moving a live client sees the refusal and
+        keeps it where it was, instead of switching to a connection that closes at once.
+        """
+        response = admin.process_request(self, conn, request)
+        ident: Identity | None = getattr(conn, "wsop_identity", None)
+        if response is not None or ident is None:
+            return response
+        try:
+            index = await self.acl.bit_index(ident.tenant, ident.user)
+        except redis.RedisError as exc:
+            return text_response(conn, 503, f"presence store unavailable: {exc}"[:200])
+        if index is None:
+            return text_response(conn, 403, "user id not valid for this tenant")
+        conn.wsop_index = index  # type: ignore[attr-defined]
+        return None
 
     def connections_report(self) -> dict[str, Any]:
         return admin.connections_report(self)
@@ -172,47 +196,70 @@ class Sidecar:
         if peer is not None:
             await self._peer_handler(conn, peer)
         else:
-            await self._client_handler(conn, conn.wsop_identity)  # type: ignore[attr-defined]
+            await self._client_handler(conn, conn.wsop_identity)  # type: ignore[arg-type,attr-defined]
 
     # -- clients -----------------------------------------------------------------------
 
-    async def _client_handler(self, conn: ServerConnection, ident: Identity) -> None:
-        try:
-            index = await self.acl.bit_index(ident.tenant, ident.user)
-        except redis.RedisError as exc:
-            await conn.close(1011, f"presence store unavailable: {exc}"[:120])
-            return
-        if index is None:
-            await conn.close(1008, "user id not valid for this tenant")
-            return
-        moved_from = getattr(conn, "wsop_moved_from", None)
-        first, change = self.router.connect(ident.tenant, ident.user, conn, moved_from)
-        self._identities[conn] = (ident, index)
+    async def _client_handler(self, conn: SidecarServerConnection, ident: Identity) -> None:
+        """Register the client, then hand its socket to a `ClientSession` and return: from
+        here on the connection costs callbacks only, no task."""
+        index: int = conn.wsop_index  # type: ignore[attr-defined]
+        app = await self._open_app(ident, index) if self.config.upstream else None
+        session = ClientSession(conn.protocol, ident, index, self)
+        # Registered first, so deliveries queue in the session while presence is set;
+        # the client's own frames wait in the stash until then (a team message must
+        # see its sender online).
+        first, change = self.router.connect(
+            ident.tenant, ident.user, session, getattr(conn, "wsop_moved_from", None)
+        )
+        self._sessions.add(session)
+        if app is not None:
+            self._apps[session] = app
         self.metrics.connections.inc()
         if change:
             self.peers.send(
                 change.owner, Holding(change.tenant, change.user, True, change.replaces)
             )
-        app = await self._open_app(ident, index) if self.config.upstream else None
-        try:
-            if first:
+        if first:
+            try:
                 await self.acl.presence(self.config.name, ident.tenant, index, +1)
-            async for raw in conn:
-                if app is not None:
-                    await self._mirror(app, raw)
-                await self._on_client_frame(conn, ident, index, raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            if app is not None:
-                await app.close(1000, "client left")
-            del self._identities[conn]
-            self.metrics.connections.dec()
-            last, change = self.router.disconnect(ident.tenant, ident.user, conn)
-            if change:
-                self.peers.send(change.owner, Holding(change.tenant, change.user, False))
-            if last:
-                await self._clear_presence(ident, index)
+            except redis.RedisError as exc:
+                self.client_gone(session)
+                await conn.close(1011, f"presence store unavailable: {exc}"[:120])
+                return
+        conn.attach(session)
+        session.send_data()  # deliveries that arrived meanwhile
+        conn.replay()  # then the client's frames, in order (may end the session)
+
+    def client_gone(self, session: ClientSession) -> None:
+        self._sessions.discard(session)
+        self.metrics.connections.dec()
+        app = self._apps.pop(session, None)
+        if app is not None:
+            self._spawn(app.close(1000, "client left"))
+        ident = session.ident
+        last, change = self.router.disconnect(ident.tenant, ident.user, session)
+        if change:
+            self.peers.send(change.owner, Holding(change.tenant, change.user, False))
+        if last:
+            self._spawn(self._clear_presence(ident, session.index))
+
+    def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
+        app = self._apps.get(session) if self._apps else None
+        if app is not None:
+            return self._mirror_then_route(app, session, data)
+        return self._route_frame(session, session.ident, session.index, data)
+
+    async def _keepalive(self) -> None:
+        """Ping every client each interval; one that sent nothing since the last ping is
+        dead (a half-open TCP connection would otherwise hold presence forever)."""
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            for session in list(self._sessions):
+                if session.pong_due:
+                    session.abort()
+                else:
+                    session.ping()
 
     # -- upstream app (the sidecar pattern) ---------------------------------------------
 
@@ -224,14 +271,21 @@ class Sidecar:
             return None
 
         async def routed(conn: ClientConnection, raw: str | bytes) -> None:
-            await self._on_client_frame(conn, ident, index, raw)
+            pending = self._route_frame(conn, ident, index, raw)
+            if pending is not None:
+                await pending
 
         self._spawn(pump_from_app(app, routed))
         return app
 
-    async def _mirror(self, app: ClientConnection, raw: str | bytes) -> None:
-        if not await mirror(app, raw):
+    async def _mirror_then_route(
+        self, app: ClientConnection, session: ClientSession, data: bytes
+    ) -> None:
+        if not await mirror(app, data):
             self.metrics.failed.labels("app_unavailable").inc()
+        pending = self._route_frame(session, session.ident, session.index, data)
+        if pending is not None:
+            await pending
 
     async def _clear_presence(self, ident: Identity, index: int) -> None:
         """Clear the user's presence here, retrying: a missed clear would keep the user
@@ -245,45 +299,53 @@ class Sidecar:
                 await asyncio.sleep(0.2 * (attempt + 1))
         self.metrics.failed.labels("presence_clear").inc()
 
-    async def _on_client_frame(
-        self, conn: Connection, ident: Identity, index: int, raw: str | bytes
-    ) -> None:
+    def _route_frame(
+        self, conn: Any, ident: Identity, index: int, raw: str | bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        """Handle one frame from a client (a session, or the app in upstream mode) at
+        once; a team message returns the coroutine that resolves it in Redis."""
         started = time.perf_counter()
         try:
             msg = protocol.parse_client_frame(raw, self.config.max_frame_bytes)
         except protocol.ProtocolError as exc:
             self.metrics.errors.labels(exc.code).inc()
-            await conn.send(exc.to_frame())
+            self.outbox.send((conn,), exc.to_frame())
+            return None
+        if isinstance(msg, protocol.TeamMessage):
+            return self._team_message(conn, ident, index, msg, started)
+        self.metrics.in_direct.inc()
+        frame = protocol.encode_message(ident.user, msg.data, msg.id, int(time.time() * 1000))
+        plan = self.router.plan(ident.tenant, [msg.to])
+        pending = PendingAck(conn, msg.id, started, done=self._client_done)
+        self._execute(ident.tenant, plan, frame, pending, TO_OWNER)
+        return None
+
+    async def _team_message(
+        self, conn: Any, ident: Identity, index: int, msg: protocol.TeamMessage, started: float
+    ) -> None:
+        self.metrics.in_team.inc()
+        try:
+            users, forbidden = await self.acl.team_recipients(ident.tenant, msg.teams, index)
+        except NotFound as exc:
+            self._error(conn, msg.id, protocol.NOT_FOUND, str(exc))
+            return
+        except redis.RedisError as exc:
+            self._error(conn, msg.id, protocol.UNAVAILABLE, f"ACL store: {exc}")
+            return
+        if users is None:
+            self._error(
+                conn, msg.id, protocol.FORBIDDEN, f"you are not a member of team {forbidden!r}"
+            )
             return
         ts = int(time.time() * 1000)
-        if isinstance(msg, protocol.DirectMessage):
-            self.metrics.in_direct.inc()
-            frame = protocol.encode_message(ident.user, msg.data, msg.id, ts)
-            users: list[Any] = [msg.to]
-        else:
-            self.metrics.in_team.inc()
-            try:
-                found, forbidden = await self.acl.team_recipients(ident.tenant, msg.teams, index)
-            except NotFound as exc:
-                await self._error(conn, msg.id, protocol.NOT_FOUND, str(exc))
-                return
-            except redis.RedisError as exc:
-                await self._error(conn, msg.id, protocol.UNAVAILABLE, f"ACL store: {exc}")
-                return
-            if found is None:
-                await self._error(
-                    conn, msg.id, protocol.FORBIDDEN, f"you are not a member of team {forbidden!r}"
-                )
-                return
-            users = found
-            frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
+        frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
         plan = self.router.plan(ident.tenant, users)
         pending = PendingAck(conn, msg.id, started, done=self._client_done)
         self._execute(ident.tenant, plan, frame, pending, TO_OWNER)
 
-    async def _error(self, conn: Connection, msg_id: str | None, code: str, text: str) -> None:
+    def _error(self, conn: Any, msg_id: str | None, code: str, text: str) -> None:
         self.metrics.errors.labels(code).inc()
-        await conn.send(protocol.encode_error(msg_id, code, text))
+        self.outbox.send((conn,), protocol.encode_error(msg_id, code, text))
 
     # -- delivery ----------------------------------------------------------------------
 

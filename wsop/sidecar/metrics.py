@@ -1,8 +1,33 @@
-"""Prometheus metrics of one sidecar process (its own registry, so tests can run several)."""
+"""Prometheus metrics of one sidecar process (its own registry, so tests can run several).
+
+The counters bumped once or more per message are plain ints (`LazyCounter`), added to
+their prometheus counters when `/metrics` is scraped: a prometheus `inc` takes a lock
+and costs ~0.25 µs, a few per message on a path that has ~15 µs in all.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class LazyCounter:
+    """An int for the hot path; `sync` hands what accumulated to the prometheus child."""
+
+    __slots__ = ("value", "_synced", "_child")
+
+    def __init__(self, child: Counter) -> None:
+        self.value = 0
+        self._synced = 0
+        self._child = child
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def sync(self) -> None:
+        value = self.value
+        if value != self._synced:
+            self._child.inc(value - self._synced)
+            self._synced = value
 
 
 class SidecarMetrics:
@@ -15,12 +40,12 @@ class SidecarMetrics:
         self.messages_in = Counter(
             "wsop_messages_in", "Client frames received", ["type"], registry=self.registry
         )
-        self.messages_out = Counter(
+        messages_out = Counter(
             "wsop_messages_out",
             "Frames written to local client connections",
             registry=self.registry,
         )
-        self.forwarded = Counter(
+        forwarded = Counter(
             "wsop_messages_forwarded",
             "Deliveries forwarded to peer sidecars",
             registry=self.registry,
@@ -40,13 +65,17 @@ class SidecarMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
-        # Children resolved once: `.labels()` is a dict lookup under a lock, per call.
-        self.in_direct = self.messages_in.labels("direct")
-        self.in_team = self.messages_in.labels("team")
+        self.in_direct = LazyCounter(self.messages_in.labels("direct"))
+        self.in_team = LazyCounter(self.messages_in.labels("team"))
+        self.messages_out = LazyCounter(messages_out)
+        self.forwarded = LazyCounter(forwarded)
+        self._lazy = (self.in_direct, self.in_team, self.messages_out, self.forwarded)
         self.info = Gauge(
             "wsop_sidecar_info", "Sidecar identity", ["sidecar"], registry=self.registry
         )
         self.info.labels(**labels).set(1)
 
     def render(self) -> bytes:
+        for counter in self._lazy:
+            counter.sync()
         return generate_latest(self.registry)

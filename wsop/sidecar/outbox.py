@@ -41,6 +41,13 @@ class Outbox:
             asyncio.get_running_loop().call_soon(self._flush)
         return taken
 
+    def mark(self, conn: Any) -> None:
+        """Flush `conn` at the end of this pass (its protocol queued frames of its own)."""
+        self._dirty.add(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, set()

@@ -1,8 +1,10 @@
 """Persistent, batching links to the other sidecars.
 
 One outgoing WebSocket per peer, kept open and re-dialled with backoff. Items queue
-while the writer is busy and leave as one batch frame, so a busy sidecar sends a few
-large frames instead of one per message. Items that cannot be sent (the peer is gone)
+during a pass of the event loop and leave as one batch frame at its end, written
+synchronously while the link is up and its buffer is short (no task switch per batch);
+dialling, backoff and a full buffer are the link task's job. So a busy sidecar sends a
+few large frames instead of one per message. Items that cannot be sent (the peer is gone)
 are handed to `on_lost` so they are counted as failed deliveries, never dropped silently.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
+from websockets.protocol import State
 
 from wsop.sidecar.peer_codec import PeerItem, encode_batch, encode_item
 
@@ -24,6 +27,8 @@ MAX_BATCH_ITEMS = 512
 MAX_QUEUE = 100_000
 DIAL_TIMEOUT_S = 2.0
 GIVE_UP_AFTER_S = 3.0
+WRITE_HIGH = 256 * 1024
+"""Above this many unsent bytes, batches wait for the link task (which awaits a drain)."""
 
 
 class PeerLink:
@@ -42,6 +47,8 @@ class PeerLink:
         self._on_lost = on_lost
         self._queue: list[tuple[PeerItem, str]] = []
         self._wake = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._scheduled = False
         self._task = asyncio.create_task(self._run(), name=f"peer-{peer}")
         self._closing = False
 
@@ -50,7 +57,28 @@ class PeerLink:
             self._on_lost(self.peer, [item])
             return
         self._queue.append((item, encode_item(item)))
-        self._wake.set()
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """End of the pass: write the queue now if the link can take it, else wake the task."""
+        self._scheduled = False
+        ws = self._ws
+        if not self._queue:
+            return
+        if (
+            ws is None
+            or ws.protocol.state is not State.OPEN
+            or ws.transport.is_closing()
+            or ws.transport.get_write_buffer_size() > WRITE_HIGH
+        ):
+            self._wake.set()
+            return
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH_ITEMS], self._queue[MAX_BATCH_ITEMS:]
+            ws.protocol.send_text(encode_batch([text for _, text in batch]).encode())
+        ws.send_data()
 
     async def _dial(self) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
@@ -76,6 +104,7 @@ class PeerLink:
             try:
                 if ws is None:
                     ws = await self._dial()
+                    self._ws = ws
                     failing_since = None
                 batch, self._queue = self._queue[:MAX_BATCH_ITEMS], self._queue[MAX_BATCH_ITEMS:]
                 try:
@@ -86,7 +115,7 @@ class PeerLink:
             except asyncio.CancelledError:
                 raise
             except (OSError, TimeoutError, WebSocketException) as exc:
-                ws = None
+                ws = self._ws = None
                 now = loop.time()
                 failing_since = failing_since or now
                 if now - failing_since >= GIVE_UP_AFTER_S:

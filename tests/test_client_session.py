@@ -1,0 +1,212 @@
+"""`ClientSession`: websockets' sans-I/O protocol under an asyncio.Protocol, driven with
+real masked frames and a recording transport (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from websockets.frames import BINARY, CLOSE, CONT, PING, PONG, TEXT, Close, Frame
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from wsop.auth import Identity
+from wsop.sidecar.client import ClientSession
+from wsop.sidecar.outbox import Outbox
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = self.aborted = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+class Owner:
+    """Handles b"slow…" frames in a task (like team messages), the rest at once."""
+
+    def __init__(self) -> None:
+        self.outbox = Outbox()
+        self.handled: list[bytes] = []
+        self.gone = 0
+        self.release = asyncio.Event()
+
+    def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
+        if data.startswith(b"slow"):
+            return self._slow(session, data)
+        self.handled.append(data)
+        self.outbox.send((session,), f"ack {data.decode()}")
+        return None
+
+    async def _slow(self, session: ClientSession, data: bytes) -> None:
+        await self.release.wait()
+        self.handled.append(data)
+
+    def client_gone(self, session: ClientSession) -> None:
+        self.gone += 1
+
+
+def client_bytes(*frames: Frame) -> bytes:
+    return b"".join(f.serialize(mask=True) for f in frames)
+
+
+def server_frames(data: bytes) -> list[Frame]:
+    """Parse what the session wrote, as a client would."""
+    from websockets.client import ClientProtocol
+
+    client = ClientProtocol("ws://x/ws", state=State.OPEN)  # type: ignore[arg-type]
+    client.receive_data(bytes(data))
+    return client.events_received()
+
+
+def make(max_size: int = 1 << 16) -> tuple[ClientSession, Transport, Owner]:
+    owner = Owner()
+    protocol = ServerProtocol(state=State.OPEN, max_size=max_size)
+    session = ClientSession(protocol, Identity("t", 1), 1, owner)
+    transport = Transport()
+    session.connection_made(transport)  # type: ignore[arg-type]
+    return session, transport, owner
+
+
+def test_messages_are_handled_and_replies_leave_in_one_write_per_pass() -> None:
+    async def scenario() -> tuple[Transport, Owner]:
+        session, transport, owner = make()
+        session.data_received(client_bytes(Frame(TEXT, b"a"), Frame(BINARY, b"b")))
+        assert transport.written == b""  # written at the end of the pass, not per frame
+        await asyncio.sleep(0)
+        return transport, owner
+
+    transport, owner = asyncio.run(scenario())
+    assert owner.handled == [b"a", b"b"]
+    assert [f.data for f in server_frames(transport.written)] == [b"ack a", b"ack b"]
+
+
+def test_fragments_are_assembled_and_pings_answered() -> None:
+    async def scenario() -> tuple[Transport, Owner]:
+        session, transport, owner = make()
+        session.data_received(
+            client_bytes(
+                Frame(TEXT, b"he", fin=False),
+                Frame(PING, b"p"),  # control frames may sit between fragments
+                Frame(CONT, b"ll", fin=False),
+                Frame(CONT, b"o"),
+            )
+        )
+        await asyncio.sleep(0)
+        return transport, owner
+
+    transport, owner = asyncio.run(scenario())
+    assert owner.handled == [b"hello"]
+    frames = server_frames(transport.written)
+    assert [(f.opcode, f.data) for f in frames] == [(PONG, b"p"), (TEXT, b"ack hello")]
+
+
+def test_frames_behind_a_slow_one_wait_and_keep_their_order() -> None:
+    async def scenario() -> Owner:
+        session, _, owner = make()
+        session.data_received(client_bytes(Frame(TEXT, b"1"), Frame(TEXT, b"slow2")))
+        session.data_received(client_bytes(Frame(TEXT, b"3"), Frame(TEXT, b"4")))
+        await asyncio.sleep(0.01)
+        assert owner.handled == [b"1"]  # 3 and 4 wait behind the unfinished slow2
+        owner.release.set()
+        await asyncio.sleep(0.01)
+        return owner
+
+    assert asyncio.run(scenario()).handled == [b"1", b"slow2", b"3", b"4"]
+
+
+def test_a_long_backlog_pauses_reading_until_it_drains() -> None:
+    async def scenario() -> tuple[Transport, list[bool]]:
+        session, transport, owner = make()
+        seen = []
+        session.data_received(client_bytes(Frame(TEXT, b"slow")))
+        session.data_received(client_bytes(*(Frame(TEXT, b"x") for _ in range(100))))
+        seen.append(transport.paused)
+        owner.release.set()
+        await asyncio.sleep(0.01)
+        seen.append(transport.paused)
+        return transport, seen
+
+    _, seen = asyncio.run(scenario())
+    assert seen == [True, False]
+
+
+def test_close_frame_is_answered_and_the_server_closes_tcp() -> None:
+    async def scenario() -> tuple[Transport, Owner, ClientSession]:
+        session, transport, owner = make()
+        session.data_received(client_bytes(Frame(CLOSE, Close(1000, "bye").serialize())))
+        await asyncio.sleep(0)
+        session.connection_lost(None)
+        session.connection_lost(None)  # asyncio may report twice: cleaned up once
+        return transport, owner, session
+
+    transport, owner, session = asyncio.run(scenario())
+    frames = server_frames(transport.written)
+    assert [f.opcode for f in frames] == [CLOSE]
+    assert Close.parse(frames[0].data).code == 1000
+    assert transport.closed and owner.gone == 1
+    assert session.protocol.state is State.CLOSED
+
+
+def test_oversize_frame_fails_the_connection_with_1009() -> None:
+    async def scenario() -> tuple[Transport, Owner]:
+        session, transport, owner = make(max_size=10)
+        session.data_received(client_bytes(Frame(TEXT, b"x" * 11)))
+        await asyncio.sleep(0)
+        return transport, owner
+
+    transport, owner = asyncio.run(scenario())
+    assert owner.handled == []
+    frames = server_frames(transport.written)
+    assert Close.parse(frames[0].data).code == 1009
+    assert transport.closed
+
+
+def test_a_failing_handler_answers_internal_error_and_keeps_the_connection() -> None:
+    async def scenario() -> tuple[Transport, Owner]:
+        session, transport, owner = make()
+
+        def boom(session: ClientSession, data: bytes) -> None:
+            raise RuntimeError("bug")
+
+        owner.client_frame = boom  # type: ignore[method-assign]
+        session.data_received(client_bytes(Frame(TEXT, b"a")))
+        await asyncio.sleep(0)
+        return transport, owner
+
+    transport, _ = asyncio.run(scenario())
+    frames = server_frames(transport.written)
+    assert b'"code":"internal"' in frames[0].data
+    assert not transport.closed
+
+
+def test_keepalive_ping_then_silence_is_detected() -> None:
+    async def scenario() -> tuple[Transport, bool, bool]:
+        session, transport, _ = make()
+        session.ping()
+        due = session.pong_due
+        session.data_received(client_bytes(Frame(PONG, b"")))
+        return transport, due, session.pong_due
+
+    transport, due, after = asyncio.run(scenario())
+    assert [f.opcode for f in server_frames(transport.written)] == [PING]
+    assert due and not after

@@ -1,0 +1,231 @@
+"""A client's connection after its handshake: websockets' sans-I/O protocol under a plain
+`asyncio.Protocol`.
+
+websockets' asyncio layer costs a task, a message assembler and several awaits per
+frame; measured on this machine it was most of the sidecar's CPU per message and ~9 KB
+per idle connection. After the upgrade (still done by websockets' `serve`), the socket is
+handed to a `ClientSession`: frames are parsed by the very `ServerProtocol` that did the
+handshake, in `data_received`, and handled synchronously when they can be (direct
+messages, errors) — no task, no queue. A frame that needs Redis (a team message) runs
+as a task, and the frames behind it wait in a per-connection backlog, so one client's
+messages are still handled in the order they were sent.
+
+Writes go through `wsop.sidecar.outbox.Outbox` (`protocol.send_text` + `send_data`), like
+they did for websockets' connections, so the outbox takes either kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, Final, Protocol, cast
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import BINARY, CONT, TEXT
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from wsop import protocol as wire
+from wsop.auth import Identity
+from wsop.detach import Detachable
+from wsop.httpadmin import path_of
+from wsop.sidecar.outbox import Outbox
+
+log = logging.getLogger("wsop.sidecar")
+
+BACKLOG_PAUSE: Final = 64
+"""Frames waiting behind a team message before reading from the client pauses."""
+CLOSE_TIMEOUT_S: Final = 2.0
+
+
+class SessionOwner(Protocol):
+    """What a session needs from the sidecar."""
+
+    outbox: Outbox
+
+    def client_frame(
+        self, session: ClientSession, data: bytes
+    ) -> Coroutine[Any, Any, None] | None: ...
+
+    def client_gone(self, session: ClientSession) -> None: ...
+
+
+class ClientSession(asyncio.Protocol):
+    """One client connection in its data phase (see the module docstring)."""
+
+    __slots__ = (
+        "protocol",
+        "ident",
+        "index",
+        "transport",
+        "_owner",
+        "_fragments",
+        "_backlog",
+        "_close_timer",
+        "_paused",
+        "pong_due",
+        "open",
+    )
+
+    def __init__(
+        self, protocol: ServerProtocol, ident: Identity, index: int, owner: SessionOwner
+    ) -> None:
+        self.protocol = protocol
+        self.ident = ident
+        self.index = index
+        self.transport: asyncio.Transport | None = None
+        self._owner = owner
+        self._fragments: list[bytes] | None = None
+        self._backlog: deque[bytes] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self.pong_due = False
+        """A keepalive ping went out and nothing came back yet."""
+        self.open = True
+        """The socket is still ours (until `connection_lost`)."""
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        self.pong_due = False  # any byte from the client proves it is alive
+        for frame in protocol.events_received():
+            opcode = frame.opcode
+            if opcode is TEXT or opcode is BINARY:
+                if frame.fin:
+                    self._message(frame.data)
+                else:
+                    self._fragments = [frame.data]
+            elif opcode is CONT and self._fragments is not None:
+                self._fragments.append(frame.data)
+                if frame.fin:
+                    whole, self._fragments = b"".join(self._fragments), None
+                    self._message(whole)
+            # (pings are answered by the protocol; any pong already cleared pong_due)
+        if protocol.writes:  # pongs, close replies, and replies to the frames just handled
+            self._owner.outbox.mark(self)  # one write at the end of the pass
+        if protocol.close_expected():
+            self._arm_close()
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self.send_data()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.open:
+            return
+        self.open = False
+        self.protocol.receive_eof()  # state → CLOSED: the outbox stops writing here
+        self.protocol.data_to_send()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._owner.client_gone(self)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def send_data(self) -> None:
+        """Write what the protocol has queued (the outbox calls this once a pass)."""
+        transport = self.transport
+        if transport is None or not self.open:
+            return  # not attached yet (frames wait in the protocol), or gone
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            else:  # the protocol's EOF marker: the server closes TCP first
+                transport.close()
+
+    def send_now(self, text: str) -> None:
+        """Send one text frame at once (outside the outbox: e.g. before a close)."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_text(text.encode())
+            self.send_data()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; abort if the client does not finish it in time."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self.send_data()
+        self._arm_close()
+
+    def abort(self) -> None:
+        if self.open and self.transport is not None:
+            self.transport.abort()
+
+    def _arm_close(self) -> None:
+        if self._close_timer is None and self.open:
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.abort)
+
+    def ping(self) -> None:
+        """Keepalive: a ping now; `pong_due` stays set until the client sends anything."""
+        if self.protocol.state is State.OPEN:
+            self.pong_due = True
+            self.protocol.send_ping(b"")
+            self.send_data()
+
+    # -- messages ----------------------------------------------------------------------
+
+    def _message(self, data: bytes) -> None:
+        if self._backlog is not None:
+            self._backlog.append(data)
+            if len(self._backlog) >= BACKLOG_PAUSE and not self._paused:
+                self._set_paused(True)
+            return
+        pending = self._handle(data)
+        if pending is not None:
+            self._backlog = deque()
+            asyncio.get_running_loop().create_task(self._drain(pending))
+
+    def _handle(self, data: bytes) -> Coroutine[Any, Any, None] | None:
+        try:
+            return self._owner.client_frame(self, data)
+        except Exception:
+            log.exception("handling a frame of %s/%s", self.ident.tenant, self.ident.user)
+            self.send_now(wire.encode_error(None, wire.INTERNAL, "internal error"))
+            return None
+
+    async def _drain(self, pending: Coroutine[Any, Any, None]) -> None:
+        """Run the frame that needed to wait, then the ones that queued behind it."""
+        backlog = self._backlog
+        assert backlog is not None
+        try:
+            while pending is not None:
+                try:
+                    await pending
+                except Exception:
+                    log.exception("handling a frame of %s/%s", self.ident.tenant, self.ident.user)
+                    self.send_now(wire.encode_error(None, wire.INTERNAL, "internal error"))
+                pending = None
+                while backlog and pending is None:
+                    pending = self._handle(backlog.popleft())
+                    if self._paused and len(backlog) < BACKLOG_PAUSE // 2:
+                        self._set_paused(False)
+        finally:
+            self._backlog = None
+            if self._paused:
+                self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        """Backpressure: stop reading from a client whose backlog is long."""
+        self._paused = paused
+        transport = self.transport
+        if transport is None or not self.open or transport.is_closing():
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+
+class SidecarServerConnection(Detachable, ServerConnection):
+    """The handshake of any sidecar request; `/ws` clients are detached into sessions
+    afterwards, peer links and admin requests stay with websockets."""
+
+    def _relayable(self) -> bool:
+        return self.request is not None and path_of(self.request) == "/ws"
