@@ -141,6 +141,16 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_kernel_seconds(pid: int) -> float:
+    """stime alone: the share of a process's CPU spent in the kernel (syscalls, and on
+    loopback TCP the receiving side's network stack, run in the sender's context)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    return int(stat.rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_rss_bytes(pid: int) -> int:
     """VmRSS of one process from /proc/<pid>/status, in bytes (0 once it is gone)."""
     try:

@@ -49,6 +49,7 @@ from _common import (
     percentile_ms,
     private_redis,
     proc_cpu_seconds,
+    proc_kernel_seconds,
     proc_rss_bytes,
 )
 from rich.console import Console
@@ -442,6 +443,7 @@ class Driver:
         await asyncio.sleep(warmup_s)
         c.ack_ns, c.delivery_ns = [], []
         cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+        kernel0 = {name: proc_kernel_seconds(pid) for name, pid in pids.items()}
         busy0 = machine_busy_seconds()
         sys0 = {name: proc_syscalls(pid) for name, pid in pids.items()}
         before, t0 = c.snapshot(), time.perf_counter()
@@ -451,6 +453,7 @@ class Driver:
         c.recording = False
         after, wall = c.snapshot(), time.perf_counter() - t0
         cpu = {name: proc_cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+        kernel = {name: proc_kernel_seconds(pid) - kernel0[name] for name, pid in pids.items()}
         syscalls = {name: proc_syscalls(pid) - sys0[name] for name, pid in pids.items()}
         cpu["machine"] = machine_busy_seconds() - busy0
         cpu["others"] = max(0.0, cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine"))
@@ -466,6 +469,7 @@ class Driver:
             "deliveries": after[2] - before[2],
             "errors": after[3] - before[3],
             "cpu_s": cpu,
+            "kernel_s": kernel,
             "syscalls": syscalls,
             "ack_p50_ms": percentile_ms(c.ack_ns, 50),
             "ack_p99_ms": percentile_ms(c.ack_ns, 99),
@@ -540,6 +544,10 @@ def _row(
         "lb_us_per_msg": lb_cpu / msgs * 1e6 if lb_cpu is not None and msgs else None,
         "lb_share_of_sidecars": lb_cpu / server_cpu if lb_cpu is not None and server_cpu else None,
         "redis_us_per_msg": cpu["redis"] / msgs * 1e6 if "redis" in cpu and msgs else None,
+        "server_kernel_share": (
+            sum(loaded["kernel_s"][n] for n in server_names) / server_cpu if server_cpu else None
+        ),
+        "lb_kernel_share": loaded["kernel_s"]["lb"] / lb_cpu if lb_cpu else None,
         "server_syscalls_per_msg": (
             sum(loaded["syscalls"][n] for n in server_names) / msgs if msgs else None
         ),
@@ -717,6 +725,10 @@ def _num(v: float | None, fmt: str = ",.0f") -> str:
     return "—" if v is None else format(v, fmt)
 
 
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.0%}"
+
+
 def print_report(console: Console, doc: dict[str, Any]) -> None:
     console.print(f"[bold]wsop stack benchmark[/] ({doc['profile']})")
     console.print(f"reproduce: [cyan]{doc['command']}[/]")
@@ -739,7 +751,7 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
     c = Table(title="CPU per message (server = echo process for (a), both sidecars for (b)/(c))")
     for col in ("row", "server µs/msg", "msgs/server CPU-s", "deliv/server CPU-s",
                 "LB µs/msg", "LB % of sidecars", "Redis µs/msg", "syscalls/msg server, LB",
-                "cores used"):  # fmt: skip
+                "kernel % server, LB", "cores used"):  # fmt: skip
         c.add_column(col, justify="left" if col in ("row", "cores used") else "right")
     for r in doc["rows"]:
         share = r["lb_share_of_sidecars"]
@@ -748,6 +760,7 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
             _num(r["deliveries_per_server_cpu_s"]), _num(r["lb_us_per_msg"], ".1f"),
             "—" if share is None else f"{share:.0%}", _num(r["redis_us_per_msg"], ".1f"),
             f"{_num(r['server_syscalls_per_msg'], '.1f')}, {_num(r['lb_syscalls_per_msg'], '.1f')}",
+            f"{_pct(r['server_kernel_share'])}, {_pct(r['lb_kernel_share'])}",
             " ".join(f"{k} {v:.2f}" for k, v in r["cores_used"].items()),
         )  # fmt: skip
     console.print(c)

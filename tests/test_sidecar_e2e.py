@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.stack_helpers import Sidecars, client, drain, recv_json
 from wsop.acl import bitmap, seed
@@ -161,6 +162,34 @@ def test_presence_follows_first_and_last_connection(sidecars: Sidecars, r: redis
     tab2.close()
     time.sleep(0.3)
     assert r.getbit("online-users:{A}", 5) == 0
+
+
+def test_sigterm_closes_clients_with_1012_spread_and_clears_presence(
+    sidecars: Sidecars, r: redis.Redis
+) -> None:
+    seed_tenant(r, "A", {"eng": {1, 2, 3}})
+    s0 = sidecars.procs["s0"]
+    clients = [client(s0.url, "A", u) for u in (1, 2, 3)]
+    time.sleep(0.3)
+    assert [r.getbit("online-users:{A}", u) for u in (1, 2, 3)] == [1, 1, 1]
+    closed_at: list[float] = []
+
+    def wait_closed(ws) -> None:
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        closed_at.append(time.monotonic())
+
+    watchers = [threading.Thread(target=wait_closed, args=(ws,)) for ws in clients]
+    for t in watchers:
+        t.start()
+    s0.proc.terminate()
+    for t in watchers:
+        t.join(15)
+    assert len(closed_at) == 3 and [ws.close_code for ws in clients] == [1012] * 3
+    assert s0.proc.wait(timeout=15) == 0
+    assert [r.getbit("online-users:{A}", u) for u in (1, 2, 3)] == [0, 0, 0]
+    # spread over the close window (2 s by default), not all at once
+    assert max(closed_at) - min(closed_at) > 0.3
 
 
 def test_crashed_sidecar_presence_is_released_when_it_restarts(

@@ -303,3 +303,14 @@ def test_real_sidecar_move_switches_lb_upstream(redis_url: str) -> None:
 
     asyncio.run(move())
     assert wsop("down").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "command", [("sidecar", "--name", "s0"), ("lb", "--peers", "s0=ws://127.0.0.1:9")]
+)
+def test_servers_without_a_secret_say_how_to_run(command: tuple[str, ...]) -> None:
+    result = wsop(*command, env={"WSOP_SECRET": ""})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "WSOP_SECRET" in lines[0] and "--insecure" in lines[0]
+    assert "--secret" not in lines[0]  # servers have no such flag

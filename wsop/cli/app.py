@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from wsop.cli.output import JSON_OPTION_HELP, err_console
-from wsop.errors import BackendError, BackendUnavailable, WsopError
+from wsop.errors import BackendError, BackendUnavailable, UsageError, WsopError
 
 
 def _click_exceptions() -> tuple[type[BaseException], ...]:
@@ -43,6 +43,14 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _stdout_gone() -> typer.Exit:
+    """The reader of our stdout went away (`wsop … | head`): stop quietly. stdout is
+    pointed at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return typer.Exit(1)
+
+
 class WsopGroup(TyperGroup):
     """A Typer group that turns library errors into exit codes (once, at the root)."""
 
@@ -59,6 +67,8 @@ class WsopGroup(TyperGroup):
             raise fail(str(BackendError(f"Redis error: {exc}")), 1) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except BrokenPipeError:
+            raise _stdout_gone() from None
         except Exception as exc:
             if os.environ.get("WSOP_DEBUG"):
                 raise
@@ -79,6 +89,9 @@ class _RootGroup(WsopGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except BrokenPipeError:
+            _stdout_gone()
+            sys.exit(1)
         except PASSTHROUGH as exc:
             if not standalone_mode:
                 raise
@@ -194,7 +207,7 @@ def membership_source(
 def server_secret(insecure: bool, process: str) -> str | None:
     """The JWT secret a server checks tokens with; `--insecure` makes it optional and
     says so loudly, because then anyone can connect as any tenant and user."""
-    from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
+    from wsop.auth import SECRET_ENV, secret_warning
     from wsop.cli.output import err_console
 
     if insecure:
@@ -205,7 +218,11 @@ def server_secret(insecure: bool, process: str) -> str | None:
             highlight=False,
         )
     else:
-        secret = secret_from_env()
+        secret = os.environ.get(SECRET_ENV) or None
+        if not secret:  # (servers have no --secret flag: a secret on a command line leaks)
+            raise UsageError(
+                f"no JWT secret: set {SECRET_ENV}, or run a local dev stack with --insecure"
+            )
     if secret and (warning := secret_warning(secret)):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return secret
