@@ -210,3 +210,35 @@ def test_keepalive_ping_then_silence_is_detected() -> None:
     transport, due, after = asyncio.run(scenario())
     assert [f.opcode for f in server_frames(transport.written)] == [PING]
     assert due and not after
+
+
+def test_fast_and_full_parsers_hand_over_at_frame_boundaries() -> None:
+    """Whole small frames skip websockets' parser; a frame split across reads, a 16-bit
+    length, a control frame and a fragmented message in between all still arrive whole
+    and in order."""
+    big = b"y" * 300  # 16-bit length
+    stream = client_bytes(
+        Frame(TEXT, b"1"),
+        Frame(TEXT, big),
+        Frame(PING, b"p"),
+        Frame(TEXT, b"2"),
+        Frame(TEXT, b"fr", fin=False),
+        Frame(CONT, b"ag"),
+        Frame(BINARY, b"3"),
+        Frame(TEXT, b"z" * 66_000),  # 64-bit length: the full parser's
+    )
+
+    async def scenario(chunk: int) -> tuple[Transport, Owner]:
+        session, transport, owner = make(max_size=1 << 20)
+        for i in range(0, len(stream), chunk):
+            session.data_received(stream[i : i + chunk])
+        await asyncio.sleep(0)
+        return transport, owner
+
+    for chunk in (len(stream), 7, 1, 64):
+        transport, owner = asyncio.run(scenario(chunk))
+        assert owner.handled == [b"1", big, b"2", b"frag", b"3", b"z" * 66_000], chunk
+        frames = server_frames(transport.written)
+        assert [f.data for f in frames if f.opcode is PONG] == [b"p"], chunk
+        acks = [f.data for f in frames if f.opcode is TEXT]
+        assert acks == [b"ack " + m for m in owner.handled], chunk

@@ -23,6 +23,11 @@ from collections.abc import Coroutine
 from typing import Any, Final, Protocol, cast
 
 from websockets.asyncio.server import ServerConnection
+
+try:  # websockets' C helper (always built for CPython wheels); the pure one otherwise
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 from websockets.frames import BINARY, CONT, TEXT
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -93,8 +98,14 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
-        protocol.receive_data(data)
         self.pong_due = False  # any byte from the client proves it is alive
+        if not protocol.reader.buffer and self._fragments is None:
+            taken = self._whole_frames(data)
+            if taken == len(data):
+                return
+            if taken:
+                data = data[taken:]
+        protocol.receive_data(data)
         for frame in protocol.events_received():
             opcode = frame.opcode
             if opcode is TEXT or opcode is BINARY:
@@ -112,6 +123,37 @@ class ClientSession(asyncio.Protocol):
             self._owner.outbox.mark(self)  # one write at the end of the pass
         if protocol.close_expected():
             self._arm_close()
+
+    def _whole_frames(self, data: bytes) -> int:
+        """The common case without websockets' parser: complete, unfragmented, masked
+        text/binary frames with a 7- or 16-bit length at the start of `data` are handled
+        here; returns how many bytes they took. Anything else (control frames, fragments,
+        a partial frame, an oversize or malformed one) stops the scan, and the parser
+        takes over from that frame boundary — so the two never split a frame."""
+        if self.protocol.state is not State.OPEN or self.protocol.current_size is not None:
+            return 0
+        limit = self.protocol.max_message_size
+        pos, end = 0, len(data)
+        while end - pos >= 6:
+            first, second = data[pos], data[pos + 1]
+            if (first != 0x81 and first != 0x82) or second < 0x80:  # FIN text/binary, masked
+                break
+            length = second & 0x7F
+            head = 6
+            if length == 126:
+                if end - pos < 8:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                head = 8
+            elif length == 127:
+                break
+            stop = pos + head + length
+            if stop > end or (limit is not None and length > limit):
+                break
+            mask = data[pos + head - 4 : pos + head]
+            self._message(apply_mask(data[pos + head : stop], mask))
+            pos = stop
+        return pos
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
