@@ -7,11 +7,13 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
 from websockets.frames import BINARY, CLOSE, CONT, PING, PONG, TEXT, Close, Frame
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from wsop.auth import Identity
+from wsop.sidecar import client as client_module
 from wsop.sidecar.client import ClientSession
 from wsop.sidecar.outbox import Outbox
 
@@ -24,6 +26,9 @@ class Transport:
 
     def write(self, data: bytes) -> None:
         self.written += data
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high = high
 
     def close(self) -> None:
         self.closed = True
@@ -48,6 +53,7 @@ class Owner:
         self.outbox = Outbox()
         self.handled: list[bytes] = []
         self.gone = 0
+        self.too_slow = 0
         self.release = asyncio.Event()
 
     def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
@@ -63,6 +69,9 @@ class Owner:
 
     def client_gone(self, session: ClientSession) -> None:
         self.gone += 1
+
+    def client_too_slow(self, session: ClientSession) -> None:
+        self.too_slow += 1
 
 
 def client_bytes(*frames: Frame) -> bytes:
@@ -242,3 +251,28 @@ def test_fast_and_full_parsers_hand_over_at_frame_boundaries() -> None:
         assert [f.data for f in frames if f.opcode is PONG] == [b"p"], chunk
         acks = [f.data for f in frames if f.opcode is TEXT]
         assert acks == [b"ack " + m for m in owner.handled], chunk
+
+
+def test_a_client_that_stops_reading_is_closed_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_module, "SLOW_CLIENT_S", 0.05)
+    monkeypatch.setattr(client_module, "CLOSE_TIMEOUT_S", 0.05)
+
+    async def scenario() -> tuple[Transport, Owner, Transport, Owner]:
+        slow, slow_transport, slow_owner = make()
+        slow.pause_writing()  # the transport's buffer went over the high-water mark
+        brief, brief_transport, brief_owner = make()
+        brief.pause_writing()
+        await asyncio.sleep(0.01)
+        brief.resume_writing()  # caught up within the grace: left alone
+        await asyncio.sleep(0.2)
+        return slow_transport, slow_owner, brief_transport, brief_owner
+
+    slow_transport, slow_owner, brief_transport, brief_owner = asyncio.run(scenario())
+    assert slow_owner.too_slow == 1
+    close = server_frames(slow_transport.written)[-1]
+    assert close.opcode is CLOSE and Close.parse(close.data).code == 1008
+    assert slow_transport.aborted  # it did not answer the close either
+    assert brief_owner.too_slow == 0 and brief_transport.written == b""
+    assert slow_transport.high == client_module.WRITE_HIGH

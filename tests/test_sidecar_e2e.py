@@ -228,3 +228,44 @@ def test_oversize_frame_closes_with_1009_and_others_are_unharmed(
     other.send('{"type":"direct","to":2,"data":"fine","id":"x"}')
     assert recv_json(other)["type"] in ("message", "ack")
     other.close()
+
+
+def test_a_client_that_stops_reading_is_closed_and_others_are_unharmed(
+    sidecars: Sidecars, r: redis.Redis
+) -> None:
+    """Messages to a client that never reads pile up in the sidecar only until the
+    slow-client grace (10 s) ends: then it is closed and counted."""
+    import base64
+    import socket
+
+    seed_tenant(r, "A", {"eng": {1, 2}})
+    proc = sidecars.procs["s0"]
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", proc.port))
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    raw.sendall(
+        (
+            "GET /ws?tenant=A&user=2 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert raw.recv(4096).startswith(b"HTTP/1.1 101")  # and then never read again
+    sender = client(proc.url, "A", 1)
+    blob = "x" * 60_000
+    for i in range(150):  # ~9 MB: more than the socket buffers and the 1 MiB mark
+        sender.send(f'{{"type":"direct","to":2,"data":"{blob}","id":"{i}"}}')
+        assert recv_json(sender)["type"] == "ack"
+    metrics_url = proc.url.replace("ws://", "http://") + "/metrics"
+    deadline = time.monotonic() + 20
+    closed = 0.0
+    while time.monotonic() < deadline and not closed:
+        time.sleep(0.5)
+        text = urllib.request.urlopen(metrics_url).read().decode()
+        closed = metric_sum(text, "wsop_slow_clients_closed_total")
+    assert closed == 1
+    sender.send('{"type":"direct","to":1,"data":"still fine","id":"z"}')
+    assert {f["type"] for f in (recv_json(sender), recv_json(sender))} == {"ack", "message"}
+    sender.close()
+    raw.close()

@@ -244,6 +244,12 @@ class Sidecar:
         if last:
             self._spawn(self._clear_presence(ident, session.index))
 
+    def client_too_slow(self, session: ClientSession) -> None:
+        self.metrics.slow_clients.inc()
+        log.warning(
+            "closing %s/%s: not reading its messages", session.ident.tenant, session.ident.user
+        )
+
     def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
         app = self._apps.get(session) if self._apps else None
         if app is not None:

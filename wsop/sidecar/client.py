@@ -43,6 +43,11 @@ log = logging.getLogger("wsop.sidecar")
 BACKLOG_PAUSE: Final = 64
 """Frames waiting behind a team message before reading from the client pauses."""
 CLOSE_TIMEOUT_S: Final = 2.0
+WRITE_HIGH: Final = 1024 * 1024
+"""Unsent bytes above which a client counts as not keeping up (`pause_writing`)."""
+SLOW_CLIENT_S: Final = 10.0
+"""A client that stays above `WRITE_HIGH` this long is closed: its unread messages
+would otherwise pile up in the sidecar's memory without bound."""
 
 
 class SessionOwner(Protocol):
@@ -55,6 +60,8 @@ class SessionOwner(Protocol):
     ) -> Coroutine[Any, Any, None] | None: ...
 
     def client_gone(self, session: ClientSession) -> None: ...
+
+    def client_too_slow(self, session: ClientSession) -> None: ...
 
 
 class ClientSession(asyncio.Protocol):
@@ -70,6 +77,7 @@ class ClientSession(asyncio.Protocol):
         "_backlog",
         "_close_timer",
         "_paused",
+        "_slow_timer",
         "pong_due",
         "open",
     )
@@ -86,6 +94,7 @@ class ClientSession(asyncio.Protocol):
         self._backlog: deque[bytes] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._slow_timer: asyncio.TimerHandle | None = None
         self.pong_due = False
         """A keepalive ping went out and nothing came back yet."""
         self.open = True
@@ -95,6 +104,25 @@ class ClientSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH)
+
+    def pause_writing(self) -> None:
+        """The client is not reading as fast as it is sent to: give it `SLOW_CLIENT_S`."""
+        if self._slow_timer is None and self.open:
+            loop = asyncio.get_running_loop()
+            self._slow_timer = loop.call_later(SLOW_CLIENT_S, self._too_slow)
+
+    def resume_writing(self) -> None:
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+
+    def _too_slow(self) -> None:
+        self._slow_timer = None
+        if not self.open:
+            return
+        self._owner.client_too_slow(self)
+        self.close(1008, "too slow: messages were not read")  # (it will not read this either)
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
@@ -166,8 +194,9 @@ class ClientSession(asyncio.Protocol):
         self.open = False
         self.protocol.receive_eof()  # state → CLOSED: the outbox stops writing here
         self.protocol.data_to_send()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
+        for timer in (self._close_timer, self._slow_timer):
+            if timer is not None:
+                timer.cancel()
         self._owner.client_gone(self)
 
     # -- writing -----------------------------------------------------------------------

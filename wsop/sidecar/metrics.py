@@ -56,6 +56,11 @@ class SidecarMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.slow_clients = Counter(
+            "wsop_slow_clients_closed",
+            "Client connections closed because they stopped reading their messages",
+            registry=self.registry,
+        )
         self.errors = Counter(
             "wsop_client_errors", "Error frames sent to clients", ["code"], registry=self.registry
         )
