@@ -142,6 +142,10 @@ def test_malformed_frames_get_error_frames_and_connection_survives(
         ws.send(raw)
         frame = recv_json(ws)
         assert frame["type"] == "error" and frame["code"] == code, (raw, frame)
+    ws.send(b"\xff\xfe not utf-8")  # a binary frame
+    assert recv_json(ws) == {
+        "type": "error", "id": None, "code": "bad_request", "message": "frame is not UTF-8 text"
+    }  # fmt: skip
     ws.send('{"type":"direct","to":2,"data":"still here","id":"ok"}')
     assert recv_json(ws)["type"] == "ack"
     assert recv_json(peer)["data"] == "still here"
