@@ -94,3 +94,69 @@ def test_scale_then_rebalance_moves_live_connections_without_loss(redis_url: str
             ws.close()
     finally:
         run_wsop("down", env=env, timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_drain_moves_every_connection_off_a_sidecar_and_clients_stay(redis_url: str) -> None:
+    """`/drain` on s0: each of its clients is moved (through the LB, no reconnect) to its
+    owner on the ring without s0; all clients keep sending and receiving."""
+    import os
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from websockets.sync.client import connect
+
+    from wsop.ring import build
+
+    env = {"WSOP_REDIS_URL": redis_url}
+    port = free_port()
+    wsop_json("up", "--detach", "--insecure", "--sidecars", "3", "--port", str(port), env=env)
+    try:
+        record = json.loads((Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").read_text())
+        sidecars = {s["name"]: s["url"].replace("ws://", "http://") for s in record["sidecars"]}
+        token = record["admin_token"]
+
+        def admin(name: str, path: str) -> dict:
+            request = urllib.request.Request(
+                sidecars[name] + path, headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        lb = f"ws://127.0.0.1:{port}/ws"
+        clients = {u: connect(f"{lb}?tenant=t0&user={u}", legacy=True) for u in range(60)}
+        time.sleep(0.3)
+        held = admin("s0", "/connections")["connections"]
+        assert held > 0
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the admin token is required
+            urllib.request.urlopen(sidecars["s0"] + "/drain", timeout=10)
+        assert refused.value.code == 401
+
+        answer = admin("s0", "/drain")
+        now, without_s0 = build(record["algo"], list(sidecars)), build(record["algo"], ["s1", "s2"])
+        expected = Counter(
+            without_s0.owner(("t0", u)) for u in range(60) if now.owner(("t0", u)) == "s0"
+        )
+        assert answer == {"moving": held, "to": expected}
+        for _ in range(50):
+            if admin("s0", "/connections")["connections"] == 0:
+                break
+            time.sleep(0.1)
+        assert admin("s0", "/connections")["connections"] == 0
+        total = sum(admin(n, "/connections")["connections"] for n in ("s1", "s2"))
+        assert total == 60  # nobody reconnected, nobody was dropped
+        for u, ws in clients.items():  # every client still sends and receives
+            ws.send(json.dumps({"type": "direct", "to": (u + 1) % 60, "data": u, "id": str(u)}))
+        got = Counter()
+        for ws in clients.values():
+            for _ in range(2):
+                frame = json.loads(ws.recv(timeout=5))
+                got[frame["type"]] += 1
+                if frame["type"] == "ack":
+                    assert frame["delivered"] == 1
+        assert got == {"ack": 60, "message": 60}
+        for ws in clients.values():
+            ws.close()
+    finally:
+        run_wsop("down", env=env, timeout=60)

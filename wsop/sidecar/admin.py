@@ -1,8 +1,11 @@
 """The sidecar's plain-HTTP side (websockets' `process_request`): the handshake's
-authentication, `/healthz`, `/metrics`, `/connections` and the `/move` hook."""
+authentication, `/healthz`, `/metrics`, `/connections` and the `/move` and `/drain`
+hooks."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -23,7 +26,9 @@ if TYPE_CHECKING:
     from wsop.sidecar.app import Sidecar
 
 
-def process_request(sidecar: Sidecar, conn: ServerConnection, request: Request) -> Response | None:
+async def process_request(
+    sidecar: Sidecar, conn: ServerConnection, request: Request
+) -> Response | None:
     config = sidecar.config
     path = path_of(request)
     if path == "/ws":
@@ -51,6 +56,8 @@ def process_request(sidecar: Sidecar, conn: ServerConnection, request: Request) 
         return json_response(conn, 200, connections_report(sidecar))
     if path == "/move":
         return move(sidecar, conn, query(request))
+    if path == "/drain":
+        return await drain(sidecar, conn)
     return text_response(conn, 404, f"no such endpoint: {path}")
 
 
@@ -73,6 +80,27 @@ def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Re
         return json_response(conn, 200, {"moved": 0})
     sidecar.outbox.send(conns, f"{protocol.MOVE_PREFIX}{target} {members[target]}")
     return json_response(conn, 200, {"moved": len(conns)})
+
+
+async def drain(sidecar: Sidecar, conn: ServerConnection) -> Response:
+    """Move every connection here to its owner on a ring *without* this sidecar (before
+    taking it out of service): the same control frame as `/move`, per connection, so
+    clients stay connected. Answers what was asked, per target; the moves complete
+    asynchronously (watch `/connections` fall to 0)."""
+    name = sidecar.config.name
+    others = {n: url for n, url in sidecar.members.current().items() if n != name}
+    if not others:
+        return json_response(conn, 409, {"error": "no other sidecar to drain to"})
+    # a maglev table takes ~0.6 s to build: never on the event loop
+    owner = await asyncio.to_thread(sidecar.placement_for, others)
+    targets: Counter[str] = Counter()
+    for tenant, user, _ in sidecar.router.users():
+        conns = list(sidecar.router.connections(tenant, user))
+        target = owner((tenant, user))
+        targets[target] += sidecar.outbox.send(
+            conns, f"{protocol.MOVE_PREFIX}{target} {others[target]}"
+        )
+    return json_response(conn, 200, {"moving": sum(targets.values()), "to": dict(targets)})
 
 
 def connections_report(sidecar: Sidecar) -> dict[str, Any]:

@@ -83,7 +83,7 @@ class Sidecar:
         self.acl = acl
         self.members = members
         self.metrics = SidecarMetrics(config.name)
-        self.router = Router(config.name, self._placement(members.current()))
+        self.router = Router(config.name, self.placement_for(members.current()))
         self.peers = PeerLinks(config.name, config.admin_token, self._lost)
         self.acks = AckBook()
         self._server: Server | None = None
@@ -94,7 +94,8 @@ class Sidecar:
         self.outbox = Outbox()
         self._membership_changed_at = time.monotonic()
 
-    def _placement(self, members: dict[str, str]):
+    def placement_for(self, members: dict[str, str]):
+        """The owner function over `members` (this sidecar alone when there are none)."""
         if not members:
             return lambda key: self.config.name
         return build(self.config.algo, sorted(members)).owner
@@ -127,7 +128,7 @@ class Sidecar:
         while True:
             members = await self.members.wait_changed()
             # a maglev table takes ~0.6 s to build: never on the event loop
-            placement = await asyncio.to_thread(self._placement, members)
+            placement = await asyncio.to_thread(self.placement_for, members)
             self._membership_changed_at = time.monotonic()
             changes = self.router.set_owner(placement)
             await self.peers.update(members)
@@ -175,7 +176,7 @@ class Sidecar:
         client refuses the *handshake*: an LB moving a live client sees the refusal and
         keeps it where it was, instead of switching to a connection that closes at once.
         """
-        response = admin.process_request(self, conn, request)
+        response = await admin.process_request(self, conn, request)
         ident: Identity | None = getattr(conn, "wsop_identity", None)
         if response is not None or ident is None:
             return response
