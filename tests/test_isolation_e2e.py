@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.stack_helpers import Sidecars, client, drain
 from tests.test_sidecar_e2e import seed_tenant
-from wsop.sidecar.app import MEMBERSHIP_GRACE_S
+from wsop.sidecar.delivery import MEMBERSHIP_GRACE_S
 
 _counter = itertools.count()
 

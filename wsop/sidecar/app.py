@@ -31,34 +31,22 @@ from wsop.errors import NotFound
 from wsop.httpadmin import text_response
 from wsop.ring import build
 from wsop.sidecar import admin
-from wsop.sidecar.acks import AckBook, PendingAck
+from wsop.sidecar.acks import PendingAck
 from wsop.sidecar.client import ClientSession, SidecarServerConnection
+from wsop.sidecar.delivery import Delivery
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import (
-    TO_HOLDER,
     TO_OWNER,
-    TO_OWNER_FINAL,
-    Ack,
-    Deliver,
     Holding,
     PeerFormatError,
-    PeerItem,
     decode_batch,
 )
-from wsop.sidecar.peers import PeerLinks
-from wsop.sidecar.router import DeliveryPlan, HolderChange, Router
+from wsop.sidecar.router import Router
 from wsop.sidecar.upstream import mirror, open_app, pump_from_app
 
 log = logging.getLogger("wsop.sidecar")
 
-ACK_TIMEOUT_S = 10.0
-# After a membership change, peers adopt it a few hundred ms apart: within this grace,
-# a recipient nobody seems to hold is retried for a while rather than reported lost.
-MEMBERSHIP_GRACE_S = 3.0
-RETRY_WINDOW_S = 1.5
-RETRY_INTERVAL_S = 0.1
-RETRY = "~retry"  # pseudo-peer a PendingAck waits on while retries run
 PRESENCE_RETRIES = 5
 PING_INTERVAL_S = 30.0
 
@@ -84,15 +72,16 @@ class Sidecar:
         self.members = members
         self.metrics = SidecarMetrics(config.name)
         self.router = Router(config.name, self.placement_for(members.current()))
-        self.peers = PeerLinks(config.name, config.admin_token, self._lost)
-        self.acks = AckBook()
+        self.outbox = Outbox()
+        self.delivery = Delivery(
+            config.name, config.admin_token, self.router, self.outbox, self.metrics, self._spawn
+        )
+        self.peers = self.delivery.peers
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._sessions: set[ClientSession] = set()
         self._apps: dict[ClientSession, ClientConnection] = {}
         self._peer_conns: set[ServerConnection] = set()
-        self.outbox = Outbox()
-        self._membership_changed_at = time.monotonic()
 
     def placement_for(self, members: dict[str, str]):
         """The owner function over `members` (this sidecar alone when there are none)."""
@@ -120,7 +109,7 @@ class Sidecar:
             create_connection=SidecarServerConnection,
         )
         self._tasks.append(asyncio.create_task(self._watch_members()))
-        self._tasks.append(asyncio.create_task(self._expire_acks()))
+        self._tasks.append(asyncio.create_task(self.delivery.expire_acks()))
         self._tasks.append(asyncio.create_task(self._keepalive()))
         return self._server.sockets[0].getsockname()[1]
 
@@ -129,7 +118,7 @@ class Sidecar:
             members = await self.members.wait_changed()
             # a maglev table takes ~0.6 s to build: never on the event loop
             placement = await asyncio.to_thread(self.placement_for, members)
-            self._membership_changed_at = time.monotonic()
+            self.delivery.membership_changed()
             changes = self.router.set_owner(placement)
             await self.peers.update(members)
             for change in changes:
@@ -324,7 +313,7 @@ class Sidecar:
         frame = protocol.encode_message(ident.user, msg.data, msg.id, int(time.time() * 1000))
         plan = self.router.plan(ident.tenant, [msg.to])
         pending = PendingAck(conn, msg.id, started, done=self._client_done)
-        self._execute(ident.tenant, plan, frame, pending, TO_OWNER)
+        self.delivery.execute(ident.tenant, plan, frame, pending, TO_OWNER)
         return None
 
     async def _team_message(
@@ -348,76 +337,13 @@ class Sidecar:
         frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
         plan = self.router.plan(ident.tenant, users)
         pending = PendingAck(conn, msg.id, started, done=self._client_done)
-        self._execute(ident.tenant, plan, frame, pending, TO_OWNER)
+        self.delivery.execute(ident.tenant, plan, frame, pending, TO_OWNER)
 
     def _error(self, conn: Any, msg_id: str | None, code: str, text: str) -> None:
         self.metrics.errors.labels(code).inc()
         self.outbox.send((conn,), protocol.encode_error(msg_id, code, text))
 
-    # -- delivery ----------------------------------------------------------------------
-
-    def _deliver_local(self, tenant: str, users: list[Any], frame: str) -> int:
-        conns = []
-        for user in users:
-            conns.extend(self.router.connections(tenant, user))
-        if conns:
-            self.metrics.messages_out.inc(self.outbox.send(conns, frame))
-        return len(users)
-
-    def _fan_out(self, tenant: str, plan: DeliveryPlan, frame: str) -> int:
-        """Local + holder deliveries; returns the users reached."""
-        reached = set(plan.local)
-        self._deliver_local(tenant, plan.local, frame)
-        for holder, users in plan.holders.items():
-            self.peers.send(holder, Deliver(tenant, users, 0, TO_HOLDER, frame))
-            self.metrics.forwarded.inc(len(users))
-            reached.update(users)
-        return len(reached)
-
-    def _execute(
-        self, tenant: str, plan: DeliveryPlan, frame: str, pending: PendingAck, mode: str
-    ) -> None:
-        """Deliver what is ours, forward the rest; `pending` completes when all answered."""
-        pending.delivered = self._fan_out(tenant, plan, frame)
-        retry = bool(plan.unreachable) and self._in_grace()
-        if plan.unreachable and not retry:
-            self._unreachable(pending, len(plan.unreachable))
-        if not plan.peers and not retry:
-            pending.done(pending)  # the common local case: no bookkeeping at all
-            return
-        ack_id = self.acks.open(pending)
-        # Everything awaited is booked before anything is sent: a link that is already
-        # down answers (as lost) synchronously, and must not complete the ack early.
-        for owner, users in plan.peers.items():
-            pending.waiting[owner] = len(users)
-        if retry:
-            pending.waiting[RETRY] = len(plan.unreachable)
-        for owner, users in plan.peers.items():
-            self.metrics.forwarded.inc(len(users))
-            self.peers.send(owner, Deliver(tenant, users, ack_id, mode, frame))
-        if retry:
-            self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id))
-
-    def _unreachable(self, pending: PendingAck, count: int) -> None:
-        self.metrics.failed.labels("no_connection").inc(count)
-        pending.undelivered += count
-
-    def _in_grace(self) -> bool:
-        return time.monotonic() - self._membership_changed_at < MEMBERSHIP_GRACE_S
-
-    async def _retry(self, tenant: str, users: list[Any], frame: str, ack_id: int) -> None:
-        """Right after a membership change, holders re-register with their new owners a
-        few hundred ms late: retry users we know no connection of instead of dropping."""
-        delivered, missing = 0, users
-        deadline = time.monotonic() + RETRY_WINDOW_S
-        while missing and time.monotonic() < deadline:
-            await asyncio.sleep(RETRY_INTERVAL_S)
-            plan = self.router.plan(tenant, missing, as_owner_only=True)
-            delivered += self._fan_out(tenant, plan, frame)
-            missing = plan.unreachable
-        if missing:
-            self.metrics.failed.labels("no_connection").inc(len(missing))
-        self.acks.settle(ack_id, RETRY, delivered, len(missing))
+    # -- acks to clients, tasks -------------------------------------------------------
 
     def _client_done(self, pending: PendingAck) -> None:
         self.metrics.ack_latency.observe(time.perf_counter() - pending.started)
@@ -426,21 +352,6 @@ class Sidecar:
             frame = frame[:-1] + f',"undelivered":{pending.undelivered}}}'
         assert pending.conn is not None
         self.outbox.send((pending.conn,), frame)
-
-    def _lost(self, peer: str, items: list[PeerItem]) -> None:
-        """Items a peer link could not carry: count them, and settle their acks."""
-        for item in items:
-            if isinstance(item, Deliver):
-                self.metrics.failed.labels("peer_unavailable").inc(len(item.users))
-                if item.ack:
-                    self.acks.settle(item.ack, peer, 0, len(item.users))
-
-    async def _expire_acks(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            expired = self.acks.expire(time.perf_counter(), ACK_TIMEOUT_S)
-            if expired:
-                self.metrics.failed.labels("ack_timeout").inc(expired)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -460,33 +371,8 @@ class Sidecar:
                     await conn.close(1002, "malformed peer batch")
                     return
                 for item in items:
-                    self._on_peer_item(peer, item)
+                    self.delivery.on_peer_item(peer, item)
         except ConnectionClosed:
             pass
         finally:
             self._peer_conns.discard(conn)
-
-    def _on_peer_item(self, peer: str, item: PeerItem) -> None:
-        if isinstance(item, Deliver):
-            if item.mode == TO_HOLDER:
-                self._deliver_local(item.tenant, self._held(item.tenant, item.users), item.frame)
-                return
-            redirect = item.mode == TO_OWNER
-            plan = self.router.plan(item.tenant, item.users, as_owner_only=True, redirect=redirect)
-
-            def reply(done: PendingAck, ack: int = item.ack) -> None:
-                if ack:
-                    self.peers.send(peer, Ack(ack, done.delivered, done.undelivered))
-
-            pending = PendingAck(None, None, time.perf_counter(), done=reply)
-            self._execute(item.tenant, plan, item.frame, pending, TO_OWNER_FINAL)
-        elif isinstance(item, Ack):
-            self.acks.settle(item.ack, peer, item.delivered, item.unreachable)
-        else:
-            change = HolderChange(
-                self.config.name, item.tenant, item.user, item.holding, item.replaces
-            )
-            self.router.holder(change, peer)
-
-    def _held(self, tenant: str, users: list[Any]) -> list[Any]:
-        return [u for u in users if self.router.connections(tenant, u)]
