@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,3 +275,18 @@ def test_a_client_that_stops_reading_is_closed_and_others_are_unharmed(
     assert {f["type"] for f in (recv_json(sender), recv_json(sender))} == {"ack", "message"}
     sender.close()
     raw.close()
+
+
+def test_drain_with_no_other_sidecar_is_refused(redis_url: str, tmp_path: Path) -> None:
+    stack = Sidecars(redis_url, tmp_path / "members.json", {})
+    stack.write_members()
+    stack.start("solo", tmp_path)
+    stack.write_members()
+    try:
+        url = stack.procs["solo"].url.replace("ws://", "http://") + "/drain"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 409
+        assert json.loads(refused.value.read()) == {"error": "no other sidecar to drain to"}
+    finally:
+        stack.stop_all()
