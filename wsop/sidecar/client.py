@@ -4,9 +4,10 @@
 websockets' asyncio layer costs a task, a message assembler and several awaits per
 frame; measured on this machine it was most of the sidecar's CPU per message and ~9 KB
 per idle connection. After the upgrade (still done by websockets' `serve`), the socket is
-handed to a `ClientSession`: frames are parsed by the very `ServerProtocol` that did the
-handshake, in `data_received`, and handled synchronously when they can be (direct
-messages, errors) — no task, no queue. A frame that needs Redis (a team message) runs
+handed to a `ClientSession`: in `data_received`, whole small data frames are unmasked
+directly (`_whole_frames`, the common case) and everything else is parsed by the very
+`ServerProtocol` that did the handshake; messages are handled synchronously when they
+can be (direct messages, errors) — no task, no queue. A frame that needs Redis (a team message) runs
 as a task, and the frames behind it wait in a per-connection backlog, so one client's
 messages are still handled in the order they were sent.
 
