@@ -7,9 +7,11 @@ the test fixtures do, and stops exactly that process when done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -196,3 +198,18 @@ def proc_fd_count(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
+
+
+def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM (then SIGKILL) exactly the processes a bench's stack started, by pid: the
+    fallback when `wsop down` cannot run, so no private LB or sidecar is left behind."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(proc_rss_bytes(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if proc_rss_bytes(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

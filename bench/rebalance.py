@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from _common import (
     proc_fd_limit,
     proc_rss_bytes,
     raise_fd_limit,
+    stop_pids,
 )
 from rich.console import Console
 from rich.table import Table
@@ -192,21 +192,6 @@ class Stack:
             if h.tenant == TENANT:
                 where.setdefault(int(h.user), []).extend([h.member] * h.count)
         return where
-
-
-def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
-    """SIGTERM (then SIGKILL) exactly the processes this bench's stack started, by pid:
-    the fallback when `wsop down` cannot run, so no private LB or sidecar is left behind."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(proc_rss_bytes(pid) for pid in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if proc_rss_bytes(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @asynccontextmanager
