@@ -27,56 +27,32 @@ import argparse
 import json
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-import numpy as np
 import redis
 from _common import Latency, ServerInfo, machine_note, private_redis, summarize, time_calls
+from _resolve_dataset import DatasetResult, bench_dataset
+from _resolve_rows import (
+    ONLINE_FRACTION,
+    TEAM_DENSITY,
+    TEAMS,
+    Tenant,
+    load_tenant,
+    make_lua_row,
+    make_sets_row,
+    make_tenant,
+    make_wsop_row,
+    server_ms_per_call,
+)
 from rich.console import Console
 from rich.table import Table
 
-from wsop.acl import bitmap, keys
-from wsop.acl.dataset import TenantData
-from wsop.acl.resolve import resolve
-from wsop.acl.seed import apply_tenant, seed
+from wsop.acl import bitmap
 from wsop.acl.store import TenantStore
-from wsop.acl.synthetic import SyntheticSpec, generate
+from wsop.acl.synthetic import SyntheticSpec
 
 COMMAND = ".venv/bin/python bench/resolve.py"
 
-# The seed post's script. Changes, and only these: `..` instead of `+` (Lua has no
-# string `+`), the wsop key layout for online (`online-users:{T}`), temp keys that are
-# per call (ARGV[2] nonce) and tagged with the tenant, and the second temp key is
-# deleted too (per-call keys would otherwise leak). The GETBIT loop is kept as is.
-SEED_POST_LUA = """
-local tenantId = ARGV[1]
-local tmp_or_key = 'tmp:{' .. tenantId .. '}:teams:' .. ARGV[2]
-local notify_key = 'tmp:{' .. tenantId .. '}:notification:' .. ARGV[2]
-local online_key = 'online-users:{' .. tenantId .. '}'
-
-redis.call('BITOP', 'OR', tmp_or_key, unpack(KEYS))
-redis.call('BITOP', 'AND', notify_key, tmp_or_key, online_key)
-
-local max_index = redis.call('STRLEN', notify_key) * 8
-local notified_users = {}
-for i = 0, max_index - 1 do
-  local bit = redis.call('GETBIT', notify_key, i)
-  if bit == 1 then
-    table.insert(notified_users, i)
-  end
-end
-
-redis.call('DEL', tmp_or_key, notify_key)
-return notified_users
-"""
-
-TEAMS = ["team-0", "team-1", "team-2"]
-
-Resolver = Callable[[], list[int]]
-TEAM_DENSITY = 0.01
-ONLINE_FRACTION = 0.2
 
 # Targets of issue 2.
 TARGET_1M_MS = 1.0
@@ -120,117 +96,6 @@ QUICK = Profile(
     budget_s={"lua": 2.0, "sets": 1.0, "wsop": 1.0},
     dataset=replace(FULL.dataset, tenants=10),  # same tenant shape, a tenth of the users
 )
-
-
-# -- data --------------------------------------------------------------------------------
-
-
-def set_key(tenant: str, team: str) -> str:
-    """Row (b) keeps its sets in the tenant's slot, like the bitmaps."""
-    return f"sets:{{{tenant}}}:team:{team}"
-
-
-def set_online_key(tenant: str) -> str:
-    return f"sets:{{{tenant}}}:online"
-
-
-def sadd_chunked(client: redis.Redis, items: Iterable[tuple[str, np.ndarray]]) -> None:
-    """SADD in 10K-member commands, flushed every ~200K members: bounded buffers, few trips."""
-    pipe = client.pipeline(transaction=False)
-    pending = 0
-    for key, ids in items:
-        for start in range(0, ids.size, 10_000):
-            chunk = ids[start : start + 10_000].tolist()
-            pipe.sadd(key, *chunk)
-            pending += len(chunk)
-            if pending >= 200_000:
-                pipe.execute()
-                pending = 0
-    pipe.execute()
-
-
-@dataclass
-class Tenant:
-    """One benchmark tenant: its name, ids per team, online ids and the expected answer."""
-
-    name: str
-    users: int
-    teams: dict[str, np.ndarray]
-    online: np.ndarray
-    expected: list[int]
-
-
-def make_tenant(users: int, seed_value: int) -> Tenant:
-    """3 teams of 1% density and 20% online, drawn independently per user."""
-    rng = np.random.default_rng(seed_value)
-    teams = {t: np.flatnonzero(rng.random(users, dtype=np.float32) < TEAM_DENSITY) for t in TEAMS}
-    online = np.flatnonzero(rng.random(users, dtype=np.float32) < ONLINE_FRACTION)
-    union = np.unique(np.concatenate(list(teams.values())))
-    expected = np.intersect1d(union, online, assume_unique=True).tolist()
-    return Tenant(f"bench-{users}", users, teams, online, expected)
-
-
-def load_tenant(client: redis.Redis, store: TenantStore, tenant: Tenant) -> None:
-    """Bitmaps through wsop's own seeding; the same ids as SETs for row (b)."""
-    data = TenantData(
-        tenant=tenant.name,
-        teams={t: bitmap.encode(ids) for t, ids in tenant.teams.items()},
-        online=bitmap.encode(tenant.online),
-        memberships=sum(int(ids.size) for ids in tenant.teams.values()),
-        online_count=int(tenant.online.size),
-    )
-    apply_tenant(store, data, replace=True)
-    client.delete(*[set_key(tenant.name, t) for t in TEAMS], set_online_key(tenant.name))
-    items = [(set_key(tenant.name, t), ids) for t, ids in tenant.teams.items()]
-    sadd_chunked(client, [*items, (set_online_key(tenant.name), tenant.online)])
-
-
-# -- the three contenders ----------------------------------------------------------------
-
-
-def make_lua_row(client: redis.Redis, tenant: str) -> Resolver:
-    script = client.register_script(SEED_POST_LUA)
-    team_keys = [keys.team_key(tenant, t) for t in TEAMS]
-
-    def run() -> list[int]:
-        return script(keys=team_keys, args=[tenant, uuid.uuid4().hex])
-
-    return run
-
-
-def make_sets_row(client: redis.Redis, tenant: str) -> Resolver:
-    team_keys = [set_key(tenant, t) for t in TEAMS]
-
-    def run() -> list[int]:
-        tmp = keys.temp_key(tenant, "sets")
-        pipe = client.pipeline(transaction=False)
-        pipe.sunionstore(tmp, team_keys)
-        pipe.sinter(tmp, set_online_key(tenant))
-        pipe.delete(tmp)
-        _, members, _ = pipe.execute()
-        return [int(m) for m in members]
-
-    return run
-
-
-def make_wsop_row(client: redis.Redis, tenant: str) -> Resolver:
-    store = TenantStore(client)
-
-    def run() -> list[int]:
-        return resolve(store, tenant, TEAMS).recipients
-
-    return run
-
-
-def server_ms_per_call(client: redis.Redis, commands: Sequence[str], calls: int) -> float:
-    """Server-side time per call from INFO commandstats (reset before the timed loop).
-
-    Commands run inside a script are counted both on their own and in EVALSHA, so a
-    script row must name only `evalsha`.
-    """
-    stats = client.info("commandstats")
-    usec = sum(float(stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in commands)
-    return usec / 1000 / max(calls, 1)
 
 
 @dataclass
@@ -340,112 +205,6 @@ def profile_wsop(client: redis.Redis, tenant: Tenant, iterations: int) -> Split:
 
 
 # -- the 10M-user dataset ----------------------------------------------------------------
-
-
-class TimedIterator:
-    """Wraps a generator and adds up the time spent producing items (numpy generation),
-    so the seeding wall time can be split into generation and Redis writes."""
-
-    def __init__(self, it: Iterator[TenantData]) -> None:
-        self._it = it
-        self.seconds = 0.0
-
-    def __iter__(self) -> Iterator[TenantData]:
-        while True:
-            start = time.perf_counter()
-            try:
-                item = next(self._it)
-            except StopIteration:
-                self.seconds += time.perf_counter() - start
-                return
-            self.seconds += time.perf_counter() - start
-            yield item
-
-
-@dataclass
-class DatasetResult:
-    spec: dict[str, object]
-    users_total: int
-    payload_bytes: int
-    used_memory_bytes: int
-    seed_seconds: float
-    generate_seconds: float
-    team_key_strlen: int
-    team_key_memory_usage: int
-    keys: int
-    sets: dict[str, object] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, object]:
-        return dict(vars(self))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
-
-
-def bench_dataset(client: redis.Redis, spec: SyntheticSpec, sets_budget_s: float) -> DatasetResult:
-    """Seed with `seed(..., replace=False)` on an empty server; then the same data as SETs."""
-    client.flushall()
-    before = used_memory(client)
-    timed = TimedIterator(generate(spec))
-    result = seed(TenantStore(client), timed, replace=False)
-    after = used_memory(client)
-    first = f"{spec.tenant_prefix}0"
-    team_key = keys.team_key(first, f"{spec.team_prefix}0")
-    out = DatasetResult(
-        spec={k: v for k, v in vars(spec).items() if k not in ("tenant_prefix", "team_prefix")},
-        users_total=spec.tenants * spec.users,
-        payload_bytes=result.bytes,
-        used_memory_bytes=after - before,
-        seed_seconds=result.seconds,
-        generate_seconds=timed.seconds,
-        team_key_strlen=int(client.strlen(team_key)),
-        team_key_memory_usage=int(client.memory_usage(team_key) or 0),
-        keys=int(client.dbsize()),
-    )
-    out.sets = bench_dataset_sets(client, spec, sets_budget_s)
-    return out
-
-
-def bench_dataset_sets(
-    client: redis.Redis, spec: SyntheticSpec, budget_s: float
-) -> dict[str, object]:
-    """The same memberships as SETs, tenant by tenant, until done or out of budget.
-
-    Only the SADD side is timed (bitmap decode + pipelined SADD), not the generation.
-    When the budget runs out, time and memory are extrapolated linearly from the
-    tenants done, and the result says so.
-    """
-    before = used_memory(client)
-    spent = 0.0
-    done = 0
-    for data in generate(spec):
-        start = time.perf_counter()
-        items = [(set_key(data.tenant, t), bitmap.decode(b)) for t, b in data.teams.items()]
-        items.append((set_online_key(data.tenant), bitmap.decode(data.online)))
-        sadd_chunked(client, items)
-        spent += time.perf_counter() - start
-        done += 1
-        if spent > budget_s and done < spec.tenants:
-            break
-    delta = used_memory(client) - before
-    scale = spec.tenants / done
-    return {
-        "tenants_done": done,
-        "extrapolated": done < spec.tenants,
-        "used_memory_bytes": int(delta * scale),
-        "seed_seconds": round(spent * scale, 2),
-        "set_encoding": _text(
-            client.object("encoding", set_key(f"{spec.tenant_prefix}0", "team-0"))
-        ),
-    }
-
-
-# -- report ------------------------------------------------------------------------------
 
 
 def verdict(ok: bool | None) -> str:
