@@ -5,7 +5,10 @@ during a pass of the event loop and leave as one batch frame at its end, written
 synchronously while the link is up and its buffer is short (no task switch per batch);
 dialling, backoff and a full buffer are the link task's job. So a busy sidecar sends a
 few large frames instead of one per message. Items that cannot be sent (the peer is gone)
-are handed to `on_lost` so they are counted as failed deliveries, never dropped silently.
+are handed to `on_lost` so they are counted as failed deliveries, never dropped silently
+— except answers (`Ack`) to a peer we have no link to yet: that peer just joined and
+forwarded to us before we adopted the membership naming it, so its answers wait (parked,
+up to `PARK_S`) for that membership instead of being lost.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 from websockets.protocol import State
 
-from wsop.sidecar.peer_codec import PeerItem, encode_batch, encode_item
+from wsop.sidecar.peer_codec import Ack, PeerItem, encode_batch, encode_item
 
 log = logging.getLogger("wsop.sidecar.peers")
 
@@ -27,6 +31,10 @@ MAX_BATCH_ITEMS = 512
 MAX_QUEUE = 100_000
 DIAL_TIMEOUT_S = 2.0
 GIVE_UP_AFTER_S = 3.0
+PARK_S = 10.0
+"""How long an answer to a peer we have no link to yet waits for the membership that
+names it (its sender already knows it: the two adopt a change a few hundred ms apart)."""
+MAX_PARKED = 10_000
 WRITE_HIGH = 256 * 1024
 """Above this many unsent bytes, batches wait for the link task (which awaits a drain)."""
 
@@ -151,6 +159,7 @@ class PeerLinks:
         self._on_lost = on_lost
         self._links: dict[str, PeerLink] = {}
         self._urls: dict[str, str] = {}
+        self._parked: dict[str, list[tuple[float, PeerItem]]] = {}
 
     async def update(self, members: dict[str, str]) -> None:
         wanted = {n: u for n, u in members.items() if n != self.me}
@@ -163,13 +172,39 @@ class PeerLinks:
             if name not in self._links:
                 self._links[name] = PeerLink(self.me, name, url, self._token, self._on_lost)
                 self._urls[name] = url
+        self._unpark()
 
     def send(self, peer: str, item: PeerItem) -> None:
         link = self._links.get(peer)
-        if link is None:
-            self._on_lost(peer, [item])
-        else:
+        if link is not None:
             link.send(item)
+        elif isinstance(item, Ack):
+            # A peer that just joined forwarded us a message before we adopted the
+            # membership that names it: we delivered, and the answer must not be lost
+            # (the peer would report the recipients undelivered after its ack timeout).
+            self._park(peer, item)
+        else:
+            self._on_lost(peer, [item])
+
+    def _park(self, peer: str, item: PeerItem) -> None:
+        now = time.monotonic()
+        for name in list(self._parked):  # answers nobody came for are dropped
+            kept = [(t, i) for t, i in self._parked[name] if now - t < PARK_S]
+            if kept:
+                self._parked[name] = kept
+            else:
+                del self._parked[name]
+        if sum(map(len, self._parked.values())) >= MAX_PARKED:
+            log.warning("too many answers for unknown peers; dropping one for %s", peer)
+            return
+        self._parked.setdefault(peer, []).append((now, item))
+
+    def _unpark(self) -> None:
+        now = time.monotonic()
+        for name in [n for n in self._parked if n in self._links]:
+            for parked_at, item in self._parked.pop(name):
+                if now - parked_at < PARK_S:
+                    self._links[name].send(item)
 
     async def close(self) -> None:
         for link in list(self._links.values()):
