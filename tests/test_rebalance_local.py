@@ -142,6 +142,10 @@ def test_drain_moves_every_connection_off_a_sidecar_and_clients_stay(redis_url: 
             urllib.request.urlopen(sidecars["s0"] + "/drain", timeout=10)
         assert refused.value.code == 401
 
+        for bad in ("/drain?to=nope", "/drain?to=s0", "/drain?to="):  # unknown, itself, empty
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                admin("s0", bad)
+            assert refused.value.code == 400, bad
         answer = admin("s0", "/drain")
         now, without_s0 = build(record["algo"], list(sidecars)), build(record["algo"], ["s1", "s2"])
         expected = Counter(
@@ -165,6 +169,39 @@ def test_drain_moves_every_connection_off_a_sidecar_and_clients_stay(redis_url: 
                 if frame["type"] == "ack":
                     assert frame["delivered"] == 1
         assert got == {"ack": 60, "message": 60}
+        for ws in clients.values():
+            ws.close()
+    finally:
+        run_wsop("down", env=env, timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_scale_down_drains_the_removed_sidecar_and_closes_no_client(redis_url: str) -> None:
+    """`wsop scale` down moves the removed sidecar's clients, live, onto the kept ones
+    before stopping it: no client sees a close, every one still sends and receives."""
+    from websockets.sync.client import connect
+
+    env = {"WSOP_REDIS_URL": redis_url}
+    port = free_port()
+    wsop_json("up", "--detach", "--insecure", "--sidecars", "3", "--port", str(port), env=env)
+    try:
+        lb = f"ws://127.0.0.1:{port}/ws"
+        clients = {u: connect(f"{lb}?tenant=t0&user={u}", legacy=True) for u in range(60)}
+        time.sleep(0.3)
+        before = {s["name"]: s["connections"] for s in wsop_json("status", env=env)["sidecars"]}
+        assert before["s2"] > 0
+        after = wsop_json("scale", "--sidecars", "2", env=env)
+        assert [s["name"] for s in after["sidecars"]] == ["s0", "s1"]
+        assert sum(s["connections"] for s in after["sidecars"]) == 60
+        for u, ws in clients.items():
+            ws.send(json.dumps({"type": "direct", "to": (u + 7) % 60, "data": u, "id": str(u)}))
+        kinds: Counter[str] = Counter()
+        for ws in clients.values():
+            for _ in range(2):
+                frame = json.loads(ws.recv(timeout=5))  # a closed client raises here
+                kinds[frame["type"]] += 1
+                assert frame["type"] != "ack" or frame["delivered"] == 1
+        assert kinds == {"ack": 60, "message": 60}
         for ws in clients.values():
             ws.close()
     finally:

@@ -67,4 +67,6 @@ def path_of(request: Request) -> str:
 
 def query(request: Request) -> dict[str, str]:
     """The request's query parameters (last value wins)."""
-    return {k: v[-1] for k, v in parse_qs(urlsplit(request.path).query).items()}
+    return {
+        k: v[-1] for k, v in parse_qs(urlsplit(request.path).query, keep_blank_values=True).items()
+    }

@@ -57,7 +57,7 @@ async def process_request(
     if path == "/move":
         return move(sidecar, conn, query(request))
     if path == "/drain":
-        return await drain(sidecar, conn)
+        return await drain(sidecar, conn, query(request).get("to"))
     return text_response(conn, 404, f"no such endpoint: {path}")
 
 
@@ -82,13 +82,24 @@ def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Re
     return json_response(conn, 200, {"moved": len(conns)})
 
 
-async def drain(sidecar: Sidecar, conn: ServerConnection) -> Response:
+async def drain(sidecar: Sidecar, conn: ServerConnection, to: str | None) -> Response:
     """Move every connection here to its owner on a ring *without* this sidecar (before
     taking it out of service): the same control frame as `/move`, per connection, so
-    clients stay connected. Answers what was asked, per target; the moves complete
-    asynchronously (watch `/connections` fall to 0)."""
+    clients stay connected. `to=a,b` names the ring to drain onto (a scale-down passes
+    the sidecars it keeps, so nothing lands on another one being removed); default: all
+    other members. Answers what was asked, per target; the moves complete asynchronously
+    (watch `/connections` fall to 0)."""
     name = sidecar.config.name
-    others = {n: url for n, url in sidecar.members.current().items() if n != name}
+    members = sidecar.members.current()
+    others = {n: url for n, url in members.items() if n != name}
+    if to is not None:
+        wanted = [n for n in to.split(",") if n]
+        unknown = [n for n in wanted if n not in others]
+        if unknown or not wanted:
+            return json_response(
+                conn, 400, {"error": f"to: not other members of this sidecar: {unknown or to!r}"}
+            )
+        others = {n: others[n] for n in wanted}
     if not others:
         return json_response(conn, 409, {"error": "no other sidecar to drain to"})
     # a maglev table takes ~0.6 s to build: never on the event loop
