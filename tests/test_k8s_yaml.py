@@ -148,6 +148,10 @@ def test_inject_adds_a_valid_sidecar_to_enabled_deployments_only():
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sidecar["resources"]["requests"] and sidecar["resources"]["limits"]
     assert "--name=$(POD_NAME)" in sidecar["args"]
+    # before SIGTERM the pod's clients are moved live to other sidecars
+    assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == [
+        "wsop", "drain", "--url=http://127.0.0.1:9100", "--wait=20"
+    ]  # fmt: skip
     assert "injected wsop-sidecar into Deployment chat-app" in result.stderr
 
 

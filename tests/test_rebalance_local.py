@@ -206,3 +206,48 @@ def test_scale_down_drains_the_removed_sidecar_and_closes_no_client(redis_url: s
             ws.close()
     finally:
         run_wsop("down", env=env, timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_wsop_drain_moves_clients_and_reports_what_could_not_move(redis_url: str) -> None:
+    """`wsop drain --local s2`: every client that came through the LB is moved live; a
+    client connected to s2 directly (no LB to switch it) stays, and the command says so
+    with exit 1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from websockets.sync.client import connect
+
+    env = {"WSOP_REDIS_URL": redis_url}
+    port = free_port()
+    wsop_json("up", "--detach", "--insecure", "--sidecars", "3", "--port", str(port), env=env)
+    try:
+        record = json.loads((Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").read_text())
+        s2_url = next(s["url"] for s in record["sidecars"] if s["name"] == "s2")
+        lb = f"ws://127.0.0.1:{port}/ws"
+        clients = [connect(f"{lb}?tenant=t0&user={u}", legacy=True) for u in range(40)]
+        direct = connect(f"{s2_url}/ws?tenant=t0&user=99", legacy=True)
+        time.sleep(0.3)
+        command = ["drain", "--local", "s2", "--wait", "2", "--json"]
+        done = subprocess.run(
+            [sys.executable, "-m", "wsop.cli.main", *command],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+        )  # fmt: skip
+        assert done.returncode == 1
+        report = json.loads(done.stdout)
+        assert report["sidecar"] == "s2" and report["remaining"] == 1
+        assert report["moving"] >= 2 and sum(report["to"].values()) == report["moving"]
+        assert set(report["to"]) <= {"s0", "s1"}
+        assert done.stderr.strip() == "error: 1 connection(s) still on s2 after 2 s"
+        status = {s["name"]: s["connections"] for s in wsop_json("status", env=env)["sidecars"]}
+        assert status["s2"] == 1 and status["s0"] + status["s1"] == 40
+        for u, ws in enumerate(clients):  # the moved ones still work
+            ws.send(json.dumps({"type": "direct", "to": (u + 1) % 40, "data": u}))
+        got = Counter(json.loads(ws.recv(timeout=5))["type"] for ws in clients for _ in range(2))
+        assert got == {"ack": 40, "message": 40}
+        for ws in [*clients, direct]:
+            ws.close()
+    finally:
+        run_wsop("down", env=env, timeout=60)

@@ -314,3 +314,21 @@ def test_servers_without_a_secret_say_how_to_run(command: tuple[str, ...]) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "WSOP_SECRET" in lines[0] and "--insecure" in lines[0]
     assert "--secret" not in lines[0]  # servers have no such flag
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ((), 2, "give exactly one of --url URL or --local NAME"),
+        (("--url", "http://127.0.0.1:1", "--local", "s0"), 2, "give exactly one of"),
+        (("--url", "127.0.0.1:9"), 2, "--url must be an http:// URL"),
+        (("--local", "s0", "--wait", "-1"), 2, "--wait must be ≥ 0"),
+        (("--local", "s0"), 2, NO_STACK),
+        (("--url", f"http://127.0.0.1:{free_port()}"), 1, "cannot reach the sidecar at"),
+    ],
+)
+def test_drain_bad_input_is_one_line(args: tuple[str, ...], code: int, message: str) -> None:
+    result = wsop("drain", *args)
+    assert result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr

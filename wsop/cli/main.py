@@ -8,6 +8,7 @@ from wsop import __version__
 from wsop.cli import loadtest, online, redis_cmd, resolve, ring, seed, sidecar
 from wsop.cli import token as token_cmd
 from wsop.cli.app import new_app
+from wsop.cli.drain import drain_cmd
 from wsop.cli.lb import lb_cmd
 from wsop.cli.manifests import inject_cmd, manifests_cmd
 from wsop.cli.rebalance import rebalance_cmd
@@ -31,6 +32,7 @@ app.command("scale")(scale_cmd)
 app.command("status")(status_cmd)
 app.command("down")(down_cmd)
 app.command("rebalance")(rebalance_cmd)
+app.command("drain")(drain_cmd)
 app.command("inject")(inject_cmd)
 app.command("manifests")(manifests_cmd)
 app.command("loadtest")(loadtest.loadtest_cmd)

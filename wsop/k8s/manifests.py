@@ -36,6 +36,8 @@ SIDECAR_SERVICE = "wsop-sidecars"
 LB = "wsop-lb"
 LB_PORT = 8765
 LOCUST_MASTER = "wsop-locust-master"
+DRAIN_WAIT_S = 20
+"""preStop drain budget (s): must end well inside terminationGracePeriodSeconds (30)."""
 SECRET_ENV = (
     ("WSOP_REDIS_URL", "redis-url"),
     ("WSOP_SECRET", "jwt-secret"),
@@ -124,6 +126,21 @@ def sidecar_container(s: Settings) -> dict[str, Any]:
             *_secret_env(),
         ],
         **_probes(PORT_NAME),
+        # Before SIGTERM: move this pod's clients, live, to the other sidecars (`wsop
+        # drain`), so a scale-down or rollout closes no client. Within the pod's 30 s
+        # grace: 20 s of draining, then the 1012 close window for whatever is left.
+        "lifecycle": {
+            "preStop": {
+                "exec": {
+                    "command": [
+                        "wsop",
+                        "drain",
+                        f"--url=http://127.0.0.1:{s.sidecar_port}",
+                        f"--wait={DRAIN_WAIT_S}",
+                    ]
+                }
+            }
+        },
         "resources": {
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},
