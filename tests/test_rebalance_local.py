@@ -151,7 +151,7 @@ def test_drain_moves_every_connection_off_a_sidecar_and_clients_stay(redis_url: 
         expected = Counter(
             without_s0.owner(("t0", u)) for u in range(60) if now.owner(("t0", u)) == "s0"
         )
-        assert answer == {"moving": held, "to": expected}
+        assert answer == {"moving": held, "to": expected, "unmovable": 0}
         for _ in range(50):
             if admin("s0", "/connections")["connections"] == 0:
                 break
@@ -237,10 +237,12 @@ def test_wsop_drain_moves_clients_and_reports_what_could_not_move(redis_url: str
         )  # fmt: skip
         assert done.returncode == 1
         report = json.loads(done.stdout)
-        assert report["sidecar"] == "s2" and report["remaining"] == 1
+        assert report["sidecar"] == "s2" and report["remaining"] == report["unmovable"] == 1
         assert report["moving"] >= 2 and sum(report["to"].values()) == report["moving"]
         assert set(report["to"]) <= {"s0", "s1"}
-        assert done.stderr.strip() == "error: 1 connection(s) still on s2 after 2 s"
+        assert done.stderr.strip() == (
+            "error: 1 connection(s) still on s2 after 2 s (1 not behind an LB: cannot be moved)"
+        )
         status = {s["name"]: s["connections"] for s in wsop_json("status", env=env)["sidecars"]}
         assert status["s2"] == 1 and status["s0"] + status["s1"] == 40
         for u, ws in enumerate(clients):  # the moved ones still work

@@ -28,6 +28,8 @@ class DrainResult:
     moving: int
     """Connections asked to move."""
     to: dict[str, int]
+    unmovable: int
+    """Connections no LB holds (a client connected to the sidecar directly): they stay."""
     remaining: int
     """Connections still held when the wait ended (0: drained)."""
     waited_s: float
@@ -58,7 +60,12 @@ def drain(
             break
         time.sleep(POLL_S)
     return DrainResult(
-        name, moving, dict(asked.get("to", {})), remaining, round(time.monotonic() - started, 2)
+        name,
+        moving,
+        dict(asked.get("to", {})),
+        int(asked.get("unmovable", 0)),
+        remaining,
+        round(time.monotonic() - started, 2),
     )
 
 

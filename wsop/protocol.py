@@ -48,6 +48,9 @@ ERROR_CODES: Final = frozenset(
 # to move that client to sidecar NAME. A JSON frame never starts with NUL, so the LB
 # tells them apart with one character check, and never forwards them to the client.
 MOVE_PREFIX: Final = "\x00wsop:move "
+# The LB's handshake with a sidecar carries this header: only such connections can be
+# moved (a client connected to a sidecar directly would just receive the control frame).
+VIA_HEADER: Final = "X-Wsop-Via"
 
 # Limits. Frame size is the server's choice (passed to `parse_client_frame`).
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024

@@ -90,6 +90,7 @@ def drain_cmd(
         "sidecar": result.sidecar,
         "moving": result.moving,
         "to": result.to,
+        "unmovable": result.unmovable,
         "remaining": result.remaining,
         "waited_s": result.waited_s,
     }
@@ -104,9 +105,11 @@ def drain_cmd(
 
     emit(payload, as_json, render)
     if result.remaining:
+        why = f" ({result.unmovable} not behind an LB: cannot be moved)" if result.unmovable else ""
         err_console.print(
             f"[bold red]error:[/] {result.remaining} connection(s) still on {result.sidecar} "
-            f"after {wait:g} s",
+            f"after {wait:g} s{why}",
             highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(1)

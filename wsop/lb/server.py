@@ -31,7 +31,7 @@ from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
-from wsop.protocol import close_reason
+from wsop.protocol import VIA_HEADER, close_reason
 from wsop.ring import build
 from wsop.ring.base import Placement
 from wsop.ring.bounded import BoundedLoads
@@ -173,7 +173,8 @@ class LoadBalancer:
         one), so a client-supplied one is stripped.
         """
         auth = request.headers.get("Authorization")
-        headers = {"Authorization": auth} if auth else None
+        # VIA_HEADER tells the sidecar an LB holds this client: its move frames are ours
+        headers = {VIA_HEADER: "lb", **({"Authorization": auth} if auth else {})}
         url = urlsplit(request.path)
         params = parse_qsl(url.query, keep_blank_values=True)
         kept = [(k, v) for k, v in params if k != "moved_from"]

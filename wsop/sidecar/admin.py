@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -40,6 +41,7 @@ async def process_request(
             return text_response(conn, 401, str(exc))
         conn.wsop_identity = ident  # type: ignore[attr-defined]
         conn.wsop_moved_from = query(request).get("moved_from")  # type: ignore[attr-defined]
+        conn.wsop_via_lb = request.headers.get(protocol.VIA_HEADER) == "lb"  # type: ignore[attr-defined]
         return None
     if path == "/healthz":
         members = sorted(sidecar.members.current())
@@ -75,7 +77,7 @@ def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Re
     if target not in members:
         return json_response(conn, 404, {"error": f"no sidecar named {target!r}"})
     user = protocol.normalize_user_id(raw_user)
-    conns = list(sidecar.router.connections(tenant, user)) if user is not None else []
+    conns = movable(sidecar.router.connections(tenant, user)) if user is not None else []
     if target == sidecar.config.name or not conns:
         return json_response(conn, 200, {"moved": 0})
     sidecar.outbox.send(conns, f"{protocol.MOVE_PREFIX}{target} {members[target]}")
@@ -105,13 +107,22 @@ async def drain(sidecar: Sidecar, conn: ServerConnection, to: str | None) -> Res
     # a maglev table takes ~0.6 s to build: never on the event loop
     owner = await asyncio.to_thread(sidecar.placement_for, others)
     targets: Counter[str] = Counter()
-    for tenant, user, _ in sidecar.router.users():
-        conns = list(sidecar.router.connections(tenant, user))
+    unmovable = 0
+    for tenant, user, count in sidecar.router.users():
+        conns = movable(sidecar.router.connections(tenant, user))
+        unmovable += count - len(conns)
         target = owner((tenant, user))
         targets[target] += sidecar.outbox.send(
             conns, f"{protocol.MOVE_PREFIX}{target} {others[target]}"
         )
-    return json_response(conn, 200, {"moving": sum(targets.values()), "to": dict(targets)})
+    moving = sum(targets.values())
+    return json_response(conn, 200, {"moving": moving, "to": dict(targets), "unmovable": unmovable})
+
+
+def movable(conns: Iterable[Any]) -> list[Any]:
+    """The connections an LB holds (only an LB acts on a move frame); an app connection
+    in upstream mode or a client connected directly is not one of them."""
+    return [c for c in conns if getattr(c, "via_lb", False)]
 
 
 def connections_report(sidecar: Sidecar) -> dict[str, Any]:

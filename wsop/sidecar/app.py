@@ -195,7 +195,9 @@ class Sidecar:
         here on the connection costs callbacks only, no task."""
         index: int = conn.wsop_index  # type: ignore[attr-defined]
         app = await self._open_app(ident, index) if self.config.upstream else None
-        session = ClientSession(conn.protocol, ident, index, self)
+        session = ClientSession(
+            conn.protocol, ident, index, self, getattr(conn, "wsop_via_lb", False)
+        )
         # Registered first, so deliveries queue in the session while presence is set;
         # the client's own frames wait in the stash until then (a team message must
         # see its sender online).

@@ -81,10 +81,16 @@ class ClientSession(asyncio.Protocol):
         "_slow_timer",
         "pong_due",
         "open",
+        "via_lb",
     )
 
     def __init__(
-        self, protocol: ServerProtocol, ident: Identity, index: int, owner: SessionOwner
+        self,
+        protocol: ServerProtocol,
+        ident: Identity,
+        index: int,
+        owner: SessionOwner,
+        via_lb: bool = False,
     ) -> None:
         self.protocol = protocol
         self.ident = ident
@@ -100,6 +106,8 @@ class ClientSession(asyncio.Protocol):
         """A keepalive ping went out and nothing came back yet."""
         self.open = True
         """The socket is still ours (until `connection_lost`)."""
+        self.via_lb = via_lb
+        """An LB holds this client (it said so in the handshake): it can be moved."""
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
