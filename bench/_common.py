@@ -129,28 +129,26 @@ def percentile_ms(samples_ns: list[int], q: float) -> float | None:
     return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of one process from /proc/<pid>/stat (0.0 once it is gone).
+def proc_cpu_times(pid: int) -> tuple[float, float]:
+    """(utime + stime, stime) of one process from /proc/<pid>/stat ((0, 0) once gone).
 
     Read from /proc rather than psutil so the number is exactly what the kernel
-    charged the process, with no sampling of our own in between.
+    charged the process, with no sampling of our own in between. stime alone is the
+    kernel's share (syscalls, and on loopback TCP the receiving side's network stack,
+    run in the sender's context).
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick
 
 
-def proc_kernel_seconds(pid: int) -> float:
-    """stime alone: the share of a process's CPU spent in the kernel (syscalls, and on
-    loopback TCP the receiving side's network stack, run in the sender's context)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    return int(stat.rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (see `proc_cpu_times`)."""
+    return proc_cpu_times(pid)[0]
 
 
 def proc_rss_bytes(pid: int) -> int:

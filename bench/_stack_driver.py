@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import percentile_ms, proc_cpu_seconds, proc_kernel_seconds
+from _common import percentile_ms, proc_cpu_times
 from websockets.asyncio.client import ClientConnection, connect
 
 
@@ -224,8 +224,7 @@ class Driver:
         ]
         await asyncio.sleep(warmup_s)
         c.ack_ns, c.delivery_ns = [], []
-        cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
-        kernel0 = {name: proc_kernel_seconds(pid) for name, pid in pids.items()}
+        times0 = {name: proc_cpu_times(pid) for name, pid in pids.items()}
         busy0 = machine_busy_seconds()
         sys0 = {name: proc_syscalls(pid) for name, pid in pids.items()}
         before, t0 = c.snapshot(), time.perf_counter()
@@ -234,8 +233,9 @@ class Driver:
         await asyncio.sleep(seconds)
         c.recording = False
         after, wall = c.snapshot(), time.perf_counter() - t0
-        cpu = {name: proc_cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
-        kernel = {name: proc_kernel_seconds(pid) - kernel0[name] for name, pid in pids.items()}
+        times = {name: proc_cpu_times(pid) for name, pid in pids.items()}
+        cpu = {name: times[name][0] - times0[name][0] for name in pids}
+        kernel = {name: times[name][1] - times0[name][1] for name in pids}
         syscalls = {name: proc_syscalls(pid) - sys0[name] for name, pid in pids.items()}
         cpu["machine"] = machine_busy_seconds() - busy0
         cpu["others"] = max(0.0, cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine"))

@@ -45,10 +45,11 @@ class Identity:
     user: UserId
 
 
-def check_secret(secret: str | bytes | None) -> bytes:
-    """The secret as bytes; an empty or missing one is a usage error, not a weak key."""
+def check_secret(secret: str | bytes | None, hint: str = " (or pass --secret)") -> bytes:
+    """The secret as bytes; an empty or missing one is a usage error, not a weak key.
+    `hint` ends the message: what else the caller offers instead of the variable."""
     if not secret:
-        raise UsageError(f"no JWT secret: set {SECRET_ENV} (or pass --secret)")
+        raise UsageError(f"no JWT secret: set {SECRET_ENV}{hint}")
     return secret.encode("utf-8") if isinstance(secret, str) else secret
 
 
@@ -64,10 +65,12 @@ def secret_warning(secret: str | bytes) -> str | None:
     return None
 
 
-def secret_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """`WSOP_SECRET`, or a UsageError that says how to set it."""
+def secret_from_env(
+    environ: Mapping[str, str] | None = None, hint: str = " (or pass --secret)"
+) -> str:
+    """`WSOP_SECRET`, or a UsageError that says how to set it (`hint`: see check_secret)."""
     value = (os.environ if environ is None else environ).get(SECRET_ENV, "")
-    check_secret(value)
+    check_secret(value, hint)
     return value
 
 

@@ -48,6 +48,13 @@ ERROR_CODES: Final = frozenset(
 # to move that client to sidecar NAME. A JSON frame never starts with NUL, so the LB
 # tells them apart with one character check, and never forwards them to the client.
 MOVE_PREFIX: Final = "\x00wsop:move "
+
+
+def move_frame(target: str, url: str) -> str:
+    """The control frame asking the LB to move a client to sidecar `target` at `url`."""
+    return f"{MOVE_PREFIX}{target} {url}"
+
+
 # The LB's handshake with a sidecar carries this header: only such connections can be
 # moved (a client connected to a sidecar directly would just receive the control frame).
 VIA_HEADER: Final = "X-Wsop-Via"

@@ -144,7 +144,6 @@ MaxUsersOpt = Annotated[
 
 def max_users_or_default(value: int | None) -> int:
     from wsop.acl.ids import default_max_users
-    from wsop.errors import UsageError
 
     if value is None:
         return default_max_users()
@@ -193,7 +192,6 @@ def membership_source(
 ):
     """The one membership source the flags name (local file, static list or Kubernetes)."""
     from wsop.discovery import source_from_flags
-    from wsop.errors import UsageError
 
     if namespace is None:
         return source_from_flags(members_file, peers)
@@ -207,7 +205,7 @@ def membership_source(
 def server_secret(insecure: bool, process: str) -> str | None:
     """The JWT secret a server checks tokens with; `--insecure` makes it optional and
     says so loudly, because then anyone can connect as any tenant and user."""
-    from wsop.auth import SECRET_ENV, secret_warning
+    from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
     from wsop.cli.output import err_console
 
     if insecure:
@@ -217,12 +215,8 @@ def server_secret(insecure: bool, process: str) -> str | None:
             "connect as any tenant and user with ?tenant=T&user=U. Never expose this port.[/]",
             highlight=False,
         )
-    else:
-        secret = os.environ.get(SECRET_ENV) or None
-        if not secret:  # (servers have no --secret flag: a secret on a command line leaks)
-            raise UsageError(
-                f"no JWT secret: set {SECRET_ENV}, or run a local dev stack with --insecure"
-            )
+    else:  # (servers have no --secret flag: a secret on a command line leaks)
+        secret = secret_from_env(hint=", or run a local dev stack with --insecure")
     if secret and (warning := secret_warning(secret)):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return secret

@@ -56,6 +56,20 @@ class MoveTarget(Protocol):
         ...
 
 
+class SidecarAdmin:
+    """A `MoveTarget` over one transport: subclasses say how to GET a member's admin path."""
+
+    def _get(self, member: str, path: str, params: list[tuple[str, str]]) -> Any:
+        raise NotImplementedError
+
+    def connections(self, member: str) -> Any:
+        return self._get(member, "/connections", [])
+
+    def move(self, member: str, tenant: str, user: str | int, to: str) -> int:
+        params = [("tenant", tenant), ("user", str(user)), ("to", to)]
+        return parse_moved(self._get(member, "/move", params), member)
+
+
 def sidecar_answer(member: str, path: str, status: int, body: bytes) -> Any:
     """The JSON a sidecar answered, or the right exception for its failure."""
     text = body.decode(errors="replace").strip()

@@ -14,11 +14,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from wsop.errors import NotFound
-from wsop.k8s.executor import MemberFailed, parse_moved, sidecar_answer
+from wsop.k8s.executor import MemberFailed, SidecarAdmin, sidecar_answer
 from wsop.local import stack_file
 
 
-class LocalStackTarget:
+class LocalStackTarget(SidecarAdmin):
     """The sidecars of the members file, by name."""
 
     def __init__(self, urls: dict[str, str], admin_token: str | None, timeout: float = 5.0):
@@ -43,13 +43,6 @@ class LocalStackTarget:
             reason = getattr(exc, "reason", exc)
             raise MemberFailed(member, f"{path}: unreachable at {base} ({reason})") from None
         return sidecar_answer(member, path, status, body)
-
-    def connections(self, member: str) -> Any:
-        return self._get(member, "/connections", [])
-
-    def move(self, member: str, tenant: str, user: str | int, to: str) -> int:
-        params = [("tenant", tenant), ("user", str(user)), ("to", to)]
-        return parse_moved(self._get(member, "/move", params), member)
 
 
 def local_stack(path: Path | None = None) -> tuple[stack_file.StackRecord, LocalStackTarget]:

@@ -23,13 +23,13 @@ from typing import Any
 
 from wsop.errors import BackendError
 from wsop.k8s.client import Cluster, pod_proxy_path
-from wsop.k8s.executor import MemberFailed, parse_moved, sidecar_answer
+from wsop.k8s.executor import MemberFailed, SidecarAdmin, sidecar_answer
 
 ADMIN_HEADER = "X-Wsop-Admin-Token"
 """Carries the sidecar admin token through pods/proxy (which consumes `Authorization`)."""
 
 
-class PodProxyTarget:
+class PodProxyTarget(SidecarAdmin):
     """Reach each pod's admin endpoints through pods/proxy on its sidecar port."""
 
     def __init__(
@@ -68,13 +68,6 @@ class PodProxyTarget:
             if status >= 400:
                 raise MemberFailed(member, f"{path}: API server answered {status}: {message}")
         return sidecar_answer(member, path, status, body)
-
-    def connections(self, member: str) -> Any:
-        return self._get(member, "/connections", [])
-
-    def move(self, member: str, tenant: str, user: str | int, to: str) -> int:
-        params = [("tenant", tenant), ("user", str(user)), ("to", to)]
-        return parse_moved(self._get(member, "/move", params), member)
 
 
 def _api_status(body: bytes) -> dict[str, Any] | None:

@@ -282,14 +282,15 @@ def _drain(record: StackRecord, drop: list[ProcRecord]) -> None:
     """Move the clients of the sidecars about to stop, live, onto the ones kept (each
     sidecar's `/drain`), and wait until they hold none: a scale-down then closes no
     client. Whatever is still connected at the timeout gets the usual 1012 on SIGTERM."""
-    onto = ",".join(s.name for s in record.sidecars)
-    asked = [p for p in drop if stack_proc.admin_get(p, f"/drain?to={onto}", record.admin_token)]
+    from wsop.drain import drain
+
+    onto = [s.name for s in record.sidecars]
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while asked and time.monotonic() < deadline:
-        counts = [stack_proc.admin_get(p, "/connections", record.admin_token) for p in asked]
-        if all(isinstance(c, dict) and c.get("connections") == 0 for c in counts):
-            return
-        time.sleep(0.1)
+    for proc in drop:
+        try:
+            drain(proc.http, record.admin_token, onto, max(0.0, deadline - time.monotonic()))
+        except WsopError:  # unreachable or refusing: the SIGTERM that follows still works
+            continue
 
 
 def status() -> StackStatus:

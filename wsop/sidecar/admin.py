@@ -25,6 +25,7 @@ from wsop.httpadmin import (
 
 if TYPE_CHECKING:
     from wsop.sidecar.app import Sidecar
+    from wsop.sidecar.client import ClientSession
 
 
 async def process_request(
@@ -80,7 +81,7 @@ def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Re
     conns = movable(sidecar.router.connections(tenant, user)) if user is not None else []
     if target == sidecar.config.name or not conns:
         return json_response(conn, 200, {"moved": 0})
-    sidecar.outbox.send(conns, f"{protocol.MOVE_PREFIX}{target} {members[target]}")
+    sidecar.outbox.send(conns, protocol.move_frame(target, members[target]))
     return json_response(conn, 200, {"moved": len(conns)})
 
 
@@ -112,17 +113,15 @@ async def drain(sidecar: Sidecar, conn: ServerConnection, to: str | None) -> Res
         conns = movable(sidecar.router.connections(tenant, user))
         unmovable += count - len(conns)
         target = owner((tenant, user))
-        targets[target] += sidecar.outbox.send(
-            conns, f"{protocol.MOVE_PREFIX}{target} {others[target]}"
-        )
+        targets[target] += sidecar.outbox.send(conns, protocol.move_frame(target, others[target]))
     moving = sum(targets.values())
     return json_response(conn, 200, {"moving": moving, "to": dict(targets), "unmovable": unmovable})
 
 
-def movable(conns: Iterable[Any]) -> list[Any]:
-    """The connections an LB holds (only an LB acts on a move frame); an app connection
-    in upstream mode or a client connected directly is not one of them."""
-    return [c for c in conns if getattr(c, "via_lb", False)]
+def movable(sessions: Iterable[ClientSession]) -> list[ClientSession]:
+    """The sessions an LB holds: only an LB acts on a move frame (a client connected to
+    the sidecar directly would just receive it)."""
+    return [s for s in sessions if s.via_lb]
 
 
 def connections_report(sidecar: Sidecar) -> dict[str, Any]:

@@ -34,11 +34,8 @@ class Outbox:
             if conn.protocol.state is not State.OPEN or _sending_fragments(conn):
                 continue
             conn.protocol.send_text(data)
-            self._dirty.add(conn)
+            self.mark(conn)
             taken += 1
-        if taken and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
         return taken
 
     def mark(self, conn: Any) -> None:
