@@ -12,6 +12,9 @@ plus a few commands:
 - `slowpush:N` → the same, 30 ms apart, in the background (a sidecar still delivering);
 - `sendmove:NAME URL` → sends the sidecar→LB control frame "\\x00wsop:move NAME URL".
 
+Like a real sidecar, the LB's `"\\x00wsop:moved"` (the client moved away) is never
+echoed: the connection is closed with 1000 "moved" once its background pushes are done.
+
 `?reject=STATUS` on the handshake answers that HTTP status instead;
 `?reject_moved=STATUS` does so only for a moved connection (one with `moved_from`).
 """
@@ -63,11 +66,20 @@ async def run(name: str, host: str, port: int) -> None:
             return conn.respond(int(reject[0]), "rejected by stand-in\n")
         return None
 
+    pushes: dict[ServerConnection, set[asyncio.Task[None]]] = {}
+
+    async def close_when_done(conn: ServerConnection) -> None:
+        await asyncio.sleep(0.1)
+        await asyncio.gather(*pushes.get(conn, ()))
+        await conn.close(1000, "moved")
+
     async def handler(conn: ServerConnection) -> None:
         clients.add(conn)
         try:
             async for message in conn:
-                if isinstance(message, bytes):
+                if message == "\x00wsop:moved":
+                    asyncio.ensure_future(close_when_done(conn))
+                elif isinstance(message, bytes):
                     await conn.send(name.encode() + b":" + message)
                 elif message == "whoami":
                     auth = conn.request.headers.get("Authorization") if conn.request else None
@@ -80,7 +92,8 @@ async def run(name: str, host: str, port: int) -> None:
                 elif message.startswith("sendmove:"):
                     await conn.send("\x00wsop:move " + message[len("sendmove:") :])
                 elif message.startswith("slowpush:"):
-                    asyncio.ensure_future(slowpush(conn, int(message[9:])))
+                    task = asyncio.ensure_future(slowpush(conn, int(message[9:])))
+                    pushes.setdefault(conn, set()).add(task)
                 elif message.startswith("push:"):
                     for i in range(int(message[5:])):
                         await conn.send(f"{name}:push:{i}")
@@ -88,6 +101,7 @@ async def run(name: str, host: str, port: int) -> None:
                     await conn.send(f"{name}:{message}")
         finally:
             clients.discard(conn)
+            pushes.pop(conn, None)
 
     async def slowpush(conn: ServerConnection, count: int) -> None:
         for i in range(count):

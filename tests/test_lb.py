@@ -235,27 +235,32 @@ async def test_vanished_sidecar_closes_1012() -> None:
 
 
 @pytest.mark.asyncio
-async def test_no_sidecar_1013_and_unreachable_1013(standins: Members) -> None:
-    async with running_lb(StaticMembership({})) as lb, await dial(lb) as ws:
-        with pytest.raises(ConnectionClosed):
-            await ws.recv()
-        assert ws.close_code == 1013
+async def test_no_sidecar_or_an_unreachable_one_is_a_503_at_the_handshake(
+    standins: Members,
+) -> None:
+    """The sidecar leg is dialled before the client's 101: no leg, no WebSocket."""
+    async with running_lb(StaticMembership({})) as lb:
+        with pytest.raises(InvalidStatus) as refused:
+            await dial(lb)
+        assert refused.value.response.status_code == 503
+        assert b"no sidecars available" in refused.value.response.body
     dead = f"ws://127.0.0.1:{free_port()}"
-    async with running_lb(StaticMembership({"s9": dead})) as lb, await dial(lb) as ws:
-        with pytest.raises(ConnectionClosed):
-            await ws.recv()
-        assert ws.close_code == 1013 and "s9" in ws.close_reason
+    async with running_lb(StaticMembership({"s9": dead})) as lb:
+        with pytest.raises(InvalidStatus) as refused:
+            await dial(lb)
+        assert refused.value.response.status_code == 503
+        assert b"sidecar s9 unavailable" in refused.value.response.body
         assert lb.stats.upstream_failures["connect"] == 1
 
 
 @pytest.mark.asyncio
-async def test_sidecar_refusal_closes_1008(standins: Members) -> None:
+async def test_a_sidecar_refusal_is_the_client_handshake_answer(standins: Members) -> None:
     async with running_lb(StaticMembership(standins)) as lb:
-        ws = await connect(ws_url(lb, f"?reject=403&token={token('acme', 1)}"), proxy=None)
-        with pytest.raises(ConnectionClosed):
-            await ws.recv()
-        assert ws.close_code == 1008
-        assert ws.close_reason.endswith("refused: HTTP 403: rejected by stand-in")
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(ws_url(lb, f"?reject=403&token={token('acme', 1)}"), proxy=None)
+        assert refused.value.response.status_code == 403
+        assert refused.value.response.body.endswith(b"refused: rejected by stand-in\n")
+        assert lb.stats.upstream_failures["http_403"] == 1
 
 
 @pytest.mark.asyncio
@@ -687,6 +692,13 @@ class FakeConn:
         self.closed_with = (code, reason)
 
 
+def unmasked_texts(stream: bytes) -> list[str]:
+    """The text frames in a stream of masked client frames, unmasked."""
+    from wsop.load.frames import OP_TEXT, FrameReader
+
+    return [p.decode() for op, p in FrameReader().feed(stream) if op == OP_TEXT]
+
+
 def masked(text: str) -> bytes:
     return text_frame(text, mask=True)
 
@@ -735,7 +747,10 @@ async def test_relay_takes_control_frames_out_of_the_stream() -> None:
     new = dialled.conns["ws://127.0.0.1:9"]
     nxt = masked("next")
     relay.client.data_received(nxt)
-    assert bytes(new.transport.written) == nxt and bytes(upstream.transport.written) == hello
+    assert bytes(new.transport.written) == nxt
+    # the old sidecar was told its client moved away (a masked control frame, after hello)
+    assert bytes(upstream.transport.written)[: len(hello)] == hello
+    assert unmasked_texts(bytes(upstream.transport.written)[len(hello) :]) == ["\x00wsop:moved"]
     # a move frame from the draining old upstream is ignored
     old = next(iter(relay.draining))
     old.data_received(plain("\x00wsop:move s2 ws://127.0.0.1:8"))
@@ -756,12 +771,15 @@ async def test_switch_waits_for_the_client_message_boundary() -> None:
     relay.client.data_received(big[300:] + after)
     await switch
     new = dialled.conns["ws://s1"]
-    assert bytes(upstream.transport.written) == big  # the whole message went to s0
+    written = bytes(upstream.transport.written)
+    assert written[: len(big)] == big  # the whole message went to s0, then the news
+    assert unmasked_texts(written[len(big) :]) == ["\x00wsop:moved"]
     assert bytes(new.transport.written) == after and relay.owner == "s1"
-    # the old upstream drains, then gets 1000 "moved" from the LB (masked: we are its client)
+    # the old upstream drains; if its sidecar does not close it, the LB does after drain_s:
+    # 1000 "moved" (masked: we are its client)
     await asyncio.sleep(0.25)
     old_side = next(iter(relay.draining))
-    frame = bytes(upstream.transport.written[len(big) :])
+    frame = bytes(upstream.transport.written[len(written) :])
     scanner = Recorder(intercept=False)
     scanner.feed(frame)
     assert [parse_close(p) for p in scanner.closes] == [(1000, "moved")] and frame[1] & 0x80

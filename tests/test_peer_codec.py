@@ -14,10 +14,12 @@ from wsop.sidecar.peer_codec import (
     Ack,
     Deliver,
     Holding,
+    PeerDecoder,
     PeerFormatError,
     decode_batch,
     encode_batch,
     encode_item,
+    encode_pieces,
 )
 
 tenants = st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True)
@@ -72,5 +74,39 @@ def test_raw_newline_in_a_frame_is_refused() -> None:
     ],
 )
 def test_malformed_batches_raise_peer_format_error(raw) -> None:
+    with pytest.raises(PeerFormatError):
+        decode_batch(raw)
+
+
+@given(st.lists(items, min_size=1, max_size=6), st.integers(1, 40), st.integers(1, 5))
+def test_frames_in_pieces_are_reassembled_across_batches(batch, piece, per_batch) -> None:
+    """Any item list, frames cut into pieces of any size, the encoded items spread over
+    batches of any length: one decoder per link gives the items back."""
+    encoded = [text for item in batch for text in encode_pieces(item, piece)]
+    decoder = PeerDecoder()
+    got = []
+    for start in range(0, len(encoded), per_batch):
+        got.extend(decoder.feed(encode_batch(encoded[start : start + per_batch])))
+    assert got == batch and not decoder.partial
+
+
+def test_a_big_frame_goes_in_pieces_no_larger_than_asked() -> None:
+    frame = encode_message(1, "é" * 5000, "x", 0)  # 30 KB of escapes
+    texts = encode_pieces(Deliver("acme", [1, 2], 9, TO_OWNER, frame), 4096)
+    assert len(texts) == -(-len(frame) // 4096)
+    assert all(len(t.split("\n", 1)[1]) <= 4096 for t in texts)
+    assert decode_batch(encode_batch(texts)) == [Deliver("acme", [1, 2], 9, TO_OWNER, frame)]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '["+"]\nabc',  # a piece without its header
+        '["d","acme",[1],0,"o",3]\nab\n["+"]\ncd',  # the batch ends inside the frame
+        '["d","acme",[1],0,"o",2]\nab\n["a",1,1,0]\n',  # pieces interrupted
+        '["d","acme",[1],0,"o",1]\nab',  # "one piece" is not pieces
+    ],
+)
+def test_broken_pieces_raise_peer_format_error(raw) -> None:
     with pytest.raises(PeerFormatError):
         decode_batch(raw)

@@ -14,7 +14,7 @@ from wsop.sidecar.peers import PeerLinks
 
 
 def queued(links: PeerLinks, name: str) -> list[PeerItem]:
-    return [item for item, _ in links._links[name]._queue]
+    return [item for _, item in links._links[name]._queue if item is not None]
 
 
 def test_answers_to_a_peer_that_just_joined_wait_for_its_membership() -> None:

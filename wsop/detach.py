@@ -10,6 +10,10 @@ another protocol without losing or reordering a byte (and without a parser holdi
 header). When the server decides not to take the socket after all (no sidecar, SIGTERM,
 a refused user), `resume` feeds the stash back and websockets closes the connection as
 usual.
+
+The stash is bounded: past `STASH_LIMIT` bytes the socket stops being read until the
+data phase begins (a client that pushes megabytes before it was even accepted only fills
+its own kernel buffers, not the server's memory).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ _SCANNING: Final = 0  # reading the HTTP head: websockets gets every byte
 _STASHING: Final = 1  # head read: bytes are the relay's, kept for `detach`
 _PASSING: Final = 2  # not relaying after all (or a refused handshake): websockets again
 _DETACHED: Final = 3  # the transport belongs to a raw protocol now
+STASH_LIMIT: Final = 256 * 1024
 
 
 class Detachable:
@@ -31,6 +36,7 @@ class Detachable:
     _stash: bytearray | None = None
     _eof = False
     _protocol: asyncio.Protocol | None = None
+    _reading_paused = False
     lost = False
     """The peer went away while the bytes were being stashed."""
 
@@ -43,6 +49,9 @@ class Detachable:
         if mode == _STASHING:
             assert self._stash is not None
             self._stash += data
+            if len(self._stash) > STASH_LIMIT and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pause_reading()  # type: ignore[attr-defined]
             return
         if mode != _SCANNING:
             super().data_received(data)  # type: ignore[misc]
@@ -80,6 +89,10 @@ class Detachable:
             return
         self._mode = _PASSING
         stash, self._stash = self._stash, None
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self.lost:
+                self.transport.resume_reading()  # type: ignore[attr-defined]
         if stash and not self.lost:
             super().data_received(bytes(stash))  # type: ignore[misc]
 
@@ -101,6 +114,10 @@ class Detachable:
         transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self.lost and not transport.is_closing():
+                transport.resume_reading()
 
     def replay(self) -> None:
         """Feed the stash to the attached protocol, then `connection_lost` if the peer

@@ -50,6 +50,13 @@ ERROR_CODES: Final = frozenset(
 MOVE_PREFIX: Final = "\x00wsop:move "
 
 
+# LB → sidecar, on the upstream a client just moved away from: "\x00wsop:moved". The old
+# sidecar finishes what it owes that connection (acks of messages it is still routing,
+# deliveries already on their way) and then closes it; until then the LB keeps relaying
+# its frames to the client between messages.
+MOVED_FRAME: Final = "\x00wsop:moved"
+
+
 def move_frame(target: str, url: str) -> str:
     """The control frame asking the LB to move a client to sidecar `target` at `url`."""
     return f"{MOVE_PREFIX}{target} {url}"
@@ -239,8 +246,13 @@ def encode_message(
     return _encode(frame)
 
 
-def encode_ack(id: str | None, delivered: int) -> str:
-    """Tell the sender how many recipient users the message reached."""
+def encode_ack(id: str | None, delivered: int, undelivered: int = 0) -> str:
+    """Tell the sender how many recipient users the message reached, and how many it
+    could not reach (the key is present only when some were not)."""
+    if undelivered:
+        return _encode(
+            {"type": "ack", "id": id, "delivered": delivered, "undelivered": undelivered}
+        )
     return _encode({"type": "ack", "id": id, "delivered": delivered})
 
 

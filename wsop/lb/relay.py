@@ -11,10 +11,12 @@ frames out of the stream. Pings and pongs pass through: keep-alive is end to end
 
 Moving a client (`switch_to`) happens at a message boundary in both directions: the
 client's bytes go to the new upstream from the first message that starts after the
-switch, and the old upstream keeps *draining* into the client stream — spliced in only
-between messages (`writer`) — until the old sidecar closes it, or for `drain_s` at most,
-after which the LB closes it with 1000 "moved". Only the *current* upstream ending ends
-the relay.
+switch, and the LB tells the old sidecar so (a `"\x00wsop:moved"` control frame, where
+that stream is between messages too). The old upstream keeps *draining* into the client
+stream — spliced in only between messages (`writer`) — until the old sidecar closes it,
+which it does once it owes the client nothing more (acks of messages it was still
+routing, deliveries already on their way), or for `drain_s` at most, after which the LB
+closes it with 1000 "moved". Only the *current* upstream ending ends the relay.
 
 Close codes: close frames pass through end to end, so the client gets the upstream's
 own close code and reason and the upstream gets the client's. An upstream that vanished
@@ -31,10 +33,11 @@ from typing import Final
 
 from websockets.frames import CloseCode
 
+from wsop.lb.frames import text_frame
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.sides import ClientSide, UpstreamSide
 from wsop.lb.stats import LBStats
-from wsop.protocol import MOVE_PREFIX
+from wsop.protocol import MOVE_PREFIX, MOVED_FRAME
 
 log = logging.getLogger("wsop.lb")
 
@@ -56,6 +59,7 @@ CLOSE_TIMEOUT: Final = 3.0
 _UNSENDABLE: Final = frozenset({1004, 1005, 1006, 1015})
 
 
+_MOVED: Final = text_frame(MOVED_FRAME, mask=True)  # masked: the LB is the sidecar's client
 _MOVES: set[asyncio.Task[None]] = set()
 """Strong references to running sidecar-requested moves (a bare task may be collected)."""
 
@@ -107,7 +111,7 @@ class Relay:
         dial: Dial,
         stats: LBStats,
         key: tuple[str, int | str] | None = None,
-        drain_s: float = 1.0,
+        drain_s: float = 15.0,
         on_done: Callable[[Relay], None] | None = None,
     ) -> None:
         self.key = key
@@ -347,6 +351,8 @@ class Relay:
         if self.client_paused:
             new.pause_reading()
         if not old.lost:
+            if old.sink:  # (its stream is between messages: the switch is at a boundary)
+                old.transport.write(_MOVED)  # type: ignore[union-attr]
             loop = asyncio.get_running_loop()
             old.timer = loop.call_later(self._drain_s, self._drain_expired, old)
 

@@ -1,10 +1,14 @@
 """`wsop lb`: accept client WebSockets, authenticate, relay each one to its ring owner.
 
 The LB decides everything in `process_request`, before the upgrade: admin paths get a
-plain HTTP answer, a `/ws` handshake without a valid identity gets a one-line 401, so a
-refused client never costs a WebSocket. Accepted clients are routed with the same
-placement the sidecars build from the same membership (`build(algo, names)`), rebuilt
-only when the membership changes, never per connection.
+plain HTTP answer, a `/ws` handshake without a valid identity gets a one-line 401, and
+an accepted one is routed and its sidecar leg *dialled* before the client gets its 101.
+So a client whose `connect()` returned is reachable at once (a message to it is not
+reported undelivered because its sidecar does not know it yet), and a sidecar's refusal
+becomes the client's own HTTP answer, with the sidecar's reason (403 for a user the
+tenant cannot hold, 503 when no sidecar can take it). Routing uses the same placement
+the sidecars build from the same membership (`build(algo, names)`), rebuilt only when
+the membership changes, never per connection.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidStatus
-from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from wsop.auth import AuthError, Identity, identity_from_request
@@ -31,7 +34,7 @@ from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
-from wsop.protocol import VIA_HEADER, close_reason
+from wsop.protocol import VIA_HEADER
 from wsop.ring import build
 from wsop.ring.base import Placement
 from wsop.ring.bounded import BoundedLoads
@@ -39,6 +42,16 @@ from wsop.ring.bounded import BoundedLoads
 log = logging.getLogger("wsop.lb")
 
 WS_PATH = "/ws"
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """A client's sidecar connection, opened during the client's handshake."""
+
+    identity: Identity
+    owner: str
+    upstream: LBClientConnection
+    dial: Dial
 
 
 @dataclass
@@ -56,8 +69,10 @@ class LBConfig:
     drain_s: float = 1.0
     """SIGTERM closes clients (1012) spread over this window, not all in one instant."""
     open_timeout: float = 5.0
-    move_drain_s: float = 1.0
-    """After a switch, the old upstream may still deliver this long before we close it."""
+    move_drain_s: float = 15.0
+    """After a switch, the old sidecar closes the old upstream once it owes the client
+    nothing (acks of messages still in flight: up to their 10 s timeout); this is the
+    backstop after which the LB closes it itself."""
 
 
 class LoadBalancer:
@@ -70,9 +85,7 @@ class LoadBalancer:
         self.members: Members = {}
         self.placement: Placement | BoundedLoads | None = None
         self.relays: set[Relay] = set()
-        self._identities: weakref.WeakKeyDictionary[ServerConnection, Identity] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._legs: weakref.WeakKeyDictionary[ServerConnection, Leg] = weakref.WeakKeyDictionary()
         self.server: Server | None = None
         self._stopping = False
 
@@ -109,8 +122,10 @@ class LoadBalancer:
                 continue
             self._adopt(members, placement)
 
-    # --- handshake: admin HTTP and authentication ---------------------------------------
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    # --- handshake: admin HTTP, authentication, the sidecar leg ------------------------
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         path = urlsplit(request.path).path
         if path == WS_PATH:
             try:
@@ -120,8 +135,7 @@ class LoadBalancer:
             except AuthError as exc:
                 self.stats.auth_failures += 1
                 return text_response(connection, 401, str(exc))
-            self._identities[connection] = identity
-            return None
+            return await self._open_leg(connection, request, identity)
         if path == "/healthz":
             return json_response(connection, 200, {"status": "ok", "name": self.config.name})
         if path in ("/metrics", "/connections"):
@@ -201,49 +215,58 @@ class LoadBalancer:
 
         return dial
 
-    async def handler(self, connection: ServerConnection) -> None:
-        """Route, dial the owner, then hand both sockets to a raw `Relay` and return (the
-        relay needs no task: it runs on transport callbacks until both sides close)."""
-        assert isinstance(connection, LBServerConnection)
-        identity = self._identities.pop(connection, None)
-        route = self.route(identity) if identity is not None else None
-        if identity is None or route is None:
+    async def _open_leg(
+        self, connection: ServerConnection, request: Request, identity: Identity
+    ) -> Response | None:
+        """Dial the client's sidecar before answering the client: None (→ 101) once the
+        sidecar accepted, else the HTTP refusal the client gets instead."""
+        route = self.route(identity)
+        if route is None or self._stopping:
             self.stats.no_sidecar += 1
-            await connection.close(TRY_AGAIN_LATER, "no sidecars available")
-            return
+            return text_response(connection, 503, "no sidecars available; try again later")
         owner, url = route
-        dial = self._dialer(connection.request)  # type: ignore[arg-type]
+        dial = self._dialer(request)
         try:
             upstream = await dial(url, None)
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.stats.upstream_failures[f"http_{status}"] += 1
-            # 4xx: this client may not connect (bad identity); 5xx: try again later
-            code = CloseCode.POLICY_VIOLATION if 400 <= status < 500 else TRY_AGAIN_LATER
             why = exc.response.body.decode("utf-8", "replace").strip().splitlines()
-            reason = f"sidecar {owner} refused: HTTP {status}" + (f": {why[0]}" if why else "")
-            await connection.close(code, close_reason(reason))
-            return
+            reason = f"sidecar {owner} refused: {why[0] if why else f'HTTP {status}'}"
+            # 4xx: this client may not connect (bad identity); 5xx: try again later
+            return text_response(connection, status if 400 <= status < 600 else 502, reason)
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             self.stats.upstream_failures["connect"] += 1
             log.warning("cannot reach sidecar %s at %s: %s", owner, url, exc)
-            await connection.close(TRY_AGAIN_LATER, f"sidecar {owner} unavailable")
+            return text_response(connection, 503, f"sidecar {owner} unavailable; try again")
+        assert isinstance(connection, LBServerConnection)
+        if connection.lost or self._stopping:  # the client gave up, or SIGTERM, meanwhile
+            await upstream.close(1000 if connection.lost else 1001, "")
+            return text_response(connection, 503, "lb shutting down")
+        self._legs[connection] = Leg(identity, owner, upstream, dial)
+        return None
+
+    async def handler(self, connection: ServerConnection) -> None:
+        """Hand both sockets to a raw `Relay` and return (the relay needs no task: it runs
+        on transport callbacks until both sides close)."""
+        assert isinstance(connection, LBServerConnection)
+        leg = self._legs.pop(connection, None)
+        if leg is None:  # (a 101 is only sent after `_open_leg` stored the leg)
+            await connection.close(TRY_AGAIN_LATER, "no sidecar leg")
             return
-        if self._stopping:  # SIGTERM arrived while we were dialling
+        if self._stopping:  # SIGTERM arrived between the 101 and now
             await asyncio.gather(
-                upstream.close(1001, "lb shutting down"),
+                leg.upstream.close(1001, "lb shutting down"),
                 connection.close(1012, "lb restarting"),
             )
             return
-        if connection.lost:  # the client gave up while we were dialling
-            await upstream.close(1000, "")
-            return
+        identity, owner = leg.identity, leg.owner
         key = (identity.tenant, identity.user)
         relay = Relay(
             connection,
-            upstream,
+            leg.upstream,
             owner,
-            dial,
+            leg.dial,
             self.stats,
             key,
             self.config.move_drain_s,

@@ -33,15 +33,11 @@ from wsop.ring import build
 from wsop.sidecar import admin
 from wsop.sidecar.acks import PendingAck
 from wsop.sidecar.client import ClientSession, SidecarServerConnection
-from wsop.sidecar.delivery import Delivery
+from wsop.sidecar.delivery import ACK_TIMEOUT_S, Delivery
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
-from wsop.sidecar.peer_codec import (
-    TO_OWNER,
-    Holding,
-    PeerFormatError,
-    decode_batch,
-)
+from wsop.sidecar.peer_codec import TO_OWNER, Holding, PeerDecoder, PeerFormatError
+from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES, PeerLink
 from wsop.sidecar.router import Router
 from wsop.sidecar.upstream import mirror, open_app, pump_from_app
 
@@ -49,6 +45,12 @@ log = logging.getLogger("wsop.sidecar")
 
 PRESENCE_RETRIES = 5
 PING_INTERVAL_S = 30.0
+TEAM_SLICE_USERS = 4096
+"""A team message is planned and sent this many recipients at a time, yielding to the
+event loop in between: a 1M-recipient team must not stall every other tenant here."""
+MOVE_QUIET_S = 0.5
+"""After the LB says a client moved away, its old connection stays open at least this
+long (deliveries already on their way), and until its open acks are answered."""
 
 
 @dataclass
@@ -102,7 +104,7 @@ class Sidecar:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
-            max_size=self.config.max_frame_bytes,
+            max_size=PEER_MAX_FRAME_BYTES,  # peers' limit; clients get theirs at the handshake
             compression=None,
             ping_interval=30,
             close_timeout=2,
@@ -176,6 +178,7 @@ class Sidecar:
         if index is None:
             return text_response(conn, 403, "user id not valid for this tenant")
         conn.wsop_index = index  # type: ignore[attr-defined]
+        conn.protocol.max_message_size = self.config.max_frame_bytes
         return None
 
     def connections_report(self) -> dict[str, Any]:
@@ -243,10 +246,30 @@ class Sidecar:
         )
 
     def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
+        if data[:1] == b"\x00" and session.via_lb:  # (JSON never starts with NUL)
+            return self._control(session, data)
         app = self._apps.get(session) if self._apps else None
         if app is not None:
             return self._mirror_then_route(app, session, data)
         return self._route_frame(session, session.ident, session.index, data)
+
+    def _control(self, session: ClientSession, data: bytes) -> None:
+        """A control frame from the LB in front of `session` (today: it moved away)."""
+        if data == protocol.MOVED_FRAME.encode():
+            self._spawn(self._close_when_settled(session))
+        else:
+            log.warning("ignoring control frame %r", data[:40])
+
+    async def _close_when_settled(self, session: ClientSession) -> None:
+        """Close a connection whose client moved to another sidecar once nothing is owed
+        to it: `MOVE_QUIET_S` for deliveries already on their way here, then every open
+        ack of its messages (each answered on this connection, which the LB still
+        relays). A delivery that arrives after the close is reported undelivered."""
+        await asyncio.sleep(MOVE_QUIET_S)
+        deadline = time.monotonic() + ACK_TIMEOUT_S + 1
+        while self.delivery.acks.waiting_on(session) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        session.close(1000, "moved")
 
     async def _keepalive(self) -> None:
         """Ping every client each interval; one that sent nothing since the last ping is
@@ -315,8 +338,9 @@ class Sidecar:
         frame = protocol.encode_message(ident.user, msg.data, msg.id, int(time.time() * 1000))
         plan = self.router.plan(ident.tenant, [msg.to])
         pending = PendingAck(conn, msg.id, started, done=self._client_done)
-        self.delivery.execute(ident.tenant, plan, frame, pending, TO_OWNER)
-        return None
+        forwarded = self.delivery.execute(ident.tenant, plan, frame, pending, TO_OWNER)
+        congested = self.peers.congested(forwarded) if forwarded else None
+        return _wait_ready(congested) if congested else None
 
     async def _team_message(
         self, conn: Any, ident: Identity, index: int, msg: protocol.TeamMessage, started: float
@@ -337,9 +361,22 @@ class Sidecar:
             return
         ts = int(time.time() * 1000)
         frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
-        plan = self.router.plan(ident.tenant, users)
         pending = PendingAck(conn, msg.id, started, done=self._client_done)
-        self.delivery.execute(ident.tenant, plan, frame, pending, TO_OWNER)
+        tenant = ident.tenant
+        if len(users) <= TEAM_SLICE_USERS:
+            plan = self.router.plan(tenant, users)
+            forwarded = self.delivery.execute(tenant, plan, frame, pending, TO_OWNER)
+            await _wait_ready(self.peers.congested(forwarded))
+            return
+        ack_id = self.delivery.begin(pending)
+        try:
+            for start in range(0, len(users), TEAM_SLICE_USERS):
+                plan = self.router.plan(tenant, users[start : start + TEAM_SLICE_USERS])
+                forwarded = self.delivery.dispatch(ack_id, pending, tenant, plan, frame, TO_OWNER)
+                await _wait_ready(self.peers.congested(forwarded))
+                await asyncio.sleep(0)  # let other clients' messages through
+        finally:
+            self.delivery.end(ack_id)
 
     def _error(self, conn: Any, msg_id: str | None, code: str, text: str) -> None:
         self.metrics.errors.labels(code).inc()
@@ -349,9 +386,7 @@ class Sidecar:
 
     def _client_done(self, pending: PendingAck) -> None:
         self.metrics.ack_latency.observe(time.perf_counter() - pending.started)
-        frame = protocol.encode_ack(pending.msg_id, pending.delivered)
-        if pending.undelivered:
-            frame = frame[:-1] + f',"undelivered":{pending.undelivered}}}'
+        frame = protocol.encode_ack(pending.msg_id, pending.delivered, pending.undelivered)
         assert pending.conn is not None
         self.outbox.send((pending.conn,), frame)
 
@@ -364,10 +399,11 @@ class Sidecar:
 
     async def _peer_handler(self, conn: ServerConnection, peer: str) -> None:
         self._peer_conns.add(conn)
+        decoder = PeerDecoder()  # one per connection: a frame in pieces spans batches
         try:
             async for raw in conn:
                 try:
-                    items = decode_batch(raw)
+                    items = decoder.feed(raw)
                 except PeerFormatError as exc:
                     log.warning("bad batch from peer %s: %s", peer, exc)
                     await conn.close(1002, "malformed peer batch")
@@ -378,3 +414,10 @@ class Sidecar:
             pass
         finally:
             self._peer_conns.discard(conn)
+
+
+async def _wait_ready(links: list[PeerLink]) -> None:
+    """Backpressure: the sender waits (its reading pauses behind it) while a link it fed
+    is congested, instead of the link's queue growing without bound."""
+    for link in links:
+        await link.wait_ready()

@@ -2,17 +2,24 @@
 
 Local writes through the outbox, forwarding to owners and holders over the peer links,
 retries of unknown recipients within the grace after a membership change, and acks that
-wait until every owner has answered — so `delivered` is a real count and whatever could
-not be delivered is counted (`wsop_deliveries_failed_total{reason}`) and reported in the
-ack's `undelivered`. The client side (sessions, parsing, the ACL) lives in `app.py`.
+wait until every sidecar a message went to has answered. A recipient counts as
+delivered only when the sidecar holding its connection wrote the frame to it — here, or
+confirmed by that holder's answer — so `delivered` is a real count, and whatever could
+not be delivered is counted (`wsop_deliveries_failed_total{reason}`) and reported in
+the ack's `undelivered`. The client side (sessions, parsing, the ACL) lives in `app.py`.
+
+A message may be dispatched in several slices (a huge team is planned a slice at a
+time, so the event loop is never held for long): `begin` opens its ack, `dispatch`
+sends one slice, `end` lets the ack complete once every answer is in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final
 
 from wsop.sidecar.acks import AckBook, PendingAck
 from wsop.sidecar.metrics import SidecarMetrics
@@ -23,6 +30,7 @@ from wsop.sidecar.peer_codec import (
     TO_OWNER_FINAL,
     Ack,
     Deliver,
+    Holding,
     PeerItem,
 )
 from wsop.sidecar.peers import PeerLinks
@@ -34,7 +42,10 @@ ACK_TIMEOUT_S = 10.0
 MEMBERSHIP_GRACE_S = 3.0
 RETRY_WINDOW_S = 1.5
 RETRY_INTERVAL_S = 0.1
-RETRY = "~retry"  # pseudo-peer a PendingAck waits on while retries run
+MAX_USERS_PER_ITEM: Final = 4096
+"""Users named in one forwarded item: keeps items (and the owner's planning of one) small."""
+PLANNING: Final = "~planning"  # pseudo-peer an ack waits on while slices are dispatched
+_RETRIES = itertools.count(1)
 
 
 class Delivery:
@@ -53,7 +64,7 @@ class Delivery:
         self.router = router
         self.outbox = outbox
         self.metrics = metrics
-        self.peers = PeerLinks(name, admin_token, self.lost)
+        self.peers = PeerLinks(name, admin_token, self.lost, self.reregister)
         self.acks = AckBook()
         self.membership_changed_at = time.monotonic()
         self._spawn = spawn
@@ -62,47 +73,115 @@ class Delivery:
         """Start the grace in which unknown recipients are retried, not reported."""
         self.membership_changed_at = time.monotonic()
 
-    def deliver_local(self, tenant: str, users: list[Any], frame: str) -> int:
-        conns = []
-        for user in users:
-            conns.extend(self.router.connections(tenant, user))
-        if conns:
-            self.metrics.messages_out.inc(self.outbox.send(conns, frame))
-        return len(users)
+    # -- local writes ------------------------------------------------------------------
 
-    def fan_out(self, tenant: str, plan: DeliveryPlan, frame: str) -> int:
-        """Local + holder deliveries; returns the users reached."""
-        reached = set(plan.local)
-        self.deliver_local(tenant, plan.local, frame)
-        for holder, users in plan.holders.items():
-            self.peers.send(holder, Deliver(tenant, users, 0, TO_HOLDER, frame))
-            self.metrics.forwarded.inc(len(users))
-            reached.update(users)
-        return len(reached)
+    def deliver_local(self, tenant: str, users: Iterable[Any], frame: str) -> tuple[int, int]:
+        """Write `frame` to every connection here of `users`: (users reached, users not
+        reached — no connection here, or every one refused it: closing, or gone)."""
+        data = frame.encode()
+        reached = absent = refused = written = 0
+        connections = self.router.connections
+        send = self.outbox.send_bytes
+        for user in users:
+            conns = connections(tenant, user)
+            if not conns:
+                absent += 1
+                continue
+            took = send(conns, data)
+            written += took
+            if took:
+                reached += 1
+            else:
+                refused += 1
+        self.metrics.messages_out.inc(written)
+        if absent:
+            self.metrics.failed.labels("no_connection").inc(absent)
+        if refused:
+            self.metrics.failed.labels("connection_closed").inc(refused)
+        return reached, absent + refused
+
+    # -- dispatching -------------------------------------------------------------------
 
     def execute(
         self, tenant: str, plan: DeliveryPlan, frame: str, pending: PendingAck, mode: str
-    ) -> None:
-        """Deliver what is ours, forward the rest; `pending` completes when all answered."""
-        pending.delivered = self.fan_out(tenant, plan, frame)
-        retry = bool(plan.unreachable) and self.in_grace()
-        if plan.unreachable and not retry:
-            self._unreachable(pending, len(plan.unreachable))
-        if not plan.peers and not retry:
-            pending.done(pending)  # the common local case: no bookkeeping at all
-            return
+    ) -> list[str]:
+        """Deliver what is ours, forward the rest; `pending` completes when all answered.
+        Returns the peers the message was forwarded to (for backpressure)."""
+        if not plan.peers and not plan.holders and not (plan.unreachable and self.in_grace()):
+            # the common local case: no bookkeeping at all
+            reached, refused = self.deliver_local(tenant, plan.local, frame)
+            pending.delivered += reached
+            pending.undelivered += refused
+            if plan.unreachable:
+                self._unreachable(pending, len(plan.unreachable))
+            pending.done(pending)
+            return []
+        ack_id = self.begin(pending)
+        peers = self.dispatch(ack_id, pending, tenant, plan, frame, mode)
+        self.end(ack_id)
+        return peers
+
+    def begin(self, pending: PendingAck) -> int:
+        """Open the ack of a message about to be dispatched (in one slice or several)."""
         ack_id = self.acks.open(pending)
-        # Everything awaited is booked before anything is sent: a link that is already
-        # down answers (as lost) synchronously, and must not complete the ack early.
-        for owner, users in plan.peers.items():
-            pending.waiting[owner] = len(users)
-        if retry:
-            pending.waiting[RETRY] = len(plan.unreachable)
+        pending.expect(PLANNING, 0)
+        return ack_id
+
+    def end(self, ack_id: int) -> None:
+        """Every slice is dispatched: the ack completes once the answers are in."""
+        self.acks.settle(ack_id, PLANNING, 0, 0)
+
+    def dispatch(
+        self,
+        ack_id: int,
+        pending: PendingAck,
+        tenant: str,
+        plan: DeliveryPlan,
+        frame: str,
+        mode: str,
+    ) -> list[str]:
+        """One slice of a message. Everything awaited is booked before it is sent: a link
+        that is already down answers (as lost) synchronously."""
+        reached, refused = self.deliver_local(tenant, plan.local, frame)
+        pending.delivered += reached
+        pending.undelivered += refused
+        sent_to = self._to_holders(ack_id, pending, tenant, plan, frame)
         for owner, users in plan.peers.items():
             self.metrics.forwarded.inc(len(users))
-            self.peers.send(owner, Deliver(tenant, users, ack_id, mode, frame))
-        if retry:
-            self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id))
+            for chunk in _chunks(users):
+                pending.expect(owner, len(chunk))
+                self.peers.send(owner, Deliver(tenant, chunk, ack_id, mode, frame))
+            sent_to.append(owner)
+        if plan.unreachable:
+            if self.in_grace():
+                retry = f"~retry{next(_RETRIES)}"
+                pending.expect(retry, len(plan.unreachable))
+                self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id, pending, retry))
+            else:
+                self._unreachable(pending, len(plan.unreachable))
+        return sent_to
+
+    def _to_holders(
+        self, ack_id: int, pending: PendingAck, tenant: str, plan: DeliveryPlan, frame: str
+    ) -> list[str]:
+        """Forward to the holders of users' connections elsewhere. Each user is accounted
+        once — by the first holder that has it, unless it was reached here already —
+        the other holders get a copy that needs no answer (another tab of the user)."""
+        if not plan.holders:
+            return []
+        claimed = set(plan.local)
+        for holder in sorted(plan.holders):
+            users = plan.holders[holder]
+            accounted = [u for u in users if u not in claimed]
+            copies = [u for u in users if u in claimed]
+            claimed.update(accounted)
+            self.metrics.forwarded.inc(len(users))
+            for chunk in _chunks(accounted):
+                pending.expect(holder, len(chunk))
+                self.peers.send(holder, Deliver(tenant, chunk, ack_id, TO_HOLDER, frame))
+            for chunk in _chunks(copies):
+                self.peers.send(holder, Deliver(tenant, chunk, 0, TO_HOLDER, frame))
+        return sorted(plan.holders)
 
     def _unreachable(self, pending: PendingAck, count: int) -> None:
         self.metrics.failed.labels("no_connection").inc(count)
@@ -111,27 +190,50 @@ class Delivery:
     def in_grace(self) -> bool:
         return time.monotonic() - self.membership_changed_at < MEMBERSHIP_GRACE_S
 
-    async def _retry(self, tenant: str, users: list[Any], frame: str, ack_id: int) -> None:
+    async def _retry(
+        self,
+        tenant: str,
+        users: list[Any],
+        frame: str,
+        ack_id: int,
+        pending: PendingAck,
+        retry: str,
+    ) -> None:
         """Right after a membership change, holders re-register with their new owners a
         few hundred ms late: retry users we know no connection of instead of dropping."""
-        delivered, missing = 0, users
+        missing = users
         deadline = time.monotonic() + RETRY_WINDOW_S
         while missing and time.monotonic() < deadline:
             await asyncio.sleep(RETRY_INTERVAL_S)
             plan = self.router.plan(tenant, missing, as_owner_only=True)
-            delivered += self.fan_out(tenant, plan, frame)
-            missing = plan.unreachable
+            missing, plan.unreachable = plan.unreachable, []
+            self.dispatch(ack_id, pending, tenant, plan, frame, TO_OWNER_FINAL)
         if missing:
             self.metrics.failed.labels("no_connection").inc(len(missing))
-        self.acks.settle(ack_id, RETRY, delivered, len(missing))
+        self.acks.settle(ack_id, retry, 0, len(missing))
+
+    # -- the peer side -----------------------------------------------------------------
 
     def lost(self, peer: str, items: list[PeerItem]) -> None:
         """Items a peer link could not carry: count them, and settle their acks."""
         for item in items:
             if isinstance(item, Deliver):
                 self.metrics.failed.labels("peer_unavailable").inc(len(item.users))
+                self.metrics.peer_items_lost.labels("deliver").inc()
                 if item.ack:
                     self.acks.settle(item.ack, peer, 0, len(item.users))
+            elif isinstance(item, Ack):  # the peer reports its users after its timeout
+                self.metrics.peer_items_lost.labels("ack").inc()
+            else:  # re-sent when the link comes back (`reregister`)
+                self.metrics.peer_items_lost.labels("holding").inc()
+
+    def reregister(self, peer: str) -> None:
+        """A link came back: tell `peer` again about every connection we hold of users it
+        owns (a registration may have died with the old connection; owners keep a set,
+        so a repeat is harmless)."""
+        for tenant, user, _ in self.router.users():
+            if self.router.owner(tenant, user) == peer:
+                self.peers.send(peer, Holding(tenant, user, True))
 
     async def expire_acks(self) -> None:
         while True:
@@ -139,12 +241,16 @@ class Delivery:
             expired = self.acks.expire(time.perf_counter(), ACK_TIMEOUT_S)
             if expired:
                 self.metrics.failed.labels("ack_timeout").inc(expired)
+            await self.peers.expire_lingering()
 
-    def on_peer_item(self, peer: str, item: PeerItem) -> None:
+    def on_peer_item(self, peer: str, item: PeerItem) -> list[str]:
+        """Handle one item from `peer`; returns the peers it was forwarded on to."""
         if isinstance(item, Deliver):
             if item.mode == TO_HOLDER:
-                self.deliver_local(item.tenant, self._held(item.tenant, item.users), item.frame)
-                return
+                reached, refused = self.deliver_local(item.tenant, item.users, item.frame)
+                if item.ack:
+                    self.peers.send(peer, Ack(item.ack, reached, refused))
+                return []
             redirect = item.mode == TO_OWNER
             plan = self.router.plan(item.tenant, item.users, as_owner_only=True, redirect=redirect)
 
@@ -153,12 +259,16 @@ class Delivery:
                     self.peers.send(peer, Ack(ack, done.delivered, done.undelivered))
 
             pending = PendingAck(None, None, time.perf_counter(), done=reply)
-            self.execute(item.tenant, plan, item.frame, pending, TO_OWNER_FINAL)
-        elif isinstance(item, Ack):
+            return self.execute(item.tenant, plan, item.frame, pending, TO_OWNER_FINAL)
+        if isinstance(item, Ack):
             self.acks.settle(item.ack, peer, item.delivered, item.unreachable)
         else:
             change = HolderChange(self.name, item.tenant, item.user, item.holding, item.replaces)
             self.router.holder(change, peer)
+        return []
 
-    def _held(self, tenant: str, users: list[Any]) -> list[Any]:
-        return [u for u in users if self.router.connections(tenant, u)]
+
+def _chunks(users: list[Any]) -> list[list[Any]]:
+    if len(users) <= MAX_USERS_PER_ITEM:
+        return [users] if users else []
+    return [users[i : i + MAX_USERS_PER_ITEM] for i in range(0, len(users), MAX_USERS_PER_ITEM)]

@@ -56,6 +56,12 @@ class SidecarMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.peer_items_lost = Counter(
+            "wsop_peer_items_lost",
+            "Items a peer link could not carry (deliveries are also counted as failed)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.slow_clients = Counter(
             "wsop_slow_clients_closed",
             "Client connections closed because they stopped reading their messages",

@@ -28,7 +28,10 @@ class Outbox:
 
     def send(self, conns: Iterable[Any], text: str) -> int:
         """Queue `text` on every open connection; returns how many took it."""
-        data = text.encode()
+        return self.send_bytes(conns, text.encode())
+
+    def send_bytes(self, conns: Iterable[Any], data: bytes) -> int:
+        """`send` for a frame already encoded (one encode for many recipients)."""
         taken = 0
         for conn in conns:
             if conn.protocol.state is not State.OPEN or _sending_fragments(conn):

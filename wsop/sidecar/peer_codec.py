@@ -15,6 +15,18 @@ line (the client frame for deliveries, empty otherwise)::
 
 Frames are encoded once by the sender and forwarded verbatim: the receiver parses only
 the headers. Our encoders emit compact ASCII JSON, which never contains a newline.
+
+A frame too big for one link frame is sent in pieces, never refused: its header says how
+many (a sixth element), the first piece rides on its payload line and the others follow
+at once as continuation items, possibly in later batches (one link is one ordered
+stream, so a `PeerDecoder` per link reassembles them)::
+
+    ["d","acme",[17],7,"o",3]
+    {"type":"message","from":1,"data":"aaaa…          piece 1 of 3
+    ["+"]
+    …aaaa…                                           piece 2
+    ["+"]
+    …aaaa"}                                          piece 3
 """
 
 from __future__ import annotations
@@ -30,6 +42,9 @@ UserId = int | str
 TO_OWNER: Final = "o"
 TO_HOLDER: Final = "h"
 TO_OWNER_FINAL: Final = "f"  # redirected once already: deliver or report, never forward
+MAX_ITEM_BYTES: Final = 64 * 1024 * 1024
+"""A reassembled frame larger than this is a broken peer, not a message (the client frame
+limit times JSON escaping is far below it)."""
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
@@ -80,36 +95,107 @@ def encode_item(item: PeerItem) -> str:
     return _encode(head) + "\n"
 
 
+def encode_pieces(item: PeerItem, max_bytes: int) -> list[str]:
+    """`item` as one or more encoded items, none with a payload above `max_bytes` (only a
+    `Deliver` frame can be that long: it is split into pieces, see the module docstring)."""
+    if not isinstance(item, Deliver) or len(item.frame) <= max_bytes:
+        return [encode_item(item)]
+    if "\n" in item.frame:
+        raise PeerFormatError("a forwarded frame must not contain a newline")
+    frame = item.frame
+    pieces = [frame[i : i + max_bytes] for i in range(0, len(frame), max_bytes)]
+    head = _encode(["d", item.tenant, item.users, item.ack, item.mode, len(pieces)])
+    return [head + "\n" + pieces[0], *(_CONTINUATION + piece for piece in pieces[1:])]
+
+
+_CONTINUATION: Final = '["+"]\n'
+
+
 def encode_batch(encoded_items: Sequence[str]) -> str:
     return "\n".join(encoded_items)
 
 
-def decode_batch(raw: str | bytes) -> list[PeerItem]:
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PeerFormatError("peer batch is not UTF-8") from None
-    lines = raw.split("\n")
-    if len(lines) % 2:
-        raise PeerFormatError(f"peer batch has an odd number of lines ({len(lines)})")
-    items: list[PeerItem] = []
-    for i in range(0, len(lines), 2):
-        try:
-            head = _decode(lines[i])
-            kind = head[0]
-            if kind == "d":
-                _, tenant, users, ack, mode = head
-                if not isinstance(users, list) or mode not in (TO_OWNER, TO_HOLDER, TO_OWNER_FINAL):
+class PeerDecoder:
+    """Decodes the batches of one link, in order, reassembling frames sent in pieces."""
+
+    def __init__(self) -> None:
+        self._head: tuple[str, list[UserId], int, str] | None = None
+        self._pieces: list[str] = []
+        self._left = 0
+        self._size = 0
+
+    def feed(self, raw: str | bytes) -> list[PeerItem]:
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PeerFormatError("peer batch is not UTF-8") from None
+        lines = raw.split("\n")
+        if len(lines) % 2:
+            raise PeerFormatError(f"peer batch has an odd number of lines ({len(lines)})")
+        items: list[PeerItem] = []
+        for i in range(0, len(lines), 2):
+            try:
+                head = _decode(lines[i])
+                kind = head[0]
+                if self._left and kind != "+":
+                    raise PeerFormatError(f"item {i // 2}: a frame's pieces were interrupted")
+                if kind == "d":
+                    item = self._deliver(head, lines[i + 1])
+                    if item is not None:
+                        items.append(item)
+                elif kind == "+":
+                    item = self._piece(lines[i + 1])
+                    if item is not None:
+                        items.append(item)
+                elif kind == "a":
+                    items.append(Ack(int(head[1]), int(head[2]), int(head[3])))
+                elif kind == "h":
+                    replaces = str(head[4]) if len(head) > 4 else None
+                    items.append(Holding(str(head[1]), head[2], bool(head[3]), replaces))
+                else:
                     raise ValueError
-                items.append(Deliver(str(tenant), users, int(ack), mode, lines[i + 1]))
-            elif kind == "a":
-                items.append(Ack(int(head[1]), int(head[2]), int(head[3])))
-            elif kind == "h":
-                replaces = str(head[4]) if len(head) > 4 else None
-                items.append(Holding(str(head[1]), head[2], bool(head[3]), replaces))
-            else:
-                raise ValueError
-        except (ValueError, TypeError, IndexError, KeyError):
-            raise PeerFormatError(f"malformed peer header at item {i // 2}") from None
+            except (ValueError, TypeError, IndexError, KeyError):
+                raise PeerFormatError(f"malformed peer header at item {i // 2}") from None
+        return items
+
+    @property
+    def partial(self) -> bool:
+        """A frame is half-received (its remaining pieces are due in the next batches)."""
+        return self._left > 0
+
+    def _deliver(self, head: list, payload: str) -> Deliver | None:
+        _, tenant, users, ack, mode, *rest = head
+        if not isinstance(users, list) or mode not in (TO_OWNER, TO_HOLDER, TO_OWNER_FINAL):
+            raise ValueError
+        if not rest:
+            return Deliver(str(tenant), users, int(ack), mode, payload)
+        (pieces,) = rest
+        if type(pieces) is not int or pieces < 2:
+            raise ValueError
+        self._head = (str(tenant), users, int(ack), mode)
+        self._pieces, self._left, self._size = [payload], pieces - 1, len(payload)
+        return None
+
+    def _piece(self, payload: str) -> Deliver | None:
+        if not self._left or self._head is None:
+            raise PeerFormatError("a frame piece without its header")
+        self._size += len(payload)
+        if self._size > MAX_ITEM_BYTES:
+            raise PeerFormatError(f"a frame in pieces exceeds {MAX_ITEM_BYTES} bytes")
+        self._pieces.append(payload)
+        self._left -= 1
+        if self._left:
+            return None
+        tenant, users, ack, mode = self._head
+        frame, self._pieces, self._head = "".join(self._pieces), [], None
+        return Deliver(tenant, users, ack, mode, frame)
+
+
+def decode_batch(raw: str | bytes) -> list[PeerItem]:
+    """One self-contained batch (no frame left in pieces at its end)."""
+    decoder = PeerDecoder()
+    items = decoder.feed(raw)
+    if decoder.partial:
+        raise PeerFormatError("the batch ends inside a frame sent in pieces")
     return items
