@@ -42,6 +42,7 @@ from wsop.sidecar.peer_codec import (
     PeerFormatError,
     decode_batch,
 )
+from wsop.sidecar.presence import Presence, PresenceTimings
 from wsop.sidecar.router import Router
 from wsop.sidecar.upstream import mirror, open_app, pump_from_app
 
@@ -63,6 +64,13 @@ class SidecarConfig:
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     close_window_s: float = 2.0
     upstream: str | None = None
+    # presence healing (wsop/sidecar/presence.py): heartbeat, lease, team-message wait
+    heartbeat_s: float = 2.0
+    lease_s: float = 10.0
+    presence_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
 
 
 class Sidecar:
@@ -82,6 +90,10 @@ class Sidecar:
         self._sessions: set[ClientSession] = set()
         self._apps: dict[ClientSession, ClientConnection] = {}
         self._peer_conns: set[ServerConnection] = set()
+        self.presence = Presence(
+            config.name, acl, config.timings, lambda: members.current().keys(),
+            lambda: self._sessions, self.metrics.registry,
+        )  # fmt: skip
 
     def placement_for(self, members: dict[str, str]):
         """The owner function over `members` (this sidecar alone when there are none)."""
@@ -96,6 +108,7 @@ class Sidecar:
         released = await self.acl.release(self.config.name)
         if released:
             log.info("released stale presence in %d tenant(s)", released)
+        await self.presence.start()  # lease, epoch; reaps dead sidecars every heartbeat
         await self.peers.update(self.members.current())
         self._server = await serve(
             self._handler,
@@ -143,8 +156,10 @@ class Sidecar:
             await asyncio.sleep(0.02)
         for task in self._tasks:
             task.cancel()
+        await self.presence.stop()
         try:
             await self.acl.release(self.config.name)  # whatever a failed clear left behind
+            await self.presence.drop()
         except redis.RedisError as exc:
             log.warning("could not release presence on shutdown: %s", exc)
         await self.peers.close()
@@ -323,7 +338,7 @@ class Sidecar:
     ) -> None:
         self.metrics.in_team.inc()
         try:
-            users, forbidden = await self.acl.team_recipients(ident.tenant, msg.teams, index)
+            users, forbidden = await self.presence.team_recipients(ident.tenant, msg.teams, index)
         except NotFound as exc:
             self._error(conn, msg.id, protocol.NOT_FOUND, str(exc))
             return
