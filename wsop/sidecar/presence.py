@@ -73,6 +73,33 @@ class PresenceTimings:
         return self.lease_s + self.heartbeat_s
 
 
+class ReapGate:
+    """Reap only after renewing our own lease without a gap for a whole lease.
+
+    Leases run on Redis time, which goes on while nobody can reach Redis: after an
+    outage longer than a lease every lease has expired, and the first sidecar back
+    would reap all the others although they are alive. Waiting one lease of our own
+    uninterrupted heartbeats gives each of them the time to renew first. In steady
+    state the gate is long open and the reap bound is unchanged.
+    """
+
+    def __init__(self, lease_ms: int) -> None:
+        self.lease_ms = lease_ms
+        self.since_ms: int | None = None  # Redis time of the first beat of the streak
+        self.last_ms: int | None = None
+
+    def beat(self, now_ms: int) -> None:
+        if self.last_ms is None or now_ms - self.last_ms > self.lease_ms // 2:
+            self.since_ms = now_ms  # first beat, or a gap: a new streak
+        self.last_ms = now_ms
+
+    def failed(self) -> None:
+        self.since_ms = self.last_ms = None
+
+    def open(self, now_ms: int) -> bool:
+        return self.since_ms is not None and now_ms - self.since_ms >= self.lease_ms
+
+
 class Held(Protocol):
     """A client connection as presence sees it (`ClientSession`)."""
 
@@ -144,8 +171,10 @@ class Presence:
         self.last_beat: float | None = None
         self.reaped = 0
         self.reasserted = 0
+        self.gate = ReapGate(timings.lease_ms)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._reaping: asyncio.Task[None] | None = None
         self._settling: asyncio.Task[bool] | None = None
         self._logged_failure = 0.0
 
@@ -153,12 +182,11 @@ class Presence:
 
     async def start(self) -> None:
         beat = await self.sync()
-        await self._reap(beat)
         await self._check_ready(beat.epoch)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        for task in (self._task, self._settling):
+        for task in (self._task, self._settling, self._reaping):
             if task is not None:
                 task.cancel()
 
@@ -171,7 +199,10 @@ class Presence:
             await asyncio.sleep(self.timings.heartbeat_s)
             try:
                 beat = await self.sync()
-                await self._reap(beat)
+                idle = self._reaping is None or self._reaping.done()
+                if beat.expired and idle and self.gate.open(beat.now_ms):
+                    # its own task: a long release must not delay our next lease renewal
+                    self._reaping = asyncio.create_task(self._reap(beat))
                 if self.settled != self.asserted or not self.complete:
                     await self._check_ready(beat.epoch)
             except (redis.RedisError, OSError) as exc:
@@ -180,6 +211,7 @@ class Presence:
                 log.exception("presence heartbeat failed")
 
     def _failed(self, exc: BaseException) -> None:
+        self.gate.failed()
         self.metrics.failures.inc()
         now = time.monotonic()
         if now - self._logged_failure > LOG_EVERY_S:
@@ -193,6 +225,7 @@ class Presence:
         """One heartbeat; re-asserts everything we hold if the beat says it was lost."""
         async with self._lock:
             beat = await self.leases.beat(self.timings.lease_ms, self.asserted)
+            self.gate.beat(beat.now_ms)
             self.last_beat = time.time()
             self.metrics.last_beat.set(self.last_beat)
             first = self.asserted is None
@@ -255,15 +288,20 @@ class Presence:
     # -- reaping -----------------------------------------------------------------------
 
     async def _reap(self, beat: Beat) -> None:
-        for victim in beat.expired:
-            if victim == self.name or not await self.leases.claim(victim, self.timings.lease_ms):
-                continue
-            # a failure here leaves lock and expired lease: the lock expires, we retry
-            tenants = await self.acl.release(victim)
-            await self.leases.finish(victim, self.asserted)
-            self.reaped += 1
-            self.metrics.reaped.inc()
-            log.warning("released the presence of dead sidecar %s (%d tenant(s))", victim, tenants)
+        try:
+            for victim in beat.expired:
+                if victim != self.name and await self.leases.claim(victim, self.timings.lease_ms):
+                    await self._release(victim)
+        except (redis.RedisError, OSError) as exc:
+            # lock and expired lease stay: the lock expires and a reaper tries again
+            self._failed(exc)
+
+    async def _release(self, victim: str) -> None:
+        tenants = await self.acl.release(victim)
+        await self.leases.finish(victim, self.asserted)
+        self.reaped += 1
+        self.metrics.reaped.inc()
+        log.warning("released the presence of dead sidecar %s (%d tenant(s))", victim, tenants)
 
     # -- readiness and the team-message guard ------------------------------------------
 
