@@ -280,3 +280,17 @@ def test_a_team_message_waits_for_a_member_then_counts_incomplete(
         assert p.metrics.incomplete._value.get() == 2 and p.health()["complete"]
 
     run(scenario, redis_url)
+
+
+def test_a_string_tenant_stays_one_when_its_meta_was_lost(redis_url: str, r: redis.Redis) -> None:
+    r.hset(keys.meta_key("S"), "ids", "string")
+
+    async def scenario(acl: LiveAcl) -> None:
+        assert await acl.bit_index("S", "alice") == 0
+        r.flushall()
+        acl.forget_caches()
+        assert await acl.id_mode("S") is IdMode.STRING
+        assert await acl.bit_index("S", "bob") == 0  # through the new directory, not refused
+        assert await acl.id_mode("never-seen") is IdMode.INT
+
+    run(scenario, redis_url)

@@ -55,13 +55,17 @@ class LiveAcl:
         self._assert = client.register_script(ASSERT_LUA)
 
     async def id_mode(self, tenant: str) -> IdMode:
-        """The tenant's id mode; unknown tenants count as integer-id tenants."""
+        """The tenant's id mode; unknown tenants count as integer-id tenants, except those
+        seen with string ids before (Redis lost their meta; the app seeds it again)."""
         cached = self._modes.get(tenant)
         now = time.monotonic()
         if cached and now - cached[0] < MODE_TTL_S:
             return cached[1]
         raw = await self.client.hget(keys.meta_key(tenant), "ids")
-        mode = IdMode(raw.decode()) if raw else IdMode.INT
+        if raw:
+            mode = IdMode(raw.decode())
+        else:  # unknown, or its meta was lost with Redis' data: a tenant never changes mode
+            mode = IdMode.STRING if tenant in self.string_tenants else IdMode.INT
         self._modes[tenant] = (now, mode)
         if mode is IdMode.STRING:
             self.string_tenants.add(tenant)
