@@ -237,7 +237,10 @@ def test_a_dead_sidecar_is_reaped_and_one_that_was_only_frozen_comes_back(
         await acl.presence("a", "A", 1, +1)
         await acl.presence("b", "A", 2, +1)
         await b.start()  # b heartbeats every 0.1 s; a is frozen from now on
-        await asyncio.sleep(0.3 + 0.3 + 0.2)  # b's gate opens after a lease; a's lease ends
+        for _ in range(60):  # b's gate opens after a lease of beats; a's lease ends
+            await asyncio.sleep(0.05)
+            if b.reaped:
+                break
         assert online(r, "A") == [2] and b.reaped == 1
         await a.sync()  # a wakes up: its lease was gone, so it asserts everything again
         assert online(r, "A") == [1, 2] and a.reasserted == 1
