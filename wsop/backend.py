@@ -75,6 +75,8 @@ def connect_async(url: str):
     """An asyncio client for `url` (already resolved; no PING — servers retry on their own)."""
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialWithJitterBackoff
 
     scheme, sep, rest = url.partition("://")
     if scheme in CLUSTER_SCHEMES:
@@ -83,8 +85,14 @@ def connect_async(url: str):
         # A bounded pool that *waits* for a free connection: redis-py's default pool
         # raises MaxConnectionsError past 100 in-flight commands, which a burst of team
         # messages reaches; waiting is backpressure, raising was lost messages.
+        # Retry on a dropped connection: after a Redis restart every pooled connection
+        # is dead, and without a retry each one failed the next command given to it.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=ASYNC_POOL_SIZE, timeout=ASYNC_POOL_WAIT_S
+            url,
+            max_connections=ASYNC_POOL_SIZE,
+            timeout=ASYNC_POOL_WAIT_S,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.01), 3),
+            retry_on_error=[redis.ConnectionError],
         )
         return aioredis.Redis(connection_pool=pool)
     raise UsageError(f"unsupported Redis URL {url!r}")

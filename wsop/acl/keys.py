@@ -84,3 +84,31 @@ def presence_tenants_key(sidecar: str) -> str:
     Deliberately untagged: it spans tenants (and so slots); it is only read at start-up.
     """
     return f"presence-tenants:{sidecar}"
+
+
+# -- presence healing: leases, the data epoch, re-assertion (wsop/acl/leases.py) ----------
+#
+# One hash tag for all of them, so the heartbeat, the claim of a dead sidecar's lease and
+# the readiness check are each one single-slot Lua script on a Redis Cluster too. No
+# tenant shares the tag (a tenant name cannot contain ':').
+PRESENCE_TAG = "{wsop:presence}"
+
+
+def presence_epoch_key() -> str:
+    """The data epoch: "<created ms>-<random>", re-created (SET NX) when a data loss lost it."""
+    return f"{PRESENCE_TAG}:epoch"
+
+
+def presence_leases_key() -> str:
+    """Sorted set: sidecar name → lease expiry (Redis server time, ms)."""
+    return f"{PRESENCE_TAG}:leases"
+
+
+def presence_ready_key(epoch: str) -> str:
+    """Set of the sidecars that asserted every connection they hold under `epoch`."""
+    return f"{PRESENCE_TAG}:ready:{epoch}"
+
+
+def presence_reap_key(sidecar: str) -> str:
+    """Lock held (SET NX PX) by the sidecar that is releasing a dead `sidecar`'s presence."""
+    return f"{PRESENCE_TAG}:reap:{sidecar}"

@@ -9,17 +9,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 
 from wsop.acl import bitmap, keys
 from wsop.acl.ids import IdMode, default_max_users
 from wsop.acl.pipeline import parse_resolve, queue_resolve
-from wsop.acl.scripts import DIRECTORY_LUA, PRESENCE_LUA, RELEASE_LUA
-from wsop.errors import BackendError
+from wsop.acl.scripts import ASSERT_LUA, DIRECTORY_LUA, PRESENCE_LUA, RELEASE_LUA
+from wsop.errors import BackendError, NotFound
 
 UserId = int | str
 MODE_TTL_S = 5.0
+ASSERT_CHUNK = 5_000
+"""Bit indices per ASSERT_LUA call: bounds how long one script blocks Redis."""
+
+
+@dataclass
+class TeamResolution:
+    """A team message's recipients, and the presence epoch read in the same round trip."""
+
+    users: list[UserId] | None
+    forbidden: str | None
+    epoch: str | None
+    not_found: NotFound | None = None
+
+    def result(self) -> tuple[list[UserId] | None, str | None]:
+        if self.not_found is not None:
+            raise self.not_found
+        return self.users, self.forbidden
 
 
 class LiveAcl:
@@ -31,16 +49,26 @@ class LiveAcl:
         self._presence_tenants: set[tuple[str, str]] = set()
         self._directory = client.register_script(DIRECTORY_LUA)
         self._modes: dict[str, tuple[float, IdMode]] = {}
+        # Tenants seen with string ids: remembered even when Redis lost the tenant's meta,
+        # so their connections can be re-asserted through the directory (`assert_held`).
+        self.string_tenants: set[str] = set()
+        self._assert = client.register_script(ASSERT_LUA)
 
     async def id_mode(self, tenant: str) -> IdMode:
-        """The tenant's id mode; unknown tenants count as integer-id tenants."""
+        """The tenant's id mode; unknown tenants count as integer-id tenants, except those
+        seen with string ids before (Redis lost their meta; the app seeds it again)."""
         cached = self._modes.get(tenant)
         now = time.monotonic()
         if cached and now - cached[0] < MODE_TTL_S:
             return cached[1]
         raw = await self.client.hget(keys.meta_key(tenant), "ids")
-        mode = IdMode(raw.decode()) if raw else IdMode.INT
+        if raw:
+            mode = IdMode(raw.decode())
+        else:  # unknown, or its meta was lost with Redis' data: a tenant never changes mode
+            mode = IdMode.STRING if tenant in self.string_tenants else IdMode.INT
         self._modes[tenant] = (now, mode)
+        if mode is IdMode.STRING:
+            self.string_tenants.add(tenant)
         return mode
 
     async def bit_index(self, tenant: str, user: UserId) -> int | None:
@@ -89,19 +117,75 @@ class LiveAcl:
         self, tenant: str, teams: Sequence[str], sender_index: int
     ) -> tuple[list[UserId] | None, str | None]:
         """(online recipients, None), or (None, the first team the sender is not in)."""
+        return (await self.resolve_team(tenant, teams, sender_index)).result()
+
+    async def resolve_team(
+        self, tenant: str, teams: Sequence[str], sender_index: int
+    ) -> TeamResolution:
+        """`team_recipients` plus the presence epoch, still in one pipeline.
+
+        The epoch key is in another slot than the tenant's keys: on a cluster redis-py's
+        pipeline sends each node its part concurrently, so this stays one round trip.
+        An unknown tenant is returned (`not_found`), not raised, so the caller sees the
+        epoch even then (a Redis that lost its data has lost the tenant's meta too).
+        """
         pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.presence_epoch_key())
         queue_resolve(pipe, tenant, teams, True, sender=sender_index)
         replies = await pipe.execute(raise_on_error=False)
+        head, replies = replies[0], replies[1:]
+        epoch = head.decode() if isinstance(head, bytes) else None
         try:
             raw = parse_resolve(tenant, teams, replies, sender=sender_index)
+        except NotFound as exc:
+            return TeamResolution(None, None, epoch, not_found=exc)
         except redis.ResponseError as exc:
             raise BackendError(f"cannot resolve teams of {tenant!r}: {exc}") from None
         if raw.forbidden_team is not None:
-            return None, teams[raw.forbidden_team]
+            return TeamResolution(None, teams[raw.forbidden_team], epoch)
         indices = bitmap.decode(raw.bits).tolist()
         if raw.id_mode is IdMode.STRING:
-            return await self.names_for(tenant, indices), None
-        return indices, None
+            return TeamResolution(await self.names_for(tenant, indices), None, epoch)
+        return TeamResolution(indices, None, epoch)
+
+    # -- re-assertion (wsop/sidecar/presence.py) ----------------------------------------
+
+    def forget_caches(self) -> None:
+        """Redis lost its data (or our presence): what we remembered of it is void."""
+        self._presence_tenants.clear()
+        self._modes.clear()
+
+    async def directory_indices(self, tenant: str, names: Sequence[str]) -> list[int]:
+        """Bit indices of string ids, assigned when missing (a directory lost with the
+        rest of the data is rebuilt by whoever maps a name first: us or the app's seed)."""
+        out: list[int] = []
+        dir_keys = list(keys.directory_keys(tenant))
+        for start in range(0, len(names), ASSERT_CHUNK):
+            chunk = list(names[start : start + ASSERT_CHUNK])
+            reply = await self._directory(keys=dir_keys, args=[self.max_users, "1", *chunk])
+            out.extend(int(v) for v in reply)
+        return out
+
+    async def assert_presence(self, sidecar: str, tenants: dict[str, Sequence[int]]) -> int:
+        """Set `sidecar`'s presence of many users at once: one SADD for the tenant list,
+        then a script per tenant (per 5,000 users), never a round trip per user."""
+        if not tenants:
+            return 0
+        await self.client.sadd(keys.presence_tenants_key(sidecar), *tenants)
+        total = 0
+        for tenant, indices in tenants.items():
+            self._presence_tenants.add((sidecar, tenant))
+            ordered = sorted(set(indices))
+            for start in range(0, len(ordered), ASSERT_CHUNK):
+                total += await self._assert(
+                    keys=[
+                        keys.online_key(tenant),
+                        keys.presence_key(tenant, sidecar),
+                        keys.presence_holders_key(tenant),
+                    ],
+                    args=ordered[start : start + ASSERT_CHUNK],
+                )
+        return total
 
     async def names_for(self, tenant: str, indices: Sequence[int]) -> list[UserId]:
         if not indices:

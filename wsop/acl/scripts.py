@@ -102,6 +102,90 @@ redis.call('DEL', KEYS[4], KEYS[2])
 return 1
 """
 
+# Re-assert many users' presence in one tenant at once (after Redis lost its data, or
+# after this sidecar's presence was reaped while it was alive). Only ever sets bits: a
+# user who left meanwhile is cleared again by the caller. KEYS: online, mine, holders;
+# ARGV: bit indices.
+ASSERT_LUA = """
+for i = 1, #ARGV do
+  local idx = tonumber(ARGV[i])
+  redis.call('SETBIT', KEYS[2], idx, 1)
+  redis.call('SETBIT', KEYS[1], idx, 1)
+end
+redis.call('SADD', KEYS[3], KEYS[2])
+return #ARGV
+"""
+
+# The scripts below work on the `{wsop:presence}` keys (one slot) and read the clock of
+# Redis itself (TIME), so leases never depend on the sidecars' clocks agreeing.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# One heartbeat: get-or-create the epoch, refresh our lease, say whether it had vanished
+# (reaped, or data loss) and whether someone is reaping us right now, and list expired
+# leases. Stays in the ready set of its epoch only while nothing was lost.
+# KEYS: epoch, leases, ready(asserted epoch), own reap lock.
+# ARGV: name, lease ms, fresh token, asserted epoch ('' before the first), ready ttl ms.
+BEAT_LUA = (
+    _NOW
+    + """
+local epoch = redis.call('GET', KEYS[1])
+local created = 0
+if not epoch then
+  epoch = string.format('%d', now) .. '-' .. ARGV[3]
+  redis.call('SET', KEYS[1], epoch)
+  created = 1
+end
+local added = redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+if added == 0 and epoch == ARGV[4] then
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%d', now))
+return {epoch, now, added, created, redis.call('EXISTS', KEYS[4]), expired}
+"""
+)
+
+# Claim the right to release a dead sidecar: only while its lease is still expired, and
+# only one reaper at a time (the lock; it expires if the reaper dies mid-way, and the
+# lease stays expired until the release is finished, so another reaper takes over).
+# KEYS: leases, the victim's reap lock; ARGV: victim, reaper, lock ms.
+CLAIM_LUA = (
+    _NOW
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) >= now then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+return 1
+"""
+)
+
+# The release is done: drop the lease (unless the "dead" sidecar came back and renewed
+# it: it re-asserts once it sees the lock gone) and its ready mark, then the lock.
+# KEYS: leases, the victim's reap lock, ready(current epoch); ARGV: victim, reaper.
+FINISH_LUA = (
+    _NOW
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) < now then redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+)
+
+# What a sidecar waiting for the others after an epoch change needs, in one read.
+# KEYS: leases, ready(epoch). Returns {now, {name, expiry, ...}, {ready names}}.
+READY_LUA = (
+    _NOW
+    + """
+return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'), redis.call('SMEMBERS', KEYS[2])}
+"""
+)
+
 
 @dataclass(frozen=True)
 class RawResolution:

@@ -52,14 +52,30 @@ def sidecar_cmd(
         ),
     ] = None,
     redis_url: RedisOpt = None,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat", help="Seconds between presence heartbeats (lease renewal, reaping)."
+        ),
+    ] = 2.0,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease",
+            help="Seconds a sidecar's presence outlives its last heartbeat (> 2 x heartbeat); "
+            "a killed sidecar's users are offline within lease + heartbeat.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.acl.live import LiveAcl
     from wsop.backend import connect, connect_async, resolve_url
     from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
     from wsop.sidecar.app import Sidecar, SidecarConfig
+    from wsop.sidecar.presence import check_timings
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    check_timings(heartbeat, lease, 5.0)  # bad values are usage errors, before any I/O
     algo = algo or DEFAULT_ALGORITHM
     get_algorithm(algo)  # unknown names fail here, before anything starts
     secret = server_secret(insecure, "sidecar")
@@ -76,6 +92,8 @@ def sidecar_cmd(
         admin_token=os.environ.get("WSOP_ADMIN_TOKEN") or None,
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
+        heartbeat_s=heartbeat,
+        lease_s=lease,
     )
     if upstream and not upstream.startswith(("ws://", "wss://")):
         raise UsageError(f"--upstream must be a ws:// or wss:// URL, got {upstream!r}")

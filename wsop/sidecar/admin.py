@@ -46,7 +46,8 @@ async def process_request(
         return None
     if path == "/healthz":
         members = sorted(sidecar.members.current())
-        return json_response(conn, 200, {"status": "ok", "name": config.name, "members": members})
+        body = {"status": "ok", "name": config.name, "members": members}
+        return json_response(conn, 200, body | {"presence": sidecar.presence.health()})
     refused = admin_refusal(request.headers, config.admin_token)
     if refused:
         return text_response(conn, 401, refused)

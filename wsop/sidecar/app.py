@@ -38,6 +38,7 @@ from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import TO_OWNER, Holding, PeerDecoder, PeerFormatError
 from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES, PeerLink
+from wsop.sidecar.presence import Presence, PresenceTimings
 from wsop.sidecar.router import Router
 from wsop.sidecar.upstream import mirror, open_app, pump_from_app
 
@@ -65,6 +66,13 @@ class SidecarConfig:
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     close_window_s: float = 2.0
     upstream: str | None = None
+    # presence healing (wsop/sidecar/presence.py): heartbeat, lease, team-message wait
+    heartbeat_s: float = 2.0
+    lease_s: float = 10.0
+    presence_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
 
 
 class Sidecar:
@@ -84,6 +92,10 @@ class Sidecar:
         self._sessions: set[ClientSession] = set()
         self._apps: dict[ClientSession, ClientConnection] = {}
         self._peer_conns: set[ServerConnection] = set()
+        self.presence = Presence(
+            config.name, acl, config.timings, lambda: members.current().keys(),
+            lambda: self._sessions, self.metrics.registry,
+        )  # fmt: skip
 
     def placement_for(self, members: dict[str, str]):
         """The owner function over `members` (this sidecar alone when there are none)."""
@@ -98,6 +110,7 @@ class Sidecar:
         released = await self.acl.release(self.config.name)
         if released:
             log.info("released stale presence in %d tenant(s)", released)
+        await self.presence.start()  # lease, epoch; reaps dead sidecars every heartbeat
         await self.peers.update(self.members.current())
         self._server = await serve(
             self._handler,
@@ -145,8 +158,10 @@ class Sidecar:
             await asyncio.sleep(0.02)
         for task in self._tasks:
             task.cancel()
+        await self.presence.stop()
         try:
             await self.acl.release(self.config.name)  # whatever a failed clear left behind
+            await self.presence.drop()
         except redis.RedisError as exc:
             log.warning("could not release presence on shutdown: %s", exc)
         await self.peers.close()
@@ -347,7 +362,7 @@ class Sidecar:
     ) -> None:
         self.metrics.in_team.inc()
         try:
-            users, forbidden = await self.acl.team_recipients(ident.tenant, msg.teams, index)
+            users, forbidden = await self.presence.team_recipients(ident.tenant, msg.teams, index)
         except NotFound as exc:
             self._error(conn, msg.id, protocol.NOT_FOUND, str(exc))
             return
