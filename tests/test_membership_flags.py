@@ -30,3 +30,27 @@ def test_cli_refuses_two_sources(command: str) -> None:
     assert done.returncode == 2, done.stderr
     assert "give one of --members-file, --peers or --namespace" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["lb", "sidecar"])
+def test_servers_refuse_bounded_as_a_routing_algorithm(command: str) -> None:
+    """`bounded` depends on live loads: the sidecars used to start and then crash on it
+    ('BoundedLoads' object has no attribute 'owner')."""
+    args = [command, "--peers", "s0=ws://127.0.0.1:1", "--insecure", "--algo", "bounded"]
+    if command == "sidecar":
+        args += ["--name", "s0"]
+    done = run_wsop(*args)
+    assert done.returncode == 2, done.stderr
+    assert "--algo bounded cannot route a stack" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_server_configs_refuse_bounded_too() -> None:
+    from wsop.lb.server import LBConfig
+    from wsop.sidecar.app import SidecarConfig
+
+    with pytest.raises(UsageError, match="cannot route"):
+        SidecarConfig(name="s0", algo="bounded")
+    with pytest.raises(UsageError, match="cannot route"):
+        LBConfig("127.0.0.1", 0, StaticMembership({}), "bounded")
+    assert SidecarConfig(name="s0").algo == "maglev"  # what the LB uses by default

@@ -184,6 +184,8 @@ def test_refusals_and_exit_codes(standin_env: None, redis_url: str) -> None:
     assert result.returncode == 1 and f"port {port}" in result.stderr
     result = wsop("up", "--algo", "nope", "--redis", redis_url)
     assert result.returncode == 2 and "unknown algorithm" in result.stderr
+    result = wsop("up", "--algo", "bounded", "--redis", redis_url)  # used to crash the sidecars
+    assert result.returncode == 2 and "cannot route a stack" in result.stderr
 
     up(redis_url, "--insecure", sidecars=1)
     again = wsop("up", "--detach", "--port", str(free_port()), "--redis", redis_url)

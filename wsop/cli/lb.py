@@ -50,10 +50,10 @@ def lb_cmd(
     from wsop.errors import UsageError
     from wsop.httpadmin import admin_token_from_env
     from wsop.lb import LBConfig, run
-    from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
+    from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
 
     algo = algo or DEFAULT_ALGORITHM
-    get_algorithm(algo)  # unknown name: exit 2 before binding anything
+    check_routing_algorithm(algo)  # unknown or unroutable: exit 2 before binding anything
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0-65535, got {port}")
     if drain_seconds < 0:

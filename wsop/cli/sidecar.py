@@ -70,14 +70,14 @@ def sidecar_cmd(
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.acl.live import LiveAcl
     from wsop.backend import connect, connect_async, resolve_url
-    from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
+    from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
     from wsop.sidecar.app import Sidecar, SidecarConfig
     from wsop.sidecar.presence import check_timings
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     check_timings(heartbeat, lease, 5.0)  # bad values are usage errors, before any I/O
     algo = algo or DEFAULT_ALGORITHM
-    get_algorithm(algo)  # unknown names fail here, before anything starts
+    check_routing_algorithm(algo)  # unknown or unroutable: fail before anything starts
     secret = server_secret(insecure, "sidecar")
     url = resolve_url(redis_url)
     connect(url).close()  # fail fast, with the URL in the message

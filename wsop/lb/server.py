@@ -35,9 +35,8 @@ from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
 from wsop.protocol import VIA_HEADER
-from wsop.ring import build
+from wsop.ring import build, check_routing_algorithm
 from wsop.ring.base import Placement
-from wsop.ring.bounded import BoundedLoads
 
 log = logging.getLogger("wsop.lb")
 
@@ -74,6 +73,9 @@ class LBConfig:
     nothing (acks of messages still in flight: up to their 10 s timeout); this is the
     backstop after which the LB closes it itself."""
 
+    def __post_init__(self) -> None:
+        check_routing_algorithm(self.algo)
+
 
 class LoadBalancer:
     """The LB's state and its websockets callbacks; `serve()` runs it until stopped."""
@@ -83,7 +85,7 @@ class LoadBalancer:
         self.stats = LBStats()
         self.registry = make_registry(self.stats, config.name)
         self.members: Members = {}
-        self.placement: Placement | BoundedLoads | None = None
+        self.placement: Placement | None = None
         self.relays: set[Relay] = set()
         self._legs: weakref.WeakKeyDictionary[ServerConnection, Leg] = weakref.WeakKeyDictionary()
         self.server: Server | None = None
@@ -94,7 +96,7 @@ class LoadBalancer:
         """Adopt a new membership: rebuild the placement once, here, not per connection."""
         self._adopt(members, build(self.config.algo, list(members)) if members else None)
 
-    def _adopt(self, members: Members, placement: Placement | BoundedLoads | None) -> None:
+    def _adopt(self, members: Members, placement: Placement | None) -> None:
         self.members, self.placement = dict(members), placement
         log.info("membership: %s", ", ".join(sorted(members)) or "(no sidecars)")
 

@@ -191,13 +191,13 @@ def up(
     """Start Redis (embedded unless given), N sidecars and the LB; return once routable."""
     from wsop.auth import SECRET_ENV
     from wsop.backend import resolve_url
-    from wsop.ring import DEFAULT_ALGORITHM, get_algorithm
+    from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
 
     _check_count(sidecars)
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be 1-65535, got {port}")
     algo = algo or DEFAULT_ALGORITHM
-    get_algorithm(algo)
+    check_routing_algorithm(algo)
     with stack_file.locked():
         running = _running()
         if running is not None:

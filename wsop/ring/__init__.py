@@ -15,6 +15,7 @@ from wsop.ring.registry import (
     PLACEMENTS,
     algorithm_names,
     build,
+    check_routing_algorithm,
     get_algorithm,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Placement",
     "algorithm_names",
     "build",
+    "check_routing_algorithm",
     "encode_key",
     "encode_keys",
     "get_algorithm",

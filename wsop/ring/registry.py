@@ -45,6 +45,23 @@ def get_algorithm(name: str) -> type[Placement] | type[BoundedLoads]:
         raise UsageError(f"unknown algorithm {name!r}; choose one of: {valid}") from None
 
 
+def check_routing_algorithm(name: str) -> str:
+    """`name` if the LB and the sidecars can route by it, else a `UsageError`.
+
+    Routing needs a pure function of the membership, which every process computes alike;
+    `bounded` depends on live loads, so it is what `wsop rebalance` applies on top of the
+    ring, never how the stack routes.
+    """
+    get_algorithm(name)
+    if name == BOUNDED:
+        rings = ", ".join(PLACEMENTS)
+        raise UsageError(
+            f"--algo bounded cannot route a stack (it depends on live loads); pick a ring "
+            f"({rings}) — `wsop rebalance` applies bounded loads on top of it"
+        )
+    return name
+
+
 def _construct(cls: type[Placement], membership: Membership, opts: Mapping[str, Any]) -> Placement:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "membership"}
     unknown = sorted(set(opts) - accepted)

@@ -29,7 +29,7 @@ from wsop.auth import Identity
 from wsop.discovery import MembershipSource
 from wsop.errors import NotFound
 from wsop.httpadmin import text_response
-from wsop.ring import build
+from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
 from wsop.sidecar.acks import PendingAck
 from wsop.sidecar.client import ClientSession, SidecarServerConnection
@@ -59,7 +59,7 @@ class SidecarConfig:
     name: str
     host: str = "127.0.0.1"
     port: int = 0
-    algo: str = "rendezvous"
+    algo: str = DEFAULT_ALGORITHM  # what the LB uses unless told otherwise
     insecure: bool = False
     secret: str | None = None
     admin_token: str | None = None
@@ -72,6 +72,7 @@ class SidecarConfig:
     presence_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
+        check_routing_algorithm(self.algo)
         self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
 
 
