@@ -1,0 +1,138 @@
+"""The LB answers 101 only once the client's sidecar leg exists, and what a client sends
+before that is bounded (issue 10, observation 5). A real `wsop lb` process in front of
+real sidecar processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import ROOT
+from tests.stack_helpers import Sidecars, client, recv_json, wait_healthy
+from tests.test_sidecar_e2e import seed_tenant
+from wsop.local.redis_binary import free_port
+from wsop.ring import build
+from wsop.sidecar.delivery import MEMBERSHIP_GRACE_S
+
+
+def start_lb(peers: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wsop.cli.main", "lb", "--port", str(port), "--peers", peers]
+            + ["--insecure", "--algo", "rendezvous"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    wait_healthy(port)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def lb_stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[Sidecars, int]]:
+    stack = Sidecars(redis_url, tmp_path / "members.json", {})
+    stack.write_members()
+    for name in ("s0", "s1"):
+        stack.start(name, tmp_path)
+    stack.write_members()
+    time.sleep(0.8)
+    peers = ",".join(f"{p.name}={p.url}" for p in stack.procs.values())
+    proc, port = start_lb(peers, tmp_path / "lb.log")
+    try:
+        yield stack, port
+    finally:
+        stop(proc)
+        stack.stop_all()
+
+
+def test_a_client_is_reachable_as_soon_as_connect_returns(
+    lb_stack: tuple[Sidecars, int], r: redis.Redis
+) -> None:
+    """It used to be acked `delivered: 0, undelivered: 1` in about half the tries at 0 ms:
+    the LB answered 101 before dialling the client's sidecar."""
+    stack, port = lb_stack
+    seed_tenant(r, "A", {"eng": set(range(100))})
+    ring = build("rendezvous", sorted(stack.procs))
+    lb = f"ws://127.0.0.1:{port}"
+    sender = client(lb, "A", 0)
+    time.sleep(MEMBERSHIP_GRACE_S)  # past it, an unknown recipient is reported at once
+    # on the sender's own sidecar: the shortest path, the one that used to win the race
+    others = [u for u in range(1, 100) if ring.owner(("A", u)) == ring.owner(("A", 0))][:25]
+    for user in others:
+        ws = client(lb, "A", user)
+        sender.send(json.dumps({"type": "direct", "to": user, "data": user, "id": str(user)}))
+        ack = recv_json(sender)
+        assert (ack["id"], ack["delivered"], ack.get("undelivered", 0)) == (str(user), 1, 0)
+        assert recv_json(ws)["data"] == user
+        ws.close()
+    sender.close()
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_bytes_pushed_before_the_101_are_bounded(tmp_path: Path) -> None:
+    """A sidecar that accepts TCP but never answers keeps the LB dialling (5 s); a client
+    that pushes 60 MB meanwhile must not grow the LB (it grew from 76 to 387 MB)."""
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(16)
+    proc, port = start_lb(f"s0=ws://127.0.0.1:{blackhole.getsockname()[1]}", tmp_path / "lb.log")
+    try:
+        time.sleep(0.3)
+        before = rss_kb(proc.pid)
+        raw = socket.create_connection(("127.0.0.1", port))
+        key = base64.b64encode(b"0123456789abcdef").decode()
+        raw.sendall(
+            (
+                "GET /ws?tenant=A&user=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        pushed = [0]
+
+        def push() -> None:
+            chunk = b"\x82\xfe\xff\xf0" + b"\x00" * 65520
+            raw.settimeout(4)
+            try:
+                while pushed[0] < 60 * 1024 * 1024:
+                    raw.sendall(chunk)
+                    pushed[0] += len(chunk)
+            except OSError:
+                pass  # blocked: the LB stopped reading
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        pusher.join(6)
+        grown = rss_kb(proc.pid) - before
+        assert grown < 16 * 1024, f"LB grew by {grown} KB while {pushed[0]} bytes were pushed"
+        raw.close()
+        assert proc.poll() is None  # and it is still serving
+    finally:
+        stop(proc)
+        blackhole.close()
