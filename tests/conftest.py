@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,9 +20,56 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Keep every test away from the developer's own embedded Redis and state."""
-    monkeypatch.setenv("WSOP_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    """Keep every test away from the developer's own embedded Redis and state, and leave
+    nothing running behind it — even when it fails half-way through."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("WSOP_STATE_DIR", str(state))
     monkeypatch.delenv("WSOP_REDIS_URL", raising=False)
+    yield
+    sweep_state_dir(state)
+
+
+def sweep_state_dir(state: Path) -> None:
+    """Stop what a test started in its state dir: a local stack, the embedded Redis,
+    and any other process whose command line names that dir."""
+    from wsop.errors import WsopError
+    from wsop.local import embedded, stack, stack_file
+
+    if stack_file.members_path().exists():
+        with contextlib.suppress(WsopError, OSError):
+            stack.down()
+    if (state / "redis").exists() or embedded.status().running:
+        with contextlib.suppress(WsopError, OSError):
+            embedded.stop()
+    kill_matching(str(state))
+
+
+def kill_matching(needle: str) -> list[int]:
+    """SIGKILL every process of ours whose command line or cwd contains `needle`."""
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if needle in cmdline or cwd.startswith(needle):
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+    return killed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's last word: no redis-server, sidecar, LB or locust of ours survives it
+    (every process started under the session's temp root is killed)."""
+    yield
+    root = str(tmp_path_factory.getbasetemp())
+    for pid in kill_matching(root):
+        print(f"\nkilled a process left running by the tests: pid {pid}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
