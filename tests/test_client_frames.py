@@ -266,3 +266,44 @@ def test_a_header_that_declares_an_oversize_frame_fails_at_once() -> None:
     assert [f.opcode for f in written] == [CLOSE]
     assert Close.parse(written[0].data).code == 1009
     assert transport.closed and not transport.aborted
+
+
+# --- invalid UTF-8 (RFC 6455 §8.1) ----------------------------------------------------
+
+
+def run_frames(*frames: bytes) -> tuple[list[bytes], list[type], list[Frame], Transport]:
+    async def scenario() -> tuple[list[bytes], list[type], list[Frame], Transport]:
+        session, transport, owner = make()
+        session.data_received(b"".join(frames))
+        await asyncio.sleep(0)
+        return owner.messages, owner.kinds, server_frames(transport.written), transport
+
+    return asyncio.run(scenario())
+
+
+def test_text_arrives_as_str_and_binary_as_bytes() -> None:
+    key = b"\x11\x22\x33\x44"
+    messages, kinds, written, _ = run_frames(
+        frame(TEXT, "héllo".encode(), key),
+        frame(BINARY, b"\xff\xfe", key),
+        frame(TEXT, "h\u00e9".encode()[:2], key, fin=False),  # splits the é
+        frame(CONT, "h\u00e9".encode()[2:], key),
+    )
+    assert messages == ["héllo".encode(), b"\xff\xfe", "hé".encode()]
+    assert kinds == [str, bytes, str] and written == []
+
+
+def test_invalid_utf8_in_a_text_frame_fails_the_connection_with_1007() -> None:
+    key = b"\x11\x22\x33\x44"
+    bad = b'{"type":"direct","data":"\xff"}'
+    cases = [
+        [frame(TEXT, bad, key), frame(TEXT, b"never handled", key)],
+        [frame(TEXT, bad[:5], key, fin=False), frame(CONT, bad[5:], key)],
+        [frame(TEXT, b"caf\xc3", key)],  # a truncated character at the end of the message
+    ]
+    for frames in cases:
+        messages, _, written, transport = run_frames(*frames)
+        assert messages == []
+        assert [f.opcode for f in written] == [CLOSE]
+        assert Close.parse(written[0].data).code == 1007
+        assert transport.closed

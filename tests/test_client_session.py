@@ -56,7 +56,10 @@ class Owner:
         self.too_slow = 0
         self.release = asyncio.Event()
 
-    def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
+    def client_frame(
+        self, session: ClientSession, message: str | bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        data = message.encode() if isinstance(message, str) else message  # text is a str
         if data.startswith(b"slow"):
             return self._slow(session, data)
         self.handled.append(data)

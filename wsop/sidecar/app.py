@@ -242,7 +242,10 @@ class Sidecar:
             "closing %s/%s: not reading its messages", session.ident.tenant, session.ident.user
         )
 
-    def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
+    def client_frame(
+        self, session: ClientSession, data: str | bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        """A client's message (`str` from a text frame, mirrored to an app as text)."""
         app = self._apps.get(session) if self._apps else None
         if app is not None:
             return self._mirror_then_route(app, session, data)
@@ -277,7 +280,7 @@ class Sidecar:
         return app
 
     async def _mirror_then_route(
-        self, app: ClientConnection, session: ClientSession, data: bytes
+        self, app: ClientConnection, session: ClientSession, data: str | bytes
     ) -> None:
         if not await mirror(app, data):
             self.metrics.failed.labels("app_unavailable").inc()

@@ -6,7 +6,10 @@ frame; measured on this machine it was most of the sidecar's CPU per message and
 per idle connection. After the upgrade (still done by websockets' `serve`), the socket is
 handed to a `ClientSession`. Its read side (`wsop.sidecar.framing.FrameReader`) frames
 the input, unmasks the common frames itself and hands every other frame whole to the
-very `ServerProtocol` that did the handshake.
+very `ServerProtocol` that did the handshake. Text messages are decoded here, once (the
+owner gets `str` for text and `bytes` for binary, as from websockets' own connections,
+and parses the `str` without decoding it again); invalid UTF-8 fails the connection with
+1007 (RFC 6455 §8.1).
 
 Messages are handled synchronously when they can be (direct messages, errors) — no task,
 no queue. A frame that needs Redis (a team message) runs as a task, and the frames
@@ -26,6 +29,7 @@ from collections.abc import Coroutine
 from typing import Any, Final, Protocol, cast
 
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -54,8 +58,10 @@ class SessionOwner(Protocol):
     outbox: Outbox
 
     def client_frame(
-        self, session: ClientSession, data: bytes
-    ) -> Coroutine[Any, Any, None] | None: ...
+        self, session: ClientSession, data: str | bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        """One message: `str` from a text frame (valid UTF-8), `bytes` from a binary one."""
+        ...
 
     def client_gone(self, session: ClientSession) -> None: ...
 
@@ -91,7 +97,7 @@ class ClientSession(FrameReader):
         self.index = index
         self.transport: asyncio.Transport | None = None
         self._owner = owner
-        self._backlog: deque[bytes] | None = None
+        self._backlog: deque[str | bytes] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._slow_timer: asyncio.TimerHandle | None = None
@@ -191,18 +197,27 @@ class ClientSession(FrameReader):
     # -- messages ----------------------------------------------------------------------
 
     def _message(self, data: bytes, text: bool) -> None:
-        """One whole message: handled now, or queued behind one that is still running."""
+        """One whole message: decoded if text (the only UTF-8 pass: the owner parses
+        the `str`), handled now, or queued behind a message that is still running."""
+        if text:
+            try:
+                message: str | bytes = data.decode()
+            except UnicodeDecodeError as exc:
+                self._fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
+                return
+        else:
+            message = data
         if self._backlog is not None:
-            self._backlog.append(data)
+            self._backlog.append(message)
             if len(self._backlog) >= BACKLOG_PAUSE and not self._paused:
                 self._set_paused(True)
             return
-        pending = self._handle(data)
+        pending = self._handle(message)
         if pending is not None:
             self._backlog = deque()
             asyncio.get_running_loop().create_task(self._drain(pending))
 
-    def _handle(self, data: bytes) -> Coroutine[Any, Any, None] | None:
+    def _handle(self, data: str | bytes) -> Coroutine[Any, Any, None] | None:
         try:
             return self._owner.client_frame(self, data)
         except Exception:

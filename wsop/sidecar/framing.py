@@ -49,6 +49,7 @@ class FrameReader(asyncio.Protocol):
         "_pending",
         "_need",
         "_raw",
+        "_failed",
     )
 
     def __init__(self, protocol: ServerProtocol) -> None:
@@ -66,6 +67,8 @@ class FrameReader(asyncio.Protocol):
         self._raw = False
         """websockets' parser reads every byte from here on (the connection is closing, or
         it was handed a frame its header already condemned)."""
+        self._failed = False
+        """We failed the connection: nothing more from the client is handled."""
 
     def _message(self, data: bytes, text: bool) -> None:
         """One whole message, from a text frame (`text`, not decoded yet) or a binary one."""
@@ -74,6 +77,13 @@ class FrameReader(asyncio.Protocol):
     def _protocol_acted(self) -> None:
         """The protocol queued writes (pongs, a close frame) or is closing."""
         raise NotImplementedError
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): a close frame, then nothing more from
+        the client is handled (websockets' parser discards the rest)."""
+        self._failed = True
+        self._fragments = None
+        self.protocol.fail(code, reason)
 
     def data_received(self, data: bytes) -> None:
         self.pong_due = False  # any byte from the client proves it is alive
@@ -145,6 +155,8 @@ class FrameReader(asyncio.Protocol):
                 mask = data[pos + head - 4 : pos + head]
                 self._message(apply_mask(data[pos + head : stop], mask), first == 0x81)
                 pos = stop
+                if self._failed:  # (invalid UTF-8) websockets' parser discards the rest
+                    break
                 continue
             cap = limit if size is None else limit - size
             if protocol.max_fragment_size is not None:
@@ -175,6 +187,8 @@ class FrameReader(asyncio.Protocol):
         protocol = self.protocol
         protocol.receive_data(data)
         for frame in protocol.events_received():
+            if self._failed:
+                break
             opcode = frame.opcode
             if opcode is TEXT or opcode is BINARY:
                 if frame.fin:
