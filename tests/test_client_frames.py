@@ -218,7 +218,7 @@ def test_closing_while_a_frame_is_half_read_still_reads_it_whole() -> None:
     received, written, session, transport = asyncio.run(scenario())
     assert received == [b"in flight"]
     assert [(f.opcode, Close.parse(f.data).code) for f in written] == [(CLOSE, 1012)]
-    assert transport.closed and session.protocol.state is State.CLOSING
+    assert transport.eof_written and session.protocol.state is State.CLOSING
 
 
 def test_reads_ending_right_after_a_header_or_its_mask_key() -> None:
@@ -265,7 +265,7 @@ def test_a_header_that_declares_an_oversize_frame_fails_at_once() -> None:
     written, transport = asyncio.run(scenario())
     assert [f.opcode for f in written] == [CLOSE]
     assert Close.parse(written[0].data).code == 1009
-    assert transport.closed and not transport.aborted
+    assert transport.eof_written and not transport.aborted
 
 
 # --- invalid UTF-8 (RFC 6455 §8.1) ----------------------------------------------------
@@ -306,4 +306,4 @@ def test_invalid_utf8_in_a_text_frame_fails_the_connection_with_1007() -> None:
         assert messages == []
         assert [f.opcode for f in written] == [CLOSE]
         assert Close.parse(written[0].data).code == 1007
-        assert transport.closed
+        assert transport.eof_written

@@ -17,7 +17,8 @@ behind it wait in a per-connection backlog, so one client's messages are still h
 the order they were sent.
 
 Writes go through `wsop.sidecar.outbox.Outbox` (`protocol.send_text` + `send_data`), like
-they did for websockets' connections, so the outbox takes either kind.
+they did for websockets' connections, so the outbox takes either kind. Closing, the
+server closes TCP first (RFC 6455 §7.1.1), but only its sending half: `_half_close`.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class ClientSession(FrameReader):
         self._pending = None  # a partial frame: websockets sees the stream end too soon
         self.protocol.receive_eof()
         self.send_data()
-        return None
+        return None  # asyncio closes the transport (our half is closed or closes now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.open:
@@ -164,7 +165,29 @@ class ClientSession(FrameReader):
             if data:
                 transport.write(data)
             else:  # the protocol's EOF marker: the server closes TCP first
-                transport.close()
+                self._half_close(transport)
+
+    def _half_close(self, transport: asyncio.Transport) -> None:
+        """Close our half of TCP after the close frame, and keep reading until the client
+        closes its half (`eof_received`), or abort after `CLOSE_TIMEOUT_S`.
+
+        Closing the whole socket while client bytes are still unread (the rest of an
+        oversize frame, frames sent before our close frame arrived) makes Linux send an
+        RST, and a relaying LB that reads the RST before our close frame tells the client
+        "sidecar went away" (1012) instead of, say, 1009. websockets' parser discards
+        what is read meanwhile."""
+        if not transport.can_write_eof():  # (TLS): nothing better than a close
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):  # (uvloop raises when the transport is closing)
+            transport.close()
+            return
+        if self._paused:  # a long backlog paused reading: the client's FIN must get in
+            self._paused = False
+            transport.resume_reading()
+        self._arm_close()
 
     def send_now(self, text: str) -> None:
         """Send one text frame at once (outside the outbox: e.g. before a close)."""
@@ -248,6 +271,8 @@ class ClientSession(FrameReader):
 
     def _set_paused(self, paused: bool) -> None:
         """Backpressure: stop reading from a client whose backlog is long."""
+        if paused and self.protocol.eof_sent:
+            return  # half-closed: we read on until the client's FIN
         self._paused = paused
         transport = self.transport
         if transport is None or not self.open or transport.is_closing():
