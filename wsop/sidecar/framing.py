@@ -50,6 +50,7 @@ class FrameReader(asyncio.Protocol):
         "_need",
         "_raw",
         "_failed",
+        "_fast_limit",
     )
 
     def __init__(self, protocol: ServerProtocol) -> None:
@@ -69,13 +70,19 @@ class FrameReader(asyncio.Protocol):
         it was handed a frame its header already condemned)."""
         self._failed = False
         """We failed the connection: nothing more from the client is handled."""
+        limit, fragment = protocol.max_message_size, protocol.max_fragment_size
+        if fragment is not None:
+            limit = fragment if limit is None else min(limit, fragment)
+        self._fast_limit = 1 << 64 if limit is None else limit
+        """The largest frame outside a fragmented message that websockets would take."""
 
     def _message(self, data: bytes, text: bool) -> None:
         """One whole message, from a text frame (`text`, not decoded yet) or a binary one."""
         raise NotImplementedError
 
     def _protocol_acted(self) -> None:
-        """The protocol queued writes (pongs, a close frame) or is closing."""
+        """The protocol queued writes (pongs, a close frame) or is closing. Only the
+        parser and `_fail` make it act: the fast path never checks."""
         raise NotImplementedError
 
     def _fail(self, code: int, reason: str) -> None:
@@ -84,6 +91,7 @@ class FrameReader(asyncio.Protocol):
         self._failed = True
         self._fragments = None
         self.protocol.fail(code, reason)
+        self._protocol_acted()
 
     def data_received(self, data: bytes) -> None:
         self.pong_due = False  # any byte from the client proves it is alive
@@ -104,9 +112,6 @@ class FrameReader(asyncio.Protocol):
                     self._pending = pending
                 else:
                     self._pending = bytearray(memoryview(data)[taken:])
-        protocol = self.protocol
-        if protocol.writes or protocol.state is not _OPEN:
-            self._protocol_acted()
 
     def _frames(self, data: bytes | bytearray) -> int:
         """Handle the whole frames at the start of `data`; returns how many bytes they
@@ -117,12 +122,7 @@ class FrameReader(asyncio.Protocol):
         parser never holds part of a frame. After a frame whose header condemns the
         connection, or once the connection is closing, the parser gets the rest."""
         protocol = self.protocol
-        limit = protocol.max_message_size
-        if limit is None:
-            limit = 1 << 64
-        fast_limit = limit
-        if protocol.max_fragment_size is not None:
-            fast_limit = min(limit, protocol.max_fragment_size)
+        fast_limit = self._fast_limit
         size = protocol.current_size  # (set while a fragmented message is read)
         pos, end = 0, len(data)
         if protocol.state is not _OPEN:  # closing: websockets' parser reads or discards
@@ -158,7 +158,11 @@ class FrameReader(asyncio.Protocol):
                 if self._failed:  # (invalid UTF-8) websockets' parser discards the rest
                     break
                 continue
-            cap = limit if size is None else limit - size
+            cap = protocol.max_message_size
+            if cap is None:
+                cap = 1 << 64
+            elif size is not None:
+                cap -= size
             if protocol.max_fragment_size is not None:
                 cap = min(cap, protocol.max_fragment_size)
             if length > cap or second < 0x80 or _RESERVED[first & 0x0F]:
@@ -202,3 +206,5 @@ class FrameReader(asyncio.Protocol):
                     whole, self._fragments = b"".join(self._fragments), None
                     self._message(whole, self._text)
             # (pings are answered by the protocol; any pong already cleared pong_due)
+        if protocol.writes or protocol.state is not _OPEN:
+            self._protocol_acted()
