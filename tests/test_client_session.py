@@ -21,7 +21,7 @@ from wsop.sidecar.outbox import Outbox
 class Transport:
     def __init__(self) -> None:
         self.written = bytearray()
-        self.closed = self.aborted = False
+        self.closed = self.aborted = self.eof_written = False
         self.paused = False
 
     def write(self, data: bytes) -> None:
@@ -29,6 +29,12 @@ class Transport:
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.high = high
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
 
     def close(self) -> None:
         self.closed = True
@@ -56,7 +62,10 @@ class Owner:
         self.too_slow = 0
         self.release = asyncio.Event()
 
-    def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
+    def client_frame(
+        self, session: ClientSession, message: str | bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        data = message.encode() if isinstance(message, str) else message  # text is a str
         if data.startswith(b"slow"):
             return self._slow(session, data)
         self.handled.append(data)
@@ -159,20 +168,22 @@ def test_a_long_backlog_pauses_reading_until_it_drains() -> None:
     assert seen == [True, False]
 
 
-def test_close_frame_is_answered_and_the_server_closes_tcp() -> None:
-    async def scenario() -> tuple[Transport, Owner, ClientSession]:
+def test_close_frame_is_answered_and_the_server_closes_its_half_of_tcp() -> None:
+    async def scenario() -> tuple[Transport, Owner, ClientSession, bool | None]:
         session, transport, owner = make()
         session.data_received(client_bytes(Frame(CLOSE, Close(1000, "bye").serialize())))
         await asyncio.sleep(0)
+        assert transport.eof_written and not transport.closed  # FIN, and reading on
+        keep_open = session.eof_received()  # the client's FIN: asyncio closes the socket
         session.connection_lost(None)
         session.connection_lost(None)  # asyncio may report twice: cleaned up once
-        return transport, owner, session
+        return transport, owner, session, keep_open
 
-    transport, owner, session = asyncio.run(scenario())
+    transport, owner, session, keep_open = asyncio.run(scenario())
     frames = server_frames(transport.written)
     assert [f.opcode for f in frames] == [CLOSE]
     assert Close.parse(frames[0].data).code == 1000
-    assert transport.closed and owner.gone == 1
+    assert not keep_open and owner.gone == 1 and not transport.aborted
     assert session.protocol.state is State.CLOSED
 
 
@@ -187,7 +198,32 @@ def test_oversize_frame_fails_the_connection_with_1009() -> None:
     assert owner.handled == []
     frames = server_frames(transport.written)
     assert Close.parse(frames[0].data).code == 1009
-    assert transport.closed
+    assert transport.eof_written and not transport.closed  # half-closed: see the next test
+
+
+def test_after_failing_the_server_reads_on_until_the_client_closes_or_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing the socket with the rest of an oversize frame unread would send an RST,
+    which can overtake the close frame; so the server half-closes, discards what still
+    comes, and aborts only if the client never closes its half."""
+    monkeypatch.setattr(client_module, "CLOSE_TIMEOUT_S", 0.05)
+
+    async def scenario() -> tuple[Transport, Owner, list[bool]]:
+        session, transport, owner = make(max_size=10)
+        session.data_received(client_bytes(Frame(TEXT, b"x" * 11000))[:3000])
+        await asyncio.sleep(0)
+        seen = [transport.eof_written, transport.aborted]
+        session.data_received(b"x" * 8000 + client_bytes(Frame(TEXT, b"late")))  # discarded
+        await asyncio.sleep(0.02)
+        seen.append(transport.aborted)
+        await asyncio.sleep(0.1)  # no FIN from the client within the timeout
+        seen.append(transport.aborted)
+        return transport, owner, seen
+
+    transport, owner, seen = asyncio.run(scenario())
+    assert seen == [True, False, False, True]
+    assert owner.handled == [] and [f.opcode for f in server_frames(transport.written)] == [CLOSE]
 
 
 def test_a_failing_handler_answers_internal_error_and_keeps_the_connection() -> None:

@@ -144,14 +144,19 @@ def test_malformed_frames_get_error_frames_and_connection_survives(
         ws.send(raw)
         frame = recv_json(ws)
         assert frame["type"] == "error" and frame["code"] == code, (raw, frame)
-    ws.send(b"\xff\xfe not utf-8")  # a binary frame
+    ws.send(b"\xff\xfe not utf-8")  # a binary frame that is not UTF-8 JSON: a bad request
     assert recv_json(ws) == {
         "type": "error", "id": None, "code": "bad_request", "message": "frame is not UTF-8 text"
     }  # fmt: skip
     ws.send('{"type":"direct","to":2,"data":"still here","id":"ok"}')
     assert recv_json(ws)["type"] == "ack"
     assert recv_json(peer)["data"] == "still here"
-    ws.close()
+    # invalid UTF-8 in a *text* frame is a WebSocket protocol violation (RFC 6455 §8.1)
+    ws.send(b'{"type":"direct","to":2,"data":"\xff"}', text=True)
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    assert drain(peer, 0.2) == []
     peer.close()
 
 

@@ -46,6 +46,7 @@ log = logging.getLogger("wsop.sidecar")
 
 PRESENCE_RETRIES = 5
 PING_INTERVAL_S = 30.0
+_CONTROL_MARKS = ("\x00", b"\x00")
 TEAM_SLICE_USERS = 4096
 """A team message is planned and sent this many recipients at a time, yielding to the
 event loop in between: a 1M-recipient team must not stall every other tenant here."""
@@ -261,17 +262,20 @@ class Sidecar:
             "closing %s/%s: not reading its messages", session.ident.tenant, session.ident.user
         )
 
-    def client_frame(self, session: ClientSession, data: bytes) -> Coroutine[Any, Any, None] | None:
-        if data[:1] == b"\x00" and session.via_lb:  # (JSON never starts with NUL)
+    def client_frame(
+        self, session: ClientSession, data: str | bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        """A client's message (`str` from a text frame, mirrored to an app as text)."""
+        if data[:1] in _CONTROL_MARKS and session.via_lb:  # (JSON never starts with NUL)
             return self._control(session, data)
         app = self._apps.get(session) if self._apps else None
         if app is not None:
             return self._mirror_then_route(app, session, data)
         return self._route_frame(session, session.ident, session.index, data)
 
-    def _control(self, session: ClientSession, data: bytes) -> None:
+    def _control(self, session: ClientSession, data: str | bytes) -> None:
         """A control frame from the LB in front of `session` (today: it moved away)."""
-        if data == protocol.MOVED_FRAME.encode():
+        if data == protocol.MOVED_FRAME:
             self._spawn(self._close_when_settled(session))
         else:
             log.warning("ignoring control frame %r", data[:40])
@@ -316,7 +320,7 @@ class Sidecar:
         return app
 
     async def _mirror_then_route(
-        self, app: ClientConnection, session: ClientSession, data: bytes
+        self, app: ClientConnection, session: ClientSession, data: str | bytes
     ) -> None:
         if not await mirror(app, data):
             self.metrics.failed.labels("app_unavailable").inc()

@@ -4,15 +4,21 @@
 websockets' asyncio layer costs a task, a message assembler and several awaits per
 frame; measured on this machine it was most of the sidecar's CPU per message and ~9 KB
 per idle connection. After the upgrade (still done by websockets' `serve`), the socket is
-handed to a `ClientSession`: in `data_received`, whole small data frames are unmasked
-directly (`_whole_frames`, the common case) and everything else is parsed by the very
-`ServerProtocol` that did the handshake; messages are handled synchronously when they
-can be (direct messages, errors) — no task, no queue. A frame that needs Redis (a team message) runs
-as a task, and the frames behind it wait in a per-connection backlog, so one client's
-messages are still handled in the order they were sent.
+handed to a `ClientSession`. Its read side (`wsop.sidecar.framing.FrameReader`) frames
+the input, unmasks the common frames itself and hands every other frame whole to the
+very `ServerProtocol` that did the handshake. Text messages are decoded here, once (the
+owner gets `str` for text and `bytes` for binary, as from websockets' own connections,
+and parses the `str` without decoding it again); invalid UTF-8 fails the connection with
+1007 (RFC 6455 §8.1).
+
+Messages are handled synchronously when they can be (direct messages, errors) — no task,
+no queue. A frame that needs Redis (a team message) runs as a task, and the frames
+behind it wait in a per-connection backlog, so one client's messages are still handled in
+the order they were sent.
 
 Writes go through `wsop.sidecar.outbox.Outbox` (`protocol.send_text` + `send_data`), like
-they did for websockets' connections, so the outbox takes either kind.
+they did for websockets' connections, so the outbox takes either kind. Closing, the
+server closes TCP first (RFC 6455 §7.1.1), but only its sending half: `_half_close`.
 """
 
 from __future__ import annotations
@@ -24,12 +30,7 @@ from collections.abc import Coroutine
 from typing import Any, Final, Protocol, cast
 
 from websockets.asyncio.server import ServerConnection
-
-try:  # websockets' C helper (always built for CPython wheels); the pure one otherwise
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
-from websockets.frames import BINARY, CONT, TEXT
+from websockets.frames import CloseCode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -37,6 +38,7 @@ from wsop import protocol as wire
 from wsop.auth import Identity
 from wsop.detach import Detachable
 from wsop.httpadmin import path_of
+from wsop.sidecar.framing import FrameReader
 from wsop.sidecar.outbox import Outbox
 
 log = logging.getLogger("wsop.sidecar")
@@ -57,29 +59,28 @@ class SessionOwner(Protocol):
     outbox: Outbox
 
     def client_frame(
-        self, session: ClientSession, data: bytes
-    ) -> Coroutine[Any, Any, None] | None: ...
+        self, session: ClientSession, data: str | bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        """One message: `str` from a text frame (valid UTF-8), `bytes` from a binary one."""
+        ...
 
     def client_gone(self, session: ClientSession) -> None: ...
 
     def client_too_slow(self, session: ClientSession) -> None: ...
 
 
-class ClientSession(asyncio.Protocol):
+class ClientSession(FrameReader):
     """One client connection in its data phase (see the module docstring)."""
 
     __slots__ = (
-        "protocol",
         "ident",
         "index",
         "transport",
         "_owner",
-        "_fragments",
         "_backlog",
         "_close_timer",
         "_paused",
         "_slow_timer",
-        "pong_due",
         "open",
         "via_lb",
     )
@@ -92,18 +93,15 @@ class ClientSession(asyncio.Protocol):
         owner: SessionOwner,
         via_lb: bool = False,
     ) -> None:
-        self.protocol = protocol
+        super().__init__(protocol)
         self.ident = ident
         self.index = index
         self.transport: asyncio.Transport | None = None
         self._owner = owner
-        self._fragments: list[bytes] | None = None
-        self._backlog: deque[bytes] | None = None
+        self._backlog: deque[str | bytes] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._slow_timer: asyncio.TimerHandle | None = None
-        self.pong_due = False
-        """A keepalive ping went out and nothing came back yet."""
         self.open = True
         """The socket is still ours (until `connection_lost`)."""
         self.via_lb = via_lb
@@ -133,69 +131,17 @@ class ClientSession(asyncio.Protocol):
         self._owner.client_too_slow(self)
         self.close(1008, "too slow: messages were not read")  # (it will not read this either)
 
-    def data_received(self, data: bytes) -> None:
-        protocol = self.protocol
-        self.pong_due = False  # any byte from the client proves it is alive
-        if not protocol.reader.buffer and self._fragments is None:
-            taken = self._whole_frames(data)
-            if taken == len(data):
-                return
-            if taken:
-                data = data[taken:]
-        protocol.receive_data(data)
-        for frame in protocol.events_received():
-            opcode = frame.opcode
-            if opcode is TEXT or opcode is BINARY:
-                if frame.fin:
-                    self._message(frame.data)
-                else:
-                    self._fragments = [frame.data]
-            elif opcode is CONT and self._fragments is not None:
-                self._fragments.append(frame.data)
-                if frame.fin:
-                    whole, self._fragments = b"".join(self._fragments), None
-                    self._message(whole)
-            # (pings are answered by the protocol; any pong already cleared pong_due)
-        if protocol.writes:  # pongs, close replies, and replies to the frames just handled
+    def _protocol_acted(self) -> None:
+        if self.protocol.writes:  # pongs, close frames, replies to the frames just handled
             self._owner.outbox.mark(self)  # one write at the end of the pass
-        if protocol.close_expected():
+        if self.protocol.close_expected():
             self._arm_close()
 
-    def _whole_frames(self, data: bytes) -> int:
-        """The common case without websockets' parser: complete, unfragmented, masked
-        text/binary frames with a 7- or 16-bit length at the start of `data` are handled
-        here; returns how many bytes they took. Anything else (control frames, fragments,
-        a partial frame, an oversize or malformed one) stops the scan, and the parser
-        takes over from that frame boundary — so the two never split a frame."""
-        if self.protocol.state is not State.OPEN or self.protocol.current_size is not None:
-            return 0
-        limit = self.protocol.max_message_size
-        pos, end = 0, len(data)
-        while end - pos >= 6:
-            first, second = data[pos], data[pos + 1]
-            if (first != 0x81 and first != 0x82) or second < 0x80:  # FIN text/binary, masked
-                break
-            length = second & 0x7F
-            head = 6
-            if length == 126:
-                if end - pos < 8:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                head = 8
-            elif length == 127:
-                break
-            stop = pos + head + length
-            if stop > end or (limit is not None and length > limit):
-                break
-            mask = data[pos + head - 4 : pos + head]
-            self._message(apply_mask(data[pos + head : stop], mask))
-            pos = stop
-        return pos
-
     def eof_received(self) -> bool | None:
+        self._pending = None  # a partial frame: websockets sees the stream end too soon
         self.protocol.receive_eof()
         self.send_data()
-        return None
+        return None  # asyncio closes the transport (our half is closed or closes now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.open:
@@ -219,7 +165,29 @@ class ClientSession(asyncio.Protocol):
             if data:
                 transport.write(data)
             else:  # the protocol's EOF marker: the server closes TCP first
-                transport.close()
+                self._half_close(transport)
+
+    def _half_close(self, transport: asyncio.Transport) -> None:
+        """Close our half of TCP after the close frame, and keep reading until the client
+        closes its half (`eof_received`), or abort after `CLOSE_TIMEOUT_S`.
+
+        Closing the whole socket while client bytes are still unread (the rest of an
+        oversize frame, frames sent before our close frame arrived) makes Linux send an
+        RST, and a relaying LB that reads the RST before our close frame tells the client
+        "sidecar went away" (1012) instead of, say, 1009. websockets' parser discards
+        what is read meanwhile."""
+        if not transport.can_write_eof():  # (TLS): nothing better than a close
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):  # (uvloop raises when the transport is closing)
+            transport.close()
+            return
+        if self._paused:  # a long backlog paused reading: the client's FIN must get in
+            self._paused = False
+            transport.resume_reading()
+        self._arm_close()
 
     def send_now(self, text: str) -> None:
         """Send one text frame at once (outside the outbox: e.g. before a close)."""
@@ -251,18 +219,28 @@ class ClientSession(asyncio.Protocol):
 
     # -- messages ----------------------------------------------------------------------
 
-    def _message(self, data: bytes) -> None:
+    def _message(self, data: bytes, text: bool) -> None:
+        """One whole message: decoded if text (the only UTF-8 pass: the owner parses
+        the `str`), handled now, or queued behind a message that is still running."""
+        if text:
+            try:
+                message: str | bytes = data.decode()
+            except UnicodeDecodeError as exc:
+                self._fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
+                return
+        else:
+            message = data
         if self._backlog is not None:
-            self._backlog.append(data)
+            self._backlog.append(message)
             if len(self._backlog) >= BACKLOG_PAUSE and not self._paused:
                 self._set_paused(True)
             return
-        pending = self._handle(data)
+        pending = self._handle(message)
         if pending is not None:
             self._backlog = deque()
             asyncio.get_running_loop().create_task(self._drain(pending))
 
-    def _handle(self, data: bytes) -> Coroutine[Any, Any, None] | None:
+    def _handle(self, data: str | bytes) -> Coroutine[Any, Any, None] | None:
         try:
             return self._owner.client_frame(self, data)
         except Exception:
@@ -293,6 +271,8 @@ class ClientSession(asyncio.Protocol):
 
     def _set_paused(self, paused: bool) -> None:
         """Backpressure: stop reading from a client whose backlog is long."""
+        if paused and self.protocol.eof_sent:
+            return  # half-closed: we read on until the client's FIN
         self._paused = paused
         transport = self.transport
         if transport is None or not self.open or transport.is_closing():
