@@ -27,17 +27,16 @@ from wsop import protocol
 from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.discovery import MembershipSource
-from wsop.errors import NotFound
 from wsop.httpadmin import text_response
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
-from wsop.sidecar.acks import PendingAck
 from wsop.sidecar.client import ClientSession, SidecarServerConnection
 from wsop.sidecar.delivery import ACK_TIMEOUT_S, Delivery
+from wsop.sidecar.messages import ClientMessages
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
-from wsop.sidecar.peer_codec import TO_OWNER, Holding, PeerDecoder, PeerFormatError
-from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES, PeerLink
+from wsop.sidecar.peer_codec import Holding, PeerDecoder, PeerFormatError
+from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES
 from wsop.sidecar.presence import Presence, PresenceTimings
 from wsop.sidecar.router import Router
 from wsop.sidecar.upstream import mirror, open_app, pump_from_app
@@ -47,9 +46,6 @@ log = logging.getLogger("wsop.sidecar")
 PRESENCE_RETRIES = 5
 PING_INTERVAL_S = 30.0
 _CONTROL_MARKS = ("\x00", b"\x00")
-TEAM_SLICE_USERS = 4096
-"""A team message is planned and sent this many recipients at a time, yielding to the
-event loop in between: a 1M-recipient team must not stall every other tenant here."""
 MOVE_QUIET_S = 0.5
 """After the LB says a client moved away, its old connection stays open at least this
 long (deliveries already on their way), and until its open acks are answered."""
@@ -97,6 +93,10 @@ class Sidecar:
         self.presence = Presence(
             config.name, acl, config.timings, lambda: members.current().keys(),
             lambda: self._sessions, self.metrics.registry,
+        )  # fmt: skip
+        self.messages = ClientMessages(
+            config.max_frame_bytes, self.router, self.delivery, self.presence, self.outbox,
+            self.metrics,
         )  # fmt: skip
 
     def placement_for(self, members: dict[str, str]):
@@ -271,7 +271,7 @@ class Sidecar:
         app = self._apps.get(session) if self._apps else None
         if app is not None:
             return self._mirror_then_route(app, session, data)
-        return self._route_frame(session, session.ident, session.index, data)
+        return self.messages.route(session, session.ident, session.index, data)
 
     def _control(self, session: ClientSession, data: str | bytes) -> None:
         """A control frame from the LB in front of `session` (today: it moved away)."""
@@ -312,7 +312,7 @@ class Sidecar:
             return None
 
         async def routed(conn: ClientConnection, raw: str | bytes) -> None:
-            pending = self._route_frame(conn, ident, index, raw)
+            pending = self.messages.route(conn, ident, index, raw)
             if pending is not None:
                 await pending
 
@@ -324,7 +324,7 @@ class Sidecar:
     ) -> None:
         if not await mirror(app, data):
             self.metrics.failed.labels("app_unavailable").inc()
-        pending = self._route_frame(session, session.ident, session.index, data)
+        pending = self.messages.route(session, session.ident, session.index, data)
         if pending is not None:
             await pending
 
@@ -339,76 +339,6 @@ class Sidecar:
                 log.warning("clearing presence of %s/%s: %s", ident.tenant, ident.user, exc)
                 await asyncio.sleep(0.2 * (attempt + 1))
         self.metrics.failed.labels("presence_clear").inc()
-
-    def _route_frame(
-        self, conn: Any, ident: Identity, index: int, raw: str | bytes
-    ) -> Coroutine[Any, Any, None] | None:
-        """Handle one frame from a client (a session, or the app in upstream mode) at
-        once; a team message returns the coroutine that resolves it in Redis."""
-        started = time.perf_counter()
-        try:
-            msg = protocol.parse_client_frame(raw, self.config.max_frame_bytes)
-        except protocol.ProtocolError as exc:
-            self.metrics.errors.labels(exc.code).inc()
-            self.outbox.send((conn,), exc.to_frame())
-            return None
-        if isinstance(msg, protocol.TeamMessage):
-            return self._team_message(conn, ident, index, msg, started)
-        self.metrics.in_direct.inc()
-        frame = protocol.encode_message(ident.user, msg.data, msg.id, int(time.time() * 1000))
-        plan = self.router.plan(ident.tenant, [msg.to])
-        pending = PendingAck(conn, msg.id, started, done=self._client_done)
-        forwarded = self.delivery.execute(ident.tenant, plan, frame, pending, TO_OWNER)
-        congested = self.peers.congested(forwarded) if forwarded else None
-        return _wait_ready(congested) if congested else None
-
-    async def _team_message(
-        self, conn: Any, ident: Identity, index: int, msg: protocol.TeamMessage, started: float
-    ) -> None:
-        self.metrics.in_team.inc()
-        try:
-            users, forbidden = await self.presence.team_recipients(ident.tenant, msg.teams, index)
-        except NotFound as exc:
-            self._error(conn, msg.id, protocol.NOT_FOUND, str(exc))
-            return
-        except redis.RedisError as exc:
-            self._error(conn, msg.id, protocol.UNAVAILABLE, f"ACL store: {exc}")
-            return
-        if users is None:
-            self._error(
-                conn, msg.id, protocol.FORBIDDEN, f"you are not a member of team {forbidden!r}"
-            )
-            return
-        ts = int(time.time() * 1000)
-        frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
-        pending = PendingAck(conn, msg.id, started, done=self._client_done)
-        tenant = ident.tenant
-        if len(users) <= TEAM_SLICE_USERS:
-            plan = self.router.plan(tenant, users)
-            forwarded = self.delivery.execute(tenant, plan, frame, pending, TO_OWNER)
-            await _wait_ready(self.peers.congested(forwarded))
-            return
-        ack_id = self.delivery.begin(pending)
-        try:
-            for start in range(0, len(users), TEAM_SLICE_USERS):
-                plan = self.router.plan(tenant, users[start : start + TEAM_SLICE_USERS])
-                forwarded = self.delivery.dispatch(ack_id, pending, tenant, plan, frame, TO_OWNER)
-                await _wait_ready(self.peers.congested(forwarded))
-                await asyncio.sleep(0)  # let other clients' messages through
-        finally:
-            self.delivery.end(ack_id)
-
-    def _error(self, conn: Any, msg_id: str | None, code: str, text: str) -> None:
-        self.metrics.errors.labels(code).inc()
-        self.outbox.send((conn,), protocol.encode_error(msg_id, code, text))
-
-    # -- acks to clients, tasks -------------------------------------------------------
-
-    def _client_done(self, pending: PendingAck) -> None:
-        self.metrics.ack_latency.observe(time.perf_counter() - pending.started)
-        frame = protocol.encode_ack(pending.msg_id, pending.delivered, pending.undelivered)
-        assert pending.conn is not None
-        self.outbox.send((pending.conn,), frame)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -434,10 +364,3 @@ class Sidecar:
             pass
         finally:
             self._peer_conns.discard(conn)
-
-
-async def _wait_ready(links: list[PeerLink]) -> None:
-    """Backpressure: the sender waits (its reading pauses behind it) while a link it fed
-    is congested, instead of the link's queue growing without bound."""
-    for link in links:
-        await link.wait_ready()
