@@ -4,7 +4,9 @@ One sidecar, one tenant whose team has N online members (default 1M; three of th
 connected, the rest reported undelivered). A client pair exchanges direct messages every
 2 ms and times each ack; in the second phase a third client sends a team message to the
 whole team once a second. The figure that matters is the ratio of the direct messages'
-p99 with the team traffic to their p99 without it, in the same run.
+p99 with the team traffic to their p99 without it, in the same run. Direct messages
+are sent on a fixed schedule (open loop), so a stall is counted in every message it
+delays.
 
     .venv/bin/python bench/fanout.py [--members 1000000] [--seconds 6] [--json]
 """
@@ -44,7 +46,7 @@ def start_sidecar(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            connect(f"{url}/ws?tenant=big&user=1").close()
+            connect(f"{url}/ws?tenant=big&user=1", legacy=True).close()
             return proc, url
         except OSError:
             time.sleep(0.1)
@@ -55,8 +57,9 @@ def start_sidecar(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes
 def direct_latencies(url: str, seconds: float, team: threading.Event | None) -> dict:
     """Direct messages a→b every 2 ms for `seconds`; with `team`, a team message to
     everyone once a second meanwhile. Returns latencies (ns) and team ack times (s)."""
-    a, b = connect(f"{url}/ws?tenant=big&user=1"), connect(f"{url}/ws?tenant=big&user=2")
-    big = connect(f"{url}/ws?tenant=big&user=0", max_size=None)
+    a = connect(f"{url}/ws?tenant=big&user=1", legacy=True)
+    b = connect(f"{url}/ws?tenant=big&user=2", legacy=True)
+    big = connect(f"{url}/ws?tenant=big&user=0", max_size=None, legacy=True)
     samples: list[int] = []
     team_acks: list[float] = []
     stop = threading.Event()
@@ -78,16 +81,37 @@ def direct_latencies(url: str, seconds: float, team: threading.Event | None) -> 
     if sender is not None:
         sender.start()
         time.sleep(0.1)
-    deadline = time.monotonic() + seconds
-    seq = 0
-    while time.monotonic() < deadline:
-        started = time.perf_counter_ns()
+    # Open loop: sends keep their schedule whatever the acks do, and each latency runs
+    # from the scheduled send, so a stall counts once per message it delays (a closed
+    # loop would count a 1 s freeze as one slow sample: coordinated omission).
+    acked: dict[str, int] = {}
+
+    def read_acks() -> None:
+        while True:
+            try:
+                frame = json.loads(a.recv(timeout=30))
+            except (TimeoutError, OSError):
+                return
+            if frame["type"] == "ack":
+                acked[frame["id"]] = time.perf_counter_ns()
+
+    reader = threading.Thread(target=read_acks, daemon=True)
+    reader.start()
+    scheduled: dict[str, int] = {}
+    interval_ns = 2_000_000
+    begin = time.perf_counter_ns()
+    total = int(seconds * 1e9 / interval_ns)
+    for seq in range(total):
+        due = begin + seq * interval_ns
+        delay = due - time.perf_counter_ns()
+        if delay > 0:
+            time.sleep(delay / 1e9)
+        scheduled[str(seq)] = due
         a.send(json.dumps({"type": "direct", "to": 2, "data": seq, "id": str(seq)}))
-        while json.loads(a.recv(timeout=60))["type"] != "ack":
-            pass
-        samples.append(time.perf_counter_ns() - started)
-        seq += 1
-        time.sleep(0.002)
+    deadline = time.monotonic() + 30
+    while len(acked) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    samples.extend(acked[k] - due for k, due in scheduled.items() if k in acked)
     stop.set()
     if sender is not None:
         sender.join()
@@ -119,8 +143,8 @@ def main() -> None:
     for name, run in (("alone", quiet), ("with team", busy)):
         rows[name] = {
             "messages": len(run["samples"]),
-            "p50_ms": percentile_ms(run["samples"], 0.5),
-            "p99_ms": percentile_ms(run["samples"], 0.99),
+            "p50_ms": round(percentile_ms(run["samples"], 50) or 0, 2),
+            "p99_ms": round(percentile_ms(run["samples"], 99) or 0, 2),
             "max_ms": round(max(run["samples"]) / 1e6, 3),
         }
     acks = busy["team_acks"]
