@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from tests.conftest import run_wsop
 from wsop.errors import UsageError
 from wsop.load.chaos import Fault, parse_spec, reconnect_delay, windows
 from wsop.load.ledger import LOSS_CLASSES, Classes, Ledger, classify, message_key
+from wsop.load.nemesis import Nemesis
+from wsop.load.profiles import make_plan
 from wsop.load.report import summary, verdict
 from wsop.load.windows import merge_windows, percentiles
+from wsop.local.redis_binary import free_port
 
 # -- the spec (pure) ---------------------------------------------------------------------
 
@@ -246,6 +250,88 @@ def test_verdict_fails_on_silent_loss_and_cross_tenant_only_in_chaos() -> None:
     failed = summary(_results({"sent": 10}), "", [{"label": "drain@5s", "ok": False,
                                                   "detail": "boom"}])  # fmt: skip
     assert "drain@5s: boom" in verdict(failed, False, 0.9, chaos=True)[0]
+
+
+# -- the nemesis and the faults ----------------------------------------------------------
+
+
+def test_nemesis_times_faults_from_the_run_start_and_never_raises(tmp_path: Path) -> None:
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"run_started_at": time.time() - 3600}))  # a stale run
+    calls: list[str] = []
+
+    def ok(fault: Fault) -> dict:
+        calls.append(fault.label)
+        return {"sidecars": "s0,s1"}
+
+    def boom(fault: Fault) -> dict:
+        raise RuntimeError("no luck\nsecond line")
+
+    faults = parse_spec("scale=2@0.2s,drain@0.4s,rebalance@30s")
+    actions = {"scale": ok, "drain": boom, "rebalance": ok}
+    nemesis = Nemesis(faults, status, make_plan(), "redis://unused", actions)
+    nemesis.start()
+    time.sleep(0.3)
+    assert calls == []  # the stale file is not this run's start
+    started = time.time()
+    status.write_text(json.dumps({"run_started_at": started}))
+    deadline = time.monotonic() + 5
+    while len(nemesis.records) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    records = nemesis.stop(timeout=5)
+    assert not nemesis.is_alive() and calls == ["scale=2@0.2s"]
+    assert [r["label"] for r in records] == ["scale=2@0.2s", "drain@0.4s", "rebalance@30s"]
+    first, second, third = records
+    assert first["ok"] and first["detail"] == "sidecars=s0,s1"
+    assert first["planned_s"] == 0.2 and 0.15 <= first["started_s"] <= 0.5
+    assert not second["ok"] and second["detail"] == "RuntimeError: no luck"
+    assert not third["ok"] and third["started_s"] is None and "not run" in third["detail"]
+
+
+def test_faults_replace_sidecars_under_new_names(redis_url: str) -> None:
+    from wsop.local import faults, stack, stack_file, stack_proc
+
+    stack.up(sidecars=2, port=free_port(), insecure=True, redis_url=redis_url)
+    try:
+        first = stack_file.load()
+        assert first is not None
+        out = faults.kill_sidecar(avoid={"s2"})  # s2: a name seen earlier in the run
+        record = stack_file.load()
+        assert record is not None
+        victim = next(s for s in first.sidecars if s.name == out["victim"])
+        assert out["replacement"] == "s3" and not stack_proc.alive(victim)
+        assert sorted(s.name for s in record.sidecars) == sorted(
+            {"s0", "s1", "s3"} - {out["victim"]}
+        )
+        out = faults.roll_sidecar(name="s3", avoid={"s0", "s1", "s2", "s3"})
+        assert (out["victim"], out["replacement"], out["remaining"]) == ("s3", "s4", 0)
+        status = stack.status()
+        assert len(status.sidecars) == 2 and all(s.alive for s in status.sidecars)
+        assert "s4" in {s.name for s in status.sidecars}
+        with pytest.raises(UsageError, match="no sidecar named 'nope'"):
+            faults.kill_sidecar(name="nope")
+    finally:
+        stack.down()
+
+
+def test_restart_redis_starts_an_empty_server_on_the_same_port(redis_url: str) -> None:
+    import redis
+
+    from wsop.local import embedded, faults
+
+    url = embedded.ensure_running()
+    try:
+        client = redis.Redis.from_url(url)
+        client.set("teams:{t0}:a", b"\x80")
+        client.save()  # a snapshot that must not come back
+        out = faults.restart_redis(url)
+        assert out["old_pid"] != out["new_pid"] and embedded.status().url == url
+        assert client.dbsize() == 0  # the client reconnects to the new, empty server
+        client.close()
+        with pytest.raises(UsageError, match="restart-redis needs the local stack"):
+            faults.restart_redis(redis_url)  # not ours to kill
+    finally:
+        embedded.stop()
 
 
 # -- through the CLI ---------------------------------------------------------------------

@@ -37,6 +37,8 @@ def _live(as_json: bool):
             f"rate={point['msgs_per_s']:.0f}/{point['target_rate']:.0f} msg/s "
             f"sent={point['sent']} delivered={point['delivered']} "
             f"[{'red' if point['lost'] else 'green'}]lost={point['lost']}[/] "
+            + (f"[red]silent={point['silent_loss']}[/] " if point.get("silent_loss") else "")
+            + f"reconnects={point.get('reconnects', 0)} "
             f"p95={'-' if p95 is None else p95} ms"
         )
 
