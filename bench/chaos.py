@@ -81,8 +81,8 @@ def render(out: dict[str, Any]) -> None:
     for f in out["faults"]:
         state = "ok" if f["ok"] else "FAILED"
         print(
-            f"  {f['label']:<18} {state:<6} started {f['started_s']} s, took {f['duration_s']} s"
-            f"  {f['detail']}"
+            f"  {f['label']:<18} {state:<6} started {f['started_s']} s, took {f['duration_s']} s,"
+            f" whole again after {f.get('recovered_s')} s  {f['detail']}"
         )
     head = f"{'window':<18}" + "".join(f"{short:>8}" for _, short in COLUMNS)
     print(f"\n{head}{'p99 ms':>9}")

@@ -260,15 +260,19 @@ def test_nemesis_times_faults_from_the_run_start_and_never_raises(tmp_path: Path
     status.write_text(json.dumps({"run_started_at": time.time() - 3600}))  # a stale run
     calls: list[str] = []
 
+    def joined() -> dict:
+        time.sleep(0.3)  # the replacement starting, in the background
+        return {"joined": "s2"}
+
     def ok(fault: Fault) -> dict:
         calls.append(fault.label)
-        return {"sidecars": "s0,s1"}
+        return {"victim": "s0", "_then": joined}
 
     def boom(fault: Fault) -> dict:
         raise RuntimeError("no luck\nsecond line")
 
-    faults = parse_spec("scale=2@0.2s,drain@0.4s,rebalance@30s")
-    actions = {"scale": ok, "drain": boom, "rebalance": ok}
+    faults = parse_spec("kill-sidecar@0.2s,drain@0.4s,rebalance@30s")
+    actions = {"kill-sidecar": ok, "drain": boom, "rebalance": ok}
     nemesis = Nemesis(faults, status, make_plan(), "redis://unused", actions)
     nemesis.start()
     time.sleep(0.3)
@@ -279,11 +283,13 @@ def test_nemesis_times_faults_from_the_run_start_and_never_raises(tmp_path: Path
     while len(nemesis.records) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     records = nemesis.stop(timeout=5)
-    assert not nemesis.is_alive() and calls == ["scale=2@0.2s"]
-    assert [r["label"] for r in records] == ["scale=2@0.2s", "drain@0.4s", "rebalance@30s"]
+    assert not nemesis.is_alive() and calls == ["kill-sidecar@0.2s"]
+    assert [r["label"] for r in records] == ["kill-sidecar@0.2s", "drain@0.4s", "rebalance@30s"]
     first, second, third = records
-    assert first["ok"] and first["detail"] == "sidecars=s0,s1"
+    assert first["ok"] and first["detail"] == "victim=s0, joined=s2"
     assert first["planned_s"] == 0.2 and 0.15 <= first["started_s"] <= 0.5
+    # the drain came on time although the kill's replacement was still joining
+    assert 0.35 <= second["started_s"] <= 0.6 and first["recovered_s"] >= 0.3
     assert not second["ok"] and second["detail"] == "RuntimeError: no luck"
     assert not third["ok"] and third["started_s"] is None and "not run" in third["detail"]
 
@@ -418,6 +424,9 @@ def test_chaos_run_against_a_real_stack(tmp_path: Path, stack_and_redis_stopped:
     assert (report / "loadtest.png").stat().st_size > 0
     assert "wsop-chaos" in (report / "report.html").read_text()
     assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
+    assert out["windows"][0]["silent_loss"] == 0  # before any fault: the baseline is clean
     # Depends on the server fixes (see the docstring): exit 0 exactly when nothing is silent.
+    # Before them (2026-12 main): ~600-800 silent losses, all after restart-redis (team
+    # messages resolve against online bitmaps nobody re-asserts; acks say undelivered 0).
     assert out["silent_loss"] == 0, (out["windows"], out["silent_examples"])
     assert result.returncode == 0, result.stderr

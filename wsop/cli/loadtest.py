@@ -95,13 +95,13 @@ def _render(result: dict[str, Any]) -> Any:
 
 def _faults_table(result: dict[str, Any]) -> Table:
     table = Table(title="faults", title_justify="left")
-    for column in ("fault", "planned s", "started s", "took s", "", "detail"):
+    for column in ("fault", "planned s", "started s", "took s", "whole s", "", "detail"):
         table.add_column(column, justify="left" if column in ("fault", "detail") else "right")
     for f in result["faults"]:
         ok = "[green]ok[/]" if f["ok"] else "[red]FAILED[/]"
         table.add_row(
-            f["label"], str(f["planned_s"]), str(f["started_s"]), str(f["duration_s"]), ok,
-            str(f["detail"]),
+            f["label"], str(f["planned_s"]), str(f["started_s"]), str(f["duration_s"]),
+            str(f.get("recovered_s")), ok, str(f["detail"]),
         )  # fmt: skip
     return table
 

@@ -9,7 +9,10 @@ duration, ok or the error. A fault that fails is recorded, never raised: the loa
 goes on and the report says which fault did not happen as planned.
 
 Faults run one after the other: one that takes longer than the gap to the next delays
-it, and the record shows the actual start.
+it, and the record shows the actual start. The slow half of `kill-sidecar` and `drain`
+(the replacement starting and joining, seconds of Python start-up) runs in the
+background like a ReplicaSet controller, so the next fault stays on time; the record's
+`recovered_s` says when the stack was whole again.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ Action = Callable[[Fault], dict[str, Any]]
 
 def _describe(out: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in out.items())
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
 class Nemesis(threading.Thread):
@@ -62,6 +69,7 @@ class Nemesis(threading.Thread):
         self.seen: set[str] = set()  # sidecar names ever seen: replacements never reuse one
         self._created = time.time()
         self._halt = threading.Event()
+        self._followups: list[threading.Thread] = []
 
     # -- the thread ----------------------------------------------------------------------
 
@@ -78,8 +86,11 @@ class Nemesis(threading.Thread):
     def stop(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         """No new fault after this; wait for one in progress; every fault's record."""
         self._halt.set()
+        deadline = time.monotonic() + timeout
         if self.is_alive():
             self.join(timeout)
+        for follow in self._followups:
+            follow.join(max(0.1, deadline - time.monotonic()))
         return self.report()
 
     def report(self) -> list[dict[str, Any]]:
@@ -91,6 +102,7 @@ class Nemesis(threading.Thread):
                 "planned_s": f.at_s,
                 "started_s": None,
                 "duration_s": None,
+                "recovered_s": None,
                 "ok": False,
                 "detail": "not run: the run ended first",
             }
@@ -114,19 +126,41 @@ class Nemesis(threading.Thread):
 
     def _perform(self, fault: Fault, start: float) -> dict[str, Any]:
         began = time.time()
+        then = None
         try:
-            ok, detail = True, _describe(self.actions[fault.action](fault))
+            out = dict(self.actions[fault.action](fault))
+            then = out.pop("_then", None)
+            ok, detail = True, _describe(out)
         except Exception as exc:  # noqa: BLE001 - recorded, never raised (see the docstring)
-            ok, detail = False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return {
+            ok, detail = False, _one_line(exc)
+        ended = time.time()
+        record = {
             "action": fault.action,
             "label": fault.label,
             "planned_s": fault.at_s,
             "started_s": round(began - start, 3),
-            "duration_s": round(time.time() - began, 3),
+            "duration_s": round(ended - began, 3),
+            "recovered_s": round(ended - began, 3) if then is None else None,
             "ok": ok,
             "detail": detail,
         }
+        if then is not None:
+            follow = threading.Thread(
+                target=self._follow, args=(record, then, began), name="wsop-nemesis-follow"
+            )
+            follow.start()
+            self._followups.append(follow)
+        return record
+
+    @staticmethod
+    def _follow(record: dict[str, Any], then: Callable[[], dict[str, Any]], began: float) -> None:
+        """The background half of a fault; completes its record."""
+        try:
+            record["detail"] += ", " + _describe(then())
+            record["recovered_s"] = round(time.time() - began, 3)
+        except Exception as exc:  # noqa: BLE001 - recorded, never raised
+            record["ok"] = False
+            record["detail"] += f", replacement failed: {_one_line(exc)}"
 
     # -- the actions ---------------------------------------------------------------------
 
@@ -138,18 +172,22 @@ class Nemesis(threading.Thread):
     def _kill(self, fault: Fault) -> dict[str, Any]:
         from wsop.local.faults import kill_sidecar
 
-        self._remember()
-        out = kill_sidecar(avoid=self.seen)
-        self._remember()
-        return out
+        return self._replaced(kill_sidecar)
 
     def _drain(self, fault: Fault) -> dict[str, Any]:
         from wsop.local.faults import roll_sidecar
 
+        return self._replaced(roll_sidecar)
+
+    def _replaced(self, fault_fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        """Run a kill or a roll now; its replacement joins in the background (`_then`)."""
+        from wsop.local.faults import join_sidecar
+
         self._remember()
-        out = roll_sidecar(avoid=self.seen)
-        self._remember()
-        return out
+        out = fault_fn(avoid=self.seen, replace=False)
+        self.seen.add(out["replacement"])
+        avoid = set(self.seen)
+        return {**out, "_then": lambda: join_sidecar(out["replacement"], avoid)}
 
     def _restart_redis(self, fault: Fault) -> dict[str, Any]:
         from wsop.load.localstack import reseed_acl

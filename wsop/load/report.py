@@ -197,7 +197,8 @@ def annotate_html(report_html: Path, result: dict[str, Any]) -> None:
         rows.append(f"<tr>{cells}<td>{ms['p50']} / {ms['p99']}</td></tr>")
     faults = "".join(
         f"<li>{html.escape(f['label'])}: {'ok' if f['ok'] else 'FAILED'}, started at "
-        f"{f['started_s']} s, took {f['duration_s']} s ({html.escape(str(f['detail']))})</li>"
+        f"{f['started_s']} s, took {f['duration_s']} s, whole again after "
+        f"{f.get('recovered_s')} s ({html.escape(str(f['detail']))})</li>"
         for f in result["faults"]
     )
     section = (

@@ -94,28 +94,33 @@ def _without(record: StackRecord, victim: ProcRecord) -> StackRecord:
     return record
 
 
-def kill_sidecar(name: str | None = None, avoid: Iterable[str] = ()) -> dict[str, Any]:
-    """SIGKILL one sidecar and replace it under a new name (see the module docstring)."""
+def kill_sidecar(
+    name: str | None = None, avoid: Iterable[str] = (), replace: bool = True
+) -> dict[str, Any]:
+    """SIGKILL one sidecar, drop it from the membership, and (with `replace`) wait until
+    its replacement under a new name has joined. Without `replace` the caller starts it
+    with `join_sidecar(out["replacement"])`, as a ReplicaSet controller would, while
+    other faults go on."""
     with stack_file.locked():
         record = stack._require_running()
         victim = pick_victim(record, name)
         replacement = next_name(record, {victim.name, *avoid})
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim.pid, signal.SIGKILL)
-        killed = time.monotonic()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(victim.pid, 0)  # ours when this process started the stack
-        record = _without(record, victim)
-        record, _ = _join(record, replacement)
-        return {
-            "victim": victim.name,
-            "replacement": replacement,
-            "replaced_s": round(time.monotonic() - killed, 2),
-        }
+        _without(record, victim)
+    out: dict[str, Any] = {"victim": victim.name, "replacement": replacement}
+    if replace:
+        out.update(join_sidecar(replacement, avoid))
+    return out
 
 
-def roll_sidecar(name: str | None = None, avoid: Iterable[str] = ()) -> dict[str, Any]:
-    """Replace one sidecar the way a rolling update does: leave, drain, stop, new one joins."""
+def roll_sidecar(
+    name: str | None = None, avoid: Iterable[str] = (), replace: bool = True
+) -> dict[str, Any]:
+    """Replace one sidecar the way a rolling update does: leave, drain, stop, and (with
+    `replace`, else see `kill_sidecar`) a new one joins."""
     from wsop.drain import drain
 
     with stack_file.locked():
@@ -132,8 +137,21 @@ def roll_sidecar(name: str | None = None, avoid: Iterable[str] = ()) -> dict[str
         except WsopError as exc:  # nowhere to go or refusing: SIGTERM still closes with 1012
             out["drain_error"] = str(exc)
         out["killed"] = bool(stack_proc.terminate([victim]))
-        record, _ = _join(record, replacement)
-        return out
+    if replace:
+        out.update(join_sidecar(replacement, avoid))
+    return out
+
+
+def join_sidecar(name: str, avoid: Iterable[str] = ()) -> dict[str, Any]:
+    """Start sidecar `name` (another new name if it got taken meanwhile) and wait until
+    the LB and every sidecar route over the membership that includes it."""
+    started = time.monotonic()
+    with stack_file.locked():
+        record = stack._require_running()
+        if name in names(record):
+            name = next_name(record, {name, *avoid})
+        _join(record, name)
+    return {"joined": name, "join_s": round(time.monotonic() - started, 2)}
 
 
 def check_restartable(redis_url: str) -> None:
