@@ -235,7 +235,12 @@ class WsopUser(User):
         return ws
 
     def _connection(self) -> None:
-        """Connect, say hello, read until the connection drops; then back off and repeat."""
+        """Connect, say hello, read until the connection drops; then back off and repeat.
+
+        The backoff restarts only after a connection got as far as ready: a stack that
+        accepts the WebSocket and closes it at once (an LB routing to a dead sidecar)
+        is a failed attempt, and must not be retried at the first retry's pace forever.
+        """
         attempt = -1  # the very first connect goes at once
         while not self.stopping:
             if attempt >= 0:
@@ -244,7 +249,6 @@ class WsopUser(User):
             if ws is None:
                 attempt += 1
                 continue
-            attempt = 0
             self.ws = ws
             hello = gevent.spawn(self._say_hello, ws)
             self._read(ws)
@@ -254,6 +258,7 @@ class WsopUser(User):
                 ws.shutdown()
             if self.stopping:
                 return
+            attempt = 0 if self.ready else attempt + 1
             self.ready = False
             self._ready.clear()
             self.ctx.ledger.dropped(self.slot, time.time())
