@@ -426,7 +426,8 @@ def test_chaos_run_against_a_real_stack(tmp_path: Path, stack_and_redis_stopped:
     assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
     assert out["windows"][0]["silent_loss"] == 0  # before any fault: the baseline is clean
     # Depends on the server fixes (see the docstring): exit 0 exactly when nothing is silent.
-    # Before them (2026-12 main): ~600-800 silent losses, all after restart-redis (team
-    # messages resolve against online bitmaps nobody re-asserts; acks say undelivered 0).
+    # Before them (612a223): 600-800 silent losses, all after restart-redis (team messages
+    # resolved against online bitmaps nobody re-asserted; acks said undelivered 0), and a
+    # drain lost ~50 in live moves. With the presence and peer-link fixes (ee2f81e): 0.
     assert out["silent_loss"] == 0, (out["windows"], out["silent_examples"])
     assert result.returncode == 0, result.stderr
