@@ -92,7 +92,8 @@ def render(out: dict[str, Any]) -> None:
     ms = out["reconnect_ms"]
     print(
         f"\nreconnects {out['reconnects']} (p50 {ms['p50']} ms, p99 {ms['p99']} ms), "
-        f"not back {out['not_back']} · silent_loss {out['silent_loss']} · "
+        f"not back {out['not_back']} · silent_loss {out['silent_loss']} "
+        f"({out['silent_late']} arrived after the grace period) · "
         f"cross_tenant {out['cross_tenant']} · verdict: {out['verdict']}"
     )
 

@@ -24,7 +24,7 @@ from wsop.load.ledger import LOSS_CLASSES, Classes, Ledger, classify, message_ke
 from wsop.load.nemesis import Nemesis
 from wsop.load.profiles import make_plan
 from wsop.load.report import summary, verdict
-from wsop.load.windows import merge_windows, percentiles
+from wsop.load.tallies import merge_windows, percentiles
 from wsop.local.redis_binary import free_port
 
 # -- the spec (pure) ---------------------------------------------------------------------
@@ -187,6 +187,20 @@ def test_drops_long_before_a_send_do_not_excuse_it() -> None:
     assert ledger.counters.silent_loss == 1 and ledger.counters.lost_disconnected == 1
 
 
+def test_a_silent_loss_that_arrives_after_settling_is_also_counted_late() -> None:
+    ledger = _ledger(edges=(5.0,))
+    key = message_key(0, 0)
+    ledger.sent(key, (1, 2, 3), 106.0, team=True)
+    ledger.acked(key, 3, 0)
+    ledger.settle(200.0)
+    assert ledger.counters.silent_loss == 3
+    assert not ledger.received(2, key, 106.0)  # slow, not lost
+    assert not ledger.received(2, key, 106.0)  # a duplicate, not a second late one
+    snap = ledger.snapshot()
+    assert (snap["late"], snap["silent_late"], snap["duplicates"]) == (1, 1, 1)
+    assert snap["windows"][1]["silent_late"] == 1 and snap["windows"][1]["late"] == 1
+
+
 def test_cross_tenant_deliveries_are_counted_never_matched() -> None:
     ledger = _ledger(tenants=2)  # slot % 2 is the tenant
     key = message_key(0, 0)
@@ -244,6 +258,9 @@ def test_verdict_fails_on_silent_loss_and_cross_tenant_only_in_chaos() -> None:
     assert "3 of 10 deliveries lost (30.00%: lost_disconnected 3)" in verdict(excused, False, 0.9)
     silent = summary(_results({"sent": 10, "lost": 2, "silent_loss": 2}, chaos), "", faults)
     assert "2 silent losses" in verdict(silent, False, 0.9, chaos=True)[0]
+    slow = summary(_results({"sent": 10, "lost": 2, "silent_loss": 2, "silent_late": 2}, chaos),
+                   "", faults)  # fmt: skip
+    assert "2 of them arrived later: raise --grace" in verdict(slow, False, 0.9, chaos=True)[0]
     assert verdict(silent, True, 0.9, chaos=True) == []  # --allow-loss
     crossed = summary(_results({"sent": 10, "cross_tenant": 1}), "")
     assert verdict(crossed, True, 0.9) == ["1 deliveries crossed tenants"]

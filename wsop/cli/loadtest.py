@@ -68,6 +68,8 @@ def _render(result: dict[str, Any]) -> Any:
         ]
         classes = ("lost_disconnected", "lost_unacked", "reported_undelivered", "silent_loss")
         rows += [(k, result[k]) for k in classes if result[k] or k == "silent_loss"]
+        if result["silent_late"]:
+            rows.append(("silent, arrived after --grace", result["silent_late"]))
         rows.append(("cross_tenant", result["cross_tenant"]))
         if result["refused"]:
             codes = ", ".join(f"{k} {v}" for k, v in sorted(result["refused_codes"].items()))
@@ -122,8 +124,11 @@ def _windows_table(result: dict[str, Any]) -> Table:
     for w in result["windows"]:
         cells = [w["fault"] or f"start@{w['from_s']:g}s"]
         for key in list(columns.values())[1:]:
+            text = str(w[key])
+            if key == "silent_loss" and w.get("silent_late"):
+                text += f" ({w['silent_late']} late)"
             bad = key in ("silent_loss", "cross_tenant") and w[key]
-            cells.append(f"[red]{w[key]}[/]" if bad else str(w[key]))
+            cells.append(f"[red]{text}[/]" if bad else text)
         cells.append(str(w["reconnect_ms"]["p99"] or "-"))
         table.add_row(*cells)
     return table

@@ -24,7 +24,8 @@ its expectations are cancelled and it is counted under `refused` (and its code).
 Counted apart, never mixed in: `duplicates` (a receiver got a message twice: a roaring
 bitmap per receiver), `surplus` (a delivery to a slot that was not expected),
 `cross_tenant` (sender and receiver in different tenants: must be 0), `late` (arrived
-after settling), `unexpected` (never sent here).
+after settling), `silent_late` (of those, deliveries first classed silent: the stack
+was slower than the grace period, not lossy), `unexpected` (never sent here).
 
 Every count is also kept per *window* (`wsop.load.chaos`): the window of the message's
 send time, or of the drop for reconnects.
@@ -35,18 +36,19 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from pyroaring import BitMap64
 
-from wsop.load.windows import new_window
+from wsop.load.tallies import Counters, new_window
 
 SEQ_BITS = 32
 SEQ_MASK = (1 << SEQ_BITS) - 1
 AROUND_SEND_S = 1.0  # a drop this long before a send still explains its loss
 RECONNECT_SAMPLES = 5000  # per window and process: enough for a p99, bounded memory
 SILENT_EXAMPLES = 5  # per process: enough to start a server-side investigation
+SILENT_TRACKED = 100_000  # silent messages remembered to notice them arriving late
 _OPEN = math.inf
 
 LOSS_CLASSES = ("lost_disconnected", "lost_unacked", "reported_undelivered", "silent_loss")
@@ -54,60 +56,6 @@ LOSS_CLASSES = ("lost_disconnected", "lost_unacked", "reported_undelivered", "si
 
 def message_key(slot: int, seq: int) -> int:
     return (slot << SEQ_BITS) | seq
-
-
-@dataclass
-class Counters:
-    """Cumulative counts; the master sums workers' latest snapshots field by field."""
-
-    sent: int = 0
-    direct: int = 0
-    team: int = 0
-    expected: int = 0
-    delivered: int = 0
-    lost: int = 0
-    lost_disconnected: int = 0
-    lost_unacked: int = 0
-    reported_undelivered: int = 0
-    silent_loss: int = 0
-    refused: int = 0
-    duplicates: int = 0
-    cross_tenant: int = 0
-    surplus: int = 0
-    late: int = 0
-    unexpected: int = 0
-    pending: int = 0
-    acks: int = 0
-    acks_missing: int = 0
-    ack_undelivered: int = 0
-    ack_mismatch: int = 0
-    errors: int = 0
-    send_failed: int = 0
-    disconnects: int = 0
-    reconnects: int = 0
-    not_back: int = 0
-    ready: int = 0
-    first_send: float = 0.0
-    last_send: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def total(cls, snapshots: list[dict[str, Any]]) -> Counters:
-        """Sum of snapshots (times: earliest first send, latest last send)."""
-        out = cls()
-        for snap in snapshots:
-            for f in fields(cls):
-                value = snap.get(f.name, 0) or 0
-                if f.name == "first_send":
-                    if value and (not out.first_send or value < out.first_send):
-                        out.first_send = value
-                elif f.name == "last_send":
-                    out.last_send = max(out.last_send, value)
-                else:
-                    setattr(out, f.name, getattr(out, f.name) + value)
-        return out
 
 
 @dataclass(frozen=True)
@@ -169,6 +117,9 @@ class Ledger:
         self._seen: dict[int, BitMap64] = {}  # receiver slot -> keys it got
         self._settled_upto: dict[int, int] = {}  # sender slot -> highest settled seq
         self._drops: dict[int, list[list[float]]] = {}  # slot -> [[dropped, back], …]
+        # key -> [window, slots, count] of settled messages with silent losses: a late
+        # arrival among `slots` (at most `count` of them) was slow, not lost
+        self._silent: dict[int, list[Any]] = {}
 
     def window_of(self, ts: float) -> int:
         if self.run_started_at is None or not self.edges:
@@ -246,7 +197,7 @@ class Ledger:
         if entry is None:
             seq = key & SEQ_MASK
             if seq <= self._settled_upto.get(sender, -1):
-                self.counters.late += 1
+                self._late(receiver, key, sent_ts)
             else:
                 self.counters.unexpected += 1
             return False
@@ -256,6 +207,15 @@ class Ledger:
             return False
         entry[_MASK] |= 1 << slots.index(receiver)
         return True
+
+    def _late(self, receiver: int, key: int, sent_ts: float | None) -> None:
+        """After settling: already counted lost; if it was a silent loss, it was slow."""
+        self._count("late", sent_ts)
+        silent = self._silent.get(key)
+        if silent is not None and silent[2] > 0 and receiver in silent[1]:
+            silent[2] -= 1
+            self.counters.silent_late += 1
+            self.windows[silent[0]]["silent_late"] += 1
 
     def foreign(self, sent_ts: float | None = None) -> None:
         """A message from another worker arrived: its tenants are never ours."""
@@ -320,11 +280,12 @@ class Ledger:
                 w["expected"] += n
                 w["delivered"] += n
             else:
-                self._settle_one(sender, entry, now)
+                self._settle_one(key, entry, now)
         self._prune(now)
 
-    def _settle_one(self, sender: int, entry: list[Any], now: float) -> None:
+    def _settle_one(self, key: int, entry: list[Any], now: float) -> None:
         slots, mask, ack, window, at = entry[:5]
+        sender = key >> SEQ_BITS
         since = at - AROUND_SEND_S
         arrived = mask.bit_count()
         away = 0
@@ -354,13 +315,20 @@ class Ledger:
             if n:
                 setattr(c, name, getattr(c, name) + n)
                 w[name] += n
-        if classes.silent_loss and len(self.silent_examples) < SILENT_EXAMPLES:
-            missing = [s for i, s in enumerate(slots) if not mask >> i & 1]
+        if not classes.silent_loss:
+            return
+        missing = [
+            s for i, s in enumerate(slots) if not mask >> i & 1 and not self.was_away(s, since, now)
+        ]
+        self._silent[key] = [window, missing, classes.silent_loss]
+        if len(self._silent) > SILENT_TRACKED:
+            del self._silent[next(iter(self._silent))]  # the oldest
+        if len(self.silent_examples) < SILENT_EXAMPLES:
             self.silent_examples.append(
                 {
                     "tenant": self.tenant_of(sender),
                     "from": sender // self.tenants,
-                    "to": [s // self.tenants for s in missing if not self.was_away(s, since, now)],
+                    "to": [s // self.tenants for s in missing],
                     "team": bool(entry[_TEAM]),
                     "ack_undelivered": None if ack < 0 else ack,
                     "sent_s": round(at - (self.run_started_at or at), 3),

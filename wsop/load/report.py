@@ -12,7 +12,7 @@ from typing import Any
 
 from wsop.load.chaos import Fault, windows
 from wsop.load.ledger import LOSS_CLASSES
-from wsop.load.windows import WINDOW_FIELDS, new_window, percentiles
+from wsop.load.tallies import WINDOW_FIELDS, new_window, percentiles
 
 SUMMARY_KEYS = (
     "profile", "target_rate", "sent", "expected_deliveries", "delivered", "lost",
@@ -62,6 +62,7 @@ def summary(
         "deliveries_per_s": round(c["delivered"] / run_s, 1) if run_s else 0.0,
         "latency_ms": results["latency_ms"],
         "silent_loss": c.get("silent_loss", 0),
+        "silent_late": c.get("silent_late", 0),
         "reported_undelivered": c.get("reported_undelivered", 0),
         "lost_disconnected": c.get("lost_disconnected", 0),
         "lost_unacked": c.get("lost_unacked", 0),
@@ -110,10 +111,14 @@ def verdict(
         reasons.append(f"{result['cross_tenant']} deliveries crossed tenants")
     if chaos and not allow_loss and result["silent_loss"]:
         worst = max(result["windows"], key=lambda w: w["silent_loss"])
+        late = result["silent_late"]
         reasons.append(
             f"{result['silent_loss']} silent losses (deliveries to connected users neither "
-            f"made nor reported undelivered; most after {worst['fault'] or 'the start'})"
-        )
+            f"made nor reported undelivered within the grace period; most after "
+            f"{worst['fault'] or 'the start'})"
+            + (f"; {late} of them arrived later: raise --grace to tell slow from lost" if late
+               else "")
+        )  # fmt: skip
     elif result["lost"] and not allow_loss and not chaos:
         share = result["lost"] / max(1, result["expected_deliveries"])
         classes = ", ".join(f"{k} {result[k]}" for k in LOSS_CLASSES if result[k])

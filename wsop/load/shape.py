@@ -22,7 +22,7 @@ from locust.stats import StatsEntry
 
 from wsop.load.ledger import Counters
 from wsop.load.profiles import LoadPlan
-from wsop.load.windows import merge_codes, merge_windows
+from wsop.load.tallies import merge_codes, merge_windows
 
 CONNECT_SETTLE_S = 2.0
 FINISH_TIMEOUT_S = 20.0

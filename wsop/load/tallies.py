@@ -1,4 +1,5 @@
-"""Per-window counts: their shape, and how the master merges them. Pure.
+"""The ledger's tallies: the run's counters and the per-window counts, and how the
+master adds up those of every process. Pure.
 
 A window is the stretch of the run between two faults (`wsop.load.chaos.windows`).
 Every process keeps one dict per window (`new_window`); the master adds them up field
@@ -9,11 +10,69 @@ percentiles (percentiles do not add up).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import Any
+
+
+@dataclass
+class Counters:
+    """Cumulative counts; the master sums workers' latest snapshots field by field."""
+
+    sent: int = 0
+    direct: int = 0
+    team: int = 0
+    expected: int = 0
+    delivered: int = 0
+    lost: int = 0
+    lost_disconnected: int = 0
+    lost_unacked: int = 0
+    reported_undelivered: int = 0
+    silent_loss: int = 0
+    refused: int = 0
+    duplicates: int = 0
+    cross_tenant: int = 0
+    surplus: int = 0
+    late: int = 0
+    silent_late: int = 0
+    unexpected: int = 0
+    pending: int = 0
+    acks: int = 0
+    acks_missing: int = 0
+    ack_undelivered: int = 0
+    ack_mismatch: int = 0
+    errors: int = 0
+    send_failed: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+    not_back: int = 0
+    ready: int = 0
+    first_send: float = 0.0
+    last_send: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def total(cls, snapshots: list[dict[str, Any]]) -> Counters:
+        """Sum of snapshots (times: earliest first send, latest last send)."""
+        out = cls()
+        for snap in snapshots:
+            for f in fields(cls):
+                value = snap.get(f.name, 0) or 0
+                if f.name == "first_send":
+                    if value and (not out.first_send or value < out.first_send):
+                        out.first_send = value
+                elif f.name == "last_send":
+                    out.last_send = max(out.last_send, value)
+                else:
+                    setattr(out, f.name, getattr(out, f.name) + value)
+        return out
+
 
 WINDOW_FIELDS = (
     "sent", "expected", "delivered", "lost", "silent_loss", "reported_undelivered",
     "lost_disconnected", "lost_unacked", "refused", "duplicates", "cross_tenant", "reconnects",
+    "late", "silent_late",
 )  # fmt: skip
 
 
