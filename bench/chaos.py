@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         argv = [
             "loadtest", "--local", "--rate", str(args.rate), "--duration", str(args.duration),
             "--workers", str(args.workers), "--sidecars", "2", "--chaos", args.spec, "--json",
+            "--grace", str(args.grace),
         ]  # fmt: skip
         if args.connections:
             argv += ["--connections", str(args.connections)]
@@ -104,6 +105,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=0, help="default: rate / 10")
     parser.add_argument("--duration", type=float, default=52, help="seconds of load (52)")
     parser.add_argument("--workers", type=int, default=0, help="locust workers (0)")
+    parser.add_argument(
+        "--grace", type=float, default=3.0, help="seconds before a delivery is lost"
+    )
     parser.add_argument("--spec", default=SPEC, help="the --chaos list")
     parser.add_argument("--report", default="", help="also write the load test's report here")
     parser.add_argument("--json", action="store_true")
