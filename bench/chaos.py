@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         argv = [
             "loadtest", "--local", "--rate", str(args.rate), "--duration", str(args.duration),
             "--workers", str(args.workers), "--sidecars", "2", "--chaos", args.spec, "--json",
-            "--grace", str(args.grace),
+            "--grace", str(args.grace), "--min-rate-ratio", "0.5",
         ]  # fmt: skip
         if args.connections:
             argv += ["--connections", str(args.connections)]

@@ -457,15 +457,19 @@ def test_chaos_run_against_a_real_stack(tmp_path: Path, stack_and_redis_stopped:
     """Every fault kind on a live stack (embedded Redis: restart-redis needs it).
 
     Independent of the server fixes: the faults happen, the users come back, nothing
-    crosses tenants, and the books balance. `silent_loss == 0` is what the fixes being
-    merged in parallel (presence after a Redis restart, scale-down, peer links) are
-    for; it is asserted last, so a failure there is about the stack, not the tool.
+    crosses tenants, and the books balance. (`--min-rate-ratio 0.5`: users that are away
+    do not send, and on a busy machine their reconnects can take the achieved rate under
+    the default 90%; the rate is not what this test is about.)
+
+    `silent_loss == 0` is what the server fixes (presence after a Redis restart,
+    scale-down, peer links) are for; it is asserted last, so a failure there is about
+    the stack, not the tool.
     """
     report = tmp_path / "report"
     result = run_wsop(
         "loadtest", "--local", "--profile", "smoke", "--rate", "100", "--connections", "20",
         "--duration", "14", "--chaos", "kill-sidecar@3s,restart-redis@6s,scale=3@9s,rebalance@11s",
-        "--report", str(report), "--json", timeout=90,
+        "--report", str(report), "--json", "--min-rate-ratio", "0.5", timeout=90,
     )  # fmt: skip
     assert "Traceback" not in result.stderr
     out = json.loads(result.stdout)
