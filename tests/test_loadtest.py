@@ -34,10 +34,10 @@ def balanced(c: dict) -> bool:
 def test_ledger_settles_each_message_and_counts_the_odd_ones_apart() -> None:
     ledger = Ledger(grace_s=1.0)
     a, b, c, d = (message_key(0, n) for n in range(4))
-    ledger.sent(a, 1, now=10.0)  # direct: arrives once, then a duplicate
-    ledger.sent(b, 3, now=10.0, team=True)  # team of 3: two arrive
-    ledger.sent(c, 1, now=10.0)  # direct: never arrives
-    ledger.sent(d, 1, now=10.0)  # the send failed: cancelled
+    ledger.sent(a, (5,), now=10.0)  # direct: arrives once, then a duplicate
+    ledger.sent(b, (5, 6, 7), now=10.0, team=True)  # team of 3: two arrive
+    ledger.sent(c, (5,), now=10.0)  # direct: never arrives
+    ledger.sent(d, (5,), now=10.0)  # the send failed: cancelled
     ledger.cancel(d)
     assert ledger.received(5, a) and not ledger.received(5, a)
     assert ledger.received(5, b) and ledger.received(6, b)
@@ -53,17 +53,18 @@ def test_ledger_settles_each_message_and_counts_the_odd_ones_apart() -> None:
     assert snap["expected"] == snap["delivered"] + snap["lost"]
     assert (snap["duplicates"], snap["late"], snap["unexpected"]) == (1, 1, 1)
     assert snap["pending"] == 0
+    # no drop, no ack: both losses are silent
+    assert snap["silent_loss"] == 2 and snap["acks_missing"] == 3
 
 
 def test_ledger_surplus_never_hides_a_loss() -> None:
     ledger = Ledger(grace_s=0.0)
     key = message_key(1, 0)
-    ledger.sent(key, 1, now=0.0, team=True)
-    for receiver in (1, 2):  # two distinct receivers, one expected
-        ledger.received(receiver, key)
+    ledger.sent(key, (1,), now=0.0, team=True)
+    assert not ledger.received(2, key)  # a receiver that was not expected
     ledger.settle(now=1.0, everything=True)
     c = ledger.counters
-    assert (c.expected, c.delivered, c.lost, c.surplus) == (1, 1, 0, 1)
+    assert (c.expected, c.delivered, c.lost, c.surplus) == (1, 0, 1, 1)
 
 
 def test_counters_total_sums_workers_and_spans_send_times() -> None:

@@ -1,11 +1,14 @@
 """`wsop loadtest`: locust profiles against the local stack or a target (docs/loadtest.md).
 
 Thin: flags → `LoadPlan` → `wsop.load.runner.run` (locust in subprocesses, so this
-process is never monkey-patched by gevent) → `summary` → table or `--json`.
+process is never monkey-patched by gevent) → `summary` → table or `--json`. With
+`--chaos`, a `Nemesis` thread injects the faults into the local stack meanwhile.
 """
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +37,8 @@ def _live(as_json: bool):
             f"rate={point['msgs_per_s']:.0f}/{point['target_rate']:.0f} msg/s "
             f"sent={point['sent']} delivered={point['delivered']} "
             f"[{'red' if point['lost'] else 'green'}]lost={point['lost']}[/] "
+            + (f"[red]silent={point['silent_loss']}[/] " if point.get("silent_loss") else "")
+            + f"reconnects={point.get('reconnects', 0)} "
             f"p95={'-' if p95 is None else p95} ms"
         )
 
@@ -61,16 +66,72 @@ def _render(result: dict[str, Any]) -> Any:
             ("deliveries/s", result["deliveries_per_s"]),
             ("latency p50/p95/p99 ms", f"{lat['p50']} / {lat['p95']} / {lat['p99']}"),
         ]
-        side = ("late", "surplus", "unexpected", "errors", "disconnects", "acks_missing")
+        classes = ("lost_disconnected", "lost_unacked", "reported_undelivered", "silent_loss")
+        rows += [(k, result[k]) for k in classes if result[k] or k == "silent_loss"]
+        if result["silent_late"]:
+            rows.append(("silent, arrived after --grace", result["silent_late"]))
+        rows.append(("cross_tenant", result["cross_tenant"]))
+        if result["refused"]:
+            codes = ", ".join(f"{k} {v}" for k, v in sorted(result["refused_codes"].items()))
+            rows.append(("refused", f"{result['refused']} ({codes})"))
+        if result["reconnects"] or result["faults"]:
+            ms = result["reconnect_ms"]
+            p50, p99 = (ms[k] if ms[k] is not None else "-" for k in ("p50", "p99"))
+            rows.append(("reconnects (p50/p99 ms)", f"{result['reconnects']} ({p50} / {p99})"))
+        side = ("late", "surplus", "unexpected", "errors", "disconnects", "not_back",
+                "acks_missing")  # fmt: skip
         rows += [(k, result[k]) for k in side if result[k]]
+        bad = ("lost", "duplicates", "silent_loss", "cross_tenant", "not_back")
         for key, value in rows:
-            style = "red" if key in ("lost", "duplicates") and value else ""
+            style = "red" if key in bad and value else ""
             table.add_row(key, f"[{style}]{value}[/]" if style else str(value))
         console.print(table)
+        if result["faults"]:
+            console.print(_faults_table(result))
+            console.print(_windows_table(result))
         if result.get("report_dir"):
             console.print(f"report: {result['report_dir']}", highlight=False)
 
     return render
+
+
+def _faults_table(result: dict[str, Any]) -> Table:
+    table = Table(title="faults", title_justify="left")
+    for column in ("fault", "planned s", "started s", "took s", "whole s", "", "detail"):
+        table.add_column(column, justify="left" if column in ("fault", "detail") else "right")
+    for f in result["faults"]:
+        ok = "[green]ok[/]" if f["ok"] else "[red]FAILED[/]"
+        table.add_row(
+            f["label"], str(f["planned_s"]), str(f["started_s"]), str(f["duration_s"]),
+            str(f.get("recovered_s")), ok, str(f["detail"]),
+        )  # fmt: skip
+    return table
+
+
+def _windows_table(result: dict[str, Any]) -> Table:
+    """One row per window: the fault that opened it, then what happened to the messages
+    sent in it (deliveries by class) and the reconnects of the drops in it."""
+    table = Table(title="windows (a message counts in the window of its send time)",
+                  title_justify="left")  # fmt: skip
+    columns = {
+        "window": None, "sent": "sent", "expect": "expected", "deliv": "delivered",
+        "silent": "silent_loss", "report": "reported_undelivered",
+        "discon": "lost_disconnected", "unack": "lost_unacked", "refuse": "refused",
+        "dup": "duplicates", "xten": "cross_tenant", "recon": "reconnects",
+    }  # fmt: skip
+    for column in (*columns, "p99 ms"):
+        table.add_column(column, justify="left" if column == "window" else "right")
+    for w in result["windows"]:
+        cells = [w["fault"] or f"start@{w['from_s']:g}s"]
+        for key in list(columns.values())[1:]:
+            text = str(w[key])
+            if key == "silent_loss" and w.get("silent_late"):
+                text += f" ({w['silent_late']} late)"
+            bad = key in ("silent_loss", "cross_tenant") and w[key]
+            cells.append(f"[red]{text}[/]" if bad else text)
+        cells.append(str(w["reconnect_ms"]["p99"] or "-"))
+        table.add_row(*cells)
+    return table
 
 
 def loadtest_cmd(
@@ -108,12 +169,21 @@ def loadtest_cmd(
     master_bind: Annotated[
         str, typer.Option("--master-bind", help="Master's listen address.")
     ] = "0.0.0.0",
+    chaos: Annotated[
+        str | None,
+        typer.Option(
+            "--chaos",
+            help="Faults to inject (needs --local), e.g. "
+            "kill-sidecar@10s,restart-redis@20s,scale=4@30s,rebalance@35s,drain@45s.",
+        ),
+    ] = None,
     redis_url: RedisOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Drive the stack with locust at a profile's rates and account for every delivery."""
     from wsop.load import localstack, runner
     from wsop.load import report as reporting
+    from wsop.load.chaos import parse_spec
     from wsop.load.profiles import make_plan
 
     if worker:
@@ -130,11 +200,19 @@ def loadtest_cmd(
         runner.check_workers(workers)
         expected_workers = max(1, workers)
     plan = make_plan(profile, rate, connections, duration, team_share, expected_workers, grace)
+    faults = []
+    if chaos is not None:
+        if not local or master:
+            raise UsageError("--chaos needs --local: the load test must control the stack")
+        faults = parse_spec(chaos, plan.duration)
+        plan = replace(plan, extra={**plan.extra, "chaos": [f.to_json() for f in faults]})
     if target is not None:
         target = runner.normalize_target(target)
         runner.check_reachable(target)
 
     stack = None
+    nemesis = None
+    records: list[dict[str, Any]] = []
     env: dict[str, str] = {}
     if local:
         stack = localstack.ensure(sidecars, redis_url)
@@ -148,6 +226,18 @@ def loadtest_cmd(
             err_console.print(f"assuming the target is seeded: {plan.seed_command()}")
         if report is not None:
             report.mkdir(parents=True, exist_ok=True)
+        work = report or Path(tempfile.mkdtemp(prefix="wsop-loadtest-"))
+        if faults:
+            from wsop.load.nemesis import Nemesis
+
+            assert stack is not None
+            if any(f.action == "restart-redis" for f in faults):
+                from wsop.local.faults import check_restartable
+
+                check_restartable(stack.redis_url)
+            (work / "status.json").unlink(missing_ok=True)
+            nemesis = Nemesis(faults, work / "status.json", plan, stack.redis_url)
+            nemesis.start()
         show, close = _live(as_json)
         assert target is not None
         spec = runner.RunSpec(
@@ -158,6 +248,7 @@ def loadtest_cmd(
             master_bind=master_bind if master else "127.0.0.1",
             master_port=master_port if master else _free_port(workers),
             report_dir=report,
+            work_dir=work,
             env=env,
             on_status=show,
         )
@@ -166,14 +257,18 @@ def loadtest_cmd(
         finally:
             close()
     finally:
+        if nemesis is not None:
+            records = nemesis.stop()  # before the stack goes: a fault may be mid-way
         if stack is not None:
             stack.stop()
-    result = reporting.summary(results, target)
+    result = reporting.summary(results, target, records)
     if report is not None:
         result["report_dir"] = str(report)
-        result["plot"] = str(reporting.plot(results, report / "loadtest.png"))
+        result["plot"] = str(reporting.plot(results, report / "loadtest.png", records))
+        if faults:
+            reporting.annotate_html(report / "report.html", result)
     emit(result, as_json, _render(result))
-    reasons = reporting.verdict(result, allow_loss, min_rate_ratio)
+    reasons = reporting.verdict(result, allow_loss, min_rate_ratio, chaos=bool(faults))
     if reasons:
         raise WsopError("; ".join(reasons))
 

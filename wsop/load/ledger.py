@@ -1,95 +1,135 @@
-"""Loss and duplicate accounting for one load generator process. Pure: no sockets, no clock.
+"""Loss accounting for one load generator process. Pure: no sockets, no clock.
 
-Each message is a key `(sender slot << 32) | seq`. The sender records how many
-deliveries it expects (`sent`), every receiver records what arrived (`received`), and a
-message is *settled* once it is older than the grace period: its deliveries are then
+Each message is a key `(sender slot << 32) | seq`. The sender books the *slots* it
+expects to reach (`sent`), every receiver records what arrived (`received`), the
+sender records the ack or the error frame that answered it (`acked`, `refused`), and
+every user records when its connection dropped and when it was ready again (`dropped`,
+`back`). A message is *settled* once older than the grace period; each of its expected
+deliveries then lands in exactly one class (`classify`):
 
-    delivered = min(arrived, expected)      lost = expected - delivered
+- `delivered`: it arrived;
+- `lost_disconnected`: the recipient's connection dropped between send - 1 s and
+  settling (the stack could not reach it; the client reconnects and would catch up);
+- `lost_unacked`: the sender's connection dropped before any ack came back, so nobody
+  could have told it;
+- `reported_undelivered`: the ack's `undelivered` covers it. The count is attributed to
+  the disconnected recipients first (they are excused anyway), so only what is left
+  of it excuses a connected one: the pessimistic reading;
+- `silent_loss`: none of the above. The stack accepted the message, the recipient was
+  connected, and nobody said anything: the one class that must be 0.
 
-so `expected == delivered + lost` holds exactly, message by message. What does not fit
-that identity is counted on the side, never mixed in:
+`lost` is the sum of the four loss classes, so `expected == delivered + lost` holds
+message by message. A message answered by an error frame was refused, not accepted:
+its expectations are cancelled and it is counted under `refused` (and its code).
+Counted apart, never mixed in: `duplicates` (a receiver got a message twice: a roaring
+bitmap per receiver), `surplus` (a delivery to a slot that was not expected),
+`cross_tenant` (sender and receiver in different tenants: must be 0), `late` (arrived
+after settling), `silent_late` (of those, deliveries first classed silent: the stack
+was slower than the grace period, not lossy), `unexpected` (never sent here).
 
-- `duplicates`: the same receiver got the same message twice (a roaring bitmap of
-  message keys per receiver catches it);
-- `surplus`: more distinct receivers than expected (someone not on the list got it);
-- `late`: arrived after its message was settled (already counted lost);
-- `unexpected`: a message this process never sent (should never happen: tenants are
-  per worker, so every sender of a receiver's tenant lives in the same process).
+Every count is also kept per *window* (`wsop.load.chaos`): the window of the message's
+send time, or of the drop for reconnects.
 """
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from pyroaring import BitMap64
 
+from wsop.load.tallies import Counters, new_window
+
 SEQ_BITS = 32
 SEQ_MASK = (1 << SEQ_BITS) - 1
+AROUND_SEND_S = 1.0  # a drop this long before a send still explains its loss
+RECONNECT_SAMPLES = 5000  # per window and process: enough for a p99, bounded memory
+SILENT_EXAMPLES = 5  # per process: enough to start a server-side investigation
+SILENT_TRACKED = 100_000  # silent messages remembered to notice them arriving late
+_OPEN = math.inf
+
+LOSS_CLASSES = ("lost_disconnected", "lost_unacked", "reported_undelivered", "silent_loss")
 
 
 def message_key(slot: int, seq: int) -> int:
     return (slot << SEQ_BITS) | seq
 
 
-@dataclass
-class Counters:
-    """Cumulative counts; the master sums workers' latest snapshots field by field."""
+@dataclass(frozen=True)
+class Classes:
+    """Where the expected deliveries of one settled message went (they sum to expected)."""
 
-    sent: int = 0
-    direct: int = 0
-    team: int = 0
-    expected: int = 0
     delivered: int = 0
-    lost: int = 0
-    duplicates: int = 0
-    surplus: int = 0
-    late: int = 0
-    unexpected: int = 0
-    pending: int = 0
-    acks: int = 0
-    acks_missing: int = 0
-    ack_undelivered: int = 0
-    ack_mismatch: int = 0
-    errors: int = 0
-    send_failed: int = 0
-    disconnects: int = 0
-    reconnects: int = 0
-    ready: int = 0
-    first_send: float = 0.0
-    last_send: float = 0.0
+    lost_disconnected: int = 0
+    lost_unacked: int = 0
+    reported_undelivered: int = 0
+    silent_loss: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    @classmethod
-    def total(cls, snapshots: list[dict[str, Any]]) -> Counters:
-        """Sum of snapshots (times: earliest first send, latest last send)."""
-        out = cls()
-        for snap in snapshots:
-            for f in fields(cls):
-                value = snap.get(f.name, 0) or 0
-                if f.name == "first_send":
-                    if value and (not out.first_send or value < out.first_send):
-                        out.first_send = value
-                elif f.name == "last_send":
-                    out.last_send = max(out.last_send, value)
-                else:
-                    setattr(out, f.name, getattr(out, f.name) + value)
-        return out
+def classify(
+    expected: int,
+    arrived: int,
+    disconnected: int,
+    ack_undelivered: int | None,
+    sender_dropped: bool,
+) -> Classes:
+    """Classify one message's expected deliveries (see the module docstring).
+
+    `arrived`: expected recipients that got it; `disconnected`: lost recipients whose
+    connection dropped around it; `ack_undelivered`: the ack's count, None without ack.
+    """
+    lost = expected - arrived
+    gone = min(disconnected, lost)
+    rest = lost - gone
+    if not rest:
+        return Classes(arrived, gone)
+    if ack_undelivered is None:
+        if sender_dropped:
+            return Classes(arrived, gone, lost_unacked=rest)
+        return Classes(arrived, gone, silent_loss=rest)
+    reported = min(rest, max(0, ack_undelivered - gone))
+    return Classes(arrived, gone, reported_undelivered=reported, silent_loss=rest - reported)
+
+
+# entry fields: expected slots, arrived bit mask, ack (-1: none yet), window, sent at,
+# team (0/1), refused (0/1)
+_SLOTS, _MASK, _ACK, _WIN, _AT, _TEAM, _REFUSED = range(7)
 
 
 class Ledger:
-    def __init__(self, grace_s: float) -> None:
+    def __init__(
+        self, grace_s: float, tenants_per_worker: int = 1, edges: tuple = (), worker: int = 0
+    ) -> None:
         self.grace_s = grace_s
+        self.tenants = max(1, tenants_per_worker)
+        self.worker = worker
+        self.silent_examples: list[dict[str, Any]] = []
+        self.edges = sorted(edges)
+        self.run_started_at: float | None = None  # wall time the windows count from
         self.counters = Counters()
-        self._pending: dict[int, list[int]] = {}  # key -> [expected, arrived, is team]
+        self.windows = [new_window() for _ in range(len(self.edges) + 1)]
+        self.refused_codes: dict[str, int] = {}
+        self._pending: dict[int, list[Any]] = {}
         self._order: deque[tuple[float, int]] = deque()  # (sent at, key), oldest first
         self._seen: dict[int, BitMap64] = {}  # receiver slot -> keys it got
         self._settled_upto: dict[int, int] = {}  # sender slot -> highest settled seq
+        self._drops: dict[int, list[list[float]]] = {}  # slot -> [[dropped, back], …]
+        # key -> [window, slots, count] of settled messages with silent losses: a late
+        # arrival among `slots` (at most `count` of them) was slow, not lost
+        self._silent: dict[int, list[Any]] = {}
 
-    def sent(self, key: int, expected: int, now: float, team: bool = False) -> None:
+    def window_of(self, ts: float) -> int:
+        if self.run_started_at is None or not self.edges:
+            return 0
+        return bisect_right(self.edges, ts - self.run_started_at)
+
+    # -- the sender's side -------------------------------------------------------------
+
+    def sent(self, key: int, recipients: tuple[int, ...], now: float, team: bool = False) -> None:
+        """Book a message before it leaves: `recipients` are the slots expected to get it."""
         c = self.counters
         c.sent += 1
         if team:
@@ -99,7 +139,10 @@ class Ledger:
         if not c.first_send:
             c.first_send = now
         c.last_send = now
-        self._pending[key] = [expected, 0, int(team)]
+        start = self.run_started_at
+        window = bisect_right(self.edges, now - start) if start is not None and self.edges else 0
+        self.windows[window]["sent"] += 1
+        self._pending[key] = [recipients, 0, -1, window, now, int(team), 0]
         self._order.append((now, key))
 
     def cancel(self, key: int) -> None:
@@ -108,50 +151,212 @@ class Ledger:
         if entry is not None:
             self.counters.sent -= 1
             self.counters.send_failed += 1
-            if entry[2]:
+            self.windows[entry[_WIN]]["sent"] -= 1
+            if entry[_TEAM]:
                 self.counters.team -= 1
             else:
                 self.counters.direct -= 1
 
-    def received(self, receiver: int, key: int) -> bool:
-        """Record an arrival; False when it is a duplicate, late or unexpected."""
+    def acked(self, key: int, delivered: int, undelivered: int) -> None:
+        c = self.counters
+        c.acks += 1
+        c.ack_undelivered += undelivered
+        entry = self._pending.get(key)
+        if entry is None:
+            return  # settled already (a very late ack): its deliveries are classified
+        entry[_ACK] = undelivered
+        if entry[_TEAM] and delivered + undelivered != len(entry[_SLOTS]):
+            c.ack_mismatch += 1
+
+    def refused(self, key: int, code: str) -> None:
+        """An error frame answered the message: refused, not accepted; nothing expected."""
+        entry = self._pending.get(key)
+        if entry is None or entry[_REFUSED]:
+            return
+        entry[_REFUSED] = 1
+        self.counters.refused += 1
+        self.windows[entry[_WIN]]["refused"] += 1
+        self.refused_codes[code] = self.refused_codes.get(code, 0) + 1
+
+    # -- the receiver's side -----------------------------------------------------------
+
+    def received(self, receiver: int, key: int, sent_ts: float | None = None) -> bool:
+        """Record an arrival; True only for an expected delivery seen for the first time."""
         seen = self._seen.get(receiver)
         if seen is None:
             seen = self._seen[receiver] = BitMap64()
         if key in seen:
-            self.counters.duplicates += 1
+            self._count("duplicates", sent_ts)
             return False
         seen.add(key)
+        sender = key >> SEQ_BITS
+        if sender % self.tenants != receiver % self.tenants:
+            self._count("cross_tenant", sent_ts)
+            return False
         entry = self._pending.get(key)
         if entry is None:
-            slot, seq = key >> SEQ_BITS, key & SEQ_MASK
-            if seq <= self._settled_upto.get(slot, -1):
-                self.counters.late += 1
+            seq = key & SEQ_MASK
+            if seq <= self._settled_upto.get(sender, -1):
+                self._late(receiver, key, sent_ts)
             else:
                 self.counters.unexpected += 1
             return False
-        entry[1] += 1
+        slots = entry[_SLOTS]
+        if entry[_REFUSED] or receiver not in slots:
+            self.counters.surplus += 1
+            return False
+        entry[_MASK] |= 1 << slots.index(receiver)
         return True
+
+    def _late(self, receiver: int, key: int, sent_ts: float | None) -> None:
+        """After settling: already counted lost; if it was a silent loss, it was slow."""
+        self._count("late", sent_ts)
+        silent = self._silent.get(key)
+        if silent is not None and silent[2] > 0 and receiver in silent[1]:
+            silent[2] -= 1
+            self.counters.silent_late += 1
+            self.windows[silent[0]]["silent_late"] += 1
+
+    def foreign(self, sent_ts: float | None = None) -> None:
+        """A message from another worker arrived: its tenants are never ours."""
+        self._count("cross_tenant", sent_ts)
+
+    def _count(self, name: str, sent_ts: float | None) -> None:
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+        window = self.window_of(sent_ts) if sent_ts is not None else 0
+        self.windows[window][name] += 1
+
+    # -- connections -------------------------------------------------------------------
+
+    def dropped(self, slot: int, now: float) -> None:
+        """The slot's connection dropped: it is away until `back`."""
+        self.counters.disconnects += 1
+        drops = self._drops.setdefault(slot, [])
+        if not drops or drops[-1][1] != _OPEN:
+            drops.append([now, _OPEN])
+
+    def back(self, slot: int, now: float) -> float | None:
+        """The slot is ready again (reconnected, hello answered); the outage in ms."""
+        drops = self._drops.get(slot)
+        if not drops or drops[-1][1] != _OPEN:
+            return None
+        drops[-1][1] = now
+        ms = (now - drops[-1][0]) * 1000
+        self.counters.reconnects += 1
+        window = self.windows[self.window_of(drops[-1][0])]
+        window["reconnects"] += 1
+        if len(window["reconnect_ms"]) < RECONNECT_SAMPLES:
+            window["reconnect_ms"].append(round(ms, 1))
+        return ms
+
+    def was_away(self, slot: int, start: float, end: float) -> bool:
+        """Did the slot's connection drop at some point in [start, end]?"""
+        return any(d <= end and b >= start for d, b in self._drops.get(slot, ()))
+
+    # -- settling ----------------------------------------------------------------------
 
     def settle(self, now: float, everything: bool = False) -> None:
         """Close the books on messages older than the grace period (or on all of them)."""
-        c = self.counters
+        c, windows, order, pending = self.counters, self.windows, self._order, self._pending
+        upto = self._settled_upto
         cutoff = now - self.grace_s
-        while self._order and (everything or self._order[0][0] <= cutoff):
-            _, key = self._order.popleft()
-            entry = self._pending.pop(key, None)
+        while order and (everything or order[0][0] <= cutoff):
+            _, key = order.popleft()
+            entry = pending.pop(key, None)
             if entry is None:
                 continue  # cancelled
-            expected, arrived, _ = entry
-            got = min(arrived, expected)
-            c.expected += expected
-            c.delivered += got
-            c.lost += expected - got
-            c.surplus += arrived - got
-            slot, seq = key >> SEQ_BITS, key & SEQ_MASK
-            if seq > self._settled_upto.get(slot, -1):
-                self._settled_upto[slot] = seq
+            sender, seq = key >> SEQ_BITS, key & SEQ_MASK
+            if seq > upto.get(sender, -1):
+                upto[sender] = seq
+            if entry[_REFUSED]:
+                continue
+            if entry[_ACK] < 0:
+                c.acks_missing += 1
+            n = len(entry[_SLOTS])
+            if entry[_MASK] == (1 << n) - 1:  # the common case: every delivery arrived
+                c.expected += n
+                c.delivered += n
+                w = windows[entry[_WIN]]
+                w["expected"] += n
+                w["delivered"] += n
+            else:
+                self._settle_one(key, entry, now)
+        self._prune(now)
+
+    def _settle_one(self, key: int, entry: list[Any], now: float) -> None:
+        slots, mask, ack, window, at = entry[:5]
+        sender = key >> SEQ_BITS
+        since = at - AROUND_SEND_S
+        arrived = mask.bit_count()
+        away = 0
+        if arrived < len(slots):
+            away = sum(
+                1
+                for i, slot in enumerate(slots)
+                if not mask >> i & 1 and self.was_away(slot, since, now)
+            )
+        classes = classify(
+            len(slots),
+            arrived,
+            away,
+            None if ack < 0 else ack,
+            arrived + away < len(slots) and ack < 0 and self.was_away(sender, since, now),
+        )
+        lost = len(slots) - arrived
+        c, w = self.counters, self.windows[window]
+        c.expected += len(slots)
+        c.delivered += arrived
+        c.lost += lost
+        w["expected"] += len(slots)
+        w["delivered"] += arrived
+        w["lost"] += lost
+        for name in LOSS_CLASSES:
+            n = getattr(classes, name)
+            if n:
+                setattr(c, name, getattr(c, name) + n)
+                w[name] += n
+        if not classes.silent_loss:
+            return
+        missing = [
+            s for i, s in enumerate(slots) if not mask >> i & 1 and not self.was_away(s, since, now)
+        ]
+        self._silent[key] = [window, missing, classes.silent_loss]
+        if len(self._silent) > SILENT_TRACKED:
+            del self._silent[next(iter(self._silent))]  # the oldest
+        if len(self.silent_examples) < SILENT_EXAMPLES:
+            self.silent_examples.append(
+                {
+                    "tenant": self.tenant_of(sender),
+                    "from": sender // self.tenants,
+                    "to": [s // self.tenants for s in missing],
+                    "team": bool(entry[_TEAM]),
+                    "ack_undelivered": None if ack < 0 else ack,
+                    "sent_s": round(at - (self.run_started_at or at), 3),
+                }
+            )
+
+    def tenant_of(self, slot: int) -> str:
+        """The tenant name of this process's `slot` (see `wsop.load.layout`)."""
+        return f"t{self.worker * self.tenants + slot % self.tenants}"
+
+    def _prune(self, now: float) -> None:
+        """Forget drops that ended before anything still pending was sent."""
+        oldest = self._order[0][0] if self._order else now
+        floor = oldest - AROUND_SEND_S
+        for slot in [s for s, d in self._drops.items() if d and d[0][1] < floor]:
+            kept = [d for d in self._drops[slot] if d[1] >= floor]
+            if kept:
+                self._drops[slot] = kept
+            else:
+                del self._drops[slot]
 
     def snapshot(self) -> dict[str, Any]:
-        self.counters.pending = len(self._pending)
-        return self.counters.to_json()
+        c = self.counters
+        c.pending = len(self._pending)
+        c.not_back = sum(1 for d in self._drops.values() if d and d[-1][1] == _OPEN)
+        return {
+            **c.to_json(),
+            "refused_codes": dict(self.refused_codes),
+            "silent_examples": list(self.silent_examples),
+            "windows": [dict(w, reconnect_ms=list(w["reconnect_ms"])) for w in self.windows],
+        }

@@ -71,3 +71,27 @@ def seed(plan: LoadPlan, redis_url: str | None) -> dict[str, Any]:
     for tenant in plan.tenant_names():
         reset_presence(client, tenant)
     return result
+
+
+def reseed_acl(plan: LoadPlan, redis_url: str | None) -> dict[str, Any]:
+    """The plan's teams again, presence left alone: what the load test does right after
+    `restart-redis` wiped everything.
+
+    A chaos run's subject is the stack's recovery, not the operator's: after a real
+    Redis loss the ACL comes back from its source of truth (a re-seed, a restore), and
+    that is outside the stack. So the load test re-seeds the ACL itself, at once, and
+    what it then measures is how the stack copes with the rest: connections to Redis
+    broken and presence gone. The online bitmaps are not touched (`online=None`): the
+    sidecars must re-assert the presence of the clients they hold, and a seed that
+    wrote them would hide whether they do.
+    """
+    from dataclasses import replace
+
+    from wsop.acl import seed as seeding
+    from wsop.acl.store import TenantStore
+    from wsop.acl.synthetic import generate
+    from wsop.backend import connect
+    from wsop.load.layout import synthetic_spec
+
+    tenants = [replace(t, online=None, online_count=0) for t in generate(synthetic_spec(plan))]
+    return seeding.seed(TenantStore(connect(redis_url)), tenants, True).to_json()

@@ -9,7 +9,7 @@ Custom arguments (locust forwards them from the master to every worker):
 - `--wsop-status PATH`: the master writes its live status here once a second;
 - `--wsop-results PATH`: the master writes the run's results here when it quits.
 
-Messages: master → workers `wsop_rate` {per_user_rate} and `wsop_finish`;
+Messages: master → workers `wsop_rate` {per_user_rate, run_started_at} and `wsop_finish`;
 workers → master `wsop_final` (settled counters) and, every few seconds, a `wsop`
 entry in the regular stats report (`report_to_master` / `worker_report`).
 """
@@ -35,7 +35,11 @@ def _arguments(parser: Any) -> None:
 
 
 def _on_rate(environment: Any, msg: Any, **_: Any) -> None:
-    context(environment).per_user_rate = float(msg.data["per_user_rate"])
+    ctx = context(environment)
+    ctx.per_user_rate = float(msg.data["per_user_rate"])
+    started = msg.data.get("run_started_at")
+    if started and ctx.ledger.run_started_at is None:
+        ctx.ledger.run_started_at = float(started)  # the fault windows count from here
 
 
 def _on_finish(environment: Any, msg: Any, **_: Any) -> None:

@@ -6,8 +6,13 @@ both read it, and `verdict` decides the exit code from it alone.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
+
+from wsop.load.chaos import Fault, windows
+from wsop.load.ledger import LOSS_CLASSES
+from wsop.load.tallies import WINDOW_FIELDS, new_window, percentiles
 
 SUMMARY_KEYS = (
     "profile", "target_rate", "sent", "expected_deliveries", "delivered", "lost",
@@ -15,11 +20,36 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 
-def summary(results: dict[str, Any], target: str) -> dict[str, Any]:
+WINDOW_KEYS = WINDOW_FIELDS
+
+
+def window_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per fault window: its span, the fault that opened it, its counts."""
+    plan = results["plan"]
+    faults = [Fault.from_json(f) for f in plan.get("extra", {}).get("chaos", ())]
+    duration = sum(s["seconds"] for s in plan["stages"])
+    counts = results.get("windows") or []
+    rows = []
+    for i, span in enumerate(windows(faults, duration)):
+        w = counts[i] if i < len(counts) else new_window()
+        rows.append(
+            {
+                **span,
+                **{k: w.get(k, 0) for k in WINDOW_KEYS},
+                "reconnect_ms": percentiles(w.get("reconnect_ms", [])),
+            }
+        )
+    return rows
+
+
+def summary(
+    results: dict[str, Any], target: str, faults: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The DESIGN.md keys first, then the side counts that explain them."""
     plan, c = results["plan"], results["counters"]
     run_s = results["run_s"] or 0.0
     planned = results["planned_messages"]
+    samples = [ms for w in results.get("windows") or () for ms in w.get("reconnect_ms", ())]
     return {
         "profile": plan["profile"],
         "target_rate": plan["rate"],
@@ -31,6 +61,20 @@ def summary(results: dict[str, Any], target: str) -> dict[str, Any]:
         "msgs_per_s": round(c["sent"] / run_s, 1) if run_s else 0.0,
         "deliveries_per_s": round(c["delivered"] / run_s, 1) if run_s else 0.0,
         "latency_ms": results["latency_ms"],
+        "silent_loss": c.get("silent_loss", 0),
+        "silent_late": c.get("silent_late", 0),
+        "reported_undelivered": c.get("reported_undelivered", 0),
+        "lost_disconnected": c.get("lost_disconnected", 0),
+        "lost_unacked": c.get("lost_unacked", 0),
+        "refused": c.get("refused", 0),
+        "refused_codes": results.get("refused_codes", {}),
+        "cross_tenant": c.get("cross_tenant", 0),
+        "reconnects": c["reconnects"],
+        "reconnect_ms": percentiles(samples),
+        "not_back": c.get("not_back", 0),
+        "silent_examples": results.get("silent_examples", []),
+        "faults": faults or [],
+        "windows": window_rows(results),
         "target": target,
         "connections": plan["connections"],
         "ready": c["ready"],
@@ -49,19 +93,47 @@ def summary(results: dict[str, Any], target: str) -> dict[str, Any]:
         "ack_undelivered": c["ack_undelivered"],
         "ack_mismatch": c["ack_mismatch"],
         "disconnects": c["disconnects"],
-        "reconnects": c["reconnects"],
         "workers_settled": results["finals"],
     }
 
 
-def verdict(result: dict[str, Any], allow_loss: bool, min_rate_ratio: float) -> list[str]:
-    """Why the run failed (empty list: it passed)."""
+def verdict(
+    result: dict[str, Any], allow_loss: bool, min_rate_ratio: float, chaos: bool = False
+) -> list[str]:
+    """Why the run failed (empty list: it passed).
+
+    A chaos run accepts the losses its faults explain (recipient or sender disconnected,
+    reported in the ack) but never a silent one; `--allow-loss` accepts every loss.
+    Nothing ever excuses a cross-tenant delivery.
+    """
     reasons: list[str] = []
-    if result["lost"] and not allow_loss:
-        share = result["lost"] / max(1, result["expected_deliveries"])
+    if result["cross_tenant"]:
+        reasons.append(f"{result['cross_tenant']} deliveries crossed tenants")
+    if chaos and not allow_loss and result["silent_loss"]:
+        worst = max(result["windows"], key=lambda w: w["silent_loss"])
+        late = result["silent_late"]
         reasons.append(
-            f"{result['lost']} of {result['expected_deliveries']} deliveries lost ({share:.2%})"
+            f"{result['silent_loss']} silent losses (deliveries to connected users neither "
+            f"made nor reported undelivered within the grace period; most after "
+            f"{worst['fault'] or 'the start'})"
+            + (f"; {late} of them arrived later: raise --grace to tell slow from lost" if late
+               else "")
+        )  # fmt: skip
+    elif result["lost"] and not allow_loss and not chaos:
+        share = result["lost"] / max(1, result["expected_deliveries"])
+        classes = ", ".join(f"{k} {result[k]}" for k in LOSS_CLASSES if result[k])
+        reasons.append(
+            f"{result['lost']} of {result['expected_deliveries']} deliveries lost "
+            f"({share:.2%}: {classes})"
         )
+    failed = [f for f in result["faults"] if not f.get("ok")]
+    if failed:
+        reasons.append(
+            f"{len(failed)} fault(s) did not happen as planned: "
+            + "; ".join(f"{f['label']}: {f['detail']}" for f in failed)
+        )
+    if chaos and result["not_back"]:
+        reasons.append(f"{result['not_back']} users never came back after a disconnect")
     if result["rate_ratio"] < min_rate_ratio:
         reasons.append(
             f"achieved {result['sent']} of {result['planned_messages']} planned messages "
@@ -75,8 +147,9 @@ def verdict(result: dict[str, Any], allow_loss: bool, min_rate_ratio: float) -> 
     return reasons
 
 
-def plot(results: dict[str, Any], path: Path) -> Path:
-    """Rate (sent vs target) and latency (p50/p95/p99, rolling) over time, as a PNG."""
+def plot(results: dict[str, Any], path: Path, faults: list[dict[str, Any]] | None = None) -> Path:
+    """Rate (sent vs target) and latency (p50/p95/p99, rolling) over time, as a PNG;
+    each fault is a labelled vertical line at the time it actually started."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +168,51 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     bottom.set_ylabel("delivery latency (ms)")
     bottom.set_xlabel("seconds")
     bottom.legend(loc="upper left")
+    t0 = results.get("run_t0")
+    for fault in faults or []:
+        at = fault.get("started_s")
+        if t0 is None or at is None:
+            continue
+        color = "tab:red" if fault.get("ok") else "tab:gray"
+        for ax in (top, bottom):
+            ax.axvline(t0 + at, color=color, linestyle=":", linewidth=1)
+        top.annotate(
+            fault["label"].split("@")[0], (t0 + at, 1.0), xycoords=("data", "axes fraction"),
+            rotation=90, va="top", ha="right", fontsize=8, color=color,
+        )  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def annotate_html(report_html: Path, result: dict[str, Any]) -> None:
+    """Append the faults and the per-window table to locust's report.html (a static
+    section after its app), so the one file a run leaves says what was injected."""
+    try:
+        page = report_html.read_text()
+    except OSError:
+        return
+    cols = ("fault", "from_s", "to_s", *WINDOW_KEYS)
+    head = "".join(f"<th>{c}</th>" for c in (*cols, "reconnect p50/p99 ms"))
+    rows = []
+    for w in result["windows"]:
+        cells = "".join(f"<td>{html.escape(str(w[c]))}</td>" for c in cols)
+        ms = w["reconnect_ms"]
+        rows.append(f"<tr>{cells}<td>{ms['p50']} / {ms['p99']}</td></tr>")
+    faults = "".join(
+        f"<li>{html.escape(f['label'])}: {'ok' if f['ok'] else 'FAILED'}, started at "
+        f"{f['started_s']} s, took {f['duration_s']} s, whole again after "
+        f"{f.get('recovered_s')} s ({html.escape(str(f['detail']))})</li>"
+        for f in result["faults"]
+    )
+    section = (
+        '<section id="wsop-chaos" style="font-family:sans-serif;padding:1em">'
+        f"<h2>wsop chaos: faults and windows</h2><ul>{faults}</ul>"
+        f'<table border="1" cellpadding="3"><tr>{head}</tr>{"".join(rows)}</table>'
+        f"<p>silent_loss {result['silent_loss']} · cross_tenant {result['cross_tenant']} · "
+        f"reconnects {result['reconnects']}</p></section>"
+    )
+    at = page.rfind("</body>")
+    page = page[:at] + section + page[at:] if at >= 0 else page + section
+    report_html.write_text(page)

@@ -85,6 +85,7 @@ class RunSpec:
     master_bind: str = "127.0.0.1"
     master_port: int = DEFAULT_MASTER_PORT
     report_dir: Path | None = None
+    work_dir: Path | None = None  # status, results and log (default: report_dir or a temp dir)
     env: dict[str, str] = field(default_factory=dict)
     on_status: StatusCallback | None = None
 
@@ -142,7 +143,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> No
 
 def run(spec: RunSpec) -> dict[str, Any]:
     """Run the plan to completion; the master's results document (see `shape.results`)."""
-    work = spec.report_dir or Path(tempfile.mkdtemp(prefix="wsop-loadtest-"))
+    work = spec.work_dir or spec.report_dir or Path(tempfile.mkdtemp(prefix="wsop-loadtest-"))
     work.mkdir(parents=True, exist_ok=True)
     status, results, log = work / "status.json", work / "results.json", work / "locust.log"
     for stale in (status, results):

@@ -22,6 +22,7 @@ from locust.stats import StatsEntry
 
 from wsop.load.ledger import Counters
 from wsop.load.profiles import LoadPlan
+from wsop.load.tallies import merge_codes, merge_windows
 
 CONNECT_SETTLE_S = 2.0
 FINISH_TIMEOUT_S = 20.0
@@ -35,11 +36,16 @@ class Book:
         self.finals: dict[str, dict[str, Any]] = {}
         self.local_snapshot: Any = None  # a callable in local mode
 
+    def snapshots(self, final: bool = False) -> list[dict[str, Any]]:
+        """Each process's latest snapshot (only the settled ones if `final` and any)."""
+        if self.local_snapshot is not None and not self.finals:
+            return [self.local_snapshot()]
+        if final and self.finals:
+            return list(self.finals.values())
+        return list({**self.live, **self.finals}.values())
+
     def totals(self) -> Counters:
-        if self.local_snapshot is not None:
-            return Counters.total([self.local_snapshot()])
-        merged = {**self.live, **self.finals}
-        return Counters.total(list(merged.values()))
+        return Counters.total(self.snapshots())
 
 
 BOOK = Book()
@@ -86,6 +92,7 @@ class WsopShape(LoadTestShape):
         self.rate_since = 0.0
         self.planned = 0.0
         self.run_started = 0.0
+        self.run_started_at = 0.0  # wall clock: workers and the nemesis count from it
         self.run_ended = 0.0
         self.timeline: list[dict[str, Any]] = []
         self._last: tuple[float, int, int] | None = None
@@ -99,7 +106,9 @@ class WsopShape(LoadTestShape):
         self.rate, self.rate_since = rate, now
         assert self.plan is not None
         per_user = rate / self.plan.connections
-        self.runner.send_message("wsop_rate", {"per_user_rate": per_user})
+        self.runner.send_message(
+            "wsop_rate", {"per_user_rate": per_user, "run_started_at": self.run_started_at}
+        )
 
     def _enter(self, phase: str) -> None:
         self.phase, self.phase_started = phase, time.monotonic()
@@ -119,7 +128,7 @@ class WsopShape(LoadTestShape):
             settled = self.full_since is not None and now - self.full_since >= CONNECT_SETTLE_S
             if settled or in_phase > timeout:
                 self._enter("run")
-                self.run_started = now
+                self.run_started, self.run_started_at = now, time.time()
         if self.phase == "run":
             elapsed, stage = now - self.run_started, len(plan.stages)
             edge = 0.0
@@ -159,6 +168,7 @@ class WsopShape(LoadTestShape):
             "target_rate": self.rate,
             "msgs_per_s": round(rate, 1),
             "users": self.runner.user_count,
+            "run_started_at": self.run_started_at or None,
             **totals.to_json(),
             **delivery_latency(self.runner.environment.stats, current=True),
         }
@@ -169,11 +179,17 @@ class WsopShape(LoadTestShape):
 
     def results(self) -> dict[str, Any]:
         assert self.plan is not None
-        totals = BOOK.totals() if not BOOK.finals else Counters.total(list(BOOK.finals.values()))
+        snapshots = BOOK.snapshots(final=True)
+        totals = Counters.total(snapshots)
         run_s = max(0.0, (self.run_ended or time.monotonic()) - self.run_started)
         return {
             "plan": json.loads(self.plan.to_json()),
             "counters": totals.to_json(),
+            "windows": merge_windows(snapshots),
+            "refused_codes": merge_codes(snapshots),
+            "silent_examples": [e for s in snapshots for e in s.get("silent_examples", ())][:10],
+            "run_started_at": self.run_started_at or None,
+            "run_t0": round(self.run_started - self.start_time, 3) if self.run_started else None,
             "finals": len(BOOK.finals),
             "workers": self.plan.workers,
             "planned_messages": round(self.planned),

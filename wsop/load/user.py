@@ -7,7 +7,14 @@ message with a low-cardinality name (`WS`/`direct`, `WS`/`team`) so locust's sta
 CSV and HTML report show end-to-end delivery latency.
 
 Every payload is `[worker, slot, seq, send_ts_us]`: who sent it, its sequence number
-and when, so the receiver can both time it and tick it off in the ledger.
+and when, so the receiver can time it, tick it off in the ledger, and tell which
+tenant (and which fault window) it came from.
+
+A user whose connection drops comes back like a real client: it reconnects with
+exponential backoff and jitter (`wsop.load.chaos.reconnect_delay`), proves it is
+routable again with the hello round trip (a direct message to itself), and only then
+sends again. It stays in its tenant's pool the whole time, so messages to it while it
+is away are expected, and the ledger classes them as `lost_disconnected`.
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ import websocket
 from gevent.event import Event
 from locust import User, task
 
+from wsop.load.chaos import reconnect_delay
 from wsop.load.frames import OP_CLOSE, OP_PING, OP_TEXT, FrameError, FrameReader
 from wsop.load.layout import TenantTeams, slot_identity, team_membership, worker_tenants
 from wsop.load.ledger import SEQ_BITS, Ledger
 from wsop.load.profiles import LoadPlan
 
-HELLO_TIMEOUT_S = 10.0
+HELLO_TIMEOUT_S = 10.0  # connected but no round trip to self by then: reconnect
+HELLO_RETRY_S = 1.0  # a hello can be lost (e.g. presence not yet written): say it again
+CONNECT_TIMEOUT_S = 10.0
 SETTLE_EVERY_S = 1.0
+HELLO = '{"type":"direct","to":%d,"data":"hello","id":"hello"}'
 _loads = json.loads
+_DROPPED = (EOFError, FrameError, OSError, AttributeError, websocket.WebSocketException)
 
 
 class WorkerContext:
@@ -41,7 +53,8 @@ class WorkerContext:
     def __init__(self, plan: LoadPlan, worker_index: int) -> None:
         self.plan = plan
         self.index = worker_index
-        self.ledger = Ledger(plan.grace_s)
+        edges = tuple(f["at_s"] for f in plan.extra.get("chaos", ()))
+        self.ledger = Ledger(plan.grace_s, plan.tenants_per_worker, edges, worker_index)
         self.tenants = worker_tenants(plan, worker_index)
         self.teams: dict[str, TenantTeams] = team_membership(plan, self.tenants)
         # Users meant to be online: joined after a round trip proved them routable, left
@@ -81,7 +94,6 @@ class WorkerContext:
         """Stop the clock: settle every message (the drain stage was the grace period)."""
         self._settler.kill(block=False)
         self.ledger.settle(time.time(), everything=True)
-        self.ledger.counters.acks_missing = sum(len(u.pending_acks) for u in self.users)
         return self.ledger.snapshot()
 
     def _settle_forever(self) -> None:
@@ -118,24 +130,20 @@ class WsopUser(User):
         self.my_teams = self.ctx.teams[self.tenant].teams_of.get(self.user, ())
         self.members = self.ctx.teams[self.tenant].members
         self.key_base = self.slot << SEQ_BITS
+        # slot = user * Tw + tenant index (see layout.slot_identity)
+        self.tenant_count = self.plan.tenants_per_worker
+        self.tenant_index = self.slot % self.tenant_count
         self.seq = 0
         self.ready = False
+        self.joined = False
         self.stopping = False
         self.ws: websocket.WebSocket | None = None
         self._next: float | None = None
-        self.pending_acks: dict[str, tuple[int, bool]] = {}
         self.ctx.users.add(self)
-        self._hello = Event()
-        self.ws = self._connect()
-        self._rx = gevent.spawn(self._receive)
-        if self.ws is None:
-            return
-        self.ws.send(f'{{"type":"direct","to":{self.user},"data":"hello","id":"hello"}}')
-        if self._hello.wait(HELLO_TIMEOUT_S):
-            self.ctx.join(self.tenant, self.user)
-            self.ready = True
-        else:
-            self._fail("hello", "no round trip to self within 10 s")
+        self._ready = Event()
+        self._rx = gevent.spawn(self._connection)
+        if not self._ready.wait(HELLO_TIMEOUT_S):
+            self._fail("hello", "not ready within 10 s (connect and a round trip to self)")
 
     def on_stop(self) -> None:
         self.stopping = True
@@ -155,7 +163,7 @@ class WsopUser(User):
         now = time.monotonic()
         if rate <= 0 or not self.ready:
             self._next = None
-            return 0.2
+            return 0.2 if rate <= 0 else 0.05
         interval = 1.0 / rate
         if self._next is None:
             self._next = now + random.random() * interval
@@ -174,29 +182,28 @@ class WsopUser(User):
         self.seq += 1
         ts = time.time_ns() // 1000
         data = f"[{ctx.index},{self.slot},{seq},{ts}]"
+        tw, ti = self.tenant_count, self.tenant_index
         if self.my_teams and random.random() < self.plan.team_share:
             team = random.choice(self.my_teams)
-            expected = len(self.members[team] & ctx.pool[self.tenant])
+            to = tuple(u * tw + ti for u in self.members[team] & ctx.pool[self.tenant])
             frame = f'{{"type":"team","teams":["{team}"],"data":{data},"id":"{seq}"}}'
             is_team = True
         else:
             pool = ctx.pool_list[self.tenant]
-            to = random.choice(pool)
-            if to == self.user and len(pool) > 1:
-                to = random.choice(pool)
-            expected = 1
-            frame = f'{{"type":"direct","to":{to},"data":{data},"id":"{seq}"}}'
+            user = random.choice(pool)
+            if user == self.user and len(pool) > 1:
+                user = random.choice(pool)
+            to = (user * tw + ti,)
+            frame = f'{{"type":"direct","to":{user},"data":{data},"id":"{seq}"}}'
             is_team = False
         key = self.key_base | seq
         # Book it before sending: a greenlet switch inside send() could let the
         # receiver see the delivery first.
-        ctx.ledger.sent(key, expected, ts / 1e6, is_team)
-        self.pending_acks[str(seq)] = (expected, is_team)
+        ctx.ledger.sent(key, to, ts / 1e6, is_team)
         try:
             ws.send(frame)
         except (websocket.WebSocketException, OSError):
             ctx.ledger.cancel(key)
-            self.pending_acks.pop(str(seq), None)
 
     # -- connection and receiving ------------------------------------------------------
 
@@ -215,7 +222,7 @@ class WsopUser(User):
         try:
             ws = websocket.create_connection(
                 self._url(),
-                timeout=10,
+                timeout=CONNECT_TIMEOUT_S,
                 enable_multithread=True,
                 skip_utf8_validation=True,
                 sockopt=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
@@ -227,38 +234,79 @@ class WsopUser(User):
         self._event("connect", (time.perf_counter() - started) * 1000, 0)
         return ws
 
-    def _receive(self) -> None:
-        """Read frames in bulk off the raw socket (see `wsop.load.frames`); reconnect on loss."""
-        ledger = self.ctx.ledger
+    def _connection(self) -> None:
+        """Connect, say hello, read until the connection drops; then back off and repeat.
+
+        The backoff restarts only after a connection got as far as ready: a stack that
+        accepts the WebSocket and closes it at once (an LB routing to a dead sidecar)
+        is a failed attempt, and must not be retried at the first retry's pace forever.
+        """
+        attempt = -1  # the very first connect goes at once
         while not self.stopping:
-            ws = self.ws
+            if attempt >= 0:
+                gevent.sleep(reconnect_delay(attempt))
+            ws = self._connect()
             if ws is None:
-                gevent.sleep(random.uniform(0.5, 1.5))
-                self.ws = self._connect()
-                if self.ws is not None:
-                    ledger.counters.reconnects += 1
+                attempt += 1
                 continue
-            reader = FrameReader()
-            try:
-                while True:
-                    chunk = ws.sock.recv(65536)
-                    if not chunk:
-                        break
-                    for opcode, payload in reader.feed(chunk):
-                        if opcode == OP_TEXT:
-                            self._on_text(payload)
-                        elif opcode == OP_CLOSE:
-                            raise EOFError
-                        elif opcode == OP_PING:
-                            ws.pong(payload)
-            except (EOFError, FrameError, OSError, AttributeError, websocket.WebSocketException):
-                pass  # AttributeError: the socket was closed under us (ws.sock is None)
-            if not self.stopping:
-                ledger.counters.disconnects += 1
-                self._fail("disconnect", "connection closed by the stack")
-                self.ws = None
+            self.ws = ws
+            hello = gevent.spawn(self._say_hello, ws)
+            self._read(ws)
+            hello.kill(block=False)
+            self.ws = None
+            with contextlib.suppress(Exception):
+                ws.shutdown()
+            if self.stopping:
+                return
+            attempt = 0 if self.ready else attempt + 1
+            self.ready = False
+            self._ready.clear()
+            self.ctx.ledger.dropped(self.slot, time.time())
+            self._fail("disconnect", "connection closed by the stack")
+
+    def _say_hello(self, ws: websocket.WebSocket) -> None:
+        """Send the hello until its echo makes us ready; give up (reconnect) after 10 s."""
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        frame = HELLO % self.user
+        while not self.ready:
+            if time.monotonic() > deadline:
+                self._fail("hello", "no round trip to self within 10 s; reconnecting")
                 with contextlib.suppress(Exception):
                     ws.shutdown()
+                return
+            try:
+                ws.send(frame)
+            except (websocket.WebSocketException, OSError):
+                return  # the reader sees the drop
+            self._ready.wait(HELLO_RETRY_S)
+
+    def _hello_answered(self) -> None:
+        if self.ready:
+            return
+        self.ctx.ledger.back(self.slot, time.time())
+        if not self.joined:
+            self.ctx.join(self.tenant, self.user)
+            self.joined = True
+        self.ready = True
+        self._ready.set()
+
+    def _read(self, ws: websocket.WebSocket) -> None:
+        """Read frames in bulk off the raw socket (see `wsop.load.frames`) until it drops."""
+        reader = FrameReader()
+        try:
+            while True:
+                chunk = ws.sock.recv(65536)
+                if not chunk:
+                    return
+                for opcode, payload in reader.feed(chunk):
+                    if opcode == OP_TEXT:
+                        self._on_text(payload)
+                    elif opcode == OP_CLOSE:
+                        return
+                    elif opcode == OP_PING:
+                        ws.pong(payload)
+        except _DROPPED:
+            return  # AttributeError: the socket was closed under us (ws.sock is None)
 
     def _on_text(self, raw: bytes) -> None:
         ledger = self.ctx.ledger
@@ -268,30 +316,23 @@ class WsopUser(User):
             data = obj.get("data")
             if type(data) is list and len(data) == 4:
                 if data[0] != self.ctx.index:
-                    ledger.counters.unexpected += 1
-                elif ledger.received(self.slot, (data[1] << SEQ_BITS) | data[2]):
+                    ledger.foreign(data[3] / 1e6)  # another worker's tenants: never ours
+                elif ledger.received(self.slot, (data[1] << SEQ_BITS) | data[2], data[3] / 1e6):
                     latency = (time.time_ns() // 1000 - data[3]) / 1000
                     self._event("team" if "teams" in obj else "direct", latency, len(raw))
             elif data == "hello" and obj.get("from") == self.user:
-                self._hello.set()
+                self._hello_answered()
         elif kind == "ack":
-            self._on_ack(obj)
+            seq = obj.get("id")
+            if isinstance(seq, str) and seq.isdigit():
+                ledger.acked(self.key_base | int(seq), obj.get("delivered", 0),
+                             obj.get("undelivered", 0))  # fmt: skip
         elif kind == "error":
             ledger.counters.errors += 1
-            self.pending_acks.pop(str(obj.get("id")), None)
-            self._fail("error", str(obj.get("code")))
-
-    def _on_ack(self, ack: dict[str, Any]) -> None:
-        c = self.ctx.ledger.counters
-        pending = self.pending_acks.pop(str(ack.get("id")), None)
-        if pending is None:
-            return  # the hello
-        c.acks += 1
-        undelivered = ack.get("undelivered", 0)
-        c.ack_undelivered += undelivered
-        expected, is_team = pending
-        if is_team and ack.get("delivered", 0) + undelivered != expected:
-            c.ack_mismatch += 1
+            seq, code = obj.get("id"), str(obj.get("code"))
+            if isinstance(seq, str) and seq.isdigit():
+                ledger.refused(self.key_base | int(seq), code)
+            self._fail("error", code)
 
     def _event(self, name: str, response_time: float, length: int) -> None:
         self.environment.events.request.fire(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -75,6 +76,15 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _listening(port: int) -> bool:
+    """A bare TCP probe: redis-py's PING retries a refused connection for ~1 s."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def _read_record() -> dict[str, int] | None:
     record_path, _, _ = _paths()
     try:
@@ -129,3 +139,34 @@ def stop(timeout: float = 10.0) -> EmbeddedRedis:
                 time.sleep(0.05)
         record_path.unlink(missing_ok=True)
         return before
+
+
+def restart_empty(timeout: float = 10.0) -> tuple[EmbeddedRedis, EmbeddedRedis]:
+    """Crash the private server and start an empty one on the same port (chaos testing).
+
+    SIGKILL, not SIGTERM: a crash writes no snapshot, and the old snapshot is deleted,
+    so the new server starts with no keys at all, as a Redis pod without persistence
+    does after a restart. Returns the state before and after.
+    """
+    with _locked():
+        before = status()
+        if not (before.running and before.pid and before.port):
+            raise BackendUnavailable("the embedded redis-server is not running")
+        record_path, _, data_dir = _paths()
+        with suppress(ProcessLookupError):
+            os.kill(before.pid, signal.SIGKILL)
+        with suppress(ChildProcessError):
+            os.waitpid(before.pid, 0)  # ours when this process started it
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _listening(before.port):
+            time.sleep(0.01)
+        (data_dir / "dump.rdb").unlink(missing_ok=True)
+        try:
+            proc = start_server(before.port, data_dir, logfile=data_dir / "redis.log", persist=True)
+        except OSError as exc:
+            record_path.unlink(missing_ok=True)
+            raise BackendUnavailable(f"could not restart the embedded redis-server: {exc}") from exc
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": proc.pid, "port": before.port}))
+        tmp.replace(record_path)
+        return before, status()
