@@ -62,10 +62,6 @@ def move_frame(target: str, url: str) -> str:
     return f"{MOVE_PREFIX}{target} {url}"
 
 
-# The LB's handshake with a sidecar carries this header: only such connections can be
-# moved (a client connected to a sidecar directly would just receive the control frame).
-VIA_HEADER: Final = "X-Wsop-Via"
-
 # Limits. Frame size is the server's choice (passed to `parse_client_frame`).
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
 MAX_ID_CHARS: Final = 128

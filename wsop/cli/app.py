@@ -220,3 +220,21 @@ def server_secret(insecure: bool, process: str) -> str | None:
     if secret and (warning := secret_warning(secret)):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return secret
+
+
+def server_admin_token(process: str) -> str:
+    """The stack's admin token (`WSOP_ADMIN_TOKEN`), which a server cannot run without:
+    it authenticates the peer links between sidecars, the admin endpoints, and the LB's
+    signed word to the sidecars. Without it any client could inject messages across
+    tenants through `/peer` — so even `--insecure` (which only relaxes *client* tokens)
+    does not waive it. `wsop up` makes one for its stack."""
+    from wsop.httpadmin import ADMIN_TOKEN_ENV, admin_token_from_env
+
+    token = admin_token_from_env()
+    if not token:
+        raise UsageError(
+            f"wsop {process} needs {ADMIN_TOKEN_ENV}: the shared secret of the LB and the "
+            "sidecars (peer links, admin endpoints); set the same random string on all of "
+            "them, e.g. $(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token

@@ -15,6 +15,7 @@ from wsop.cli.app import (
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    server_admin_token,
     server_secret,
 )
 from wsop.k8s.discovery import DEFAULT_SELECTOR
@@ -48,7 +49,6 @@ def lb_cmd(
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
     /connections answer plain HTTP on the same port."""
     from wsop.errors import UsageError
-    from wsop.httpadmin import admin_token_from_env
     from wsop.lb import LBConfig, run
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
 
@@ -59,6 +59,7 @@ def lb_cmd(
     if drain_seconds < 0:
         raise UsageError("--drain-seconds must be >= 0")
     source = membership_source(members_file, peers, namespace, selector, service)
+    admin_token = server_admin_token("lb")
     secret = server_secret(insecure, "lb")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
@@ -72,7 +73,7 @@ def lb_cmd(
             algo=algo,
             insecure=insecure,
             secret=secret,
-            admin_token=admin_token_from_env(),
+            admin_token=admin_token,
             name=name,
             drain_s=drain_seconds,
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from typing import Annotated
 
@@ -19,6 +18,7 @@ from wsop.cli.app import (
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    server_admin_token,
     server_secret,
 )
 from wsop.errors import BackendUnavailable, UsageError
@@ -78,6 +78,7 @@ def sidecar_cmd(
     check_timings(heartbeat, lease, 5.0)  # bad values are usage errors, before any I/O
     algo = algo or DEFAULT_ALGORITHM
     check_routing_algorithm(algo)  # unknown or unroutable: fail before anything starts
+    admin_token = server_admin_token("sidecar")
     secret = server_secret(insecure, "sidecar")
     url = resolve_url(redis_url)
     connect(url).close()  # fail fast, with the URL in the message
@@ -89,7 +90,7 @@ def sidecar_cmd(
         algo=algo,
         insecure=insecure,
         secret=secret,
-        admin_token=os.environ.get("WSOP_ADMIN_TOKEN") or None,
+        admin_token=admin_token,
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
         heartbeat_s=heartbeat,

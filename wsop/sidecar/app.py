@@ -27,6 +27,7 @@ from wsop import protocol
 from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.discovery import MembershipSource
+from wsop.errors import UsageError
 from wsop.httpadmin import text_response
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
@@ -108,6 +109,8 @@ class Sidecar:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> int:
+        if not self.config.admin_token:  # closed by default: see `cli.app.server_admin_token`
+            raise UsageError("a sidecar needs an admin token: it authenticates its peer links")
         # A previous run of this sidecar may have crashed with users marked online.
         released = await self.acl.release(self.config.name)
         if released:
