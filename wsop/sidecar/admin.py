@@ -54,7 +54,7 @@ async def process_request(
         conn.wsop_moved_from = signal.moved_from if signal else None  # type: ignore[attr-defined]
         return None
     if path == "/healthz":
-        members = sorted(sidecar.members.current())
+        members = sorted(sidecar.routing)  # adopted, not merely read
         body = {"status": "ok", "name": config.name, "members": members}
         return json_response(conn, 200, body | {"presence": sidecar.presence.health()})
     refused = admin_refusal(request.headers, config.admin_token)

@@ -27,7 +27,7 @@ from wsop import protocol
 from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.discovery import MembershipSource
-from wsop.errors import UsageError
+from wsop.errors import UsageError, WsopError
 from wsop.httpadmin import text_response
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
@@ -80,7 +80,10 @@ class Sidecar:
         self.acl = acl
         self.members = members
         self.metrics = SidecarMetrics(config.name)
-        self.router = Router(config.name, self.placement_for(members.current()))
+        self.routing = members.current()
+        """The membership the router routes over (`/healthz`): a new one counts only
+        once its placement is built and adopted, which takes a moment after it is read."""
+        self.router = Router(config.name, self.placement_for(self.routing))
         self.outbox = Outbox()
         self.delivery = Delivery(
             config.name, config.admin_token, self.router, self.outbox, self.metrics, self._spawn
@@ -136,10 +139,14 @@ class Sidecar:
     async def _watch_members(self) -> None:
         while True:
             members = await self.members.wait_changed()
-            # a maglev table takes ~0.6 s to build: never on the event loop
-            placement = await asyncio.to_thread(self.placement_for, members)
+            try:  # a maglev table takes ~0.6 s to build: never on the event loop
+                placement = await asyncio.to_thread(self.placement_for, members)
+            except WsopError as exc:  # e.g. a name the ring refuses: keep routing as before
+                log.error("ignoring membership %s: %s", sorted(members), exc)
+                continue
             self.delivery.membership_changed()
             changes = self.router.set_owner(placement)
+            self.routing = dict(members)
             await self.peers.update(members)
             for change in changes:
                 self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
