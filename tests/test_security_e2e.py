@@ -137,3 +137,47 @@ def test_a_client_behind_the_lb_cannot_speak_for_the_lb(
     assert 'wsop_lb_refused_total{what="client_control_frame"} 1.0' in metrics
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("target", ["lb", "sidecar"])
+def test_the_wsop_v1_subprotocol_is_selected_when_offered(
+    stack: tuple[Sidecars, int], r: redis.Redis, target: str
+) -> None:
+    """Browsers that offer a subprotocol used to fail (1006): none was ever selected."""
+    seed_tenant(r, "A", {"eng": {1}})
+    sidecars, port = stack
+    base = f"ws://127.0.0.1:{port}" if target == "lb" else sidecars.procs["s0"].url
+    url = f"{base}/ws?tenant=A&user=1"
+    for offered in (["wsop.v1"], ["chat", "wsop.v1"]):
+        with connect(url, subprotocols=offered, open_timeout=5) as ws:
+            assert ws.subprotocol == "wsop.v1"
+            ws.send('{"type":"direct","to":1,"data":"hi","id":"h"}')
+            assert {json.loads(ws.recv(timeout=5))["type"] for _ in range(2)} == {"ack", "message"}
+    with connect(url, open_timeout=5) as ws:  # none offered: none selected, all fine
+        assert ws.subprotocol is None
+    with pytest.raises(InvalidStatus) as refused:  # only others: a 400 that says why
+        connect(url, subprotocols=["chat"], open_timeout=5)
+    assert refused.value.response.status_code == 400
+    assert b"this server speaks wsop.v1" in refused.value.response.body
+
+
+def test_allowed_origins_admit_those_origins_and_non_browsers(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    seed_tenant(r, "A", {"eng": {1}})
+    sidecars = Sidecars(redis_url, tmp_path / "members.json", {})
+    sidecars.write_members()
+    sidecars.start("s0", tmp_path, ["--allowed-origins", "https://app.example.com"])
+    sidecars.write_members()
+    try:
+        url = f"{sidecars.procs['s0'].url}/ws?tenant=A&user=1"
+        connect(url, origin="https://app.example.com", open_timeout=5).close()
+        connect(url, open_timeout=5).close()  # no Origin header: not a browser
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, origin="https://evil.example.net", open_timeout=5)
+        assert refused.value.response.status_code == 403
+    finally:
+        sidecars.stop_all()
+    done = run_wsop("sidecar", "--name", "s0", "--peers", "s0=ws://h:1", "--allowed-origins",
+                    "app.example.com", "--insecure")  # fmt: skip
+    assert done.returncode == 2 and "is not an origin" in done.stderr

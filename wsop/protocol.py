@@ -50,6 +50,10 @@ ERROR_CODES: Final = frozenset(
 MOVE_PREFIX: Final = "\x00wsop:move "
 
 
+# The subprotocol a client may offer (`new WebSocket(url, ["wsop.v1"])`): selected when
+# offered, so browsers that must name one can; a client that offers none gets none.
+SUBPROTOCOL: Final = "wsop.v1"
+
 # LB → sidecar, on the upstream a client just moved away from: "\x00wsop:moved". The old
 # sidecar finishes what it owes that connection (acks of messages it is still routing,
 # deliveries already on their way) and then closes it; until then the LB keeps relaying

@@ -238,3 +238,30 @@ def server_admin_token(process: str) -> str:
             "them, e.g. $(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return token
+
+
+AllowedOriginsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help="Comma-separated browser origins to admit (e.g. https://app.example.com); "
+        "default: any. Clients that send no Origin header (non-browsers) are always admitted.",
+    ),
+]
+
+
+def parse_origins(spec: str | None) -> tuple[str, ...] | None:
+    """`--allowed-origins`: None (any) or the origins, each scheme://host[:port]."""
+    if spec is None:
+        return None
+    origins = tuple(o.strip().rstrip("/") for o in spec.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise UsageError(
+                f"--allowed-origins: {origin!r} is not an origin (scheme://host[:port])"
+            )
+    if not origins:
+        raise UsageError("--allowed-origins is empty; leave it out to admit any origin")
+    return origins

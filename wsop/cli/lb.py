@@ -9,12 +9,14 @@ from typing import Annotated
 import typer
 
 from wsop.cli.app import (
+    AllowedOriginsOpt,
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    parse_origins,
     server_admin_token,
     server_secret,
 )
@@ -45,6 +47,7 @@ def lb_cmd(
     algo: Algo = None,
     name: Name = "lb",
     drain_seconds: Drain = 1.0,
+    allowed_origins: AllowedOriginsOpt = None,
 ) -> None:
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
     /connections answer plain HTTP on the same port."""
@@ -59,6 +62,7 @@ def lb_cmd(
     if drain_seconds < 0:
         raise UsageError("--drain-seconds must be >= 0")
     source = membership_source(members_file, peers, namespace, selector, service)
+    origins = parse_origins(allowed_origins)
     admin_token = server_admin_token("lb")
     secret = server_secret(insecure, "lb")
     logging.basicConfig(
@@ -76,5 +80,6 @@ def lb_cmd(
             admin_token=admin_token,
             name=name,
             drain_s=drain_seconds,
+            allowed_origins=origins,
         )
     )

@@ -11,6 +11,7 @@ import typer
 
 from wsop import protocol
 from wsop.cli.app import (
+    AllowedOriginsOpt,
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
@@ -18,6 +19,7 @@ from wsop.cli.app import (
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    parse_origins,
     server_admin_token,
     server_secret,
 )
@@ -52,6 +54,7 @@ def sidecar_cmd(
         ),
     ] = None,
     redis_url: RedisOpt = None,
+    allowed_origins: AllowedOriginsOpt = None,
     heartbeat: Annotated[
         float,
         typer.Option(
@@ -78,6 +81,7 @@ def sidecar_cmd(
     check_timings(heartbeat, lease, 5.0)  # bad values are usage errors, before any I/O
     algo = algo or DEFAULT_ALGORITHM
     check_routing_algorithm(algo)  # unknown or unroutable: fail before anything starts
+    origins = parse_origins(allowed_origins)
     admin_token = server_admin_token("sidecar")
     secret = server_secret(insecure, "sidecar")
     url = resolve_url(redis_url)
@@ -93,6 +97,7 @@ def sidecar_cmd(
         admin_token=admin_token,
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
+        allowed_origins=origins,
         heartbeat_s=heartbeat,
         lease_s=lease,
     )

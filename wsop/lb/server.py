@@ -32,7 +32,14 @@ from wsop import lbsignal
 from wsop.auth import AuthError, Identity, identity_from_request
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
-from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response, text_response
+from wsop.httpadmin import (
+    PROMETHEUS_CONTENT_TYPE,
+    admin_refusal,
+    json_response,
+    origins_option,
+    select_subprotocol,
+    text_response,
+)
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
@@ -69,6 +76,8 @@ class LBConfig:
     drain_s: float = 1.0
     """SIGTERM closes clients (1012) spread over this window, not all in one instant."""
     open_timeout: float = 5.0
+    allowed_origins: tuple[str, ...] | None = None
+    """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
     move_drain_s: float = 15.0
     """After a switch, the old sidecar closes the old upstream once it owes the client
     nothing (acks of messages still in flight: up to their 10 s timeout); this is the
@@ -305,6 +314,8 @@ class LoadBalancer:
                 ping_interval=None,  # pings pass through end to end
                 server_header=None,
                 create_connection=LBServerConnection,
+                select_subprotocol=select_subprotocol,
+                origins=origins_option(self.config.allowed_origins),
             )
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"

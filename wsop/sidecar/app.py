@@ -28,7 +28,7 @@ from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.discovery import MembershipSource
 from wsop.errors import UsageError, WsopError
-from wsop.httpadmin import text_response
+from wsop.httpadmin import origins_option, select_subprotocol, text_response
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
 from wsop.sidecar.client import ClientSession, SidecarServerConnection
@@ -64,6 +64,8 @@ class SidecarConfig:
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     close_window_s: float = 2.0
     upstream: str | None = None
+    allowed_origins: tuple[str, ...] | None = None
+    """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
     # presence healing (wsop/sidecar/presence.py): heartbeat, lease, team-message wait
     heartbeat_s: float = 2.0
     lease_s: float = 10.0
@@ -130,6 +132,8 @@ class Sidecar:
             ping_interval=30,
             close_timeout=2,
             create_connection=SidecarServerConnection,
+            select_subprotocol=select_subprotocol,
+            origins=origins_option(self.config.allowed_origins),
         )
         self._tasks.append(asyncio.create_task(self._watch_members()))
         self._tasks.append(asyncio.create_task(self.delivery.expire_acks()))
