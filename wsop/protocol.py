@@ -40,8 +40,19 @@ TOO_LARGE: Final = "too_large"
 NOT_FOUND: Final = "not_found"
 UNAVAILABLE: Final = "unavailable"
 INTERNAL: Final = "internal"
+RATE_LIMITED: Final = "rate_limited"
+TOO_MANY_RECIPIENTS: Final = "too_many_recipients"
 ERROR_CODES: Final = frozenset(
-    {BAD_REQUEST, FORBIDDEN, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+    {
+        BAD_REQUEST,
+        FORBIDDEN,
+        TOO_LARGE,
+        NOT_FOUND,
+        UNAVAILABLE,
+        INTERNAL,
+        RATE_LIMITED,
+        TOO_MANY_RECIPIENTS,
+    }
 )
 
 # Sidecar → LB control frame on a client's upstream: "\x00wsop:move NAME URL" asks the LB

@@ -112,3 +112,13 @@ def presence_ready_key(epoch: str) -> str:
 def presence_reap_key(sidecar: str) -> str:
     """Lock held (SET NX PX) by the sidecar that is releasing a dead `sidecar`'s presence."""
     return f"{PRESENCE_TAG}:reap:{sidecar}"
+
+
+def connections_key(tenant: str, sidecar: str) -> str:
+    """Hash: user bit index -> connections `sidecar` holds, and "*" -> all (quotas)."""
+    return f"conns:{{{tenant}}}:{sidecar}"
+
+
+def connection_counts_key(tenant: str) -> str:
+    """Set of the tenant's `connections_key` hashes (the sum is the tenant's count)."""
+    return f"conn-counts:{{{tenant}}}"

@@ -16,7 +16,13 @@ import redis
 from wsop.acl import bitmap, keys
 from wsop.acl.ids import IdMode, default_max_users
 from wsop.acl.pipeline import parse_resolve, queue_resolve
-from wsop.acl.scripts import ASSERT_LUA, DIRECTORY_LUA, PRESENCE_LUA, RELEASE_LUA
+from wsop.acl.scripts import (
+    ASSERT_LUA,
+    CONNECTIONS_LUA,
+    DIRECTORY_LUA,
+    PRESENCE_LUA,
+    RELEASE_LUA,
+)
 from wsop.errors import BackendError, NotFound
 
 UserId = int | str
@@ -46,6 +52,7 @@ class LiveAcl:
         self.max_users = max_users or default_max_users()
         self._presence = client.register_script(PRESENCE_LUA)
         self._release = client.register_script(RELEASE_LUA)
+        self._connections = client.register_script(CONNECTIONS_LUA)
         self._presence_tenants: set[tuple[str, str]] = set()
         self._directory = client.register_script(DIRECTORY_LUA)
         self._modes: dict[str, tuple[float, IdMode]] = {}
@@ -96,6 +103,31 @@ class LiveAcl:
             args=[index, delta],
         )
 
+    async def count_connection(
+        self,
+        sidecar: str,
+        tenant: str,
+        index: int,
+        delta: int,
+        per_user: int = 0,
+        per_tenant: int = 0,
+        enforce: bool = True,
+    ) -> tuple[str, int] | None:
+        """Count a connection `sidecar` takes (+1) or lost (-1) for the quotas; a +1 over
+        a limit (across every sidecar) is refused: ('user' | 'tenant', count now)."""
+        if delta > 0 and (sidecar, tenant) not in self._presence_tenants:
+            # so that a crash's counts are released with its presence, tenant by tenant
+            await self.client.sadd(keys.presence_tenants_key(sidecar), tenant)
+            self._presence_tenants.add((sidecar, tenant))
+        reply = await self._connections(
+            keys=[keys.connections_key(tenant, sidecar), keys.connection_counts_key(tenant)],
+            args=[index, delta, per_user, per_tenant, int(enforce)],
+        )
+        if int(reply[0]):
+            return None
+        what = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        return what, int(reply[2])
+
     async def release(self, sidecar: str) -> int:
         """Drop everything `sidecar` ever marked online (start-up after a crash, shutdown)."""
         tenants_key = keys.presence_tenants_key(sidecar)
@@ -107,6 +139,8 @@ class LiveAcl:
                     keys.presence_key(tenant, sidecar),
                     keys.presence_holders_key(tenant),
                     keys.temp_key(tenant, "release"),
+                    keys.connections_key(tenant, sidecar),
+                    keys.connection_counts_key(tenant),
                 ]
             )
         await self.client.delete(tenants_key)

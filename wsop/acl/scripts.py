@@ -76,11 +76,16 @@ redis.call('SETBIT', KEYS[1], idx, 0)
 return 0
 """
 
-# Drop one sidecar's presence in a tenant: clear the online bits only it was holding.
+# Drop one sidecar's presence in a tenant: clear the online bits only it was holding
+# (KEYS 5 and 6, when given: its connection counts and the tenant's set of them).
 # online &= NOT (mine AND NOT OR(others)); strings are padded before NOT so that bits
 # past a shorter operand are kept, not cleared. KEYS: online, mine, holders, scratch.
 RELEASE_LUA = """
 redis.call('SREM', KEYS[3], KEYS[2])
+if KEYS[5] then  -- and its connection counts (quotas): all of them go with it
+  redis.call('DEL', KEYS[5])
+  redis.call('SREM', KEYS[6], KEYS[5])
+end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local function pad(key, n)
   if redis.call('STRLEN', key) < n then redis.call('SETRANGE', key, n - 1, '\\0') end
@@ -195,3 +200,41 @@ class RawResolution:
     team_exists: list[bool]
     bits: bytes
     forbidden_team: int | None = None
+
+
+# Connection counts for the quotas: one hash per sidecar and tenant (`conns:{T}:<me>`,
+# user bit index -> connections, "*" -> all), the tenant's set of them, so a crashed
+# sidecar's counts go with its presence (RELEASE_LUA). +1 admits (or refuses, when a
+# limit is reached across every sidecar and `enforce` is 1); -1 never goes below 0.
+# KEYS: mine, holders; ARGV: index, +1|-1, per-user limit, per-tenant limit, enforce.
+# Returns {1} admitted/done, or {0, 'user'|'tenant', count}.
+CONNECTIONS_LUA = """
+local idx, delta = ARGV[1], tonumber(ARGV[2])
+if delta < 0 then
+  if redis.call('HINCRBY', KEYS[1], idx, -1) <= 0 then redis.call('HDEL', KEYS[1], idx) end
+  if redis.call('HINCRBY', KEYS[1], '*', -1) <= 0 then
+    redis.call('DEL', KEYS[1])
+    redis.call('SREM', KEYS[2], KEYS[1])
+  end
+  return {1}
+end
+local per_user, per_tenant = tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[5] == '1' and (per_user > 0 or per_tenant > 0) then
+  local counts = redis.call('SMEMBERS', KEYS[2])
+  local mine = false
+  for _, key in ipairs(counts) do mine = mine or key == KEYS[1] end
+  if not mine then counts[#counts + 1] = KEYS[1] end
+  local user_n, tenant_n = 0, 0
+  for _, key in ipairs(counts) do
+    local got = redis.call('HMGET', key, idx, '*')
+    user_n = user_n + (tonumber(got[1]) or 0)
+    tenant_n = tenant_n + (tonumber(got[2]) or 0)
+  end
+  if per_user > 0 and user_n >= per_user then return {0, 'user', user_n} end
+  if per_tenant > 0 and tenant_n >= per_tenant then return {0, 'tenant', tenant_n} end
+end
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('HINCRBY', KEYS[1], idx, 1)
+redis.call('HINCRBY', KEYS[1], '*', 1)
+return {1}
+"""

@@ -265,3 +265,46 @@ def parse_origins(spec: str | None) -> tuple[str, ...] | None:
     if not origins:
         raise UsageError("--allowed-origins is empty; leave it out to admit any origin")
     return origins
+
+
+QuotasFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--quotas",
+        metavar="FILE",
+        help="Per-tenant limits (JSON or YAML: default + tenants; docs/security.md).",
+    ),
+]
+PerUserOpt = Annotated[
+    int,
+    typer.Option("--max-connections-per-user", metavar="N", help="Across the stack; 0: no limit."),
+]
+PerTenantOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-connections-per-tenant", metavar="N", help="Across the stack; 0: no limit."
+    ),
+]
+RateOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-messages-per-second",
+        metavar="R",
+        help="Per connection (bursts of 2R); over it: rate_limited errors. 0: no limit.",
+    ),
+]
+RecipientsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-recipients", metavar="N", help="Online recipients of one message; 0: no limit."
+    ),
+]
+
+
+def build_quotas(path: Path | None, per_user: int, per_tenant: int, rate: float, recipients: int):
+    """The stack's `Quotas`: the flags are the defaults a quotas file overrides per
+    tenant (and may override for everyone in its "default" section)."""
+    from wsop.quotas import Limits, Quotas
+
+    base = Limits(per_user, per_tenant, rate, recipients)
+    return Quotas.load(path, base) if path is not None else Quotas(base)

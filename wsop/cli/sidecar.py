@@ -15,9 +15,15 @@ from wsop.cli.app import (
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
+    PerTenantOpt,
+    PerUserOpt,
+    QuotasFileOpt,
+    RateOpt,
+    RecipientsOpt,
     RedisOpt,
     SelectorOpt,
     ServiceOpt,
+    build_quotas,
     membership_source,
     parse_origins,
     server_admin_token,
@@ -25,6 +31,11 @@ from wsop.cli.app import (
 )
 from wsop.errors import BackendUnavailable, UsageError
 from wsop.k8s.discovery import DEFAULT_SELECTOR
+from wsop.quotas import (
+    DEFAULT_CONNECTIONS_PER_USER,
+    DEFAULT_MAX_RECIPIENTS,
+    DEFAULT_MESSAGES_PER_SECOND,
+)
 
 HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")]
 
@@ -69,6 +80,11 @@ def sidecar_cmd(
             "a killed sidecar's users are offline within lease + heartbeat.",
         ),
     ] = 10.0,
+    quotas: QuotasFileOpt = None,
+    max_connections_per_user: PerUserOpt = DEFAULT_CONNECTIONS_PER_USER,
+    max_connections_per_tenant: PerTenantOpt = 0,
+    max_messages_per_second: RateOpt = DEFAULT_MESSAGES_PER_SECOND,
+    max_recipients: RecipientsOpt = DEFAULT_MAX_RECIPIENTS,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.acl.live import LiveAcl
@@ -82,6 +98,10 @@ def sidecar_cmd(
     algo = algo or DEFAULT_ALGORITHM
     check_routing_algorithm(algo)  # unknown or unroutable: fail before anything starts
     origins = parse_origins(allowed_origins)
+    limits = build_quotas(
+        quotas, max_connections_per_user, max_connections_per_tenant,
+        max_messages_per_second, max_recipients,
+    )  # fmt: skip
     admin_token = server_admin_token("sidecar")
     secret = server_secret(insecure, "sidecar")
     url = resolve_url(redis_url)
@@ -98,6 +118,7 @@ def sidecar_cmd(
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
         allowed_origins=origins,
+        quotas=limits,
         heartbeat_s=heartbeat,
         lease_s=lease,
     )

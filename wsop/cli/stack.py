@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wsop.cli.app import JsonOpt, RedisOpt
+from wsop.cli.app import JsonOpt, QuotasFileOpt, RedisOpt
 from wsop.cli.output import emit, err_console
 
 SidecarsOpt = Annotated[int, typer.Option("--sidecars", help="Number of sidecar processes.")]
@@ -56,6 +56,7 @@ def up_cmd(
     ] = False,
     algo: Annotated[str | None, typer.Option("--algo", help="Ring algorithm.")] = None,
     redis_url: RedisOpt = None,
+    quotas: QuotasFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start Redis (embedded by default), N sidecars and the LB on loopback."""
@@ -69,7 +70,7 @@ def up_cmd(
         )
     if detach:
         payload = {
-            **stack.up(sidecars, port, insecure, algo, redis_url).to_json(),
+            **stack.up(sidecars, port, insecure, algo, redis_url, quotas).to_json(),
             "detached": True,
         }
         emit(payload, as_json, _render(payload, "wsop stack is up"))
@@ -77,7 +78,7 @@ def up_cmd(
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     started = False
     try:  # any way out of the foreground brings the stack down, even mid-start
-        payload = {**stack.up(sidecars, port, insecure, algo, redis_url).to_json()}
+        payload = {**stack.up(sidecars, port, insecure, algo, redis_url, quotas).to_json()}
         started = True
         payload["detached"] = False
         emit(payload, as_json, _render(payload, "wsop stack is up"))

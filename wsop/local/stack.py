@@ -18,6 +18,7 @@ import secrets
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from wsop.errors import BackendUnavailable, UsageError, WsopError
@@ -117,6 +118,7 @@ def _start_sidecar(
         *("--members-file", str(stack_file.members_path())),
         *("--redis", record.redis_url, "--algo", record.algo),
         *(["--insecure"] if record.insecure else []),
+        *(["--quotas", record.quotas] if record.quotas else []),
     ]
     proc = stack_proc.spawn(name, argv, _child_env(record))
     return ProcRecord(name, f"ws://{stack_proc.HOST}:{port}", proc.pid), proc
@@ -187,8 +189,10 @@ def up(
     insecure: bool = False,
     algo: str | None = None,
     redis_url: str | None = None,
+    quotas: Path | None = None,
 ) -> StackStatus:
-    """Start Redis (embedded unless given), N sidecars and the LB; return once routable."""
+    """Start Redis (embedded unless given), N sidecars and the LB; return once routable.
+    `quotas`: a quotas file for every sidecar (checked here first)."""
     from wsop.auth import SECRET_ENV
     from wsop.backend import resolve_url
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
@@ -198,6 +202,10 @@ def up(
         raise UsageError(f"--port must be 1-65535, got {port}")
     algo = algo or DEFAULT_ALGORITHM
     check_routing_algorithm(algo)
+    if quotas is not None:
+        from wsop.quotas import Quotas
+
+        Quotas.load(quotas)  # a bad file fails here, not in every sidecar
     with stack_file.locked():
         running = _running()
         if running is not None:
@@ -216,6 +224,7 @@ def up(
             admin_token=secrets.token_urlsafe(32),
             secret=secret,
             lb=ProcRecord("lb", f"ws://{stack_proc.HOST}:{port}", 0),
+            quotas=str(quotas.resolve()) if quotas is not None else None,
         )
         children: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
         try:

@@ -89,6 +89,8 @@ class StackRecord:
     secret: str | None = None
     sidecars: tuple[ProcRecord, ...] = field(default_factory=tuple)
     version: int = 1
+    quotas: str | None = None
+    """The quotas file every sidecar of the stack is started with (absolute path)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class StackRecord:
             "secret": self.secret,
             "lb": self.lb.to_json(),
             "sidecars": [s.to_json() for s in self.sidecars],
+            "quotas": self.quotas,
         }
 
     @classmethod
@@ -120,6 +123,7 @@ class StackRecord:
                 lb=ProcRecord.from_json(data["lb"], f"{where}: lb"),
                 sidecars=sidecars,
                 version=int(data.get("version", 1)),
+                quotas=data.get("quotas"),
             )
         except KeyError as exc:
             raise InputError(f"{where}: missing {exc.args[0]!r}") from None

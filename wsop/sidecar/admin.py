@@ -10,11 +10,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import redis
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from wsop import lbsignal, protocol
-from wsop.auth import AuthError, identity_from_request
+from wsop.auth import AuthError, Identity, identity_from_request
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
     admin_refusal,
@@ -72,6 +73,32 @@ async def process_request(
     if path == "/drain":
         return await drain(sidecar, conn, query(request).get("to"))
     return text_response(conn, 404, f"no such endpoint: {path}")
+
+
+async def admit(
+    sidecar: Sidecar, conn: ServerConnection, ident: Identity, index: int
+) -> Response | None:
+    """Count the connection against its user's and tenant's limits (across every
+    sidecar, in Redis), or refuse it with 429. A client the LB is moving here is
+    counted but never refused: its old connection closes in a moment."""
+    limits = sidecar.config.quotas.of(ident.tenant)
+    if not (limits.connections_per_user or limits.connections_per_tenant):
+        return None
+    moving = getattr(conn, "wsop_moved_from", None) is not None
+    try:
+        over = await sidecar.acl.count_connection(
+            sidecar.config.name, ident.tenant, index, +1,
+            limits.connections_per_user, limits.connections_per_tenant, not moving,
+        )  # fmt: skip
+    except redis.RedisError as exc:
+        return text_response(conn, 503, f"presence store unavailable: {exc}"[:200])
+    if over is not None:
+        what, count = over
+        limit = getattr(limits, f"connections_per_{what}")
+        sidecar.metrics.quota_refused.labels(what, sidecar.metrics.tenant_label(ident.tenant)).inc()
+        return text_response(conn, 429, f"too many connections for this {what}: {count} of {limit}")
+    conn.wsop_counted = True  # type: ignore[attr-defined]
+    return None
 
 
 def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Response:

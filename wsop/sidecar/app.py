@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -29,6 +29,7 @@ from wsop.auth import Identity
 from wsop.discovery import MembershipSource
 from wsop.errors import UsageError, WsopError
 from wsop.httpadmin import origins_option, select_subprotocol, text_response
+from wsop.quotas import Quotas, TokenBucket
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
 from wsop.sidecar.client import ClientSession, SidecarServerConnection
@@ -66,6 +67,8 @@ class SidecarConfig:
     upstream: str | None = None
     allowed_origins: tuple[str, ...] | None = None
     """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
+    quotas: Quotas = field(default_factory=Quotas)
+    """Connections per user and tenant, messages/s, recipients: `wsop.quotas`."""
     # presence healing (wsop/sidecar/presence.py): heartbeat, lease, team-message wait
     heartbeat_s: float = 2.0
     lease_s: float = 10.0
@@ -101,8 +104,8 @@ class Sidecar:
             lambda: self._sessions, self.metrics.registry,
         )  # fmt: skip
         self.messages = ClientMessages(
-            config.max_frame_bytes, self.router, self.delivery, self.presence, self.outbox,
-            self.metrics,
+            config.max_frame_bytes, config.quotas, self.router, self.delivery, self.presence,
+            self.outbox, self.metrics,
         )  # fmt: skip
 
     def placement_for(self, members: dict[str, str]):
@@ -127,6 +130,7 @@ class Sidecar:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            process_response=self._process_response,
             max_size=PEER_MAX_FRAME_BYTES,  # peers' limit; clients get theirs at the handshake
             compression=None,
             ping_interval=30,
@@ -212,6 +216,17 @@ class Sidecar:
         conn.protocol.max_message_size = self.config.max_frame_bytes
         return None
 
+    async def _process_response(
+        self, conn: ServerConnection, request: Request, response: Response
+    ) -> Response | None:
+        """A client's connection is counted against its quotas only now, once the
+        handshake succeeds (a 101: origin and subprotocol were checked after
+        `process_request`), so a refused handshake never leaves a count behind."""
+        index = getattr(conn, "wsop_index", None)
+        if response.status_code != 101 or index is None:
+            return None
+        return await admin.admit(self, conn, conn.wsop_identity, index)  # type: ignore[attr-defined]
+
     def connections_report(self) -> dict[str, Any]:
         return admin.connections_report(self)
 
@@ -232,6 +247,10 @@ class Sidecar:
         session = ClientSession(
             conn.protocol, ident, index, self, getattr(conn, "wsop_via_lb", False)
         )
+        session.counted = getattr(conn, "wsop_counted", False)
+        rate = self.config.quotas.of(ident.tenant).messages_per_second
+        if rate:
+            session.bucket = TokenBucket(rate, 2 * rate, time.monotonic())
         # Registered first, so deliveries queue in the session while presence is set;
         # the client's own frames wait in the stash until then (a team message must
         # see its sender online).
@@ -264,6 +283,9 @@ class Sidecar:
         if app is not None:
             self._spawn(app.close(1000, "client left"))
         ident = session.ident
+        if session.counted:
+            session.counted = False
+            self._spawn(self._uncount(ident, session.index))
         last, change = self.router.disconnect(ident.tenant, ident.user, session)
         if change:
             self.peers.send(change.owner, Holding(change.tenant, change.user, False))
@@ -341,6 +363,12 @@ class Sidecar:
         pending = self.messages.route(session, session.ident, session.index, data)
         if pending is not None:
             await pending
+
+    async def _uncount(self, ident: Identity, index: int) -> None:
+        try:
+            await self.acl.count_connection(self.config.name, ident.tenant, index, -1)
+        except redis.RedisError as exc:  # the count heals when this sidecar is released
+            log.warning("uncounting a connection of %s/%s: %s", ident.tenant, ident.user, exc)
 
     async def _clear_presence(self, ident: Identity, index: int) -> None:
         """Clear the user's presence here, retrying: a missed clear would keep the user

@@ -38,6 +38,7 @@ from wsop import protocol as wire
 from wsop.auth import Identity
 from wsop.detach import Detachable
 from wsop.httpadmin import path_of
+from wsop.quotas import TokenBucket
 from wsop.sidecar.framing import FrameReader
 from wsop.sidecar.outbox import Outbox
 
@@ -83,6 +84,8 @@ class ClientSession(FrameReader):
         "_slow_timer",
         "open",
         "via_lb",
+        "bucket",
+        "counted",
     )
 
     def __init__(
@@ -106,6 +109,10 @@ class ClientSession(FrameReader):
         """The socket is still ours (until `connection_lost`)."""
         self.via_lb = via_lb
         """An LB holds this client (it said so in the handshake): it can be moved."""
+        self.bucket: TokenBucket | None = None
+        """Paces its messages (`messages_per_second`); None: no limit."""
+        self.counted = False
+        """It is counted in the tenant's connections (quotas): uncount it when it goes."""
 
     # -- asyncio.Protocol --------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import redis
 from wsop import protocol
 from wsop.auth import Identity
 from wsop.errors import NotFound
+from wsop.quotas import Quotas
 from wsop.sidecar.acks import PendingAck
 from wsop.sidecar.delivery import Delivery
 from wsop.sidecar.metrics import SidecarMetrics
@@ -39,6 +40,7 @@ class ClientMessages:
     def __init__(
         self,
         max_frame_bytes: int,
+        quotas: Quotas,
         router: Router,
         delivery: Delivery,
         presence: Presence,
@@ -46,6 +48,7 @@ class ClientMessages:
         metrics: SidecarMetrics,
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.quotas = quotas
         self.router = router
         self.delivery = delivery
         self.peers = delivery.peers
@@ -64,6 +67,13 @@ class ClientMessages:
         except protocol.ProtocolError as exc:
             self.metrics.errors.labels(exc.code).inc()
             self.outbox.send((conn,), exc.to_frame())
+            return None
+        self.metrics.tenant_messages(ident.tenant).inc()
+        bucket = getattr(conn, "bucket", None)
+        if bucket is not None and not bucket.take(time.monotonic()):
+            self.metrics.rate_limited.labels(self.metrics.tenant_label(ident.tenant)).inc()
+            limit = self.quotas.of(ident.tenant).messages_per_second
+            self._error(conn, msg.id, protocol.RATE_LIMITED, f"over {limit:g} messages/s")
             return None
         if isinstance(msg, protocol.TeamMessage):
             return self._team(conn, ident, index, msg, started)
@@ -92,10 +102,19 @@ class ClientMessages:
                 conn, msg.id, protocol.FORBIDDEN, f"you are not a member of team {forbidden!r}"
             )
             return
+        tenant = ident.tenant
+        limit = self.quotas.of(tenant).max_recipients
+        if limit and len(users) > limit:
+            self._error(
+                conn,
+                msg.id,
+                protocol.TOO_MANY_RECIPIENTS,
+                f"{len(users)} online recipients; this stack allows {limit} a message",
+            )
+            return
         ts = int(time.time() * 1000)
         frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
         pending = PendingAck(conn, msg.id, started, done=self._done)
-        tenant = ident.tenant
         if len(users) <= TEAM_SLICE_USERS:
             plan = self.router.plan(tenant, users)
             forwarded = self.delivery.execute(tenant, plan, frame, pending, TO_OWNER)

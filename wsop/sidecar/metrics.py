@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+TENANT_LABELS = 20
+"""Tenants that get a label of their own in per-tenant metrics."""
+
 
 class LazyCounter:
     """An int for the hot path; `sync` hands what accumulated to the prometheus child."""
@@ -67,6 +70,27 @@ class SidecarMetrics:
             "Client connections closed because they stopped reading their messages",
             registry=self.registry,
         )
+        self.quota_refused = Counter(
+            "wsop_quota_refused",
+            "Handshakes refused (429) over a connection limit",
+            ["limit", "tenant"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "wsop_rate_limited",
+            "Messages refused with rate_limited",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self._tenants: dict[str, str] = {}
+        self._tenant_messages = Counter(
+            "wsop_tenant_messages_in",
+            "Client messages received, by tenant (the first 20 tenants; the rest: other)",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self._per_tenant: dict[str, LazyCounter] = {}
+        self._by_label: dict[str, LazyCounter] = {}
         self.errors = Counter(
             "wsop_client_errors", "Error frames sent to clients", ["code"], registry=self.registry
         )
@@ -86,7 +110,31 @@ class SidecarMetrics:
         )
         self.info.labels(**labels).set(1)
 
+    def tenant_label(self, tenant: str) -> str:
+        """The `tenant` label value: the first `TENANT_LABELS` tenants seen get their own,
+        every later one is "other" — a label per tenant would be unbounded cardinality."""
+        label = self._tenants.get(tenant)
+        if label is None:
+            label = tenant if len(self._tenants) < TENANT_LABELS else "other"
+            if len(self._tenants) < 4 * TENANT_LABELS:  # bounded memory for the lookups
+                self._tenants[tenant] = label
+        return label
+
+    def tenant_messages(self, tenant: str) -> LazyCounter:
+        """The per-tenant message counter (an int on the hot path, synced on scrape)."""
+        counter = self._per_tenant.get(tenant)
+        if counter is None:
+            label = self.tenant_label(tenant)
+            counter = self._by_label.get(label)
+            if counter is None:
+                counter = self._by_label[label] = LazyCounter(self._tenant_messages.labels(label))
+            if len(self._per_tenant) < 4 * TENANT_LABELS:
+                self._per_tenant[tenant] = counter
+        return counter
+
     def render(self) -> bytes:
+        for counter in self._by_label.values():
+            counter.sync()
         for counter in self._lazy:
             counter.sync()
         return generate_latest(self.registry)
