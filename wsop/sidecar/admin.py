@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from wsop import protocol
+from wsop.acl.ids import IdMode
 from wsop.auth import AuthError, identity_from_request
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
@@ -78,8 +79,7 @@ def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Re
         return json_response(conn, 400, {"error": "need tenant, user and to"})
     if target not in members:
         return json_response(conn, 404, {"error": f"no sidecar named {target!r}"})
-    user = protocol.normalize_user_id(raw_user)
-    conns = movable(sidecar.router.connections(tenant, user)) if user is not None else []
+    conns = movable(held(sidecar, tenant, raw_user))
     if target == sidecar.config.name or not conns:
         return json_response(conn, 200, {"moved": 0})
     sidecar.outbox.send(conns, protocol.move_frame(target, members[target]))
@@ -117,6 +117,17 @@ async def drain(sidecar: Sidecar, conn: ServerConnection, to: str | None) -> Res
         targets[target] += sidecar.outbox.send(conns, protocol.move_frame(target, others[target]))
     moving = sum(targets.values())
     return json_response(conn, 200, {"moving": moving, "to": dict(targets), "unmovable": unmovable})
+
+
+def held(sidecar: Sidecar, tenant: str, text: str) -> set[ClientSession]:
+    """The connections here of the user whose id is `text` (a query value): exactly that
+    user. A tenant's ids are all str or all int (wsop/acl/ids.py), so at most one of the
+    two keys can hold connections, and "007" never finds user 7."""
+    found: set[ClientSession] = set()
+    for user in {protocol.normalize_user_id(text, mode) for mode in IdMode}:
+        if user is not None:
+            found |= sidecar.router.connections(tenant, user)  # type: ignore[arg-type]
+    return found
 
 
 def movable(sessions: Iterable[ClientSession]) -> list[ClientSession]:

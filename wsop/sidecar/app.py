@@ -189,11 +189,18 @@ class Sidecar:
         if response is not None or ident is None:
             return response
         try:
-            index = await self.acl.bit_index(ident.tenant, ident.user)
+            # exact identities (wsop/acl/ids.py): the tenant's id mode says who this is
+            mode = await self.acl.id_mode(ident.tenant)
+            user = protocol.normalize_user_id(ident.user, mode)
+            index = None if user is None else await self.acl.bit_index(ident.tenant, user)
         except redis.RedisError as exc:
             return text_response(conn, 503, f"presence store unavailable: {exc}"[:200])
+        if user is None:
+            why = f"user id {ident.user!r} is not valid in {mode} tenant {ident.tenant!r}"
+            return text_response(conn, 403, f"{why}: it must be {mode.rule}")
         if index is None:
             return text_response(conn, 403, "user id not valid for this tenant")
+        conn.wsop_identity = Identity(ident.tenant, user)  # type: ignore[attr-defined]
         conn.wsop_index = index  # type: ignore[attr-defined]
         conn.protocol.max_message_size = self.config.max_frame_bytes
         return None
