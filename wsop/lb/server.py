@@ -27,10 +27,23 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
-from wsop.auth import AuthError, Identity, identity_from_request
+from wsop.auth import (
+    DEFAULT_LEEWAY_S,
+    DEFAULT_MAX_LIFETIME_S,
+    AuthError,
+    Identity,
+    TokenVerifier,
+    identity_from_request,
+)
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
-from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response, text_response
+from wsop.httpadmin import (
+    PROMETHEUS_CONTENT_TYPE,
+    admin_refusal,
+    json_response,
+    request_refusal,
+    text_response,
+)
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
@@ -72,9 +85,21 @@ class LBConfig:
     """After a switch, the old sidecar closes the old upstream once it owes the client
     nothing (acks of messages still in flight: up to their 10 s timeout); this is the
     backstop after which the LB closes it itself."""
+    # client tokens (wsop/auth.py): RS256/ES256 keys besides the HS256 secret, and policy
+    jwt_public_key: str | None = None
+    jwks: str | None = None
+    leeway_s: int = DEFAULT_LEEWAY_S
+    max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
         check_routing_algorithm(self.algo)
+        self.token_verifier()  # key files readable, leeway and lifetime sane
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """What client tokens are checked with (None: no key at all, an insecure stack)."""
+        return TokenVerifier.from_settings(
+            self.secret, self.jwt_public_key, self.jwks, self.leeway_s, self.max_token_lifetime_s
+        )
 
 
 class LoadBalancer:
@@ -82,6 +107,7 @@ class LoadBalancer:
 
     def __init__(self, config: LBConfig) -> None:
         self.config = config
+        self.verifier = config.token_verifier()
         self.stats = LBStats()
         self.registry = make_registry(self.stats, config.name)
         self.members: Members = {}
@@ -128,15 +154,19 @@ class LoadBalancer:
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        malformed = request_refusal(request)  # duplicate headers: 400, never a 500
+        if malformed:
+            self.stats.auth_failures += 1
+            return text_response(connection, 400, malformed)
         path = urlsplit(request.path).path
         if path == WS_PATH:
             try:
                 identity = identity_from_request(
-                    request.path, request.headers, self.config.secret, self.config.insecure
+                    request.path, request.headers, self.verifier, self.config.insecure
                 )
-            except AuthError as exc:
+            except AuthError as exc:  # 401, or 400 for a malformed Authorization header
                 self.stats.auth_failures += 1
-                return text_response(connection, 401, str(exc))
+                return text_response(connection, exc.http_status, str(exc))
             return await self._open_leg(connection, request, identity)
         if path == "/healthz":
             return json_response(connection, 200, {"status": "ok", "name": self.config.name})

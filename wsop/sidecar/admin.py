@@ -21,6 +21,7 @@ from wsop.httpadmin import (
     json_response,
     path_of,
     query,
+    request_refusal,
     text_response,
 )
 
@@ -33,14 +34,17 @@ async def process_request(
     sidecar: Sidecar, conn: ServerConnection, request: Request
 ) -> Response | None:
     config = sidecar.config
+    malformed = request_refusal(request)  # duplicate headers: 400, never a 500
+    if malformed:
+        return text_response(conn, 400, malformed)
     path = path_of(request)
     if path == "/ws":
         try:
             ident = identity_from_request(
-                request.path, request.headers, config.secret, config.insecure
+                request.path, request.headers, sidecar.verifier, config.insecure
             )
-        except AuthError as exc:
-            return text_response(conn, 401, str(exc))
+        except AuthError as exc:  # 401, or 400 for a malformed Authorization header
+            return text_response(conn, exc.http_status, str(exc))
         conn.wsop_identity = ident  # type: ignore[attr-defined]
         conn.wsop_moved_from = query(request).get("moved_from")  # type: ignore[attr-defined]
         conn.wsop_via_lb = request.headers.get(protocol.VIA_HEADER) == "lb"  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ from websockets.http11 import Request, Response
 
 from wsop import protocol
 from wsop.acl.live import LiveAcl
-from wsop.auth import Identity
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, Identity, TokenVerifier
 from wsop.discovery import MembershipSource
 from wsop.httpadmin import text_response
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
@@ -67,15 +67,28 @@ class SidecarConfig:
     heartbeat_s: float = 2.0
     lease_s: float = 10.0
     presence_wait_s: float = 5.0
+    # client tokens (wsop/auth.py): RS256/ES256 keys besides the HS256 secret, and policy
+    jwt_public_key: str | None = None
+    jwks: str | None = None
+    leeway_s: int = DEFAULT_LEEWAY_S
+    max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
         check_routing_algorithm(self.algo)
         self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
+        self.token_verifier()  # key files readable, leeway and lifetime sane
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """What client tokens are checked with (None: no key at all, an insecure stack)."""
+        return TokenVerifier.from_settings(
+            self.secret, self.jwt_public_key, self.jwks, self.leeway_s, self.max_token_lifetime_s
+        )
 
 
 class Sidecar:
     def __init__(self, config: SidecarConfig, acl: LiveAcl, members: MembershipSource) -> None:
         self.config = config
+        self.verifier = config.token_verifier()
         self.acl = acl
         self.members = members
         self.metrics = SidecarMetrics(config.name)
