@@ -1,10 +1,14 @@
 """Malformed and duplicate headers on real servers (issue 11): HTTP 400 with the reason,
 never a 500, never a traceback in the log. Before the fix, a second `Authorization` or
 admin-token header made websockets' `Headers.get` raise MultipleValuesError inside
-`process_request`: a 500, logged with a traceback, on the LB and on the sidecar."""
+`process_request`: a 500, logged with a traceback, on the LB and on the sidecar.
+
+Also the token flags, end to end through `wsop lb` (the LB checks a token before it
+dials a sidecar, so a 503 "sidecar unavailable" means the token was accepted)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,11 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from tests.stack_helpers import ROOT, Sidecars, wait_healthy
+from wsop.auth import mint_token
+from wsop.jwtkeys import SigningKey
 from wsop.local.redis_binary import free_port
 
 ADMIN = "admin-token-for-tests"
+SECRET = "h" * 32
 
 
 def raw_request(port: int, path: str, headers: list[tuple[str, str]]) -> tuple[int, str]:
@@ -105,3 +114,40 @@ def test_duplicate_and_malformed_headers_are_400_with_a_reason(stack) -> None:
     time.sleep(0.3)  # let the logs flush
     assert_clean_log(lb_log)
     assert_clean_log(lb_log.parent / "s0.log")
+
+
+def test_token_flags_reach_the_lb(tmp_path: Path) -> None:
+    """`wsop lb --jwks FILE --leeway 0 --max-token-lifetime 60`: an ES256 token by kid is
+    accepted (then 503: no sidecar), an unknown kid and a long-lived token get 401."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**json.loads(ECAlgorithm.to_jwk(private.public_key())), "kid": "k1"}
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    port, log = free_port(), tmp_path / "lb.log"
+    with open(log, "wb") as out:
+        lb = subprocess.Popen(
+            [sys.executable, "-m", "wsop.cli.main", "lb", "--port", str(port)]
+            + ["--peers", f"s0=ws://127.0.0.1:{free_port()}", "--algo", "rendezvous"]
+            + ["--jwks", str(tmp_path / "jwks.json"), "--leeway", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "WSOP_SECRET": "", "WSOP_MAX_TOKEN_LIFETIME": "60"},
+            cwd=ROOT,
+        )
+    try:
+        wait_healthy(port)
+
+        def status(token: str) -> tuple[int, str]:
+            return raw_request(port, "/ws", [bearer(token)])
+
+        good = mint_token(SigningKey("ES256", private, "k1"), "acme", "007", ttl_s=60)
+        assert status(good)[0] == 503  # authenticated; the sidecar is not there
+        unknown = mint_token(SigningKey("ES256", private, "k2"), "acme", 1, ttl_s=60)
+        assert status(unknown) == (401, "unknown token key id (kid) 'k2'\n")
+        too_long = mint_token(SigningKey("ES256", private, "k1"), "acme", 1, ttl_s=61)
+        assert status(too_long)[0] == 401 and "exceeds" in status(too_long)[1]
+        hs = mint_token(SECRET, "acme", 1, ttl_s=60)
+        assert status(hs) == (401, "HS256 tokens are not accepted (this server: ES256)\n")
+    finally:
+        lb.terminate()
+        lb.wait(15)
+    assert_clean_log(log)

@@ -11,7 +11,12 @@ from typing import Annotated
 import typer
 
 from wsop import protocol
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
 from wsop.cli.app import (
+    JwksOpt,
+    JwtPublicKeyOpt,
+    LeewayOpt,
+    MaxTokenLifetimeOpt,
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
@@ -21,7 +26,7 @@ from wsop.cli.app import (
     membership_source,
     server_secret,
 )
-from wsop.errors import BackendUnavailable, UsageError
+from wsop.errors import BackendUnavailable
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 
 HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")]
@@ -66,37 +71,41 @@ def sidecar_cmd(
             "a killed sidecar's users are offline within lease + heartbeat.",
         ),
     ] = 10.0,
+    jwt_public_key: JwtPublicKeyOpt = None,
+    jwks: JwksOpt = None,
+    leeway: LeewayOpt = DEFAULT_LEEWAY_S,
+    max_token_lifetime: MaxTokenLifetimeOpt = DEFAULT_MAX_LIFETIME_S,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.acl.live import LiveAcl
     from wsop.backend import connect, connect_async, resolve_url
-    from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
+    from wsop.ring import DEFAULT_ALGORITHM
     from wsop.sidecar.app import Sidecar, SidecarConfig
-    from wsop.sidecar.presence import check_timings
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
-    check_timings(heartbeat, lease, 5.0)  # bad values are usage errors, before any I/O
     algo = algo or DEFAULT_ALGORITHM
-    check_routing_algorithm(algo)  # unknown or unroutable: fail before anything starts
-    secret = server_secret(insecure, "sidecar")
-    url = resolve_url(redis_url)
-    connect(url).close()  # fail fast, with the URL in the message
-    members = membership_source(members_file, peers, namespace, selector, service)
+    # every flag is checked by the config (as for library callers), before any I/O
     config = SidecarConfig(
         name=name,
         host=host,
         port=port,
         algo=algo,
         insecure=insecure,
-        secret=secret,
+        secret=os.environ.get(SECRET_ENV) or None,
         admin_token=os.environ.get("WSOP_ADMIN_TOKEN") or None,
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
         heartbeat_s=heartbeat,
         lease_s=lease,
+        jwt_public_key=jwt_public_key,
+        jwks=jwks,
+        leeway_s=leeway,
+        max_token_lifetime_s=max_token_lifetime,
     )
-    if upstream and not upstream.startswith(("ws://", "wss://")):
-        raise UsageError(f"--upstream must be a ws:// or wss:// URL, got {upstream!r}")
+    server_secret(insecure, "sidecar", bool(jwt_public_key or jwks))  # required? warnings
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    members = membership_source(members_file, peers, namespace, selector, service)
+    url = resolve_url(redis_url)
+    connect(url).close()  # fail fast, with the URL in the message
     run_server(lambda: Sidecar(config, LiveAcl(connect_async(url)), members), name)
 
 

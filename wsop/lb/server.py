@@ -35,6 +35,7 @@ from wsop.auth import (
     TokenVerifier,
     identity_from_request,
 )
+from wsop.checks import check_host, check_member_name, check_port, check_seconds
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
 from wsop.httpadmin import (
@@ -92,7 +93,14 @@ class LBConfig:
     max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
+        """Refuse what `wsop lb` refuses (port 0: let the OS pick a free one)."""
         check_routing_algorithm(self.algo)
+        check_host(self.host)
+        check_port(self.port)
+        check_member_name(self.name, "lb name")
+        check_seconds(self.drain_s, "drain_s")
+        check_seconds(self.open_timeout, "open_timeout", allow_zero=False)
+        check_seconds(self.move_drain_s, "move_drain_s")
         self.token_verifier()  # key files readable, leeway and lifetime sane
 
     def token_verifier(self) -> TokenVerifier | None:
@@ -361,10 +369,11 @@ async def serve_until_signalled(lb: LoadBalancer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await lb.start()
+    server = await lb.start()
     cfg = lb.config
+    port = server.sockets[0].getsockname()[1] if server.sockets else cfg.port  # (--port 0)
     print(
-        f"wsop lb {cfg.name} listening on ws://{cfg.host}:{cfg.port}{WS_PATH} "
+        f"wsop lb {cfg.name} listening on ws://{cfg.host}:{port}{WS_PATH} "
         f"({len(lb.members)} sidecars, algo {cfg.algo})",
         file=sys.stderr,
         flush=True,

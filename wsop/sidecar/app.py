@@ -26,7 +26,9 @@ from websockets.http11 import Request, Response
 from wsop import protocol
 from wsop.acl.live import LiveAcl
 from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, Identity, TokenVerifier
+from wsop.checks import check_host, check_member_name, check_port, check_positive_int, check_seconds
 from wsop.discovery import MembershipSource
+from wsop.errors import UsageError
 from wsop.httpadmin import text_response
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
@@ -74,7 +76,15 @@ class SidecarConfig:
     max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
+        """Refuse what `wsop sidecar` refuses (port 0: let the OS pick a free one)."""
         check_routing_algorithm(self.algo)
+        check_member_name(self.name)
+        check_host(self.host)
+        check_port(self.port)
+        check_positive_int(self.max_frame_bytes, "max_frame_bytes")
+        check_seconds(self.close_window_s, "close_window_s")
+        if self.upstream is not None and not self.upstream.startswith(("ws://", "wss://")):
+            raise UsageError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r}")
         self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
         self.token_verifier()  # key files readable, leeway and lifetime sane
 
