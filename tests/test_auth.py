@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from wsop.auth import (
     AuthError,
     Identity,
+    TokenPolicy,
     identity_from_request,
     mint_token,
     secret_from_env,
@@ -36,7 +37,8 @@ def _b64(obj: dict) -> str:
 
 
 @pytest.mark.parametrize(
-    ("user", "expected"), [(0, 0), (42, 42), ("42", 42), ("u-9f3a", "u-9f3a"), ("ü", "ü")]
+    ("user", "expected"),
+    [(0, 0), (42, 42), ("42", 42), ("007", "007"), ("u-9f3a", "u-9f3a"), ("ü", "ü")],
 )
 def test_round_trip(user, expected):
     token = mint_token(SECRET, "acme", user, ttl_s=60, now=NOW)
@@ -51,9 +53,13 @@ def test_claims_on_the_wire():
 
 
 def test_expired():
+    """Expired at exp, plus the leeway forgiven for clock skew (30 s by default)."""
     token = mint_token(SECRET, "acme", 1, ttl_s=60, now=NOW)
+    assert verify_token(SECRET, token, now=NOW + 89).user == 1
     with pytest.raises(AuthError, match="expired"):
-        verify_token(SECRET, token, now=NOW + 60)
+        verify_token(SECRET, token, now=NOW + 90)
+    with pytest.raises(AuthError, match="expired"):
+        verify_token(SECRET, token, now=NOW + 60, policy=TokenPolicy(leeway_s=0))
 
 
 def test_default_now_is_the_clock():
@@ -107,7 +113,7 @@ def test_missing_claims(missing):
         ({"tenant": "acme", "sub": ""}, "sub"),
         ({"tenant": "acme", "sub": ["1"]}, "sub"),
         ({"tenant": "acme", "sub": "1", "exp": "soon"}, "exp"),
-        ({"tenant": "acme", "sub": "1", "nbf": NOW + 10}, "not valid yet"),
+        ({"tenant": "acme", "sub": "1", "nbf": NOW + 31}, "not valid yet"),
     ],
 )
 def test_bad_claims(claims, needle):

@@ -1,40 +1,59 @@
-"""Who is on the other end of a connection: JWT (HS256) minting and checking, no I/O.
+"""Who is on the other end of a connection: JWT minting and checking, no I/O.
 
-A token carries `tenant`, `sub` (the user id) and `exp` (+ `iat`); the secret comes from
-`WSOP_SECRET`. The LB calls `identity_from_request` with the request path and headers
+A token carries `tenant`, `sub` (the user id) and `exp` (+ `iat`, `nbf`), signed with
+HS256 (the secret in `WSOP_SECRET`) or RS256/ES256 (a PEM public key or a JWKS file:
+`wsop.jwtkeys`). The LB calls `identity_from_request` with the request path and headers
 it already has, so the whole handshake decision is testable without sockets.
 
-Only HS256 is accepted on verification: a token's own `alg` header never chooses the
-algorithm (that is how `alg: none` and RS/HS confusion attacks work).
+The algorithm comes from the key, never from the token alone (`alg: none` and the RS/HS
+confusion attack work that way). Time claims must be integers: `exp` of NaN, Infinity
+or 1e400 would otherwise never expire; a `TokenPolicy` adds a leeway for clock skew
+and a maximum lifetime (docs/security.md, "Tokens").
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import jwt
 
 from wsop.errors import UsageError, WsopError
+from wsop.jwtkeys import HS256, KeyChoiceError, KeySet, SigningKey
 from wsop.protocol import UserId, is_valid_tenant, normalize_user_id
 
-ALGORITHM: Final = "HS256"
+ALGORITHM: Final = HS256
 SECRET_ENV: Final = "WSOP_SECRET"
 # RFC 7518 §3.2: an HS256 key should be at least as long as the hash output.
 MIN_SECRET_BYTES: Final = 32
 DEFAULT_TTL_S: Final = 3600
+DEFAULT_LEEWAY_S: Final = 30
+"""Clock skew forgiven on `exp`, `nbf` and `iat` (seconds; `--leeway`)."""
+DEFAULT_MAX_LIFETIME_S: Final = 24 * 3600
+"""Longest token accepted, exp - iat (`--max-token-lifetime`; 0: no limit)."""
+MAX_NUMERIC_DATE: Final = 2**53
+"""Time claims beyond this are not dates (and not exact as JSON numbers elsewhere)."""
 TENANT_RULE: Final = "tenant names match [A-Za-z0-9_.-]{1,64}"
 
 
 class AuthError(WsopError):
-    """The connection cannot be identified; the LB answers HTTP 401 and closes."""
+    """The connection cannot be identified; the servers answer `http_status` (401)."""
 
     http_status = 401
+
+
+class BadRequest(AuthError):
+    """The handshake request itself is malformed (a header given twice, an Authorization
+    header that is not `Bearer <token>`): HTTP 400, with the reason."""
+
+    http_status = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +107,7 @@ def _jwt_call(key: bytes, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 def mint_token(
-    secret: str | bytes,
+    secret: str | bytes | SigningKey,
     tenant: str,
     user: UserId,
     ttl_s: int = DEFAULT_TTL_S,
@@ -96,10 +115,12 @@ def mint_token(
 ) -> str:
     """A signed token for `user` of `tenant`, valid `ttl_s` seconds from `now`.
 
-    `sub` is always written as a string (RFC 7519 says so, and recent PyJWT checks);
-    a digit string reads back as the int user id.
+    `secret`: the HS256 secret, or a `SigningKey` (RS256/ES256, `wsop.jwtkeys`). `sub`
+    is always written as a string (RFC 7519 says so) and exactly as given: `"007"` stays
+    `"007"` (what it names depends on the tenant's id mode, see wsop/acl/ids.py).
     """
-    key = check_secret(secret)
+    signing = secret if isinstance(secret, SigningKey) else None
+    key = None if signing else check_secret(secret)  # type: ignore[arg-type]
     if not is_valid_tenant(tenant):
         raise UsageError(f"bad tenant {tenant!r}: {TENANT_RULE}")
     canonical = normalize_user_id(user)
@@ -111,6 +132,10 @@ def mint_token(
         raise UsageError(f"ttl must be a positive number of seconds, got {ttl_s!r}")
     issued = int(time.time() if now is None else now)
     claims = {"tenant": tenant, "sub": str(canonical), "iat": issued, "exp": issued + ttl_s}
+    if signing is not None:
+        headers = {"kid": signing.kid} if signing.kid else None
+        return jwt.encode(claims, signing.key, algorithm=signing.alg, headers=headers)
+    assert key is not None
     return _jwt_call(key, jwt.encode, claims, key, algorithm=ALGORITHM)
 
 
@@ -120,94 +145,204 @@ _DECODE_OPTIONS: Final = {
     "verify_nbf": False,
     "verify_iat": False,
     "verify_sub": False,  # we accept an int `sub` from other issuers
+    "verify_jti": False,
     "require": ["exp", "sub", "tenant"],
 }
 
 
-def _is_number(value: object) -> bool:
-    return type(value) is int or type(value) is float
+def _seconds(value: object, flag: str) -> int:
+    if type(value) is not int or value < 0:
+        raise UsageError(f"{flag} must be a whole number of seconds >= 0, got {value!r}")
+    return value
 
 
-def verify_token(secret: str | bytes, token: str, now: float | None = None) -> Identity:
-    """The identity a token vouches for, or AuthError saying why not."""
-    key = check_secret(secret)
-    try:
-        claims = _jwt_call(
-            key, jwt.decode, token, key, algorithms=[ALGORITHM], options=_DECODE_OPTIONS
-        )
-    except jwt.MissingRequiredClaimError as exc:
-        raise AuthError(f"token is missing the {exc.claim!r} claim") from None
-    except jwt.InvalidSignatureError:
-        raise AuthError("token signature does not match the secret") from None
-    except jwt.InvalidAlgorithmError:
-        raise AuthError(f"token algorithm is not {ALGORITHM}") from None
-    except jwt.InvalidTokenError as exc:
-        raise AuthError(f"malformed token: {exc}") from None
+@dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    """How strictly time claims are read: `leeway_s` of clock skew forgiven, and tokens
+    living longer than `max_lifetime_s` refused (0: no limit), so a leaked or mis-minted
+    long-lived token is not good forever."""
 
-    current = time.time() if now is None else now
-    exp = claims["exp"]
-    if not _is_number(exp):
-        raise AuthError("token 'exp' is not a number")
-    if current >= exp:
+    leeway_s: int = DEFAULT_LEEWAY_S
+    max_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
+
+    def __post_init__(self) -> None:
+        _seconds(self.leeway_s, "--leeway")
+        _seconds(self.max_lifetime_s, "--max-token-lifetime")
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> int | None:
+    """A time claim as an int, None when absent; AuthError unless a finite integer.
+
+    JSON has no integer type: 1700000000.0 is accepted, but 1.5, NaN, Infinity and 1e400
+    (which Python reads as inf, and `now < inf` forever) are refused, as are bools.
+    """
+    value = claims.get(name)
+    if value is None:
+        return None
+    if type(value) is float and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 0 <= value < MAX_NUMERIC_DATE:
+        raise AuthError(f"token {name!r} is not an integer NumericDate (UNIX seconds)")
+    return value
+
+
+def check_times(claims: Mapping[str, Any], now: float, policy: TokenPolicy) -> None:
+    """`exp`, `nbf`, `iat` and the lifetime against `now`, with the policy's leeway."""
+    exp = _numeric_date(claims, "exp")
+    nbf, iat = _numeric_date(claims, "nbf"), _numeric_date(claims, "iat")
+    leeway = policy.leeway_s
+    if exp is None:
+        raise AuthError("token is missing the 'exp' claim")
+    if now >= exp + leeway:
         raise AuthError("token has expired")
-    nbf = claims.get("nbf")
-    if nbf is not None and (not _is_number(nbf) or current < nbf):
-        raise AuthError("token is not valid yet")
-    tenant = claims["tenant"]
-    if not is_valid_tenant(tenant):
-        raise AuthError(f"token tenant is invalid: {TENANT_RULE}")
-    user = normalize_user_id(claims["sub"])
-    if user is None:
-        raise AuthError("token 'sub' is not a valid user id")
-    return Identity(tenant, user)
+    if nbf is not None and now < nbf - leeway:
+        raise AuthError("token is not valid yet ('nbf')")
+    if iat is not None and iat > now + leeway:
+        raise AuthError("token was issued in the future ('iat')")
+    limit = policy.max_lifetime_s
+    if limit:
+        lifetime = exp - iat if iat is not None else exp - now - leeway
+        if lifetime > limit:
+            since = "iat" if iat is not None else "now"
+            raise AuthError(
+                f"token lifetime (exp - {since}: {int(lifetime)} s) exceeds the server's "
+                f"maximum of {limit} s"
+            )
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header lookup that works for dicts and websockets' Headers."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
+class TokenVerifier:
+    """Checks tokens against a server's keys and policy (`LBConfig`/`SidecarConfig` build
+    one from their flags)."""
+
+    def __init__(self, keys: KeySet, policy: TokenPolicy | None = None) -> None:
+        self.keys = keys
+        self.policy = policy or TokenPolicy()
+
+    @classmethod
+    def from_settings(
+        cls,
+        secret: str | bytes | None = None,
+        public_key_file: str | Path | None = None,
+        jwks_file: str | Path | None = None,
+        leeway_s: int = DEFAULT_LEEWAY_S,
+        max_lifetime_s: int = DEFAULT_MAX_LIFETIME_S,
+    ) -> TokenVerifier | None:
+        """The verifier for a server's settings; None when it has no key at all (an
+        `--insecure` stack without a secret). Bad files or values: UsageError."""
+        policy = TokenPolicy(leeway_s, max_lifetime_s)
+        keys = KeySet.load(check_secret(secret) if secret else None, public_key_file, jwks_file)
+        return cls(keys, policy) if keys else None
+
+    def verify(self, token: str, now: float | None = None) -> Identity:
+        """The identity a token vouches for, or AuthError saying why not."""
+        try:
+            key = self.keys.select(jwt.get_unverified_header(token))
+            # the key's one algorithm: the token's `alg` only had to name it
+            args = (token, key.key)
+            kwargs = {"algorithms": [key.alg], "options": _DECODE_OPTIONS}
+            if key.alg == HS256:
+                claims = _jwt_call(key.key, jwt.decode, *args, **kwargs)
+            else:
+                claims = jwt.decode(*args, **kwargs)
+        except KeyChoiceError as exc:
+            raise AuthError(str(exc)) from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token is missing the {exc.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError(f"token signature does not match the {key.name}") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("token algorithm is not accepted") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"malformed token: {exc}") from None
+        check_times(claims, time.time() if now is None else now, self.policy)
+        tenant = claims["tenant"]
+        if not is_valid_tenant(tenant):
+            raise AuthError(f"token tenant is invalid: {TENANT_RULE}")
+        user = normalize_user_id(claims["sub"])
+        if user is None:
+            raise AuthError("token 'sub' is not a valid user id")
+        return Identity(tenant, user)
+
+
+Verifier = TokenVerifier | str | bytes
+"""What the checking functions take: a verifier, or just an HS256 secret (default policy)."""
+
+
+def _verifier(key: Verifier) -> TokenVerifier:
+    if isinstance(key, TokenVerifier):
+        return key
+    return TokenVerifier(KeySet(check_secret(key)))
+
+
+def verify_token(
+    key: Verifier, token: str, now: float | None = None, policy: TokenPolicy | None = None
+) -> Identity:
+    """The identity a token vouches for, or AuthError saying why not."""
+    verifier = _verifier(key)
+    if policy is not None:
+        verifier = TokenVerifier(verifier.keys, policy)
+    return verifier.verify(token, now)
+
+
+def single_header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's one value (case-insensitive), None if absent; BadRequest if it is given
+    more than once: two `Authorization` headers are ambiguous, so neither is believed
+    (websockets' `Headers.get` would raise MultipleValuesError: an HTTP 500)."""
+    get_all = getattr(headers, "get_all", None)
+    if get_all is not None:
+        values = list(get_all(name))
+    else:
+        lowered = name.lower()
+        values = [v for k, v in headers.items() if k.lower() == lowered]
+    if len(values) > 1:
+        raise BadRequest(f"the {name} header is given {len(values)} times; send it once")
+    return values[0] if values else None
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
-    value = _header(headers, "Authorization")
+    value = single_header(headers, "Authorization")
     if value is None:
         return None
     scheme, _, credentials = value.strip().partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
-        raise AuthError("Authorization header must be 'Bearer <token>'")
+        raise BadRequest("Authorization header must be 'Bearer <token>'")
     return credentials.strip()
+
+
+def _one_param(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    if values and len(values) > 1:
+        raise BadRequest(f"?{name}= is given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def identity_from_request(
     path_with_query: str,
     headers: Mapping[str, str],
-    secret: str | bytes | None,
+    verifier: Verifier | None,
     insecure: bool = False,
 ) -> Identity:
     """Decide who a WebSocket handshake is for, from its request line and headers.
 
-    A token comes from `Authorization: Bearer …` (preferred) or `?token=…`. With
-    `insecure` (local dev stacks only), `?tenant=T&user=U` is trusted as is; a token,
-    when present and a secret is configured, still wins.
+    A token comes from `Authorization: Bearer …` (preferred) or `?token=…`; `verifier`
+    is a `TokenVerifier` or an HS256 secret. With `insecure` (local dev stacks only),
+    `?tenant=T&user=U` is trusted as is; a token, when present and the server has keys,
+    still wins. The user id comes back as given (`normalize_user_id` without a mode):
+    only the sidecar knows the tenant's id mode and makes it canonical.
     """
-    query = parse_qs(urlsplit(path_with_query).query, keep_blank_values=True)
+    query_text = path_with_query.partition("#")[0].partition("?")[2]  # (urlsplit can raise)
+    query = parse_qs(query_text, keep_blank_values=True)
     token = _bearer(headers)
-    if token is None and "token" in query:
-        token = query["token"][-1]
-        if not token:
+    if token is None:
+        token = _one_param(query, "token")
+        if token == "":
             raise AuthError("empty ?token=")
-    if token is not None and secret:
-        return verify_token(secret, token)
+    if token is not None and verifier:
+        return _verifier(verifier).verify(token)
     if insecure:
-        tenants, users = query.get("tenant"), query.get("user")
-        if tenants and users:
-            tenant, user = tenants[-1], normalize_user_id(users[-1])
+        tenant, raw_user = _one_param(query, "tenant"), _one_param(query, "user")
+        if tenant and raw_user is not None:
+            user = normalize_user_id(raw_user)
             if not is_valid_tenant(tenant):
                 raise AuthError(f"bad ?tenant=: {TENANT_RULE}")
             if user is None:
@@ -216,4 +351,6 @@ def identity_from_request(
         raise AuthError("insecure mode needs ?tenant=T&user=U (or a token and a secret)")
     if token is None:
         raise AuthError("missing token: pass ?token=… or 'Authorization: Bearer …'")
-    raise AuthError(f"the server has no JWT secret ({SECRET_ENV}) to check tokens with")
+    raise AuthError(
+        f"the server has no JWT secret ({SECRET_ENV}) or public key to check tokens with"
+    )

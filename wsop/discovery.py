@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from wsop.checks import check_member_name
 from wsop.errors import InputError, UsageError
 
 Members = dict[str, str]
@@ -59,9 +60,11 @@ def normalize_url(name: str, url: str) -> str:
 
 
 def _check_name(name: str, where: str) -> str:
-    if not name or name != name.strip() or "," in name or "=" in name:
-        raise UsageError(f"{where}: invalid sidecar name {name!r}")
-    return name
+    """Member names are DNS labels (`wsop.checks.check_member_name`), whatever the source."""
+    try:
+        return check_member_name(name)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def parse_peers(spec: str) -> Members:
@@ -112,7 +115,7 @@ class StaticMembership:
     """A fixed membership (``--peers``): `wait_changed` never returns."""
 
     def __init__(self, members: Mapping[str, str]) -> None:
-        self._members = dict(members)
+        self._members = {_check_name(n, "members"): u for n, u in members.items()}
 
     @classmethod
     def from_spec(cls, spec: str) -> StaticMembership:
@@ -213,7 +216,8 @@ class CallableMembership(PollingMembership):
         return self._tick
 
     def fetch(self) -> Members:
-        return {name: normalize_url(name, url) for name, url in self._fn().items()}
+        members = self._fn().items()
+        return {_check_name(name, "members"): normalize_url(name, url) for name, url in members}
 
 
 def source_from_flags(members_file: Path | None, peers: str | None) -> MembershipSource:

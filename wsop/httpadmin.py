@@ -12,10 +12,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
+
+from wsop.auth import single_header
+from wsop.lbsignal import HEADER as LB_HEADER
 
 ADMIN_TOKEN_ENV: Final = "WSOP_ADMIN_TOKEN"
 ADMIN_HEADER: Final = "X-Wsop-Admin-Token"
@@ -26,17 +29,36 @@ def admin_token_from_env(environ: Mapping[str, str] | None = None) -> str | None
     return (os.environ if environ is None else environ).get(ADMIN_TOKEN_ENV) or None
 
 
+SINGLE_HEADERS: Final = ("Authorization", ADMIN_HEADER, LB_HEADER)
+"""Headers the servers read as one value: given twice, they are ambiguous (which one did
+the proxy in front check?), so the request is refused with 400 before anything reads
+them (websockets' `Headers.get` would raise MultipleValuesError: a 500 and a traceback)."""
+
+
+def request_refusal(request: Request) -> str | None:
+    """Why a request is malformed (the servers answer 400 with it), or None."""
+    for name in SINGLE_HEADERS:
+        count = len(request.headers.get_all(name))
+        if count > 1:
+            return f"the {name} header is given {count} times; send it once"
+    target = request.path
+    if not target.startswith("/") or target.startswith("//"):
+        return f"malformed request target {target[:100]!r}: expected /path?query"
+    return None
+
+
 def admin_refusal(headers: Mapping[str, str], token: str | None) -> str | None:
     """Why an admin request is refused, or None when it may proceed.
 
     Accepts `Authorization: Bearer TOKEN`, or `X-Wsop-Admin-Token: TOKEN` for calls that
     come through the Kubernetes API server's pods/proxy, which consumes `Authorization`.
+    A header given twice raises BadRequest (`request_refusal` answers it first).
     """
     if not token:
         return None
-    credentials = (headers.get(ADMIN_HEADER) or "").strip()
+    credentials = (single_header(headers, ADMIN_HEADER) or "").strip()
     if not credentials:
-        given = headers.get("Authorization") or ""
+        given = single_header(headers, "Authorization") or ""
         scheme, _, bearer = given.strip().partition(" ")
         if scheme.lower() != "bearer" or not bearer:
             return f"admin endpoints need 'Authorization: Bearer ${ADMIN_TOKEN_ENV}'"
@@ -61,14 +83,21 @@ def json_response(connection: ServerConnection, status: int, payload: Any) -> Re
     return text_response(connection, status, json.dumps(payload), "application/json")
 
 
+def split_target(target: str) -> tuple[str, str]:
+    """(path, query) of a request target. Not `urlsplit`: it reads "//[x" as a broken
+    IPv6 host and raises (this runs before any refusal can be answered)."""
+    path, _, query = target.partition("#")[0].partition("?")
+    return path, query
+
+
 def path_of(request: Request) -> str:
-    return urlsplit(request.path).path
+    return split_target(request.path)[0]
 
 
 def query(request: Request) -> dict[str, str]:
     """The request's query parameters (last value wins)."""
     return {
-        k: v[-1] for k, v in parse_qs(urlsplit(request.path).query, keep_blank_values=True).items()
+        k: v[-1] for k, v in parse_qs(split_target(request.path)[1], keep_blank_values=True).items()
     }
 
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from wsop.acl.ids import MAX_STRING_ID_CHARS, IdMode, canonical_user_id
 from wsop.acl.keys import TEAM_RE, TENANT_RE
 from wsop.errors import WsopError
 
@@ -80,11 +81,8 @@ def move_frame(target: str, url: str) -> str:
 # Limits. Frame size is the server's choice (passed to `parse_client_frame`).
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
 MAX_ID_CHARS: Final = 128
-MAX_USER_ID_CHARS: Final = 256
+MAX_USER_ID_CHARS: Final = MAX_STRING_ID_CHARS
 MAX_TEAMS: Final = 64
-# Numeric user ids are bitmap offsets; the ACL layer enforces its own (smaller)
-# max_users. This bound only keeps absurd integers out of the stack.
-MAX_NUMERIC_USER_ID: Final = 2**63 - 1
 
 
 # TENANT_RE / TEAM_RE come from wsop.acl.keys: the names end up inside Redis keys, so
@@ -142,25 +140,16 @@ def is_valid_team(name: object) -> bool:
     return isinstance(name, str) and TEAM_RE.fullmatch(name) is not None
 
 
-def normalize_user_id(value: object) -> UserId | None:
-    """The canonical form of a user id, or None if it is not one.
+def normalize_user_id(value: object, mode: IdMode | None = None) -> UserId | None:
+    """The canonical id `value` names in a tenant of id `mode`, or None if it names none.
 
-    Integers (not bools) in [0, 2^63) stay ints; an ASCII digit string becomes the
-    int it spells, so `"42"` and `42` are one user whether they came from a JWT `sub`
-    or a frame's `to`. Any other printable string of ≤ 256 chars without surrounding
-    spaces is a string id (isprintable also rejects lone surrogates, which could not be
-    encoded for Redis), except a signed number like "-1", which is refused as a typo.
+    The rule lives in `wsop.acl.ids` (docs/protocol.md, "Identifiers"): a user *is* its
+    text, so `"007"` and `"7"` are two users; int tenants take only canonical integers
+    (`7` or `"7"`), string tenants any printable string (an int n is `"n"`). Without a
+    mode (the LB, a token: the tenant is not known yet) the value comes back as given,
+    if some mode could accept it; the sidecar, which knows the mode, decides.
     """
-    if type(value) is int:
-        return value if 0 <= value <= MAX_NUMERIC_USER_ID else None
-    if type(value) is not str or not value or len(value) > MAX_USER_ID_CHARS:
-        return None
-    if value.isascii() and value.isdigit():
-        number = int(value)
-        return number if number <= MAX_NUMERIC_USER_ID else None
-    if value[0] in "+-" and value[1:].isascii() and value[1:].isdigit():
-        return None  # "-1" is a typo'd number, not a string id
-    return value if value.isprintable() and value == value.strip() else None
+    return canonical_user_id(value, mode)
 
 
 def _reject_constant(name: str) -> Any:
@@ -173,8 +162,14 @@ _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _MISSING: Final = object()
 
 
-def parse_client_frame(raw: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> ClientMessage:
+def parse_client_frame(
+    raw: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, ids: IdMode | None = None
+) -> ClientMessage:
     """Parse one client frame (text, or binary holding UTF-8 JSON).
+
+    `ids`: the sender's tenant id mode; a direct message's `to` comes back canonical for
+    it (`normalize_user_id`), so `"007"` never reaches user 7. Without it, `to` comes
+    back as given (when some mode could accept it).
 
     Raises ProtocolError(`too_large` | `bad_request`, message, id): one json decode and
     a handful of type checks, because this runs once per message at 30K msg/s a core.
@@ -206,11 +201,10 @@ def parse_client_frame(raw: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTE
     kind = obj.get("type")
 
     if kind == "direct":
-        to = normalize_user_id(obj.get("to"))
+        to = canonical_user_id(obj.get("to"), ids)
         if to is None:
-            raise ProtocolError(
-                BAD_REQUEST, "direct: 'to' must be a non-negative integer or a user id string", id
-            )
+            rule = ids.rule if ids else "a non-negative integer or a user id string"
+            raise ProtocolError(BAD_REQUEST, f"direct: 'to' must be {rule}", id)
         if data is _MISSING:
             raise ProtocolError(BAD_REQUEST, "direct: missing 'data'", id)
         return DirectMessage(to, data, id)

@@ -202,9 +202,47 @@ def membership_source(
     return kubernetes_source(namespace, selector, service)
 
 
-def server_secret(insecure: bool, process: str) -> str | None:
+# How the servers check client tokens besides WSOP_SECRET (docs/security.md, "Tokens").
+JwtPublicKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--jwt-public-key",
+        envvar="WSOP_JWT_PUBLIC_KEY",
+        help="PEM public key client tokens are signed for (RSA: RS256, P-256 EC: ES256).",
+        show_default=False,
+    ),
+]
+JwksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--jwks",
+        envvar="WSOP_JWKS",
+        help="JWKS file of token keys (RS256/ES256); a token's 'kid' picks one.",
+        show_default=False,
+    ),
+]
+LeewayOpt = Annotated[
+    int,
+    typer.Option(
+        "--leeway",
+        envvar="WSOP_TOKEN_LEEWAY",
+        help="Seconds of clock skew forgiven on exp/nbf/iat.",
+    ),
+]
+MaxTokenLifetimeOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-token-lifetime",
+        envvar="WSOP_MAX_TOKEN_LIFETIME",
+        help="Refuse tokens living longer than this (exp - iat, seconds); 0: no limit.",
+    ),
+]
+
+
+def server_secret(insecure: bool, process: str, public_keys: bool = False) -> str | None:
     """The JWT secret a server checks tokens with; `--insecure` makes it optional and
-    says so loudly, because then anyone can connect as any tenant and user."""
+    says so loudly, because then anyone can connect as any tenant and user. With public
+    keys (`--jwt-public-key`, `--jwks`) it is optional too: only HS256 tokens need it."""
     from wsop.auth import SECRET_ENV, secret_from_env, secret_warning
     from wsop.cli.output import err_console
 
@@ -215,8 +253,11 @@ def server_secret(insecure: bool, process: str) -> str | None:
             "connect as any tenant and user with ?tenant=T&user=U. Never expose this port.[/]",
             highlight=False,
         )
+    elif public_keys:
+        secret = os.environ.get(SECRET_ENV) or None
     else:  # (servers have no --secret flag: a secret on a command line leaks)
-        secret = secret_from_env(hint=", or run a local dev stack with --insecure")
+        hint = ", give --jwt-public-key or --jwks, or run a local dev stack with --insecure"
+        secret = secret_from_env(hint=hint)
     if secret and (warning := secret_warning(secret)):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return secret

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated
 
 import typer
 
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
 from wsop.cli.app import (
     AllowedOriginsOpt,
+    JwksOpt,
+    JwtPublicKeyOpt,
+    LeewayOpt,
+    MaxTokenLifetimeOpt,
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
@@ -47,39 +53,38 @@ def lb_cmd(
     algo: Algo = None,
     name: Name = "lb",
     drain_seconds: Drain = 1.0,
+    jwt_public_key: JwtPublicKeyOpt = None,
+    jwks: JwksOpt = None,
+    leeway: LeewayOpt = DEFAULT_LEEWAY_S,
+    max_token_lifetime: MaxTokenLifetimeOpt = DEFAULT_MAX_LIFETIME_S,
     allowed_origins: AllowedOriginsOpt = None,
 ) -> None:
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
     /connections answer plain HTTP on the same port."""
-    from wsop.errors import UsageError
     from wsop.lb import LBConfig, run
-    from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
+    from wsop.ring import DEFAULT_ALGORITHM
 
-    algo = algo or DEFAULT_ALGORITHM
-    check_routing_algorithm(algo)  # unknown or unroutable: exit 2 before binding anything
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port must be 0-65535, got {port}")
-    if drain_seconds < 0:
-        raise UsageError("--drain-seconds must be >= 0")
     source = membership_source(members_file, peers, namespace, selector, service)
-    origins = parse_origins(allowed_origins)
-    admin_token = server_admin_token("lb")
-    secret = server_secret(insecure, "lb")
+    # every flag is checked by the config (as for library callers), before any I/O
+    config = LBConfig(
+        host=host,
+        port=port,
+        source=source,
+        algo=algo or DEFAULT_ALGORITHM,
+        insecure=insecure,
+        secret=os.environ.get(SECRET_ENV) or None,
+        admin_token=server_admin_token("lb"),
+        name=name,
+        drain_s=drain_seconds,
+        jwt_public_key=jwt_public_key,
+        jwks=jwks,
+        leeway_s=leeway,
+        max_token_lifetime_s=max_token_lifetime,
+        allowed_origins=parse_origins(allowed_origins),
+    )
+    server_secret(insecure, "lb", bool(jwt_public_key or jwks))  # required? warnings
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    run(
-        LBConfig(
-            host=host,
-            port=port,
-            source=source,
-            algo=algo,
-            insecure=insecure,
-            secret=secret,
-            admin_token=admin_token,
-            name=name,
-            drain_s=drain_seconds,
-            allowed_origins=origins,
-        )
-    )
+    run(config)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import Annotated
 
 import typer
 
 from wsop import protocol
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
 from wsop.cli.app import (
     AllowedOriginsOpt,
+    JwksOpt,
+    JwtPublicKeyOpt,
+    LeewayOpt,
+    MaxTokenLifetimeOpt,
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
@@ -29,7 +35,7 @@ from wsop.cli.app import (
     server_admin_token,
     server_secret,
 )
-from wsop.errors import BackendUnavailable, UsageError
+from wsop.errors import BackendUnavailable
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 from wsop.quotas import (
     DEFAULT_CONNECTIONS_PER_USER,
@@ -85,45 +91,48 @@ def sidecar_cmd(
     max_connections_per_tenant: PerTenantOpt = 0,
     max_messages_per_second: RateOpt = DEFAULT_MESSAGES_PER_SECOND,
     max_recipients: RecipientsOpt = DEFAULT_MAX_RECIPIENTS,
+    jwt_public_key: JwtPublicKeyOpt = None,
+    jwks: JwksOpt = None,
+    leeway: LeewayOpt = DEFAULT_LEEWAY_S,
+    max_token_lifetime: MaxTokenLifetimeOpt = DEFAULT_MAX_LIFETIME_S,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.acl.live import LiveAcl
     from wsop.backend import connect, connect_async, resolve_url
-    from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
+    from wsop.ring import DEFAULT_ALGORITHM
     from wsop.sidecar.app import Sidecar, SidecarConfig
-    from wsop.sidecar.presence import check_timings
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
-    check_timings(heartbeat, lease, 5.0)  # bad values are usage errors, before any I/O
     algo = algo or DEFAULT_ALGORITHM
-    check_routing_algorithm(algo)  # unknown or unroutable: fail before anything starts
     origins = parse_origins(allowed_origins)
     limits = build_quotas(
         quotas, max_connections_per_user, max_connections_per_tenant,
         max_messages_per_second, max_recipients,
     )  # fmt: skip
-    admin_token = server_admin_token("sidecar")
-    secret = server_secret(insecure, "sidecar")
-    url = resolve_url(redis_url)
-    connect(url).close()  # fail fast, with the URL in the message
-    members = membership_source(members_file, peers, namespace, selector, service)
+    # every flag is checked by the config (as for library callers), before any I/O
     config = SidecarConfig(
         name=name,
         host=host,
         port=port,
         algo=algo,
         insecure=insecure,
-        secret=secret,
-        admin_token=admin_token,
+        secret=os.environ.get(SECRET_ENV) or None,
+        admin_token=server_admin_token("sidecar"),
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
         allowed_origins=origins,
         quotas=limits,
         heartbeat_s=heartbeat,
         lease_s=lease,
+        jwt_public_key=jwt_public_key,
+        jwks=jwks,
+        leeway_s=leeway,
+        max_token_lifetime_s=max_token_lifetime,
     )
-    if upstream and not upstream.startswith(("ws://", "wss://")):
-        raise UsageError(f"--upstream must be a ws:// or wss:// URL, got {upstream!r}")
+    server_secret(insecure, "sidecar", bool(jwt_public_key or jwks))  # required? warnings
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    members = membership_source(members_file, peers, namespace, selector, service)
+    url = resolve_url(redis_url)
+    connect(url).close()  # fail fast, with the URL in the message
     run_server(lambda: Sidecar(config, LiveAcl(connect_async(url)), members), name)
 
 

@@ -26,13 +26,41 @@ def token_cmd(
             show_default=False,
         ),
     ] = None,
+    private_key: Annotated[
+        str | None,
+        typer.Option(
+            "--private-key",
+            help="Sign with this PEM private key instead (RSA: RS256, P-256 EC: ES256); "
+            "for tests and dev: production tokens come from your identity provider.",
+            show_default=False,
+        ),
+    ] = None,
+    kid: Annotated[
+        str | None,
+        typer.Option("--kid", help="Key id header (selects the key in the servers' --jwks)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Mint a signed token for one user of one tenant (printed alone on stdout)."""
-    key = secret if secret is not None else auth.secret_from_env()
+    from wsop.errors import UsageError
+    from wsop.jwtkeys import SigningKey, load_private_key
+
+    if private_key is not None and secret is not None:
+        raise UsageError("give either --secret or --private-key, not both")
+    if kid is not None and private_key is None:
+        raise UsageError("--kid needs --private-key (HS256 tokens are checked by the secret)")
+    if private_key is not None:
+        key: str | SigningKey = load_private_key(private_key, kid)
+    else:
+        key = secret if secret is not None else auth.secret_from_env()
     token = auth.mint_token(key, tenant, user, ttl)
-    warning = auth.secret_warning(key)
-    if warning:
+    warnings = [auth.secret_warning(key)] if isinstance(key, str) else []
+    if ttl > auth.DEFAULT_MAX_LIFETIME_S:
+        warnings.append(
+            f"--ttl {ttl} is over the servers' default --max-token-lifetime "
+            f"({auth.DEFAULT_MAX_LIFETIME_S} s): they refuse this token unless raised"
+        )
+    for warning in filter(None, warnings):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
     def render(console: Console) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsop.checks import is_member_name
 from wsop.discovery import Members, PollingMembership
 from wsop.errors import WsopError
 
@@ -98,6 +99,8 @@ def pod_state(
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     if not ip:
         reason = "no IP"
+    elif not is_member_name(name):  # it could not be a ring member (wsop.checks)
+        reason = "name is not a DNS label (RFC 1123)"
     elif meta.get("deletionTimestamp"):
         reason = "terminating"
     elif conditions.get("Ready") != "True":

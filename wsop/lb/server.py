@@ -29,7 +29,15 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
 from wsop import lbsignal
-from wsop.auth import AuthError, Identity, identity_from_request
+from wsop.auth import (
+    DEFAULT_LEEWAY_S,
+    DEFAULT_MAX_LIFETIME_S,
+    AuthError,
+    Identity,
+    TokenVerifier,
+    identity_from_request,
+)
+from wsop.checks import check_host, check_member_name, check_port, check_seconds
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
 from wsop.httpadmin import (
@@ -37,6 +45,7 @@ from wsop.httpadmin import (
     admin_refusal,
     json_response,
     origins_option,
+    request_refusal,
     select_subprotocol,
     text_response,
 )
@@ -82,9 +91,28 @@ class LBConfig:
     """After a switch, the old sidecar closes the old upstream once it owes the client
     nothing (acks of messages still in flight: up to their 10 s timeout); this is the
     backstop after which the LB closes it itself."""
+    # client tokens (wsop/auth.py): RS256/ES256 keys besides the HS256 secret, and policy
+    jwt_public_key: str | None = None
+    jwks: str | None = None
+    leeway_s: int = DEFAULT_LEEWAY_S
+    max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
+        """Refuse what `wsop lb` refuses (port 0: let the OS pick a free one)."""
         check_routing_algorithm(self.algo)
+        check_host(self.host)
+        check_port(self.port)
+        check_member_name(self.name, "lb name")
+        check_seconds(self.drain_s, "drain_s")
+        check_seconds(self.open_timeout, "open_timeout", allow_zero=False)
+        check_seconds(self.move_drain_s, "move_drain_s")
+        self.token_verifier()  # key files readable, leeway and lifetime sane
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """What client tokens are checked with (None: no key at all, an insecure stack)."""
+        return TokenVerifier.from_settings(
+            self.secret, self.jwt_public_key, self.jwks, self.leeway_s, self.max_token_lifetime_s
+        )
 
 
 class LoadBalancer:
@@ -92,6 +120,7 @@ class LoadBalancer:
 
     def __init__(self, config: LBConfig) -> None:
         self.config = config
+        self.verifier = config.token_verifier()
         self.stats = LBStats()
         self.registry = make_registry(self.stats, config.name)
         self.members: Members = {}
@@ -138,15 +167,19 @@ class LoadBalancer:
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        malformed = request_refusal(request)  # duplicate headers: 400, never a 500
+        if malformed:
+            self.stats.auth_failures += 1
+            return text_response(connection, 400, malformed)
         path = urlsplit(request.path).path
         if path == WS_PATH:
             try:
                 identity = identity_from_request(
-                    request.path, request.headers, self.config.secret, self.config.insecure
+                    request.path, request.headers, self.verifier, self.config.insecure
                 )
-            except AuthError as exc:
+            except AuthError as exc:  # 401, or 400 for a malformed Authorization header
                 self.stats.auth_failures += 1
-                return text_response(connection, 401, str(exc))
+                return text_response(connection, exc.http_status, str(exc))
             return await self._open_leg(connection, request, identity)
         if path == "/healthz":
             return json_response(connection, 200, {"status": "ok", "name": self.config.name})
@@ -351,10 +384,11 @@ async def serve_until_signalled(lb: LoadBalancer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await lb.start()
+    server = await lb.start()
     cfg = lb.config
+    port = server.sockets[0].getsockname()[1] if server.sockets else cfg.port  # (--port 0)
     print(
-        f"wsop lb {cfg.name} listening on ws://{cfg.host}:{cfg.port}{WS_PATH} "
+        f"wsop lb {cfg.name} listening on ws://{cfg.host}:{port}{WS_PATH} "
         f"({len(lb.members)} sidecars, algo {cfg.algo})",
         file=sys.stderr,
         flush=True,

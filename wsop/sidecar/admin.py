@@ -15,6 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from wsop import lbsignal, protocol
+from wsop.acl.ids import IdMode
 from wsop.auth import AuthError, Identity, identity_from_request
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
@@ -22,6 +23,7 @@ from wsop.httpadmin import (
     json_response,
     path_of,
     query,
+    request_refusal,
     text_response,
 )
 
@@ -34,14 +36,17 @@ async def process_request(
     sidecar: Sidecar, conn: ServerConnection, request: Request
 ) -> Response | None:
     config = sidecar.config
+    malformed = request_refusal(request)  # duplicate headers: 400, never a 500
+    if malformed:
+        return text_response(conn, 400, malformed)
     path = path_of(request)
     if path == "/ws":
         try:
             ident = identity_from_request(
-                request.path, request.headers, config.secret, config.insecure
+                request.path, request.headers, sidecar.verifier, config.insecure
             )
-        except AuthError as exc:
-            return text_response(conn, 401, str(exc))
+        except AuthError as exc:  # 401, or 400 for a malformed Authorization header
+            return text_response(conn, exc.http_status, str(exc))
         conn.wsop_identity = ident  # type: ignore[attr-defined]
         # Only the LB may say it holds this client, or where it moves from: signed.
         signal = lbsignal.verify(
@@ -114,8 +119,7 @@ def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Re
         return json_response(conn, 400, {"error": "need tenant, user and to"})
     if target not in members:
         return json_response(conn, 404, {"error": f"no sidecar named {target!r}"})
-    user = protocol.normalize_user_id(raw_user)
-    conns = movable(sidecar.router.connections(tenant, user)) if user is not None else []
+    conns = movable(held(sidecar, tenant, raw_user))
     if target == sidecar.config.name or not conns:
         return json_response(conn, 200, {"moved": 0})
     sidecar.outbox.send(conns, protocol.move_frame(target, members[target]))
@@ -153,6 +157,17 @@ async def drain(sidecar: Sidecar, conn: ServerConnection, to: str | None) -> Res
         targets[target] += sidecar.outbox.send(conns, protocol.move_frame(target, others[target]))
     moving = sum(targets.values())
     return json_response(conn, 200, {"moving": moving, "to": dict(targets), "unmovable": unmovable})
+
+
+def held(sidecar: Sidecar, tenant: str, text: str) -> set[ClientSession]:
+    """The connections here of the user whose id is `text` (a query value): exactly that
+    user. A tenant's ids are all str or all int (wsop/acl/ids.py), so at most one of the
+    two keys can hold connections, and "007" never finds user 7."""
+    found: set[ClientSession] = set()
+    for user in {protocol.normalize_user_id(text, mode) for mode in IdMode}:
+        if user is not None:
+            found |= sidecar.router.connections(tenant, user)  # type: ignore[arg-type]
+    return found
 
 
 def movable(sessions: Iterable[ClientSession]) -> list[ClientSession]:

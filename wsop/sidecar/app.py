@@ -25,7 +25,8 @@ from websockets.http11 import Request, Response
 
 from wsop import protocol
 from wsop.acl.live import LiveAcl
-from wsop.auth import Identity
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, Identity, TokenVerifier
+from wsop.checks import check_host, check_member_name, check_port, check_positive_int, check_seconds
 from wsop.discovery import MembershipSource
 from wsop.errors import UsageError, WsopError
 from wsop.httpadmin import origins_option, select_subprotocol, text_response
@@ -73,15 +74,36 @@ class SidecarConfig:
     heartbeat_s: float = 2.0
     lease_s: float = 10.0
     presence_wait_s: float = 5.0
+    # client tokens (wsop/auth.py): RS256/ES256 keys besides the HS256 secret, and policy
+    jwt_public_key: str | None = None
+    jwks: str | None = None
+    leeway_s: int = DEFAULT_LEEWAY_S
+    max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
+        """Refuse what `wsop sidecar` refuses (port 0: let the OS pick a free one)."""
         check_routing_algorithm(self.algo)
+        check_member_name(self.name)
+        check_host(self.host)
+        check_port(self.port)
+        check_positive_int(self.max_frame_bytes, "max_frame_bytes")
+        check_seconds(self.close_window_s, "close_window_s")
+        if self.upstream is not None and not self.upstream.startswith(("ws://", "wss://")):
+            raise UsageError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r}")
         self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
+        self.token_verifier()  # key files readable, leeway and lifetime sane
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """What client tokens are checked with (None: no key at all, an insecure stack)."""
+        return TokenVerifier.from_settings(
+            self.secret, self.jwt_public_key, self.jwks, self.leeway_s, self.max_token_lifetime_s
+        )
 
 
 class Sidecar:
     def __init__(self, config: SidecarConfig, acl: LiveAcl, members: MembershipSource) -> None:
         self.config = config
+        self.verifier = config.token_verifier()
         self.acl = acl
         self.members = members
         self.metrics = SidecarMetrics(config.name)
@@ -207,11 +229,18 @@ class Sidecar:
         if response is not None or ident is None:
             return response
         try:
-            index = await self.acl.bit_index(ident.tenant, ident.user)
+            # exact identities (wsop/acl/ids.py): the tenant's id mode says who this is
+            mode = await self.acl.id_mode(ident.tenant)
+            user = protocol.normalize_user_id(ident.user, mode)
+            index = None if user is None else await self.acl.bit_index(ident.tenant, user)
         except redis.RedisError as exc:
             return text_response(conn, 503, f"presence store unavailable: {exc}"[:200])
+        if user is None:
+            why = f"user id {ident.user!r} is not valid in {mode} tenant {ident.tenant!r}"
+            return text_response(conn, 403, f"{why}: it must be {mode.rule}")
         if index is None:
             return text_response(conn, 403, "user id not valid for this tenant")
+        conn.wsop_identity = Identity(ident.tenant, user)  # type: ignore[attr-defined]
         conn.wsop_index = index  # type: ignore[attr-defined]
         conn.protocol.max_message_size = self.config.max_frame_bytes
         return None

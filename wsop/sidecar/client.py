@@ -118,7 +118,8 @@ class ClientSession(FrameReader):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH)
+        if not transport.is_closing():  # a client gone right after its 101: uvloop raises
+            self.transport.set_write_buffer_limits(high=WRITE_HIGH)
 
     def pause_writing(self) -> None:
         """The client is not reading as fast as it is sent to: give it `SLOW_CLIENT_S`."""

@@ -17,6 +17,7 @@ from typing import Any, Final
 import redis
 
 from wsop import protocol
+from wsop.acl.ids import IdMode
 from wsop.auth import Identity
 from wsop.errors import NotFound
 from wsop.quotas import Quotas
@@ -63,7 +64,8 @@ class ClientMessages:
         once; a team message returns the coroutine that resolves it in Redis."""
         started = time.perf_counter()
         try:
-            msg = protocol.parse_client_frame(raw, self.max_frame_bytes)
+            # a canonical id's type is its tenant's id mode: `to` is read the same way
+            msg = protocol.parse_client_frame(raw, self.max_frame_bytes, IdMode.of(ident.user))
         except protocol.ProtocolError as exc:
             self.metrics.errors.labels(exc.code).inc()
             self.outbox.send((conn,), exc.to_frame())
