@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from tests.stack_helpers import ROOT, Sidecars, wait_healthy
+from tests.stack_helpers import ADMIN_TOKEN, ROOT, Sidecars, wait_healthy
 from wsop.auth import mint_token
 from wsop.jwtkeys import SigningKey
 from wsop.local.redis_binary import free_port
@@ -130,7 +130,12 @@ def test_token_flags_reach_the_lb(tmp_path: Path) -> None:
             + ["--jwks", str(tmp_path / "jwks.json"), "--leeway", "0"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "WSOP_SECRET": "", "WSOP_MAX_TOKEN_LIFETIME": "60"},
+            env={
+                **os.environ,
+                "WSOP_SECRET": "",
+                "WSOP_MAX_TOKEN_LIFETIME": "60",
+                "WSOP_ADMIN_TOKEN": ADMIN_TOKEN,
+            },
             cwd=ROOT,
         )
     try:

@@ -225,6 +225,8 @@ def test_error_codes_constants():
         "not_found",
         "unavailable",
         "internal",
+        "rate_limited",
+        "too_many_recipients",
     } == p.ERROR_CODES
 
 
