@@ -84,14 +84,9 @@ LocalOpt = Annotated[
 
 def _local_members() -> list[str]:
     """The sidecar names of the running local stack (its members file)."""
-    from wsop.discovery import RegistryFileMembership
-    from wsop.errors import NotFound
-    from wsop.local.embedded import state_dir
+    from wsop.local import stack_file
 
-    path = state_dir() / "stack.json"
-    if not path.exists():
-        raise NotFound("no local stack running; start one with `wsop up`")
-    return sorted(RegistryFileMembership(path).current())
+    return sorted(s.name for s in stack_file.require().sidecars)
 
 
 def _members(nodes: str | None, local: bool) -> Membership:
