@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wsop.cli.app import JsonOpt, RedisOpt
-from wsop.cli.output import emit, err_console
+from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
 
 
@@ -47,7 +47,7 @@ def _live(as_json: bool):
 
 def _render(result: dict[str, Any]) -> Any:
     def render(console: Console) -> None:
-        table = Table(title=f"wsop loadtest · {result['profile']}", title_justify="left")
+        table = titled_table(f"wsop loadtest · {result['profile']}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         lat = result["latency_ms"]
@@ -96,8 +96,8 @@ def _render(result: dict[str, Any]) -> Any:
 
 
 def _faults_table(result: dict[str, Any]) -> Table:
-    table = Table(title="faults", title_justify="left")
-    for column in ("fault", "planned s", "started s", "took s", "whole s", "", "detail"):
+    table = titled_table("faults")
+    for column in ("fault", "planned s", "started s", "took s", "whole s", "result", "detail"):
         table.add_column(column, justify="left" if column in ("fault", "detail") else "right")
     for f in result["faults"]:
         ok = "[green]ok[/]" if f["ok"] else "[red]FAILED[/]"
@@ -111,8 +111,7 @@ def _faults_table(result: dict[str, Any]) -> Table:
 def _windows_table(result: dict[str, Any]) -> Table:
     """One row per window: the fault that opened it, then what happened to the messages
     sent in it (deliveries by class) and the reconnects of the drops in it."""
-    table = Table(title="windows (a message counts in the window of its send time)",
-                  title_justify="left")  # fmt: skip
+    table = titled_table("windows (a message counts in the window of its send time)")
     columns = {
         "window": None, "sent": "sent", "expect": "expected", "deliv": "delivered",
         "silent": "silent_loss", "report": "reported_undelivered",

@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from wsop.acl import csvload, seed, synthetic
 from wsop.acl.dataset import TenantData
 from wsop.cli.app import JsonOpt, MaxUsersOpt, RedisOpt, max_users_or_default, new_app, tenant_store
-from wsop.cli.output import emit, err_console
+from wsop.cli.output import emit, err_console, titled_table
 
 app = new_app("Write tenant access bitmaps (staged, then swapped in atomically per tenant).")
 
@@ -37,7 +36,7 @@ def _progress(as_json: bool) -> Progress:
 
 def _render(result: seed.SeedResult):
     def render(console: Console) -> None:
-        table = Table(title="seeded", show_header=True)
+        table = titled_table("seeded")
         for col in ("tenants", "teams", "memberships", "online", "bytes", "seconds"):
             table.add_column(col, justify="right")
         row = result.to_json()
