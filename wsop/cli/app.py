@@ -267,3 +267,35 @@ def server_secret(insecure: bool, process: str) -> str | None:
     if secret and (warning := secret_warning(secret)):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return secret
+
+
+def client_secret() -> str:
+    """The secret `wsop token` signs with: `WSOP_SECRET`, else the running local stack's.
+
+    `wsop up` generates a secret and keeps it in the members file (0600), so a user who
+    just started the default stack can mint tokens for it without looking for it; the
+    choice is said on stderr, so nobody mistakes it for their production secret.
+    """
+    from wsop.auth import SECRET_ENV, secret_from_env
+
+    if os.environ.get(SECRET_ENV):
+        return secret_from_env()
+    from wsop.local.stack_file import members_path
+    from wsop.local.stack_proc import running_record
+
+    record = running_record()
+    if record is not None and record.secret:
+        from wsop.cli.output import err_console
+
+        err_console.print(
+            f"{SECRET_ENV} is not set: using the secret of the local stack ({members_path()})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return record.secret
+    if record is not None:
+        raise UsageError(
+            f"no JWT secret: set {SECRET_ENV} (the local stack runs --insecure and needs "
+            "no token: connect with ?tenant=T&user=U)"
+        )
+    return secret_from_env(hint=" or pass --secret (or start a local stack with `wsop up`)")

@@ -77,10 +77,7 @@ class StackStatus:
 
 def _running() -> StackRecord | None:
     """The members file if any process it names is still ours and alive."""
-    record = stack_file.load()
-    if record is None or not any(stack_proc.alive(p) for p in record.all_procs()):
-        return None
-    return record
+    return stack_proc.running_record()
 
 
 def _require_running() -> StackRecord:
