@@ -74,7 +74,9 @@ def test_a_pipe_gets_whole_lines(redis_url: str, tmp_path: Path) -> None:
     members = tmp_path / "members.csv"
     members.write_text("tenant,team,user\n" + rows)
     env = {"WSOP_REDIS_URL": redis_url}
-    assert run_wsop("seed", "load", str(members), env=env).returncode == 0
+    seeded = run_wsop("seed", "load", str(members), env=env)
+    assert seeded.returncode == 0 and seeded.stdout.startswith("seeded\n")
+    assert seeded.stderr == ""  # no progress bar's leftover newline: nothing at all
     out = run_wsop("resolve", "--tenant", "acme", "--team", "eng", "--all", env=env).stdout
     assert ", ".join(str(u) for u in range(40)) in out.splitlines()
     tenant = "a-tenant-name-longer-than-the-table-is-wide"

@@ -114,7 +114,7 @@ def rebalance_cmd(
             service,
             port,
         )
-    progress = None if as_json or dry_run else _progress()
+    progress = None if as_json or dry_run or not err_console.is_terminal else _progress()
     if progress is None:
         result = rebalance(fleet, epsilon, max_moves, rate, dry_run)
     else:

@@ -30,7 +30,7 @@ def _progress(as_json: bool) -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-        disable=as_json,
+        disable=as_json or not err_console.is_terminal,  # a pipe would get a stray "\n"
     )
 
 
