@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,7 +134,78 @@ def test_bad_input_exits_with_one_line() -> None:
     _one_line_error(run_wsop("loadtest", "--local", "--target", dead), 2)
 
 
+# -- failures: stable names, early stop (pure) -------------------------------------------
+
+
+def _refused(date: str) -> Exception:
+    from websocket import WebSocketBadStatusException
+
+    headers = {"date": date, "content-type": "text/plain"}
+    body = b"missing token: pass ?token=... or 'Authorization: Bearer ...'\n"
+    return WebSocketBadStatusException(
+        f"Handshake status 401 Unauthorized -+-+- {headers} -+-+- {body!r}", 401, "Unauthorized",
+        headers, body,
+    )  # fmt: skip
+
+
+def test_failure_names_are_stable_across_attempts() -> None:
+    from wsop.load.failures import stable_reason
+
+    one = stable_reason(_refused("Mon, 01 Jan 2024 10:00:00 GMT"))
+    two = stable_reason(_refused("Mon, 01 Jan 2024 10:00:01 GMT"))
+    assert (
+        one
+        == two
+        == "HTTP 401 Unauthorized: missing token: pass ?token=... or "
+        + ("'Authorization: Bearer ...'")
+    )
+    refused = stable_reason(ConnectionRefusedError(111, "Connection refused"))
+    assert refused == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert "0x" not in stable_reason(RuntimeError("object at 0x7f3a2b1c0d90 gone"))
+
+
+def test_early_stop_only_when_the_stack_refuses_everyone() -> None:
+    from wsop.load.failures import early_stop
+
+    url = "ws://127.0.0.1:9/ws"
+    refused = {"connect_errors": {"HTTP 401 Unauthorized: missing token": 5}, "ready": 0}
+    assert early_stop(refused, 5, url, False) == (
+        "401 Unauthorized from ws://127.0.0.1:9/ws: set WSOP_SECRET or use --local"
+    )
+    assert "is WSOP_SECRET the stack's secret?" in early_stop(refused, 5, url, True)
+    assert early_stop(refused, 50, url, False) is None  # 5 of 50: keep waiting
+    assert early_stop({**refused, "ready": 1}, 5, url, False) is None  # someone is in
+    down = {"connect_errors": {"ConnectionRefusedError: [Errno 111] Connection refused": 99}}
+    assert early_stop(down, 5, url, False) is None  # may come up: the connect phase decides
+
+
 # -- real runs ---------------------------------------------------------------------------
+
+
+def test_a_stack_that_refuses_every_user_stops_the_run_with_the_cause(
+    redis_url: str, no_stack_left: None
+) -> None:
+    """Against the default (JWT) stack without WSOP_SECRET: one line naming the 401 and
+    what to do, exit 1, long before the run's own length (it used to run to the end and
+    report 0 errors and 0 of N planned messages)."""
+    standin = shlex.join([sys.executable, str(ROOT / "tests" / "standin_sidecar.py")])
+    env = {"WSOP_SECRET": "", "WSOP_SIDECAR_CMD": standin}
+    up = run_wsop(
+        "up", "--detach", "--sidecars", "1", "--redis", redis_url, "--port", str(free_port()),
+        "--json", env=env,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    lb = json.loads(up.stdout)["lb"]["url"]
+    started = time.monotonic()
+    result = run_wsop(
+        "loadtest", "--target", lb, "--duration", "30", "--connections", "5", "--json",
+        env=env, timeout=60,
+    )  # fmt: skip
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: 401 Unauthorized from {lb}/ws: set WSOP_SECRET or use --local"
+    ]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ process is never monkey-patched by gevent) → `summary` → table or `--json`. 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.table import Table
 from wsop.cli.app import JsonOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
+from wsop.load.failures import no_one_connected
 
 
 def _live(as_json: bool):
@@ -81,6 +83,9 @@ def _render(result: dict[str, Any]) -> Any:
         side = ("late", "surplus", "unexpected", "errors", "disconnects", "not_back",
                 "acks_missing")  # fmt: skip
         rows += [(k, result[k]) for k in side if result[k]]
+        if result["connect_errors"]:
+            top = max(result["connect_errors"].items(), key=lambda item: item[1])
+            rows.append(("connect failures", f"{result['connect_failures']} (most: {top[0]})"))
         bad = ("lost", "duplicates", "silent_loss", "cross_tenant", "not_back")
         for key, value in rows:
             style = "red" if key in bad and value else ""
@@ -268,6 +273,10 @@ def loadtest_cmd(
             reporting.annotate_html(report / "report.html", result)
     emit(result, as_json, _render(result))
     reasons = reporting.verdict(result, allow_loss, min_rate_ratio, chaos=bool(faults))
+    has_secret = bool(env.get("WSOP_SECRET") or os.environ.get("WSOP_SECRET"))
+    stuck = no_one_connected(result, f"{target}/ws", has_secret)
+    if stuck is not None:
+        reasons = [stuck]  # nothing sent, nothing delivered: that is the one cause
     if reasons:
         raise WsopError("; ".join(reasons))
 

@@ -68,6 +68,8 @@ def summary(
         "lost_unacked": c.get("lost_unacked", 0),
         "refused": c.get("refused", 0),
         "refused_codes": results.get("refused_codes", {}),
+        "connect_failures": c.get("connect_failures", 0),
+        "connect_errors": results.get("connect_errors", {}),
         "cross_tenant": c.get("cross_tenant", 0),
         "reconnects": c["reconnects"],
         "reconnect_ms": percentiles(samples),
