@@ -236,6 +236,7 @@ def test_healthy_run_with_two_workers_accounts_for_every_delivery(
     assert out["latency_ms"]["p50"] is not None and out["latency_ms"]["p99"] >= 0
     for name in ("report.html", "locust_stats.csv", "locust_stats_history.csv", "loadtest.png"):
         assert (report / name).stat().st_size > 0, name
+    assert 'id="wsop-glossary"' in (report / "report.html").read_text()
     # the run started the stack, so it stopped it
     assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
 
@@ -322,3 +323,47 @@ def test_frame_reader_splits_bulk_reads_at_any_byte() -> None:
         FrameReader().feed(_frame(0, b"orphan"))
     with pytest.raises(FrameError):
         FrameReader().feed(bytes([0xC1, 0]))  # RSV1 without an extension
+
+
+# -- the report (pure) -------------------------------------------------------------------
+
+TIMELINE = [
+    {"t": 2.0, "phase": "connect", "target_rate": 0.0, "msgs_per_s": 0.0, "p50": None},
+    {"t": 3.0, "phase": "run", "target_rate": 50.0, "msgs_per_s": 0.0, "p50": None},
+    {"t": 4.0, "phase": "run", "target_rate": 50.0, "msgs_per_s": 54.0, "p50": None},
+    {"t": 5.0, "phase": "run", "target_rate": 50.0, "msgs_per_s": 49.9, "p50": 11},
+    {"t": 6.0, "phase": "drain", "target_rate": 0.0, "msgs_per_s": 50.0, "p50": 7},
+    {"t": 7.0, "phase": "drain", "target_rate": 0.0, "msgs_per_s": 0.0, "p50": 7},
+]
+
+
+def test_plot_series_line_up_with_the_target_and_leave_gaps(tmp_path: Path) -> None:
+    import math
+
+    from wsop.load.report import latency_or_gap, plot, sent_steps
+
+    xs, sent = sent_steps(TIMELINE)
+    # the rate measured over 3→4 s starts at 3 s, like the 50 msg/s target it answers
+    assert dict(zip(xs, sent, strict=True))[3.0] == 54.0
+    assert dict(zip(xs, sent, strict=True))[6.0] == 0.0  # the drain sends nothing
+    gaps = [math.isnan(latency_or_gap(p, "p50")) for p in TIMELINE]
+    # nothing before the first sample, a value while sending, a gap through the drain
+    assert gaps == [True, True, True, False, False, True]
+    png = plot({"timeline": TIMELINE, "plan": {"profile": "smoke"}}, tmp_path / "p.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_html_starts_with_a_glossary(tmp_path: Path) -> None:
+    from wsop.load.report import annotate_html
+
+    page = tmp_path / "report.html"
+    page.write_text(
+        '<html><head><script>var s = "<body>";</script></head>\n'
+        '  <body>\n    <div id="root"></div>\n  </body></html>'
+    )
+    result = {"sent": 204, "delivered": 332, "expected_deliveries": 332, "lost": 0, "faults": []}
+    annotate_html(page, result)
+    text = page.read_text()
+    assert text.index('id="wsop-glossary"') < text.index('<div id="root">')
+    assert text.index('id="wsop-glossary"') > text.index("</head>")
+    assert "count <i>deliveries</i>, not messages" in text and "204 in this run" in text

@@ -269,8 +269,7 @@ def loadtest_cmd(
     if report is not None:
         result["report_dir"] = str(report)
         result["plot"] = str(reporting.plot(results, report / "loadtest.png", records))
-        if faults:
-            reporting.annotate_html(report / "report.html", result)
+        reporting.annotate_html(report / "report.html", result)
     emit(result, as_json, _render(result))
     reasons = reporting.verdict(result, allow_loss, min_rate_ratio, chaos=bool(faults))
     has_secret = bool(env.get("WSOP_SECRET") or os.environ.get("WSOP_SECRET"))
