@@ -8,6 +8,7 @@ process is never monkey-patched by gevent) → `summary` → table or `--json`. 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -217,6 +218,7 @@ def loadtest_cmd(
     stack = None
     nemesis = None
     records: list[dict[str, Any]] = []
+    scratch: Path | None = None
     env: dict[str, str] = {}
     if local:
         stack = localstack.ensure(sidecars, redis_url)
@@ -231,6 +233,7 @@ def loadtest_cmd(
         if report is not None:
             report.mkdir(parents=True, exist_ok=True)
         work = report or Path(tempfile.mkdtemp(prefix="wsop-loadtest-"))
+        scratch = None if report else work  # removed once read, unless an error names it
         if faults:
             from wsop.load.nemesis import Nemesis
 
@@ -258,6 +261,10 @@ def loadtest_cmd(
         )
         try:
             results = runner.run(spec)
+        except WsopError as exc:
+            if scratch is not None and str(scratch) not in str(exc):
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
         finally:
             close()
     finally:
@@ -265,6 +272,8 @@ def loadtest_cmd(
             records = nemesis.stop()  # before the stack goes: a fault may be mid-way
         if stack is not None:
             stack.stop()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     result = reporting.summary(results, target, records)
     if report is not None:
         result["report_dir"] = str(report)
