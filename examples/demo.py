@@ -7,24 +7,25 @@
 3. a short `smoke` load test against that stack, then `wsop down`.
 
 Every command it shows is followed by what that command printed (stdout, then
-stderr), so the demo doubles as a tour of the CLI. It leaves nothing behind but the
-embedded Redis, and says how to stop that. `--quick` is the same tour on small data
-with a 3 s load test (tests/test_demo.py runs it).
+stderr), so the demo doubles as a tour of the CLI. It writes no file of its own and
+leaves nothing running but the embedded Redis, and says how to stop that. `--quick` is
+the same tour on small data with a 3 s load test (tests/test_demo.py runs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 WSOP = [sys.executable, "-m", "wsop.cli.main"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, show: bool = True, check: bool = True) -> str:
@@ -63,21 +64,12 @@ def bitmaps(quick: bool) -> None:
     run("resolve", "--tenant", "t1", "--team", "team-5")
 
 
-def chat(lb: str, members_csv: Path) -> None:
+def chat(lb: str) -> None:
     """Two tenants with the same user ids and team names; print what each client gets."""
     from websockets.sync.client import connect
 
     section("2. clients of two tenants through the LB")
-    members_csv.write_text(
-        "tenant,team,user\n"
-        + "".join(
-            f"{t},{team},{u}\n"
-            for t in ("acme", "globex")
-            for team, users in (("eng", (1, 2, 3)), ("ops", (3, 4)))
-            for u in users
-        )
-    )
-    run("seed", "load", str(members_csv), "--replace")
+    run("seed", "load", "examples/members.csv", "--replace")  # eng: 1,2,3; ops: 3,4
     token = run("token", "--tenant", "acme", "--user", "1").strip()
     tokens = {("acme", 1): token}
     for tenant in ("acme", "globex"):
@@ -129,19 +121,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, 3 s load test")
     quick = parser.parse_args().quick
+    os.chdir(ROOT)  # the paths it shows are the repository's (examples/members.csv)
     started = False
     try:
-        with tempfile.TemporaryDirectory(prefix="wsop-demo-") as tmp:
-            bitmaps(quick)
-            section("the local stack")
-            run("up", "--detach", "--sidecars", "3", "--port", str(free_port() if quick else 8765))
-            started = True
-            status = json.loads(run("status", "--json", show=False))
-            chat(status["lb"]["url"], Path(tmp) / "members.csv")
-            run("status")
-            section("3. a smoke load test against the stack")
-            duration = "3" if quick else "10"
-            run("loadtest", "--local", "--profile", "smoke", "--duration", duration, check=False)
+        bitmaps(quick)
+        section("the local stack")
+        run("up", "--detach", "--sidecars", "3", "--port", str(free_port() if quick else 8765))
+        started = True
+        status = json.loads(run("status", "--json", show=False))
+        chat(status["lb"]["url"])
+        run("status")
+        section("3. a smoke load test against the stack")
+        duration = "3" if quick else "10"
+        run("loadtest", "--local", "--profile", "smoke", "--duration", duration, check=False)
     finally:
         if started:
             section("stopping the stack")

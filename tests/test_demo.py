@@ -35,5 +35,5 @@ def test_demo_shows_real_output_and_cleans_up(tmp_path: Path) -> None:
     assert commands[-1] == "$ wsop down"
     assert done.stdout.rstrip().splitlines()[-3:-1] == ["  wsop redis stop", ""]
     assert "Still running: the embedded Redis" in done.stdout
-    assert list(tmp.iterdir()) == []  # the members CSV went with its temp dir
+    assert list(tmp.iterdir()) == []  # no temporary file left (loadtest's work dir included)
     assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
