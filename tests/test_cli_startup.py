@@ -67,6 +67,13 @@ def test_root_help_lists_commands_in_the_order_of_the_work() -> None:
     assert "Usage: wsop " in out
 
 
+def test_no_command_prints_the_help_and_nothing_else() -> None:
+    for args in ((), ("seed",)):
+        result = run_wsop(*args)
+        assert result.returncode == 2 and "Usage: wsop" in result.stdout
+        assert result.stderr == ""  # (it used to get a stray blank line)
+
+
 def test_version() -> None:
     result = run_wsop("--version")
     assert result.returncode == 0 and re.fullmatch(r"wsop \d+\.\d+\.\d+\n", result.stdout)

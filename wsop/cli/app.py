@@ -142,7 +142,10 @@ class RootGroup(WsopGroup):
             if not standalone_mode:
                 raise
             if type(exc).__name__ == "NoArgsIsHelpError":
-                exc.show()  # type: ignore[attr-defined]
+                # rich help is already on stdout; the message left to show is empty and
+                # would put a stray blank line on stderr
+                if exc.format_message().strip():  # type: ignore[attr-defined]
+                    exc.show()  # type: ignore[attr-defined]
                 sys.exit(getattr(exc, "exit_code", 2))
             if isinstance(exc, typer.Abort) or type(exc).__name__ == "Abort":
                 print("aborted", file=sys.stderr)
