@@ -213,7 +213,9 @@ def tenant_store(url: str | None):
 # Where the sidecars are (shared by `wsop lb` and `wsop sidecar`): exactly one source.
 MembersFileOpt = Annotated[
     Path | None,
-    typer.Option("--members-file", help="Members file to follow (what `wsop up` writes)."),
+    typer.Option(
+        "--members-file", metavar="FILE", help="Members file to follow (what `wsop up` writes)."
+    ),
 ]
 PeersOpt = Annotated[
     str | None,

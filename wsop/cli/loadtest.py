@@ -157,7 +157,8 @@ def loadtest_cmd(
         int, typer.Option("--workers", help="Locust worker processes (0: one process).")
     ] = 0,
     report: Annotated[
-        Path | None, typer.Option("--report", help="Write HTML, CSV and a PNG plot here.")
+        Path | None,
+        typer.Option("--report", metavar="DIR", help="Write HTML, CSV and a PNG plot here."),
     ] = None,
     allow_loss: Annotated[bool, typer.Option("--allow-loss", help="Lost ≠ failure.")] = False,
     min_rate_ratio: Annotated[

@@ -70,7 +70,7 @@ def rebalance_cmd(
         ),
     ] = None,
     kubeconfig: Annotated[
-        Path | None, typer.Option("--kubeconfig", help="Path to a kubeconfig.")
+        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="Path to a kubeconfig.")
     ] = None,
     context: Annotated[
         str | None, typer.Option("--context", help="kubeconfig context to use.")

@@ -81,7 +81,7 @@ def synthetic_cmd(
 def load_cmd(
     members: Annotated[Path, typer.Argument(help="CSV with header tenant,team,user.")],
     online: Annotated[
-        Path | None, typer.Option("--online", help="CSV with header tenant,user.")
+        Path | None, typer.Option("--online", metavar="FILE", help="CSV with header tenant,user.")
     ] = None,
     string_ids: Annotated[
         bool,
