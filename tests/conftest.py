@@ -101,7 +101,9 @@ def run_wsop(*args: str, env: dict[str, str] | None = None, timeout: float = 60)
     """Run the real `wsop` console entry point as a subprocess."""
     import os
 
-    full_env = {**os.environ, **(env or {})}
+    # a server refuses to start without an admin token: tests get one unless they say
+    # otherwise (env={"WSOP_ADMIN_TOKEN": ""} to test the refusal)
+    full_env = {"WSOP_ADMIN_TOKEN": "test-admin-token", **os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "wsop.cli.main", *args],
         capture_output=True,

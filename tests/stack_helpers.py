@@ -16,6 +16,17 @@ from websockets.sync.client import ClientConnection, connect
 from wsop.local.redis_binary import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token"
+"""Every test stack's admin token (servers refuse to start without one)."""
+
+
+def admin_get(url: str, timeout: float = 10.0) -> bytes:
+    """GET an admin endpoint (`http://…/metrics`, a `ws://` base works too) with the token."""
+    request = urllib.request.Request(
+        url.replace("ws://", "http://", 1), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return resp.read()
 
 
 @dataclass
@@ -92,7 +103,7 @@ class Sidecars:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            env={**os.environ, "WSOP_ADMIN_TOKEN": ADMIN_TOKEN, **self.env},
             cwd=ROOT,
         )
         log.close()

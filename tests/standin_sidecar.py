@@ -16,7 +16,8 @@ Like a real sidecar, the LB's `"\\x00wsop:moved"` (the client moved away) is nev
 echoed: the connection is closed with 1000 "moved" once its background pushes are done.
 
 `?reject=STATUS` on the handshake answers that HTTP status instead;
-`?reject_moved=STATUS` does so only for a moved connection (one with `moved_from`).
+`?reject_moved=STATUS` does so only for a moved connection (the LB's `X-Wsop-Lb` header
+names the sidecar it moves from).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ async def run(name: str, host: str, port: int) -> None:
             return conn.respond(404, "not found\n")
         params = parse_qs(url.query)
         reject = params.get("reject")
-        if "moved_from" in params:
+        lb = request.headers.get("X-Wsop-Lb", "")  # (a stand-in does not verify it)
+        if len(lb.split(" ")) == 4 and lb.split(" ")[2] != "-":  # a moved client
             reject = reject or params.get("reject_moved")
         if reject:
             return conn.respond(int(reject[0]), "rejected by stand-in\n")
@@ -84,7 +86,9 @@ async def run(name: str, host: str, port: int) -> None:
                 elif message == "whoami":
                     auth = conn.request.headers.get("Authorization") if conn.request else None
                     path = conn.request.path if conn.request else None
-                    await conn.send(json.dumps({"sidecar": name, "path": path, "auth": auth}))
+                    lb = conn.request.headers.get("X-Wsop-Lb") if conn.request else None
+                    info = {"sidecar": name, "path": path, "auth": auth, "lb": lb}
+                    await conn.send(json.dumps(info))
                 elif message.startswith("close:"):
                     await conn.close(int(message[6:]), "bye")
                 elif message == "die":

@@ -7,6 +7,7 @@ never a traceback.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,24 @@ def test_embedded_default_starts_reuses_and_stops(members: Path) -> None:
     stopped = json.loads(run_wsop("redis", "stop", "--json").stdout)
     assert stopped["stopped"] is True
     assert json.loads(run_wsop("redis", "status", "--json").stdout)["running"] is False
+
+
+def test_the_state_sweep_stops_an_embedded_redis_a_test_left_running(tmp_path: Path) -> None:
+    """What the autouse fixture does after every test: nothing started in a test's state
+    dir survives it (the suite used to leave redis-server processes behind)."""
+    import os
+
+    from tests.conftest import sweep_state_dir
+    from wsop.local import embedded
+
+    state = tmp_path / "state"
+    env = {"WSOP_STATE_DIR": str(state)}
+    done = run_wsop("redis", "start", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    pid = json.loads(done.stdout)["pid"]
+    os.kill(pid, 0)  # running
+    os.environ["WSOP_STATE_DIR"] = str(state)  # (the autouse fixture restores it)
+    sweep_state_dir(state)
+    assert not embedded.status().running
+    time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from websockets.frames import CLOSE, Close, Frame, Opcode
 from websockets.protocol import State
 
 from tests.conftest import ROOT
-from tests.stack_helpers import Sidecars, wait_healthy
+from tests.stack_helpers import ADMIN_TOKEN, Sidecars, wait_healthy
 from tests.test_sidecar_e2e import seed_tenant
 from wsop.local.redis_binary import free_port
 
@@ -107,6 +108,7 @@ def test_an_oversize_frame_through_the_lb_gets_1009_every_time(sidecar: Sidecars
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "WSOP_ADMIN_TOKEN": ADMIN_TOKEN},
     )
 
     async def tries() -> list[int | None]:

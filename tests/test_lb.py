@@ -31,6 +31,7 @@ from websockets.frames import Close, Frame, Opcode
 from tests.conftest import ROOT, run_wsop
 from wsop.auth import mint_token
 from wsop.discovery import Members, RegistryFileMembership, StaticMembership
+from wsop.errors import WsopError
 from wsop.lb import LBConfig, LoadBalancer, Relay
 from wsop.lb.frames import FrameScanner, close_frame, parse_close, text_frame
 from wsop.lb.handshake import LBServerConnection
@@ -326,8 +327,9 @@ async def test_admin_endpoints(standins: Members) -> None:
             assert status == 200
             assert 'wsop_lb_messages_total{direction="client_to_upstream"} 1.0' in text
             assert f'wsop_lb_connections{{sidecar="{owner}"}} 1.0' in text
-    async with running_lb(StaticMembership(standins), admin_token=None) as lb:
-        assert (await aget(lb.config.port, "/connections"))[0] == 200  # no token configured
+    with pytest.raises(WsopError, match="admin token"):  # closed by default
+        async with running_lb(StaticMembership(standins), admin_token=None):
+            pass
 
 
 # --- the rebalance seam -----------------------------------------------------------------
@@ -396,11 +398,15 @@ async def test_misplaced_relays_follow_the_ring(tmp_path: Path, standins: Member
 
 @pytest.mark.asyncio
 async def test_sidecar_move_frame_switches_the_client(standins: Members) -> None:
-    async with running_lb(StaticMembership({"s0": standins["s0"]})) as lb:
-        ws = await connect(ws_url(lb, f"?moved_from=evil&x=1&token={token('acme', 2)}"), proxy=None)
+    ring = build(ALGO, list(standins))
+    user = next(u for u in range(100) if ring.owner(("acme", u)) == "s0")
+    async with running_lb(StaticMembership(standins)) as lb:
+        query = f"?moved_from=evil&x=1&token={token('acme', user)}"
+        ws = await connect(ws_url(lb, query), proxy=None)
         await ws.send("whoami")
         info = json.loads(await ws.recv())
         assert info["sidecar"] == "s0" and "moved_from" not in info["path"]  # stripped
+        assert info["lb"].split(" ")[2] == "-"  # signed by the LB: not moved
         await ws.send(f"sendmove:s2 {standins['s2']}")
         for _ in range(100):
             if lb.relays and next(iter(lb.relays)).owner == "s2":
@@ -408,13 +414,17 @@ async def test_sidecar_move_frame_switches_the_client(standins: Members) -> None
             await asyncio.sleep(0.02)
         await ws.send("whoami")
         info = json.loads(await ws.recv())  # the control frame never reached the client
-        assert info["sidecar"] == "s2" and info["path"].endswith("&moved_from=s0")
+        assert info["sidecar"] == "s2" and info["lb"].split(" ")[2] == "s0"  # moved from s0
         assert dict(lb.stats.per_sidecar) == {"s2": 1}
-        await ws.send(f"sendmove:s9 ws://127.0.0.1:{free_port()}")  # unreachable: stays
+        # a move to a sidecar the LB does not know is refused: the LB never dials a URL
+        # a frame names (that chain once let an attacker's server talk to a victim)
+        await ws.send(f"sendmove:s9 ws://127.0.0.1:{free_port()}")
+        await ws.send(f"sendmove:s1 ws://127.0.0.1:{free_port()}")  # a member, wrong url
         for _ in range(100):
-            if lb.stats.upstream_failures["switch"]:
+            if lb.stats.refused["move_to_non_member"] == 2:
                 break
             await asyncio.sleep(0.02)
+        assert lb.stats.refused["move_to_non_member"] == 2
         await ws.send("z")
         assert await ws.recv() == "s2:z"
         await ws.close()
@@ -443,7 +453,10 @@ def test_lb_command_sigterm_closes_1012(standins: Members) -> None:
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
-        env={k: v for k, v in os.environ.items() if k not in ("WSOP_SECRET",)},
+        env={
+            **{k: v for k, v in os.environ.items() if k not in ("WSOP_SECRET",)},
+            "WSOP_ADMIN_TOKEN": ADMIN,
+        },
     )
     try:
         wait_healthy(port)
@@ -469,6 +482,9 @@ def test_lb_command_sigterm_closes_1012(standins: Members) -> None:
 
 
 def test_lb_command_bad_input() -> None:
+    result = run_wsop("lb", "--peers", "s0=ws://h:1", "--insecure", env={"WSOP_ADMIN_TOKEN": ""})
+    assert result.returncode == 2 and "needs WSOP_ADMIN_TOKEN" in result.stderr  # even insecure
+    assert "Traceback" not in result.stderr
     result = run_wsop("lb", "--peers", "s0=ws://127.0.0.1:1", "--algo", "nope", "--insecure")
     assert result.returncode == 2 and "unknown algorithm" in result.stderr
     assert "Traceback" not in result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 import redis
 
 from tests.conftest import ROOT
-from tests.stack_helpers import Sidecars, client, recv_json, wait_healthy
+from tests.stack_helpers import ADMIN_TOKEN, Sidecars, client, recv_json, wait_healthy
 from tests.test_sidecar_e2e import seed_tenant
 from wsop.local.redis_binary import free_port
 from wsop.ring import build
@@ -34,6 +35,7 @@ def start_lb(peers: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env={**os.environ, "WSOP_ADMIN_TOKEN": ADMIN_TOKEN},
         )
     wait_healthy(port)
     return proc, port

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.stack_helpers import Sidecars, client, drain, recv_json
+from tests.stack_helpers import Sidecars, admin_get, client, drain, recv_json
 from wsop.acl import bitmap, keys, seed
 from wsop.acl.dataset import TenantData
 from wsop.acl.store import TenantStore
@@ -105,7 +105,7 @@ def scrape(stack: Sidecars, series: str) -> float:
         if proc.proc.poll() is not None:
             continue
         url = proc.url.replace("ws://", "http://") + "/metrics"
-        for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+        for line in admin_get(url).decode().splitlines():
             if line.startswith(series + " ") or line.startswith(series + "{"):
                 total += float(line.rsplit(" ", 1)[1])
     return total

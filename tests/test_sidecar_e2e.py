@@ -14,7 +14,7 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.stack_helpers import Sidecars, client, drain, recv_json
+from tests.stack_helpers import Sidecars, admin_get, client, drain, recv_json
 from wsop.acl import bitmap, seed
 from wsop.acl.dataset import TenantData
 from wsop.acl.store import TenantStore
@@ -96,10 +96,7 @@ def test_direct_team_multitab_cross_sidecar_and_isolation(
     for ws in everyone:
         ws.close()
     # the counters the hot path keeps as plain ints reach /metrics when scraped
-    scraped = "".join(
-        urllib.request.urlopen(p.url.replace("ws://", "http://") + "/metrics").read().decode()
-        for p in sidecars.procs.values()
-    )
+    scraped = "".join(admin_get(p.url + "/metrics").decode() for p in sidecars.procs.values())
     assert metric_sum(scraped, 'wsop_messages_in_total{type="direct"}') == 1
     assert metric_sum(scraped, 'wsop_messages_in_total{type="team"}') == 2
     assert metric_sum(scraped, "wsop_messages_out_total") == 2 + 4  # d1: 2 tabs; t1: 4 conns
@@ -293,7 +290,7 @@ def test_a_client_that_stops_reading_is_closed_and_others_are_unharmed(
     closed = 0.0
     while time.monotonic() < deadline and not closed:
         time.sleep(0.5)
-        text = urllib.request.urlopen(metrics_url).read().decode()
+        text = admin_get(metrics_url).decode()
         closed = metric_sum(text, "wsop_slow_clients_closed_total")
     assert closed == 1
     sender.send('{"type":"direct","to":1,"data":"still fine","id":"z"}')
@@ -310,7 +307,7 @@ def test_drain_with_no_other_sidecar_is_refused(redis_url: str, tmp_path: Path) 
     try:
         url = stack.procs["solo"].url.replace("ws://", "http://") + "/drain"
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url, timeout=10)
+            admin_get(url)
         assert refused.value.code == 409
         assert json.loads(refused.value.read()) == {"error": "no other sidecar to drain to"}
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -70,3 +70,28 @@ def query(request: Request) -> dict[str, str]:
     return {
         k: v[-1] for k, v in parse_qs(urlsplit(request.path).query, keep_blank_values=True).items()
     }
+
+
+def select_subprotocol(connection: ServerConnection, offered: Sequence[str]) -> str | None:
+    """`wsop.v1` when the client offers it (first choice whatever else it offers); no
+    subprotocol when it offers none; a 400 naming what we speak when it offers only
+    others (RFC 6455 §4.2.2: it would fail the connection on an answer without one)."""
+    from websockets.exceptions import NegotiationError
+
+    from wsop.protocol import SUBPROTOCOL
+
+    if not offered:
+        return None
+    if SUBPROTOCOL in offered:
+        return SUBPROTOCOL
+    raise NegotiationError(
+        f"unsupported subprotocol {', '.join(offered)[:80]}; this server speaks {SUBPROTOCOL}"
+    )
+
+
+def origins_option(allowed: Sequence[str] | None) -> list[str | None] | None:
+    """websockets' `origins=` for `--allowed-origins`: None checks nothing; a list admits
+    those origins and clients that send no `Origin` (non-browser clients, the LB)."""
+    if allowed is None:
+        return None
+    return [*allowed, None]

@@ -50,6 +50,10 @@ ERROR_CODES: Final = frozenset(
 MOVE_PREFIX: Final = "\x00wsop:move "
 
 
+# The subprotocol a client may offer (`new WebSocket(url, ["wsop.v1"])`): selected when
+# offered, so browsers that must name one can; a client that offers none gets none.
+SUBPROTOCOL: Final = "wsop.v1"
+
 # LB → sidecar, on the upstream a client just moved away from: "\x00wsop:moved". The old
 # sidecar finishes what it owes that connection (acks of messages it is still routing,
 # deliveries already on their way) and then closes it; until then the LB keeps relaying
@@ -61,10 +65,6 @@ def move_frame(target: str, url: str) -> str:
     """The control frame asking the LB to move a client to sidecar `target` at `url`."""
     return f"{MOVE_PREFIX}{target} {url}"
 
-
-# The LB's handshake with a sidecar carries this header: only such connections can be
-# moved (a client connected to a sidecar directly would just receive the control frame).
-VIA_HEADER: Final = "X-Wsop-Via"
 
 # Limits. Frame size is the server's choice (passed to `parse_client_frame`).
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024

@@ -274,6 +274,51 @@ def server_secret(insecure: bool, process: str) -> str | None:
     return secret
 
 
+def server_admin_token(process: str) -> str:
+    """The stack's admin token (`WSOP_ADMIN_TOKEN`), which a server cannot run without:
+    it authenticates the peer links between sidecars, the admin endpoints, and the LB's
+    signed word to the sidecars. Without it any client could inject messages across
+    tenants through `/peer` — so even `--insecure` (which only relaxes *client* tokens)
+    does not waive it. `wsop up` makes one for its stack."""
+    from wsop.httpadmin import ADMIN_TOKEN_ENV, admin_token_from_env
+
+    token = admin_token_from_env()
+    if not token:
+        raise UsageError(
+            f"wsop {process} needs {ADMIN_TOKEN_ENV}: the shared secret of the LB and the "
+            "sidecars (peer links, admin endpoints); set the same random string on all of "
+            "them, e.g. $(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
+AllowedOriginsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help="Comma-separated browser origins to admit (e.g. https://app.example.com); "
+        "default: any. Clients that send no Origin header (non-browsers) are always admitted.",
+    ),
+]
+
+
+def parse_origins(spec: str | None) -> tuple[str, ...] | None:
+    """`--allowed-origins`: None (any) or the origins, each scheme://host[:port]."""
+    if spec is None:
+        return None
+    origins = tuple(o.strip().rstrip("/") for o in spec.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise UsageError(
+                f"--allowed-origins: {origin!r} is not an origin (scheme://host[:port])"
+            )
+    if not origins:
+        raise UsageError("--allowed-origins is empty; leave it out to admit any origin")
+    return origins
+
+
 def client_secret() -> str:
     """The secret `wsop token` signs with: `WSOP_SECRET`, else the running local stack's.
 

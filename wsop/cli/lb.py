@@ -9,12 +9,15 @@ from typing import Annotated
 import typer
 
 from wsop.cli.app import (
+    AllowedOriginsOpt,
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    parse_origins,
+    server_admin_token,
     server_secret,
 )
 from wsop.k8s.discovery import DEFAULT_SELECTOR
@@ -44,11 +47,11 @@ def lb_cmd(
     algo: Algo = None,
     name: Name = "lb",
     drain_seconds: Drain = 1.0,
+    allowed_origins: AllowedOriginsOpt = None,
 ) -> None:
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
     /connections answer plain HTTP on the same port."""
     from wsop.errors import UsageError
-    from wsop.httpadmin import admin_token_from_env
     from wsop.lb import LBConfig, run
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
 
@@ -59,6 +62,8 @@ def lb_cmd(
     if drain_seconds < 0:
         raise UsageError("--drain-seconds must be >= 0")
     source = membership_source(members_file, peers, namespace, selector, service)
+    origins = parse_origins(allowed_origins)
+    admin_token = server_admin_token("lb")
     secret = server_secret(insecure, "lb")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
@@ -72,8 +77,9 @@ def lb_cmd(
             algo=algo,
             insecure=insecure,
             secret=secret,
-            admin_token=admin_token_from_env(),
+            admin_token=admin_token,
             name=name,
             drain_s=drain_seconds,
+            allowed_origins=origins,
         )
     )

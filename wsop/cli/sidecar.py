@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from typing import Annotated
 
@@ -12,6 +11,7 @@ import typer
 
 from wsop import protocol
 from wsop.cli.app import (
+    AllowedOriginsOpt,
     MembersFileOpt,
     NamespaceOpt,
     PeersOpt,
@@ -19,6 +19,8 @@ from wsop.cli.app import (
     SelectorOpt,
     ServiceOpt,
     membership_source,
+    parse_origins,
+    server_admin_token,
     server_secret,
 )
 from wsop.errors import BackendUnavailable, UsageError
@@ -52,6 +54,7 @@ def sidecar_cmd(
         ),
     ] = None,
     redis_url: RedisOpt = None,
+    allowed_origins: AllowedOriginsOpt = None,
     heartbeat: Annotated[
         float,
         typer.Option(
@@ -78,6 +81,8 @@ def sidecar_cmd(
     check_timings(heartbeat, lease, 5.0)  # bad values are usage errors, before any I/O
     algo = algo or DEFAULT_ALGORITHM
     check_routing_algorithm(algo)  # unknown or unroutable: fail before anything starts
+    origins = parse_origins(allowed_origins)
+    admin_token = server_admin_token("sidecar")
     secret = server_secret(insecure, "sidecar")
     url = resolve_url(redis_url)
     connect(url).close()  # fail fast, with the URL in the message
@@ -89,9 +94,10 @@ def sidecar_cmd(
         algo=algo,
         insecure=insecure,
         secret=secret,
-        admin_token=os.environ.get("WSOP_ADMIN_TOKEN") or None,
+        admin_token=admin_token,
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
+        allowed_origins=origins,
         heartbeat_s=heartbeat,
         lease_s=lease,
     )

@@ -101,6 +101,7 @@ class Relay:
         "_deadline",
         "_done",
         "_conns",
+        "_allow_move",
     )
 
     def __init__(
@@ -113,6 +114,7 @@ class Relay:
         key: tuple[str, int | str] | None = None,
         drain_s: float = 15.0,
         on_done: Callable[[Relay], None] | None = None,
+        allow_move: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.key = key
         """(tenant, user) this client is placed by: what a rebalancer re-locates."""
@@ -141,6 +143,8 @@ class Relay:
         """Every socket of this relay is closed."""
         self._done: asyncio.Future[None] | None = None
         self._conns = (client, upstream)
+        self._allow_move = allow_move
+        """Whether (name, url) is a sidecar the LB may move a client to: a member."""
 
     @property
     def finished(self) -> bool:
@@ -278,9 +282,15 @@ class Relay:
         if not owner or not url.startswith(("ws://", "wss://")) or owner == self.owner:
             log.warning("ignoring move frame %r", frame[:120])
             return
+        url = url.rstrip("/")
+        if self._allow_move is not None and not self._allow_move(owner, url):
+            # only to a sidecar of our own membership: never dial a URL a frame names
+            self.stats.refused["move_to_non_member"] += 1
+            log.warning("ignoring a move to %s at %s: not a member", owner, url[:80])
+            return
         if self._switching or self.finished:
             return
-        task = asyncio.ensure_future(self._move(owner, url.rstrip("/")))
+        task = asyncio.ensure_future(self._move(owner, url))
         _MOVES.add(task)
         task.add_done_callback(_MOVES.discard)
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -27,14 +28,21 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
+from wsop import lbsignal
 from wsop.auth import AuthError, Identity, identity_from_request
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
-from wsop.httpadmin import PROMETHEUS_CONTENT_TYPE, admin_refusal, json_response, text_response
+from wsop.httpadmin import (
+    PROMETHEUS_CONTENT_TYPE,
+    admin_refusal,
+    json_response,
+    origins_option,
+    select_subprotocol,
+    text_response,
+)
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
-from wsop.protocol import VIA_HEADER
 from wsop.ring import build, check_routing_algorithm
 from wsop.ring.base import Placement
 
@@ -68,6 +76,8 @@ class LBConfig:
     drain_s: float = 1.0
     """SIGTERM closes clients (1012) spread over this window, not all in one instant."""
     open_timeout: float = 5.0
+    allowed_origins: tuple[str, ...] | None = None
+    """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
     move_drain_s: float = 15.0
     """After a switch, the old sidecar closes the old upstream once it owes the client
     nothing (acks of messages still in flight: up to their 10 s timeout); this is the
@@ -182,28 +192,30 @@ class LoadBalancer:
         }
 
     # --- connections ------------------------------------------------------------------
-    def _dialer(self, request: Request) -> Dial:
-        """Dial a sidecar with the client's own query string and Authorization header.
-
-        `moved_from` is the LB's to set (it tells the new owner to take over from the old
-        one), so a client-supplied one is stripped.
-        """
+    def _dialer(self, request: Request, identity: Identity) -> Dial:
+        """Dial a sidecar with the client's own query string and Authorization header,
+        and the LB's signed word (`wsop.lbsignal`) that an LB holds this client and, on
+        a move, which sidecar it comes from. A client can set neither: it never reaches
+        a sidecar's handshake through us, and `moved_from` in its query is stripped (old
+        sidecars read it there)."""
         auth = request.headers.get("Authorization")
-        # VIA_HEADER tells the sidecar an LB holds this client: its move frames are ours
-        headers = {VIA_HEADER: "lb", **({"Authorization": auth} if auth else {})}
         url = urlsplit(request.path)
         params = parse_qsl(url.query, keep_blank_values=True)
         kept = [(k, v) for k, v in params if k != "moved_from"]
-        base_query = url.query if len(kept) == len(params) else urlencode(kept)
+        query = url.query if len(kept) == len(params) else urlencode(kept)
+        target = f"{WS_PATH}?{query}" if query else WS_PATH
         timeout = self.config.open_timeout
+        token = self.config.admin_token
 
         async def dial(base_url: str, moved_from: str | None = None) -> LBClientConnection:
-            query = base_query
-            if moved_from:
-                extra = urlencode({"moved_from": moved_from})
-                query = f"{query}&{extra}" if query else extra
+            headers = {**({"Authorization": auth} if auth else {})}
+            if token:
+                signal = lbsignal.sign(
+                    token, identity.tenant, identity.user, moved_from, time.time()
+                )
+                headers[lbsignal.HEADER] = signal
             conn = await connect(
-                f"{base_url}{WS_PATH}?{query}" if query else f"{base_url}{WS_PATH}",
+                f"{base_url}{target}",
                 additional_headers=headers,
                 compression=None,  # frames pass through raw: no extension may be negotiated
                 open_timeout=timeout,
@@ -227,7 +239,7 @@ class LoadBalancer:
             self.stats.no_sidecar += 1
             return text_response(connection, 503, "no sidecars available; try again later")
         owner, url = route
-        dial = self._dialer(request)
+        dial = self._dialer(request, identity)
         try:
             upstream = await dial(url, None)
         except InvalidStatus as exc:
@@ -273,11 +285,15 @@ class LoadBalancer:
             key,
             self.config.move_drain_s,
             on_done=self._relay_done,
+            allow_move=self._is_member,
         )
         self.stats.accepted += 1
         self.stats.per_sidecar[owner] += 1
         self.relays.add(relay)
         relay.start()
+
+    def _is_member(self, name: str, url: str) -> bool:
+        return self.members.get(name) == url
 
     def _relay_done(self, relay: Relay) -> None:
         self.relays.discard(relay)
@@ -285,6 +301,8 @@ class LoadBalancer:
 
     # --- running ----------------------------------------------------------------------
     async def start(self) -> Server:
+        if not self.config.admin_token:  # closed by default: see `cli.app.server_admin_token`
+            raise WsopError("the LB needs an admin token: it signs its word to the sidecars")
         self.set_members(self.config.source.current())
         try:
             self.server = await serve(
@@ -296,6 +314,8 @@ class LoadBalancer:
                 ping_interval=None,  # pings pass through end to end
                 server_header=None,
                 create_connection=LBServerConnection,
+                select_subprotocol=select_subprotocol,
+                origins=origins_option(self.config.allowed_origins),
             )
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"

@@ -129,9 +129,14 @@ class Side(FrameScanner, asyncio.Protocol):
 
 
 class ClientSide(Side):
-    """The client's socket: its frames go to the relay's current upstream."""
+    """The client's socket: its frames go to the relay's current upstream — except the
+    NUL-prefixed text frames that are the LB's own word to a sidecar (`"\\x00wsop:…"`):
+    a client's are taken out of the stream, so it can never speak for the LB."""
 
     __slots__ = ()
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay, intercept=True)
 
     def data_received(self, data: bytes) -> None:
         self.relay.stats.client_to_upstream += self.feed(data)
@@ -148,8 +153,8 @@ class ClientSide(Side):
             upstream.send_close(frame)
         self.relay.client_closing(self)
 
-    def on_control(self, payload: bytes) -> None:  # pragma: no cover - intercept is off
-        raise AssertionError("client frames are never intercepted")
+    def on_control(self, payload: bytes) -> None:
+        self.relay.stats.refused["client_control_frame"] += 1
 
     def on_boundary(self) -> None:
         self.relay.at_client_boundary()

@@ -25,6 +25,8 @@ class LBStats:
         self.auth_failures = 0
         self.no_sidecar = 0
         self.upstream_failures: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        """Things the LB would not do: a move to a non-member, a client's control frame."""
         self.per_sidecar: Counter[str] = Counter()
         """Live relayed connections by the sidecar they are routed to."""
 
@@ -74,7 +76,7 @@ class _Collector(Collector):
             "wsop_lb_auth_failures", "Handshakes refused with 401.", value=s.auth_failures
         )
         yield CounterMetricFamily(
-            "wsop_lb_no_sidecar", "Connections closed 1013: no sidecars.", value=s.no_sidecar
+            "wsop_lb_no_sidecar", "Handshakes refused 503: no sidecars.", value=s.no_sidecar
         )
         fails = CounterMetricFamily(
             "wsop_lb_upstream_failures", "Upstream connects/links that failed.", labels=["reason"]
@@ -82,6 +84,14 @@ class _Collector(Collector):
         for reason, count in sorted(s.upstream_failures.items()):
             fails.add_metric([reason], count)
         yield fails
+        refused = CounterMetricFamily(
+            "wsop_lb_refused",
+            "Requests the LB ignored: moves to a non-member, control frames from clients.",
+            labels=["what"],
+        )
+        for what, count in sorted(s.refused.items()):
+            refused.add_metric([what], count)
+        yield refused
 
 
 def make_registry(stats: LBStats, name: str = "lb") -> CollectorRegistry:

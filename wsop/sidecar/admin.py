@@ -5,6 +5,7 @@ hooks."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from wsop import protocol
+from wsop import lbsignal, protocol
 from wsop.auth import AuthError, identity_from_request
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
@@ -41,11 +42,19 @@ async def process_request(
         except AuthError as exc:
             return text_response(conn, 401, str(exc))
         conn.wsop_identity = ident  # type: ignore[attr-defined]
-        conn.wsop_moved_from = query(request).get("moved_from")  # type: ignore[attr-defined]
-        conn.wsop_via_lb = request.headers.get(protocol.VIA_HEADER) == "lb"  # type: ignore[attr-defined]
+        # Only the LB may say it holds this client, or where it moves from: signed.
+        signal = lbsignal.verify(
+            config.admin_token,
+            request.headers.get(lbsignal.HEADER),
+            ident.tenant,
+            ident.user,
+            time.time(),
+        )
+        conn.wsop_via_lb = signal is not None  # type: ignore[attr-defined]
+        conn.wsop_moved_from = signal.moved_from if signal else None  # type: ignore[attr-defined]
         return None
     if path == "/healthz":
-        members = sorted(sidecar.members.current())
+        members = sorted(sidecar.routing)  # adopted, not merely read
         body = {"status": "ok", "name": config.name, "members": members}
         return json_response(conn, 200, body | {"presence": sidecar.presence.health()})
     refused = admin_refusal(request.headers, config.admin_token)

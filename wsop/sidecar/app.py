@@ -27,7 +27,8 @@ from wsop import protocol
 from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.discovery import MembershipSource
-from wsop.httpadmin import text_response
+from wsop.errors import UsageError, WsopError
+from wsop.httpadmin import origins_option, select_subprotocol, text_response
 from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
 from wsop.sidecar import admin
 from wsop.sidecar.client import ClientSession, SidecarServerConnection
@@ -63,6 +64,8 @@ class SidecarConfig:
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     close_window_s: float = 2.0
     upstream: str | None = None
+    allowed_origins: tuple[str, ...] | None = None
+    """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
     # presence healing (wsop/sidecar/presence.py): heartbeat, lease, team-message wait
     heartbeat_s: float = 2.0
     lease_s: float = 10.0
@@ -79,7 +82,10 @@ class Sidecar:
         self.acl = acl
         self.members = members
         self.metrics = SidecarMetrics(config.name)
-        self.router = Router(config.name, self.placement_for(members.current()))
+        self.routing = members.current()
+        """The membership the router routes over (`/healthz`): a new one counts only
+        once its placement is built and adopted, which takes a moment after it is read."""
+        self.router = Router(config.name, self.placement_for(self.routing))
         self.outbox = Outbox()
         self.delivery = Delivery(
             config.name, config.admin_token, self.router, self.outbox, self.metrics, self._spawn
@@ -108,6 +114,8 @@ class Sidecar:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> int:
+        if not self.config.admin_token:  # closed by default: see `cli.app.server_admin_token`
+            raise UsageError("a sidecar needs an admin token: it authenticates its peer links")
         # A previous run of this sidecar may have crashed with users marked online.
         released = await self.acl.release(self.config.name)
         if released:
@@ -124,6 +132,8 @@ class Sidecar:
             ping_interval=30,
             close_timeout=2,
             create_connection=SidecarServerConnection,
+            select_subprotocol=select_subprotocol,
+            origins=origins_option(self.config.allowed_origins),
         )
         self._tasks.append(asyncio.create_task(self._watch_members()))
         self._tasks.append(asyncio.create_task(self.delivery.expire_acks()))
@@ -133,10 +143,14 @@ class Sidecar:
     async def _watch_members(self) -> None:
         while True:
             members = await self.members.wait_changed()
-            # a maglev table takes ~0.6 s to build: never on the event loop
-            placement = await asyncio.to_thread(self.placement_for, members)
+            try:  # a maglev table takes ~0.6 s to build: never on the event loop
+                placement = await asyncio.to_thread(self.placement_for, members)
+            except WsopError as exc:  # e.g. a name the ring refuses: keep routing as before
+                log.error("ignoring membership %s: %s", sorted(members), exc)
+                continue
             self.delivery.membership_changed()
             changes = self.router.set_owner(placement)
+            self.routing = dict(members)
             await self.peers.update(members)
             for change in changes:
                 self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
