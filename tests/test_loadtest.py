@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,7 +134,78 @@ def test_bad_input_exits_with_one_line() -> None:
     _one_line_error(run_wsop("loadtest", "--local", "--target", dead), 2)
 
 
+# -- failures: stable names, early stop (pure) -------------------------------------------
+
+
+def _refused(date: str) -> Exception:
+    from websocket import WebSocketBadStatusException
+
+    headers = {"date": date, "content-type": "text/plain"}
+    body = b"missing token: pass ?token=... or 'Authorization: Bearer ...'\n"
+    return WebSocketBadStatusException(
+        f"Handshake status 401 Unauthorized -+-+- {headers} -+-+- {body!r}", 401, "Unauthorized",
+        headers, body,
+    )  # fmt: skip
+
+
+def test_failure_names_are_stable_across_attempts() -> None:
+    from wsop.load.failures import stable_reason
+
+    one = stable_reason(_refused("Mon, 01 Jan 2024 10:00:00 GMT"))
+    two = stable_reason(_refused("Mon, 01 Jan 2024 10:00:01 GMT"))
+    assert (
+        one
+        == two
+        == "HTTP 401 Unauthorized: missing token: pass ?token=... or "
+        + ("'Authorization: Bearer ...'")
+    )
+    refused = stable_reason(ConnectionRefusedError(111, "Connection refused"))
+    assert refused == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert "0x" not in stable_reason(RuntimeError("object at 0x7f3a2b1c0d90 gone"))
+
+
+def test_early_stop_only_when_the_stack_refuses_everyone() -> None:
+    from wsop.load.failures import early_stop
+
+    url = "ws://127.0.0.1:9/ws"
+    refused = {"connect_errors": {"HTTP 401 Unauthorized: missing token": 5}, "ready": 0}
+    assert early_stop(refused, 5, url, False) == (
+        "401 Unauthorized from ws://127.0.0.1:9/ws: set WSOP_SECRET or use --local"
+    )
+    assert "is WSOP_SECRET the stack's secret?" in early_stop(refused, 5, url, True)
+    assert early_stop(refused, 50, url, False) is None  # 5 of 50: keep waiting
+    assert early_stop({**refused, "ready": 1}, 5, url, False) is None  # someone is in
+    down = {"connect_errors": {"ConnectionRefusedError: [Errno 111] Connection refused": 99}}
+    assert early_stop(down, 5, url, False) is None  # may come up: the connect phase decides
+
+
 # -- real runs ---------------------------------------------------------------------------
+
+
+def test_a_stack_that_refuses_every_user_stops_the_run_with_the_cause(
+    redis_url: str, no_stack_left: None
+) -> None:
+    """Against the default (JWT) stack without WSOP_SECRET: one line naming the 401 and
+    what to do, exit 1, long before the run's own length (it used to run to the end and
+    report 0 errors and 0 of N planned messages)."""
+    standin = shlex.join([sys.executable, str(ROOT / "tests" / "standin_sidecar.py")])
+    env = {"WSOP_SECRET": "", "WSOP_SIDECAR_CMD": standin}
+    up = run_wsop(
+        "up", "--detach", "--sidecars", "1", "--redis", redis_url, "--port", str(free_port()),
+        "--json", env=env,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    lb = json.loads(up.stdout)["lb"]["url"]
+    started = time.monotonic()
+    result = run_wsop(
+        "loadtest", "--target", lb, "--duration", "30", "--connections", "5", "--json",
+        env=env, timeout=60,
+    )  # fmt: skip
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: 401 Unauthorized from {lb}/ws: set WSOP_SECRET or use --local"
+    ]
 
 
 @pytest.fixture
@@ -164,6 +236,7 @@ def test_healthy_run_with_two_workers_accounts_for_every_delivery(
     assert out["latency_ms"]["p50"] is not None and out["latency_ms"]["p99"] >= 0
     for name in ("report.html", "locust_stats.csv", "locust_stats_history.csv", "loadtest.png"):
         assert (report / name).stat().st_size > 0, name
+    assert 'id="wsop-glossary"' in (report / "report.html").read_text()
     # the run started the stack, so it stopped it
     assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
 
@@ -250,3 +323,47 @@ def test_frame_reader_splits_bulk_reads_at_any_byte() -> None:
         FrameReader().feed(_frame(0, b"orphan"))
     with pytest.raises(FrameError):
         FrameReader().feed(bytes([0xC1, 0]))  # RSV1 without an extension
+
+
+# -- the report (pure) -------------------------------------------------------------------
+
+TIMELINE = [
+    {"t": 2.0, "phase": "connect", "target_rate": 0.0, "msgs_per_s": 0.0, "p50": None},
+    {"t": 3.0, "phase": "run", "target_rate": 50.0, "msgs_per_s": 0.0, "p50": None},
+    {"t": 4.0, "phase": "run", "target_rate": 50.0, "msgs_per_s": 54.0, "p50": None},
+    {"t": 5.0, "phase": "run", "target_rate": 50.0, "msgs_per_s": 49.9, "p50": 11},
+    {"t": 6.0, "phase": "drain", "target_rate": 0.0, "msgs_per_s": 50.0, "p50": 7},
+    {"t": 7.0, "phase": "drain", "target_rate": 0.0, "msgs_per_s": 0.0, "p50": 7},
+]
+
+
+def test_plot_series_line_up_with_the_target_and_leave_gaps(tmp_path: Path) -> None:
+    import math
+
+    from wsop.load.report import latency_or_gap, plot, sent_steps
+
+    xs, sent = sent_steps(TIMELINE)
+    # the rate measured over 3→4 s starts at 3 s, like the 50 msg/s target it answers
+    assert dict(zip(xs, sent, strict=True))[3.0] == 54.0
+    assert dict(zip(xs, sent, strict=True))[6.0] == 0.0  # the drain sends nothing
+    gaps = [math.isnan(latency_or_gap(p, "p50")) for p in TIMELINE]
+    # nothing before the first sample, a value while sending, a gap through the drain
+    assert gaps == [True, True, True, False, False, True]
+    png = plot({"timeline": TIMELINE, "plan": {"profile": "smoke"}}, tmp_path / "p.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_html_starts_with_a_glossary(tmp_path: Path) -> None:
+    from wsop.load.report import annotate_html
+
+    page = tmp_path / "report.html"
+    page.write_text(
+        '<html><head><script>var s = "<body>";</script></head>\n'
+        '  <body>\n    <div id="root"></div>\n  </body></html>'
+    )
+    result = {"sent": 204, "delivered": 332, "expected_deliveries": 332, "lost": 0, "faults": []}
+    annotate_html(page, result)
+    text = page.read_text()
+    assert text.index('id="wsop-glossary"') < text.index('<div id="root">')
+    assert text.index('id="wsop-glossary"') > text.index("</head>")
+    assert "count <i>deliveries</i>, not messages" in text and "204 in this run" in text

@@ -157,6 +157,26 @@ def test_malformed_frames_get_error_frames_and_connection_survives(
     peer.close()
 
 
+def test_unknown_names_get_what_protocol_md_says(sidecars: Sidecars, r: redis.Redis) -> None:
+    """docs/protocol.md, "Error codes": an unknown team is `forbidden` (nobody is its
+    member), an unseeded tenant's team message is `not_found`, and a direct message to
+    a user nobody holds is acked as undelivered (direct messages have no ACL)."""
+    seed_tenant(r, "A", {"eng": {1, 2}})
+    url = next(iter(sidecars.procs.values())).url
+    ws = client(url, "A", 1)
+    ws.send('{"type":"team","teams":["no-such-team"],"data":1,"id":"t"}')
+    assert recv_json(ws)["code"] == "forbidden"
+    ws.send('{"type":"direct","to":99,"data":1,"id":"d"}')
+    assert recv_json(ws) == {"type": "ack", "id": "d", "delivered": 0, "undelivered": 1}
+    stranger = client(url, "nobody-seeded", 1)
+    stranger.send('{"type":"team","teams":["eng"],"data":1,"id":"n"}')
+    refused = recv_json(stranger)
+    assert (refused["type"], refused["code"]) == ("error", "not_found")
+    assert "unknown tenant 'nobody-seeded'" in refused["message"]
+    ws.close()
+    stranger.close()
+
+
 def test_presence_follows_first_and_last_connection(sidecars: Sidecars, r: redis.Redis) -> None:
     seed_tenant(r, "A", {"eng": {5}})
     urls = [p.url for p in sidecars.procs.values()]

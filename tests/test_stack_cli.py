@@ -325,7 +325,7 @@ def test_servers_without_a_secret_say_how_to_run(command: tuple[str, ...]) -> No
         (("--url", "http://127.0.0.1:1", "--local", "s0"), 2, "give exactly one of"),
         (("--url", "127.0.0.1:9"), 2, "--url must be an http:// URL"),
         (("--local", "s0", "--wait", "-1"), 2, "--wait must be ≥ 0"),
-        (("--local", "s0"), 2, NO_STACK),
+        (("--local", "s0"), 1, NO_STACK),
         (("--url", f"http://127.0.0.1:{free_port()}"), 1, "cannot reach the sidecar at"),
     ],
 )
@@ -334,3 +334,25 @@ def test_drain_bad_input_is_one_line(args: tuple[str, ...], code: int, message: 
     assert result.returncode == code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("status", "--json"),
+        ("scale", "--sidecars", "2"),
+        ("down",),
+        ("drain", "--local", "s0"),
+        ("rebalance", "--local"),
+        ("ring", "show", "--local"),
+        ("ring", "locate", "--local", "7"),
+    ],
+)
+def test_no_local_stack_is_the_same_error_everywhere(args: tuple[str, ...]) -> None:
+    """One condition, one exit code: every command that needs the local stack says the
+    same line and exits 1 (drain used to exit 2 for it)."""
+    result = wsop(*args)
+    assert result.returncode == 1, (args, result.stderr)
+    assert result.stderr.strip().splitlines() == [f"error: {NO_STACK}"]
+    assert result.stdout == ""

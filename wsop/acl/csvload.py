@@ -32,7 +32,8 @@ class ParsedTenant:
 
 def _rows(path: Path, header: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
     try:
-        handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header
+        handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle:

@@ -3,21 +3,28 @@
 Errors are mapped here and nowhere else: a `WsopError` becomes one line on stderr and
 its exit code; anything unexpected becomes one line too (set WSOP_DEBUG=1 for the
 traceback), so users never see a stack trace for a bad input.
+
+This module is imported by every `wsop` invocation, `--version` included, so it
+imports nothing heavy at the top: rich, redis and the library load when a command
+needs them (tests/test_cli_startup.py holds it to that).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import redis
 import typer
 from typer.core import TyperGroup
 
-from wsop.cli.output import JSON_OPTION_HELP, err_console
 from wsop.errors import BackendError, BackendUnavailable, UsageError, WsopError
+
+JSON_OPTION_HELP = "Print one JSON document on stdout instead of tables."
+# `-1` where a user id goes: click reads it as an unknown option (see RootGroup.main)
+SIGNED_NUMBER = re.compile(r"^-\d+$")
 
 
 def _click_exceptions() -> tuple[type[BaseException], ...]:
@@ -38,8 +45,15 @@ def _click_exceptions() -> tuple[type[BaseException], ...]:
 PASSTHROUGH = _click_exceptions()
 
 
-def fail(message: str, code: int) -> typer.Exit:
+def print_error(message: str) -> None:
+    """The one `error:` line on stderr (never wrapped: it may hold a command to copy)."""
+    from wsop.cli.output import err_console
+
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    print_error(message)
     return typer.Exit(code)
 
 
@@ -49,6 +63,20 @@ def _stdout_gone() -> typer.Exit:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return typer.Exit(1)
+
+
+def _backend_error(exc: BaseException) -> WsopError | None:
+    """A redis-py error as ours (checked through sys.modules: a command that never
+    imported redis cannot have raised one, and importing it here would cost every
+    command ~100 ms)."""
+    redis = sys.modules.get("redis")
+    if redis is None:
+        return None
+    if isinstance(exc, redis.ConnectionError):
+        return BackendUnavailable(f"lost the Redis connection: {exc}")
+    if isinstance(exc, redis.RedisError):
+        return BackendError(f"Redis error: {exc}")
+    return None
 
 
 class WsopGroup(TyperGroup):
@@ -61,15 +89,14 @@ class WsopGroup(TyperGroup):
             raise
         except WsopError as exc:
             raise fail(str(exc), exc.exit_code) from None
-        except redis.ConnectionError as exc:
-            raise fail(str(BackendUnavailable(f"lost the Redis connection: {exc}")), 1) from None
-        except redis.RedisError as exc:
-            raise fail(str(BackendError(f"Redis error: {exc}")), 1) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except BrokenPipeError:
             raise _stdout_gone() from None
         except Exception as exc:
+            mapped = _backend_error(exc)
+            if mapped is not None:
+                raise fail(str(mapped), mapped.exit_code) from None
             if os.environ.get("WSOP_DEBUG"):
                 raise
             name = type(exc).__name__
@@ -83,12 +110,31 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(message.split()) + hint
 
 
-class _RootGroup(WsopGroup):
+def _signed_number_typo(exc: BaseException, args: list[str]) -> str | None:
+    """`wsop online add --tenant acme -1`: click sees an unknown option `-1`. Where the
+    command takes user ids, say what the id parser says of `-- -1`."""
+    if type(exc).__name__ != "NoSuchOption":
+        return None
+    ctx = getattr(exc, "ctx", None)
+    params = getattr(getattr(ctx, "command", None), "params", ())
+    if not any(getattr(p, "name", None) == "users" for p in params):
+        return None
+    for arg in args:
+        if SIGNED_NUMBER.match(arg):
+            return f"user id {arg} is negative"
+    return None
+
+
+class RootGroup(WsopGroup):
     """The root also owns argument-parsing errors: one line, exit 2, no help box."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from wsop.cli import helpfmt
+
+        helpfmt.install()
+        argv = list(sys.argv[1:] if args is None else args)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except BrokenPipeError:
             _stdout_gone()
             sys.exit(1)
@@ -96,25 +142,29 @@ class _RootGroup(WsopGroup):
             if not standalone_mode:
                 raise
             if type(exc).__name__ == "NoArgsIsHelpError":
-                exc.show()  # type: ignore[attr-defined]
+                # rich help is already on stdout; the message left to show is empty and
+                # would put a stray blank line on stderr
+                if exc.format_message().strip():  # type: ignore[attr-defined]
+                    exc.show()  # type: ignore[attr-defined]
                 sys.exit(getattr(exc, "exit_code", 2))
             if isinstance(exc, typer.Abort) or type(exc).__name__ == "Abort":
-                err_console.print("aborted")
+                print("aborted", file=sys.stderr)
                 sys.exit(1)
-            err_console.print(
-                f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True
-            )
+            print_error(_signed_number_typo(exc, argv) or _one_line(exc))
             sys.exit(getattr(exc, "exit_code", 2))
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
 
 
-def new_app(help_text: str, root: bool = False) -> typer.Typer:
+def new_app(
+    help_text: str, cls: type[TyperGroup] = WsopGroup, name: str | None = None
+) -> typer.Typer:
     """A command group with wsop's conventions (no pretty tracebacks, -h, no completion)."""
     return typer.Typer(
+        name=name,
         help=help_text,
-        cls=_RootGroup if root else WsopGroup,
+        cls=cls,
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
@@ -163,7 +213,9 @@ def tenant_store(url: str | None):
 # Where the sidecars are (shared by `wsop lb` and `wsop sidecar`): exactly one source.
 MembersFileOpt = Annotated[
     Path | None,
-    typer.Option("--members-file", help="Members file to follow (what `wsop up` writes)."),
+    typer.Option(
+        "--members-file", metavar="FILE", help="Members file to follow (what `wsop up` writes)."
+    ),
 ]
 PeersOpt = Annotated[
     str | None,
@@ -306,6 +358,38 @@ def parse_origins(spec: str | None) -> tuple[str, ...] | None:
     if not origins:
         raise UsageError("--allowed-origins is empty; leave it out to admit any origin")
     return origins
+
+
+def client_secret() -> str:
+    """The secret `wsop token` signs with: `WSOP_SECRET`, else the running local stack's.
+
+    `wsop up` generates a secret and keeps it in the members file (0600), so a user who
+    just started the default stack can mint tokens for it without looking for it; the
+    choice is said on stderr, so nobody mistakes it for their production secret.
+    """
+    from wsop.auth import SECRET_ENV, secret_from_env
+
+    if os.environ.get(SECRET_ENV):
+        return secret_from_env()
+    from wsop.local.stack_file import members_path
+    from wsop.local.stack_proc import running_record
+
+    record = running_record()
+    if record is not None and record.secret:
+        from wsop.cli.output import err_console
+
+        err_console.print(
+            f"{SECRET_ENV} is not set: using the secret of the local stack ({members_path()})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return record.secret
+    if record is not None:
+        raise UsageError(
+            f"no JWT secret: set {SECRET_ENV} (the local stack runs --insecure and needs "
+            "no token: connect with ?tenant=T&user=U)"
+        )
+    return secret_from_env(hint=" or pass --secret (or start a local stack with `wsop up`)")
 
 
 QuotasFileOpt = Annotated[

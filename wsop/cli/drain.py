@@ -15,11 +15,9 @@ from wsop.errors import UsageError
 
 
 def _local_target(name: str) -> tuple[str, str | None]:
-    from wsop.local import stack, stack_file
+    from wsop.local import stack_file
 
-    record = stack_file.load()
-    if record is None:
-        raise UsageError(stack.NO_STACK)
+    record = stack_file.require()
     for sidecar in record.sidecars:
         if sidecar.name == name:
             return sidecar.http, record.admin_token

@@ -7,6 +7,8 @@ process is never monkey-patched by gevent) → `summary` → table or `--json`. 
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from wsop.cli.app import JsonOpt, RedisOpt
-from wsop.cli.output import emit, err_console
+from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
+from wsop.load.failures import no_one_connected
 
 
 def _live(as_json: bool):
@@ -47,7 +50,7 @@ def _live(as_json: bool):
 
 def _render(result: dict[str, Any]) -> Any:
     def render(console: Console) -> None:
-        table = Table(title=f"wsop loadtest · {result['profile']}", title_justify="left")
+        table = titled_table(f"wsop loadtest · {result['profile']}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         lat = result["latency_ms"]
@@ -81,6 +84,9 @@ def _render(result: dict[str, Any]) -> Any:
         side = ("late", "surplus", "unexpected", "errors", "disconnects", "not_back",
                 "acks_missing")  # fmt: skip
         rows += [(k, result[k]) for k in side if result[k]]
+        if result["connect_errors"]:
+            top = max(result["connect_errors"].items(), key=lambda item: item[1])
+            rows.append(("connect failures", f"{result['connect_failures']} (most: {top[0]})"))
         bad = ("lost", "duplicates", "silent_loss", "cross_tenant", "not_back")
         for key, value in rows:
             style = "red" if key in bad and value else ""
@@ -96,8 +102,8 @@ def _render(result: dict[str, Any]) -> Any:
 
 
 def _faults_table(result: dict[str, Any]) -> Table:
-    table = Table(title="faults", title_justify="left")
-    for column in ("fault", "planned s", "started s", "took s", "whole s", "", "detail"):
+    table = titled_table("faults")
+    for column in ("fault", "planned s", "started s", "took s", "whole s", "result", "detail"):
         table.add_column(column, justify="left" if column in ("fault", "detail") else "right")
     for f in result["faults"]:
         ok = "[green]ok[/]" if f["ok"] else "[red]FAILED[/]"
@@ -111,8 +117,7 @@ def _faults_table(result: dict[str, Any]) -> Table:
 def _windows_table(result: dict[str, Any]) -> Table:
     """One row per window: the fault that opened it, then what happened to the messages
     sent in it (deliveries by class) and the reconnects of the drops in it."""
-    table = Table(title="windows (a message counts in the window of its send time)",
-                  title_justify="left")  # fmt: skip
+    table = titled_table("windows (a message counts in the window of its send time)")
     columns = {
         "window": None, "sent": "sent", "expect": "expected", "deliv": "delivered",
         "silent": "silent_loss", "report": "reported_undelivered",
@@ -152,7 +157,8 @@ def loadtest_cmd(
         int, typer.Option("--workers", help="Locust worker processes (0: one process).")
     ] = 0,
     report: Annotated[
-        Path | None, typer.Option("--report", help="Write HTML, CSV and a PNG plot here.")
+        Path | None,
+        typer.Option("--report", metavar="DIR", help="Write HTML, CSV and a PNG plot here."),
     ] = None,
     allow_loss: Annotated[bool, typer.Option("--allow-loss", help="Lost ≠ failure.")] = False,
     min_rate_ratio: Annotated[
@@ -213,6 +219,7 @@ def loadtest_cmd(
     stack = None
     nemesis = None
     records: list[dict[str, Any]] = []
+    scratch: Path | None = None
     env: dict[str, str] = {}
     if local:
         stack = localstack.ensure(sidecars, redis_url)
@@ -227,6 +234,7 @@ def loadtest_cmd(
         if report is not None:
             report.mkdir(parents=True, exist_ok=True)
         work = report or Path(tempfile.mkdtemp(prefix="wsop-loadtest-"))
+        scratch = None if report else work  # removed once read, unless an error names it
         if faults:
             from wsop.load.nemesis import Nemesis
 
@@ -254,6 +262,10 @@ def loadtest_cmd(
         )
         try:
             results = runner.run(spec)
+        except WsopError as exc:
+            if scratch is not None and str(scratch) not in str(exc):
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
         finally:
             close()
     finally:
@@ -261,14 +273,19 @@ def loadtest_cmd(
             records = nemesis.stop()  # before the stack goes: a fault may be mid-way
         if stack is not None:
             stack.stop()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     result = reporting.summary(results, target, records)
     if report is not None:
         result["report_dir"] = str(report)
         result["plot"] = str(reporting.plot(results, report / "loadtest.png", records))
-        if faults:
-            reporting.annotate_html(report / "report.html", result)
+        reporting.annotate_html(report / "report.html", result)
     emit(result, as_json, _render(result))
     reasons = reporting.verdict(result, allow_loss, min_rate_ratio, chaos=bool(faults))
+    has_secret = bool(env.get("WSOP_SECRET") or os.environ.get("WSOP_SECRET"))
+    stuck = no_one_connected(result, f"{target}/ws", has_secret)
+    if stuck is not None:
+        reasons = [stuck]  # nothing sent, nothing delivered: that is the one cause
     if reasons:
         raise WsopError("; ".join(reasons))
 

@@ -14,10 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from wsop.cli.app import JsonOpt
-from wsop.cli.output import emit, err_console
+from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 from wsop.ring.registry import DEFAULT_EPSILON
@@ -71,7 +70,7 @@ def rebalance_cmd(
         ),
     ] = None,
     kubeconfig: Annotated[
-        Path | None, typer.Option("--kubeconfig", help="Path to a kubeconfig.")
+        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="Path to a kubeconfig.")
     ] = None,
     context: Annotated[
         str | None, typer.Option("--context", help="kubeconfig context to use.")
@@ -115,7 +114,7 @@ def rebalance_cmd(
             service,
             port,
         )
-    progress = None if as_json or dry_run else _progress()
+    progress = None if as_json or dry_run or not err_console.is_terminal else _progress()
     if progress is None:
         result = rebalance(fleet, epsilon, max_moves, rate, dry_run)
     else:
@@ -146,18 +145,20 @@ def _progress() -> Progress:
 
 
 def _render(console: Console, p: dict[str, Any]) -> None:
-    loads = Table(title=f"rebalance {p['where']}", title_justify="left")
-    for column in ("member", "before", "after", ""):
-        loads.add_column(column, justify="left" if column == "member" else "right")
+    loads = titled_table(f"rebalance {p['where']}")
     members = set(p["members"])
-    for name in sorted(set(p["loads_before"]) | set(p["loads_after"])):
-        note = "" if name in members else "[yellow]gone[/]"
-        loads.add_row(
-            name, str(p["loads_before"].get(name, 0)), str(p["loads_after"].get(name, 0)), note
-        )
+    names = sorted(set(p["loads_before"]) | set(p["loads_after"]))
+    gone = any(name not in members for name in names)  # the note column only when needed
+    for column in ("member", "before", "after", *(["note"] if gone else [])):
+        loads.add_column(column, justify="right" if column in ("before", "after") else "left")
+    for name in names:
+        row = [name, str(p["loads_before"].get(name, 0)), str(p["loads_after"].get(name, 0))]
+        if gone:
+            row.append("" if name in members else "[yellow]gone[/]")
+        loads.add_row(*row)
     console.print(loads)
     if p["matrix"]:
-        matrix = Table(title="moves (from → to)", title_justify="left")
+        matrix = titled_table("moves (from → to)")
         for column in ("from", "to", "users", "connections"):
             matrix.add_column(
                 column, justify="right" if column in ("users", "connections") else "left"

@@ -38,7 +38,8 @@ def resolve_cmd(
             f"teams {', '.join(result.teams)} in {result.elapsed_ms:.2f} ms"
         )
         if result.missing_teams:
-            console.print(f"[yellow]missing teams (contribute nothing):[/] {result.missing_teams}")
+            missing = ", ".join(result.missing_teams)
+            console.print(f"[yellow]missing teams (contribute nothing):[/] {missing}")
         if not count_only and result.recipients:
             shown = ", ".join(str(r) for r in result.recipients[:PREVIEW])
             more = result.count - PREVIEW

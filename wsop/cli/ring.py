@@ -10,10 +10,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from wsop.cli.app import JsonOpt, new_app
-from wsop.cli.output import emit
+from wsop.cli.output import emit, titled_table
 from wsop.errors import UsageError
 from wsop.ring import DEFAULT_ALGORITHM, Placement, algorithm_names, build, encode_key
 from wsop.ring.analysis import DiffReport, LoadReport, diff_report, load_report, place
@@ -84,14 +83,9 @@ LocalOpt = Annotated[
 
 def _local_members() -> list[str]:
     """The sidecar names of the running local stack (its members file)."""
-    from wsop.discovery import RegistryFileMembership
-    from wsop.errors import NotFound
-    from wsop.local.embedded import state_dir
+    from wsop.local import stack_file
 
-    path = state_dir() / "stack.json"
-    if not path.exists():
-        raise NotFound("no local stack running; start one with `wsop up`")
-    return sorted(RegistryFileMembership(path).current())
+    return sorted(s.name for s in stack_file.require().sidecars)
 
 
 def _members(nodes: str | None, local: bool) -> Membership:
@@ -123,7 +117,7 @@ def show(
 def _render_show(console: Console, report: LoadReport, membership: Membership) -> None:
     total = sum(report.loads.values())
     top = max(report.loads.values())
-    table = Table(title=f"{report.algo}: {total} keys on {len(membership)} nodes")
+    table = titled_table(f"{report.algo}: {total} keys on {len(membership)} nodes")
     for column, justify in (("node", "left"), ("weight", "right"), ("keys", "right")):
         table.add_column(column, justify=justify)
     table.add_column("share", justify="right")
@@ -163,7 +157,7 @@ def locate(
     payload = {"algo": algo, "tenant": tenant, "owners": owners}
 
     def render(console: Console) -> None:
-        table = Table(title=f"{algo}: tenant {tenant!r}")
+        table = titled_table(f"{algo}: tenant {tenant!r}")
         table.add_column("user")
         table.add_column("node")
         for user, node in owners.items():
@@ -225,7 +219,7 @@ def _render_diff(console: Console, report: DiffReport) -> None:
         return
     sources = [m for m in report.before if m in report.matrix]
     targets = sorted({t for row in report.matrix.values() for t in row}, key=report.after.index)
-    table = Table(title="moved keys: from (rows) → to (columns)")
+    table = titled_table("moved keys: from (rows) → to (columns)")
     table.add_column("from \\ to")
     for target in targets:
         table.add_column(target, justify="right")

@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from wsop.acl import csvload, seed, synthetic
 from wsop.acl.dataset import TenantData
 from wsop.cli.app import JsonOpt, MaxUsersOpt, RedisOpt, max_users_or_default, new_app, tenant_store
-from wsop.cli.output import emit, err_console
+from wsop.cli.output import emit, err_console, titled_table
 
 app = new_app("Write tenant access bitmaps (staged, then swapped in atomically per tenant).")
 
@@ -31,13 +30,13 @@ def _progress(as_json: bool) -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-        disable=as_json,
+        disable=as_json or not err_console.is_terminal,  # a pipe would get a stray "\n"
     )
 
 
 def _render(result: seed.SeedResult):
     def render(console: Console) -> None:
-        table = Table(title="seeded", show_header=True)
+        table = titled_table("seeded")
         for col in ("tenants", "teams", "memberships", "online", "bytes", "seconds"):
             table.add_column(col, justify="right")
         row = result.to_json()
@@ -82,7 +81,7 @@ def synthetic_cmd(
 def load_cmd(
     members: Annotated[Path, typer.Argument(help="CSV with header tenant,team,user.")],
     online: Annotated[
-        Path | None, typer.Option("--online", help="CSV with header tenant,user.")
+        Path | None, typer.Option("--online", metavar="FILE", help="CSV with header tenant,user.")
     ] = None,
     string_ids: Annotated[
         bool,

@@ -8,17 +8,28 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from wsop.cli.app import JsonOpt, QuotasFileOpt, RedisOpt
-from wsop.cli.output import emit, err_console
+from wsop.cli.output import emit, err_console, titled_table
 
 SidecarsOpt = Annotated[int, typer.Option("--sidecars", help="Number of sidecar processes.")]
 
 
-def _render(payload: dict[str, Any], title: str) -> Any:
+def connect_hint(payload: dict[str, Any]) -> list[str]:
+    """What `wsop up` says last: how a client gets in, with the command to copy."""
+    ws = f"{payload['lb']['url']}/ws"
+    if payload["insecure"]:
+        return [f"clients connect to {ws}?tenant=TENANT&user=USER (no token: --insecure)"]
+    return [
+        f"clients connect to {ws}?token=TOKEN; mint one (this stack's secret is found "
+        "automatically):",
+        "  wsop token --tenant acme --user 1",
+    ]
+
+
+def _render(payload: dict[str, Any], title: str, hint: bool = False) -> Any:
     def render(console: Console) -> None:
-        table = Table(title=title, title_justify="left")
+        table = titled_table(title)
         for column in ("role", "name", "url", "pid", "state", "connections"):
             table.add_column(
                 column, justify="right" if column in ("pid", "connections") else "left"
@@ -41,6 +52,8 @@ def _render(payload: dict[str, Any], title: str) -> Any:
             f"members file {payload['members_file']}",
             highlight=False,
         )
+        for line in connect_hint(payload) if hint else ():
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     return render
 
@@ -73,7 +86,7 @@ def up_cmd(
             **stack.up(sidecars, port, insecure, algo, redis_url, quotas).to_json(),
             "detached": True,
         }
-        emit(payload, as_json, _render(payload, "wsop stack is up"))
+        emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))
         return
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     started = False
@@ -81,7 +94,7 @@ def up_cmd(
         payload = {**stack.up(sidecars, port, insecure, algo, redis_url, quotas).to_json()}
         started = True
         payload["detached"] = False
-        emit(payload, as_json, _render(payload, "wsop stack is up"))
+        emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))
         if not as_json:
             err_console.print("Ctrl-C stops the stack.", highlight=False)
         stack.watch_foreground()

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from wsop import auth
-from wsop.cli.app import JsonOpt
+from wsop.cli.app import JsonOpt, client_secret
 from wsop.cli.output import emit, err_console
 
 
@@ -22,7 +22,8 @@ def token_cmd(
         str | None,
         typer.Option(
             "--secret",
-            help=f"HS256 secret (default: ${auth.SECRET_ENV}; a flag is visible in `ps`).",
+            help=f"HS256 secret (default: ${auth.SECRET_ENV}, else the running local stack's; "
+            "a flag is visible in `ps`).",
             show_default=False,
         ),
     ] = None,
@@ -52,7 +53,7 @@ def token_cmd(
     if private_key is not None:
         key: str | SigningKey = load_private_key(private_key, kid)
     else:
-        key = secret if secret is not None else auth.secret_from_env()
+        key = secret if secret is not None else client_secret()
     token = auth.mint_token(key, tenant, user, ttl)
     warnings = [auth.secret_warning(key)] if isinstance(key, str) else []
     if ttl > auth.DEFAULT_MAX_LIFETIME_S:

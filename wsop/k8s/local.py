@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from wsop.errors import NotFound
 from wsop.k8s.executor import MemberFailed, SidecarAdmin, sidecar_answer
 from wsop.local import stack_file
 
@@ -46,9 +45,7 @@ class LocalStackTarget(SidecarAdmin):
 
 
 def local_stack(path: Path | None = None) -> tuple[stack_file.StackRecord, LocalStackTarget]:
-    """The running local stack and a target for its sidecars (`NotFound` if none)."""
-    record = stack_file.load(path)
-    if record is None:
-        raise NotFound("no local stack running; start one with `wsop up`")
+    """The running local stack and a target for its sidecars (`StackNotRunning` if none)."""
+    record = stack_file.require(path)
     urls = {s.name: s.url for s in record.sidecars}
     return record, LocalStackTarget(urls, record.admin_token or None)

@@ -7,6 +7,6 @@ Two worlds live here and must not mix:
 - the CLI world (`runner`, `localstack`, `report`, `live`): plain Python that starts
   locust as subprocesses and reads back their files, never importing gevent.
 
-`profiles`, `ledger` and `layout` are pure and shared by both. Nothing here imports
+`profiles`, `ledger`, `layout` and `failures` are pure and shared by both. Nothing here imports
 the asyncio servers (`wsop.sidecar`, `wsop.lb`) or `websockets`.
 """

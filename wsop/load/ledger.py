@@ -112,6 +112,7 @@ class Ledger:
         self.counters = Counters()
         self.windows = [new_window() for _ in range(len(self.edges) + 1)]
         self.refused_codes: dict[str, int] = {}
+        self.connect_errors: dict[str, int] = {}  # stable reason -> attempts
         self._pending: dict[int, list[Any]] = {}
         self._order: deque[tuple[float, int]] = deque()  # (sent at, key), oldest first
         self._seen: dict[int, BitMap64] = {}  # receiver slot -> keys it got
@@ -177,6 +178,11 @@ class Ledger:
         self.counters.refused += 1
         self.windows[entry[_WIN]]["refused"] += 1
         self.refused_codes[code] = self.refused_codes.get(code, 0) + 1
+
+    def connect_failed(self, reason: str) -> None:
+        """A connection attempt failed (`wsop.load.failures.stable_reason` names why)."""
+        self.counters.connect_failures += 1
+        self.connect_errors[reason] = self.connect_errors.get(reason, 0) + 1
 
     # -- the receiver's side -----------------------------------------------------------
 
@@ -357,6 +363,7 @@ class Ledger:
         return {
             **c.to_json(),
             "refused_codes": dict(self.refused_codes),
+            "connect_errors": dict(self.connect_errors),
             "silent_examples": list(self.silent_examples),
             "windows": [dict(w, reconnect_ms=list(w["reconnect_ms"])) for w in self.windows],
         }

@@ -7,6 +7,7 @@ both read it, and `verdict` decides the exit code from it alone.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ def summary(
         "lost_unacked": c.get("lost_unacked", 0),
         "refused": c.get("refused", 0),
         "refused_codes": results.get("refused_codes", {}),
+        "connect_failures": c.get("connect_failures", 0),
+        "connect_errors": results.get("connect_errors", {}),
         "cross_tenant": c.get("cross_tenant", 0),
         "reconnects": c["reconnects"],
         "reconnect_ms": percentiles(samples),
@@ -149,7 +152,14 @@ def verdict(
 
 def plot(results: dict[str, Any], path: Path, faults: list[dict[str, Any]] | None = None) -> Path:
     """Rate (sent vs target) and latency (p50/p95/p99, rolling) over time, as a PNG;
-    each fault is a labelled vertical line at the time it actually started."""
+    each fault is a labelled vertical line at the time it actually started.
+
+    Both rates are steps over the second they describe: a point's `msgs_per_s` is the
+    rate since the previous point, so it is drawn from that point on (drawn at its own
+    time it lagged the target by a second). Latency is drawn only where messages were
+    sent (none before the first send, none through the drain) and never as 0 for "no
+    sample": locust's rolling 10 s window would otherwise draw the drain as a plateau.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,14 +168,15 @@ def plot(results: dict[str, Any], path: Path, faults: list[dict[str, Any]] | Non
     points = results.get("timeline", [])
     t = [p["t"] for p in points]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    top.plot(t, [p["msgs_per_s"] for p in points], label="sent msg/s")
-    top.plot(t, [p["target_rate"] for p in points], "--", label="target msg/s")
+    top.step(*sent_steps(points), where="post", label="sent msg/s")
+    top.step(t, [p["target_rate"] for p in points], "--", where="post", label="target msg/s")
     top.set_ylabel("msg/s")
     top.legend(loc="upper left")
     top.set_title(f"wsop loadtest — {results['plan']['profile']}")
     for key in ("p50", "p95", "p99"):
-        bottom.plot(t, [p.get(key) or 0 for p in points], label=f"{key} ms")
-    bottom.set_ylabel("delivery latency (ms)")
+        values = [latency_or_gap(p, key) for p in points]
+        bottom.plot(t, values, marker=".", markersize=3, label=f"{key} ms")
+    bottom.set_ylabel("delivery latency (ms, rolling 10 s)")
     bottom.set_xlabel("seconds")
     bottom.legend(loc="upper left")
     t0 = results.get("run_t0")
@@ -186,13 +197,62 @@ def plot(results: dict[str, Any], path: Path, faults: list[dict[str, Any]] | Non
     return path
 
 
+def sent_steps(points: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """The sent rate as steps: each point's rate (measured since the point before it)
+    starts at that earlier point's time, where the target it answers to starts too."""
+    return [p["t"] for p in points[:-1]], [p["msgs_per_s"] for p in points[1:]]
+
+
+def latency_or_gap(point: dict[str, Any], key: str) -> float:
+    """A timeline point's latency percentile, or NaN (a gap in the line) when no
+    message was sent in the second before it or there is no sample."""
+    value = point.get(key)
+    if value is None or not point.get("msgs_per_s"):
+        return float("nan")
+    return float(value)
+
+
+GLOSSARY = """<section id="wsop-glossary" style="font-family:sans-serif;padding:0.5em 1em;
+border-bottom:1px solid #888"><h2>wsop loadtest: how to read this report</h2><ul>
+<li><b>message</b>: one frame a load user sent, direct or team (wsop's <i>sent</i>,
+<i>msgs_per_s</i>): {sent} in this run.</li>
+<li><b>delivery</b>: one recipient receiving one message; a team message to N online members
+is N deliveries, the sender's own copy included (wsop's <i>expected_deliveries</i>,
+<i>delivered</i>, <i>lost</i>): {delivered} of {expected} here, {lost} lost. Locust's
+<b>WS direct</b> and <b>WS team</b> rows count <i>deliveries</i>, not messages: their
+# Requests add up to the deliveries, and their response time is the delivery latency
+(receive time &minus; send time, end to end).</li>
+<li><b>ack</b>: the stack's answer to the sender, counting the recipients reached
+(<i>delivered</i>) and not (<i>undelivered</i>); acks are checked, not listed as rows.</li>
+<li>Other rows: <b>WS connect</b> (a handshake and its time); failures <b>connect</b>
+(grouped by cause: status and the server's reason), <b>hello</b> (connected but not
+routable), <b>disconnect</b> (the stack closed the connection), <b>error</b> (an error frame,
+by code).</li></ul></section>"""
+
+
 def annotate_html(report_html: Path, result: dict[str, Any]) -> None:
-    """Append the faults and the per-window table to locust's report.html (a static
-    section after its app), so the one file a run leaves says what was injected."""
+    """Add wsop's words to locust's report.html: a glossary at the top (locust's rows
+    count deliveries, the summary counts messages) and, for a chaos run, the faults
+    and the per-window table after its app, so the one file a run leaves is readable."""
     try:
         page = report_html.read_text()
     except OSError:
         return
+    glossary = GLOSSARY.format(
+        sent=result["sent"], delivered=result["delivered"],
+        expected=result["expected_deliveries"], lost=result["lost"],
+    )  # fmt: skip
+    body = re.search(r"<body[^>]*>(?=\s*<div id=\"root\")", page)
+    at = body.end() if body else page.rfind("</body>")
+    page = page[:at] + glossary + page[at:] if at >= 0 else glossary + page
+    if result["faults"]:
+        section = _chaos_section(result)
+        at = page.rfind("</body>")
+        page = page[:at] + section + page[at:] if at >= 0 else page + section
+    report_html.write_text(page)
+
+
+def _chaos_section(result: dict[str, Any]) -> str:
     cols = ("fault", "from_s", "to_s", *WINDOW_KEYS)
     head = "".join(f"<th>{c}</th>" for c in (*cols, "reconnect p50/p99 ms"))
     rows = []
@@ -206,13 +266,10 @@ def annotate_html(report_html: Path, result: dict[str, Any]) -> None:
         f"{f.get('recovered_s')} s ({html.escape(str(f['detail']))})</li>"
         for f in result["faults"]
     )
-    section = (
+    return (
         '<section id="wsop-chaos" style="font-family:sans-serif;padding:1em">'
         f"<h2>wsop chaos: faults and windows</h2><ul>{faults}</ul>"
         f'<table border="1" cellpadding="3"><tr>{head}</tr>{"".join(rows)}</table>'
         f"<p>silent_loss {result['silent_loss']} · cross_tenant {result['cross_tenant']} · "
         f"reconnects {result['reconnects']}</p></section>"
     )
-    at = page.rfind("</body>")
-    page = page[:at] + section + page[at:] if at >= 0 else page + section
-    report_html.write_text(page)

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wsop.errors import BackendUnavailable, UsageError, WsopError
+from wsop.load.failures import early_stop
 from wsop.load.profiles import LoadPlan
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -167,12 +168,19 @@ def run(spec: RunSpec) -> dict[str, Any]:
     plan = spec.plan
     budget = plan.duration + plan.connections / plan.spawn_rate + plan.grace_s + 120
     deadline = time.monotonic() + budget + (3600 if spec.master_only else 0)
+    url, has_secret = f"{spec.target}/ws", bool(env.get("WSOP_SECRET"))
     try:
         while master.poll() is None:
             if time.monotonic() > deadline:
                 raise WsopError(f"the load test did not finish within {budget:.0f} s; log: {log}")
-            if spec.on_status is not None:
-                _report_status(status, spec.on_status)
+            point = _read_status(status)
+            if point is not None:
+                if spec.on_status is not None:
+                    spec.on_status(point)
+                # a stack that refuses every handshake will refuse them for the whole run
+                why = early_stop(point, plan.connections, url, has_secret)
+                if why is not None:
+                    raise WsopError(why)
             time.sleep(0.5)
     finally:
         _stop(procs)
@@ -185,12 +193,13 @@ def run(spec: RunSpec) -> dict[str, Any]:
     return document
 
 
-def _report_status(path: Path, callback: StatusCallback) -> None:
+def _read_status(path: Path) -> dict[str, Any] | None:
+    """The master's latest status point (None before the first, or mid-rename)."""
     try:
         point = json.loads(path.read_text())
     except (OSError, ValueError):
-        return
-    callback(point)
+        return None
+    return point if isinstance(point, dict) else None
 
 
 def run_worker(master_host: str, master_port: int, env: dict[str, str]) -> int:

@@ -170,6 +170,7 @@ class WsopShape(LoadTestShape):
             "users": self.runner.user_count,
             "run_started_at": self.run_started_at or None,
             **totals.to_json(),
+            "connect_errors": merge_codes(BOOK.snapshots(), "connect_errors"),
             **delivery_latency(self.runner.environment.stats, current=True),
         }
         self.timeline.append(point)
@@ -187,6 +188,7 @@ class WsopShape(LoadTestShape):
             "counters": totals.to_json(),
             "windows": merge_windows(snapshots),
             "refused_codes": merge_codes(snapshots),
+            "connect_errors": merge_codes(snapshots, "connect_errors"),
             "silent_examples": [e for s in snapshots for e in s.get("silent_examples", ())][:10],
             "run_started_at": self.run_started_at or None,
             "run_t0": round(self.run_started - self.start_time, 3) if self.run_started else None,

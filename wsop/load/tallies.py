@@ -45,6 +45,7 @@ class Counters:
     disconnects: int = 0
     reconnects: int = 0
     not_back: int = 0
+    connect_failures: int = 0
     ready: int = 0
     first_send: float = 0.0
     last_send: float = 0.0
@@ -93,10 +94,11 @@ def merge_windows(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def merge_codes(snapshots: list[dict[str, Any]]) -> dict[str, int]:
+def merge_codes(snapshots: list[dict[str, Any]], key: str = "refused_codes") -> dict[str, int]:
+    """Tallies by name (`refused_codes`, `connect_errors`) summed over processes."""
     out: dict[str, int] = {}
     for snap in snapshots:
-        for code, n in (snap.get("refused_codes") or {}).items():
+        for code, n in (snap.get(key) or {}).items():
             out[code] = out.get(code, 0) + n
     return out
 

@@ -33,6 +33,7 @@ from gevent.event import Event
 from locust import User, task
 
 from wsop.load.chaos import reconnect_delay
+from wsop.load.failures import stable_reason
 from wsop.load.frames import OP_CLOSE, OP_PING, OP_TEXT, FrameError, FrameReader
 from wsop.load.layout import TenantTeams, slot_identity, team_membership, worker_tenants
 from wsop.load.ledger import SEQ_BITS, Ledger
@@ -228,7 +229,9 @@ class WsopUser(User):
                 sockopt=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             )
         except (websocket.WebSocketException, OSError) as exc:
-            self._fail("connect", f"{type(exc).__name__}: {exc}"[:200], started)
+            reason = stable_reason(exc)  # no Date header: one failures row per cause
+            self.ctx.ledger.connect_failed(reason)
+            self._fail("connect", reason, started)
             return None
         ws.settimeout(None)
         self._event("connect", (time.perf_counter() - started) * 1000, 0)

@@ -21,16 +21,8 @@ import redis
 
 from wsop.errors import BackendUnavailable
 from wsop.local.filelock import exclusive
+from wsop.local.paths import state_dir
 from wsop.local.redis_binary import free_port, start_server
-
-
-def state_dir() -> Path:
-    """`WSOP_STATE_DIR`, else `$XDG_STATE_HOME/wsop`, else `~/.local/state/wsop`."""
-    explicit = os.environ.get("WSOP_STATE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "wsop"
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,11 @@ from typing import Any
 
 from wsop.errors import BackendUnavailable, UsageError, WsopError
 from wsop.local import stack_file, stack_proc
+from wsop.local.paths import StackNotRunning
 from wsop.local.redis_binary import free_port
 from wsop.local.stack_file import ProcRecord, StackRecord, sidecar_index
 
 DEFAULT_PORT = 8765
-NO_STACK = "no local stack running; start one with `wsop up`"
-
-
-class StackNotRunning(WsopError):
-    """`scale`, `status` or `down` without a stack: exit 1 with a hint."""
-
-    def __init__(self) -> None:
-        super().__init__(NO_STACK)
 
 
 @dataclass(frozen=True)
@@ -85,10 +78,7 @@ class StackStatus:
 
 def _running() -> StackRecord | None:
     """The members file if any process it names is still ours and alive."""
-    record = stack_file.load()
-    if record is None or not any(stack_proc.alive(p) for p in record.all_procs()):
-        return None
-    return record
+    return stack_proc.running_record()
 
 
 def _require_running() -> StackRecord:

@@ -24,8 +24,8 @@ from typing import Any
 
 from wsop.discovery import normalize_url
 from wsop.errors import InputError
-from wsop.local.embedded import state_dir
 from wsop.local.filelock import exclusive
+from wsop.local.paths import StackNotRunning, state_dir
 
 _INDEX = re.compile(r"^s(\d+)$")
 
@@ -148,6 +148,15 @@ def load(path: Path | None = None) -> StackRecord | None:
     except ValueError as exc:
         raise InputError(f"{path}: not JSON ({exc}); remove it if no stack runs") from None
     return StackRecord.from_json(data, str(path))
+
+
+def require(path: Path | None = None) -> StackRecord:
+    """The members file, or `StackNotRunning` (exit 1, the one "no local stack" line
+    every command shares)."""
+    record = load(path)
+    if record is None:
+        raise StackNotRunning()
+    return record
 
 
 def save(record: StackRecord, path: Path | None = None) -> Path:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from wsop.errors import BackendUnavailable
-from wsop.local.stack_file import ProcRecord, logs_dir
+from wsop.local import stack_file
+from wsop.local.stack_file import ProcRecord, StackRecord, logs_dir
 
 SIDECAR_CMD_ENV = "WSOP_SIDECAR_CMD"
 """Replaces `python -m wsop.cli.main sidecar` (tests point it at a stand-in)."""
@@ -142,6 +143,15 @@ def alive(record: ProcRecord) -> bool:
     if args is None:
         return True
     return str(record.port) in args  # empty for zombies and vanished pids
+
+
+def running_record() -> StackRecord | None:
+    """The members file if any process it names is still ours and alive (a file left
+    by a crashed stack does not count)."""
+    record = stack_file.load()
+    if record is None or not any(alive(p) for p in record.all_procs()):
+        return None
+    return record
 
 
 def _reap(pid: int) -> None:
