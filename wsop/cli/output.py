@@ -32,7 +32,8 @@ class PipeAwareConsole(Console):
 
     @property
     def size(self) -> ConsoleDimensions:
-        if self._width is None and not self.is_terminal:
+        # (not even $COLUMNS, which rich would read: CI runners and test workers set it)
+        if not self.is_terminal:
             return ConsoleDimensions(PIPE_WIDTH, self._height or 25)
         return super().size
 
