@@ -114,7 +114,7 @@ def _start_sidecar(
     return ProcRecord(name, f"ws://{stack_proc.HOST}:{port}", proc.pid), proc
 
 
-def _wait_lb_members(record: StackRecord, timeout: float = 10.0) -> None:
+def _wait_lb_members(record: StackRecord, timeout: float = 30.0) -> None:
     """Block until the LB and every sidecar route over exactly the recorded sidecars."""
     want = {s.name for s in record.sidecars}
     deadline = time.monotonic() + timeout
