@@ -49,7 +49,7 @@ def test_a_client_that_resets_during_its_presence_write_leaves_no_ghost(
     user = 40 + frames
     try:
         r.execute_command("CLIENT", "PAUSE", "500", "WRITE")  # the presence write waits
-        sock, status = connect("127.0.0.1", port, f"/ws?tenant=ghost&user={user}")
+        sock, status, _ = connect("127.0.0.1", port, f"/ws?tenant=ghost&user={user}")
         assert status == 101
         sock.sendall(client_frame(TEXT, b'{"type":"direct","to":1,"data":1}') * frames)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -72,6 +72,8 @@ class Outcome:
     status: int
     frames: list[ServerFrame] = field(default_factory=list)
     ended: str = "timeout"
+    seconds: float = 0.0
+    """From the first byte of the probe's data to the end of the connection."""
 
     @property
     def close(self) -> ServerFrame | None:
@@ -97,18 +99,23 @@ class Outcome:
         return sum(f.masked for f in self.frames)
 
 
-def connect(host: str, port: int, path: str, timeout: float = 5.0) -> tuple[socket.socket, int]:
-    """Open the socket and do the upgrade; (socket, HTTP status). Any bytes after the head
-    are a protocol error of the server (it speaks only after our first frame here)."""
+def connect(
+    host: str, port: int, path: str, timeout: float = 5.0, early: bytes = b""
+) -> tuple[socket.socket, int, bytes]:
+    """Open the socket and do the upgrade; (socket, HTTP status, bytes read past the
+    head). `early`: bytes sent with the request, before the 101 (a client should not;
+    a server must cope)."""
     sock = socket.create_connection((host, port), timeout=timeout)
-    sock.sendall(upgrade_request(path, host))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(upgrade_request(path, host) + early)
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(4096)
         if not chunk or len(head) > HEAD_LIMIT:
             break
         head += chunk
-    return sock, parse_status(head)
+    head, _, rest = head.partition(b"\r\n\r\n")
+    return sock, parse_status(head), rest
 
 
 ALIVE_PING: Final = b"still there?"
@@ -121,7 +128,16 @@ def alive_suffix() -> bytes:
 
 
 def probe(
-    host: str, port: int, path: str, data: bytes, *, replies: int = 0, timeout: float = 5.0
+    host: str,
+    port: int,
+    path: str,
+    data: bytes,
+    *,
+    replies: int = 0,
+    timeout: float = 5.0,
+    answer_close: bool = True,
+    early: bool = False,
+    chunk: int = 0,
 ) -> Outcome:
     """Upgrade, write `data`, and watch what the server does with it.
 
@@ -133,17 +149,25 @@ def probe(
 
     Waiting for the replies matters for a server that handles messages in a task, as
     websockets' own does: a close frame arriving with the data would end the connection
-    before the task ever looked at the message (and found, say, invalid UTF-8)."""
-    sock, status = connect(host, port, path, timeout)
+    before the task ever looked at the message (and found, say, invalid UTF-8).
+
+    `answer_close=False` plays a client that never answers the server's close frame:
+    a server that failed the connection must close TCP anyway (RFC 6455 §7.1.7).
+    `early`: `data` goes with the upgrade request. `chunk`: `data` is written `chunk`
+    bytes at a time (TCP_NODELAY: small segments, frames cut anywhere)."""
+    sock, status, rest = connect(host, port, path, timeout, data if early else b"")
     out = Outcome(status)
     if status != 101:
         sock.close()
         out.ended = "refused"
         return out
     reader = ServerFrames()
-    deadline = time.monotonic() + timeout
-    sent_close = any(f.opcode == CLOSE for f in ServerFrames().feed(data))
-    answered = sent_close
+    started = time.monotonic()
+    deadline = started + timeout
+    sent_close = any(  # a close frame a server must take as one (§5.5)
+        f.opcode == CLOSE and f.fin and len(f.payload) <= 125 for f in ServerFrames().feed(data)
+    )
+    answered = sent_close or not answer_close
     settle = time.monotonic() + (min(2.0, timeout) if replies else 0.15)
     suffix = not sent_close
 
@@ -151,7 +175,9 @@ def probe(
         return sum(f.opcode in (TEXT, BINARY, PONG) for f in out.frames)
 
     try:
-        sock.sendall(data)
+        step = chunk or len(data) or 1
+        for at in range(0, 0 if early else len(data), step):
+            sock.sendall(data[at : at + step])
         while True:
             now = time.monotonic()
             if suffix and (answers() >= replies > 0 or now >= settle):
@@ -161,15 +187,18 @@ def probe(
             left = (settle if suffix else deadline) - now
             if left <= 0:
                 return out
-            sock.settimeout(left)
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
+            if rest:
+                got, rest = rest, b""
+            else:
+                sock.settimeout(left)
+                try:
+                    got = sock.recv(65536)
+                except TimeoutError:
+                    continue
+            if not got:
                 out.ended = "fin"
                 return out
-            for frame in reader.feed(chunk):
+            for frame in reader.feed(got):
                 out.frames.append(frame)
                 if frame.opcode == CLOSE:
                     suffix = False
@@ -182,6 +211,7 @@ def probe(
         out.ended = "reset"
         return out
     finally:
+        out.seconds = time.monotonic() - started
         sock.close()
 
 
