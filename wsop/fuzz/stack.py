@@ -91,6 +91,19 @@ class FuzzStack:
         """{name: exit status} of every server that is no longer running."""
         return {s.name: s.proc.returncode for s in self.servers if s.proc.poll() is not None}
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """{name: user + system CPU seconds so far} of each running server (/proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for server in self.servers:
+            try:
+                stat = Path(f"/proc/{server.proc.pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
+            out[server.name] = round((int(fields[11]) + int(fields[12])) / tick, 2)
+        return out
+
     def tracebacks(self) -> dict[str, list[str]]:
         """{name: the log lines around each "Traceback"} for every server log with one."""
         found: dict[str, list[str]] = {}
