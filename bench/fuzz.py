@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +37,7 @@ def main() -> int:
     parser.add_argument("--keep-logs", metavar="DIR", help="write the server logs here")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupted)
     raise_fd_limit()
     config = Config(
         seed=args.seed,
@@ -47,7 +49,9 @@ def main() -> int:
         print(f"seed {config.seed}, {config.frames} frames, {machine_note()}", flush=True)
     with private_redis() as (_, info), tempfile.TemporaryDirectory(prefix="wsop-fuzz-") as tmp:
         workdir = Path(args.keep_logs) if args.keep_logs else Path(tmp)
-        report = run_on_new_stack(config, f"redis://127.0.0.1:{info.port}/0", workdir)
+        report = run_on_new_stack(
+            config, f"redis://127.0.0.1:{info.port}/0", workdir, progress=live
+        )
     doc = report.as_dict()
     doc["machine"] = machine_note()
     if args.json:
@@ -55,6 +59,21 @@ def main() -> int:
     else:
         render(doc)
     return 0 if doc["verdict"] == "pass" else 1
+
+
+def live(snapshot: dict) -> None:
+    """Progress on stderr every 10 s (stdout stays one JSON document with --json)."""
+    print(
+        f"{snapshot['s']:>5} s {snapshot['frames']:>10,} frames "
+        f"{snapshot['connections']:>7,} connections | honest sent/acked/last ack: "
+        + " ".join(snapshot["honest"]),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too: the stack and Redis are stopped on the way out
 
 
 def render(doc: dict) -> None:

@@ -21,6 +21,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -46,6 +47,8 @@ CLOSE_WAIT_S = 0.25
 """How long a fuzz connection waits for the server's close after its last frame, before
 it sends its own FIN (a desynchronised server may be waiting for a payload that will
 never come)."""
+PROGRESS_S = 10.0
+SETTLE_S = 15.0
 UNEXPECTED_CLOSES = frozenset({1011, 1012, 1013, 1014})
 """Close codes no fuzz frame may earn while every server is up: an internal error, or a
 sidecar that vanished behind the LB."""
@@ -190,6 +193,8 @@ class Campaign:
         self.tally = Tally()
         self.ledger = Ledger()
         self.by_target: Counter[str] = Counter()
+        self.progress: Callable[[dict[str, Any]], None] | None = None
+        """Called every `PROGRESS_S` with a snapshot (bench/fuzz.py prints it)."""
         self.busy: Counter[str] = Counter()
         """Seconds spent in connections, per target (from before the upgrade)."""
 
@@ -322,6 +327,25 @@ class Campaign:
         await asyncio.gather(*(c.open() for c in clients))
         return clients
 
+    async def _watch(self, clients: list[HonestClient], started: float) -> None:
+        """Every `PROGRESS_S`: frames so far, and each honest client's sent/acked and how
+        long since its last ack (a stalled client shows here long before the verdict)."""
+        assert self.progress is not None
+        while True:
+            await asyncio.sleep(PROGRESS_S)
+            now = time.monotonic()
+            self.progress(
+                {
+                    "s": round(now - started),
+                    "frames": self.tally.frames,
+                    "connections": self.tally.connections,
+                    "honest": [
+                        f"{c.tenant}/{c.user}:{c.sent}/{c.acked}/{now - c.last_ack:.1f}s"
+                        for c in clients
+                    ],
+                }
+            )
+
     async def run(self) -> tuple[float, dict[str, Any]]:
         """Fuzz until `frames` were sent (or `max_seconds`); (seconds, honest summary)."""
         config = self.config
@@ -335,12 +359,19 @@ class Campaign:
         ]
         started = time.monotonic()
         deadline = started + config.max_seconds
+        watch = asyncio.create_task(self._watch(clients, started)) if self.progress else None
         await asyncio.gather(*(self._worker(i, deadline) for i in range(config.workers)))
         seconds = time.monotonic() - started
+        if watch is not None:
+            watch.cancel()
         stop.set()
         await asyncio.gather(*senders)
-        settle = time.monotonic() + 15
-        while not self.ledger.settled() and time.monotonic() < settle:
+        # Until every honest message is acked, or none was for SETTLE_S (a backlog the
+        # flood left behind still drains; a lost message never would).
+        acked, quiet_since = -1, time.monotonic()
+        while not self.ledger.settled() and time.monotonic() - quiet_since < SETTLE_S:
+            if len(self.ledger.acks) != acked:
+                acked, quiet_since = len(self.ledger.acks), time.monotonic()
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # the last deliveries trail their acks
         for client in clients:
@@ -357,7 +388,13 @@ def _json(payload: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def run_on_new_stack(config: Config, redis_url: str, workdir: Path, sidecars: int = 2) -> Report:
+def run_on_new_stack(
+    config: Config,
+    redis_url: str,
+    workdir: Path,
+    sidecars: int = 2,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Report:
     """Seed the tenants, start sidecars and an LB (`wsop.fuzz.stack`), run the campaign,
     stop the stack (always), and report with the stack's crash and traceback findings.
 
@@ -373,6 +410,7 @@ def run_on_new_stack(config: Config, redis_url: str, workdir: Path, sidecars: in
     try:
         assert stack.lb is not None
         campaign = Campaign(config, stack.lb.url, [s.url for s in stack.sidecars])
+        campaign.progress = progress
         driver = time.process_time()
         seconds, honest = asyncio.run(campaign.run())
         crashed = stack.crashed()  # before stop(): SIGTERM exits are not crashes

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,8 @@ class Ledger:
     closed: list[str] = field(default_factory=list)
     """Honest connections that ended while they should not have."""
     fuzz_deliveries: int = 0
+    ack_seconds: list[float] = field(default_factory=list)
+    """Send to ack, per honest message: what the flood did to everyone else."""
 
     def settled(self) -> bool:
         return len(self.acks) >= len(self.expected)
@@ -79,6 +82,7 @@ class Ledger:
             "closed": len(self.closed),
             "cross_tenant": len(self.cross_tenant),
             "fuzz_deliveries": self.fuzz_deliveries,
+            "ack_ms": _percentiles_ms(self.ack_seconds),
             "samples": {
                 "bad_acks": bad_acks[:5],
                 "missing": missing[:5],
@@ -89,6 +93,17 @@ class Ledger:
                 "cross_tenant": self.cross_tenant[:5],
             },
         }
+
+
+def _percentiles_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(1000 * ordered[-1], 1)}
 
 
 class HonestClient:
@@ -104,6 +119,9 @@ class HonestClient:
         self.ledger = ledger
         self.ws: ClientConnection | None = None
         self.sent = 0
+        self.acked = 0
+        self.last_ack = time.monotonic()
+        self.sent_at: dict[str, float] = {}
 
     @property
     def tenant(self) -> str:
@@ -113,6 +131,9 @@ class HonestClient:
         self.ws = await connect(
             f"{self.url}/ws?tenant={self.tenant}&user={self.user}",
             open_timeout=10,
+            # No client-side keepalive: under a flood an honest message may wait many
+            # seconds (it is reported, as latency); what is judged is that it arrives.
+            ping_interval=None,
             proxy=None,
             compression=None,
         )
@@ -130,6 +151,7 @@ class HonestClient:
             frame = {"type": "team", "teams": [HONEST_TEAM], "data": data, "id": mid}
             who = frozenset((self.tenant_index, u) for u in HONEST_USERS)
         self.ledger.expected[mid] = who
+        self.sent_at[mid] = time.monotonic()
         await self.ws.send(json.dumps(frame))
 
     async def send_loop(self, interval: float, stop: asyncio.Event, seed: str) -> None:
@@ -151,6 +173,11 @@ class HonestClient:
                 kind = msg.get("type")
                 if kind == "ack":
                     ledger.acks[msg["id"]] = (msg["delivered"], msg.get("undelivered", 0))
+                    self.acked += 1
+                    self.last_ack = time.monotonic()
+                    sent = self.sent_at.pop(msg["id"], None)
+                    if sent is not None:
+                        ledger.ack_seconds.append(self.last_ack - sent)
                 elif kind == "message":
                     if not sender_tenant_ok(msg, self.tenant_index, self.tenants):
                         ledger.cross_tenant.append(f"{self.tenant}/{self.user} got {raw!r:.200}")
