@@ -363,3 +363,32 @@ def test_normalize_user_id(value, expected):
 def test_name_validators(name, tenant_ok, team_ok):
     assert p.is_valid_tenant(name) is tenant_ok
     assert p.is_valid_team(name) is team_ok
+
+
+# --- what parses must encode (found by tests/test_fuzz.py) ----------------------------
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "1E400", "-2e308"])
+def test_a_number_that_overflows_a_double_is_bad_request(number):
+    """`1e999` parsed as `inf`, which encode_message refuses (allow_nan=False): the
+    sidecar answered `internal` and logged a traceback for every such frame."""
+    err = refused('{"type":"direct","to":1,"data":[1,' + number + "]}")
+    assert err.code == BAD_REQUEST and "out of range" in err.message
+    assert parse_client_frame('{"type":"direct","to":1,"data":1e308}').data == 1e308
+
+
+def test_anything_parse_accepts_encodes_however_deep_it_nests():
+    """Nesting just under the decoder's recursion limit parsed, then failed to encode
+    one level deeper in the stack (RecursionError: `internal` and a traceback)."""
+    deepest = 0
+    for depth in range(1, 1200):
+        for inner in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+            raw = '{"type":"direct","to":1,"data":' + inner + "}"
+            try:
+                msg = parse_client_frame(raw, 1 << 20)
+            except ProtocolError as err:
+                assert err.code == BAD_REQUEST
+                continue
+            deepest = max(deepest, depth)
+            assert json.loads(encode_message(7, msg.data, msg.id, 0))["data"] == msg.data
+    assert deepest == p.MAX_DEPTH - 1  # the frame's own object is the first level

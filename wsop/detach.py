@@ -104,13 +104,19 @@ class Detachable:
     def attach(self, protocol: asyncio.Protocol) -> None:
         """Make `protocol` the transport's protocol (`connection_made`); websockets never
         sees the socket again. Bytes already stashed wait for `replay`, so that a relay
-        can attach both of its sockets before either one's bytes flow to the other."""
+        can attach both of its sockets before either one's bytes flow to the other.
+
+        If the peer is already gone, `protocol` gets no `connection_made` (uvloop's
+        closed transport raises on `set_write_buffer_limits`), only the stash and
+        `connection_lost` from `replay`: its owner must still hear that it ended."""
         assert self._mode == _STASHING, "attach() after a relayable handshake only"
         self._mode = _DETACHED
         self._protocol = protocol
         keepalive = getattr(self, "keepalive_task", None)
         if keepalive is not None:  # its pings would be written into the new protocol's stream
             keepalive.cancel()
+        if self.lost:
+            return
         transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -26,6 +26,7 @@ Peer links between sidecars use their own batch format: `wsop.sidecar.peer_codec
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -83,6 +84,9 @@ DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
 MAX_ID_CHARS: Final = 128
 MAX_USER_ID_CHARS: Final = MAX_STRING_ID_CHARS
 MAX_TEAMS: Final = 64
+MAX_DEPTH: Final = 100
+"""Arrays/objects nested in a client frame, the frame itself included: far more than any
+message needs, far below the ~1000 at which Python's JSON codec raises RecursionError."""
 
 
 # TENANT_RE / TEAM_RE come from wsop.acl.keys: the names end up inside Redis keys, so
@@ -156,8 +160,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, unless it overflows: `1e999` would parse as `inf`,
+    which the encoder (allow_nan=False) then refuses when the message is delivered."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(BAD_REQUEST, f"number out of range: {text[:20]}")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests containers more than `limit` levels deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if kind is dict else item))
+    return False
+
+
 # Prebuilt codecs: json.dumps/loads with keyword arguments builds a new coder per call.
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _MISSING: Final = object()
 
@@ -193,6 +219,14 @@ def parse_client_frame(
         raise ProtocolError(BAD_REQUEST, "frame is not valid JSON") from None
     if type(obj) is not dict:
         raise ProtocolError(BAD_REQUEST, "frame must be a JSON object")
+    # Nesting the decoder took may still be too deep to encode again (one level more,
+    # deeper in the stack): only a frame with that many brackets can be.
+    if (
+        len(raw) > MAX_DEPTH
+        and raw.count("[") + raw.count("{") > MAX_DEPTH
+        and _deeper_than(obj, MAX_DEPTH)
+    ):
+        raise ProtocolError(BAD_REQUEST, f"frame nests deeper than {MAX_DEPTH} levels")
 
     id = obj.get("id")
     if id is not None and (type(id) is not str or len(id) > MAX_ID_CHARS):

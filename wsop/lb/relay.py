@@ -255,6 +255,8 @@ class Relay:
                 old.inject_close(GOING_AWAY, "lb closing", self.close_timeout)
         elif self.ending is not None and self.client.close_rcvd is not None:
             self.client.finish_close()
+        elif self.client.close_sent:  # the sidecar failed the connection (RFC 6455 §7.1.7)
+            self.client.half_close()
         self._check_done()
 
     def writer_released(self) -> None:

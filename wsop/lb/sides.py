@@ -167,6 +167,22 @@ class ClientSide(Side):
         if self.transport is not None and not self.lost:
             self.transport.close()  # flushes what is buffered, then FIN
 
+    def half_close(self) -> None:
+        """The sidecar closed TCP right after the close frame forwarded to the client: it
+        failed the connection and waits for nothing. So the LB closes its sending half
+        towards the client now, as the sidecar would have, and reads on: the client's
+        close frame or FIN ends it (the relay's deadline, if neither comes). Waiting for
+        a close frame instead kept such clients 4 s, then aborted them — and a client
+        whose stream the violation had desynchronised could never send one the LB sees."""
+        self.sink = False
+        transport = self.transport
+        if transport is None or self.lost or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()  # after what is buffered: the close frame
+        else:
+            transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.relay.client_lost()

@@ -301,6 +301,9 @@ class Sidecar:
                 self.client_gone(session)
                 await conn.close(1011, f"presence store unavailable: {exc}"[:120])
                 return
+        if conn.lost:  # it left while its presence was written: nothing of it can be run
+            self.client_gone(session)  # (websockets' parser saw the EOF already)
+            return
         conn.attach(session)
         session.send_data()  # deliveries that arrived meanwhile
         conn.replay()  # then the client's frames, in order (may end the session)
