@@ -50,7 +50,7 @@ demo: $(STAMP) redis
 test: $(STAMP) redis chromium
 	$(BIN)/ruff check wsop tests bench examples
 	$(BIN)/ruff format --check wsop tests bench examples
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check wsop tests bench examples

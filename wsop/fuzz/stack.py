@@ -10,6 +10,7 @@ fixture, or bench/_common's private one) and the directory the logs go to.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -47,6 +48,10 @@ class FuzzStack:
     workdir: Path
     sidecars: list[Server] = field(default_factory=list)
     lb: Server | None = None
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    """The stack's own (servers refuse to start without one)."""
+    sidecar_args: list[str] = field(default_factory=list)
+    """Extra flags for every sidecar."""
 
     @property
     def servers(self) -> list[Server]:
@@ -61,7 +66,8 @@ class FuzzStack:
             for name, port in ports.items():
                 self.sidecars.append(
                     self._spawn(name, port, ["sidecar", "--name", name, "--port", str(port)]
-                                + ["--peers", peers, "--redis", self.redis_url, "--insecure"])
+                                + ["--peers", peers, "--redis", self.redis_url, "--insecure"]
+                                + self.sidecar_args)
                 )  # fmt: skip
             lb_port = free_port()
             self.lb = self._spawn("lb", lb_port, ["lb", "--port", str(lb_port), "--peers", peers]
@@ -82,7 +88,7 @@ class FuzzStack:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "WSOP_ADMIN_TOKEN": self.admin_token},
                 cwd=ROOT,
             )
         return Server(name, port, proc, log)
