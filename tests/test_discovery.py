@@ -124,3 +124,20 @@ async def test_callable_source() -> None:
     assert source.current() == {"s0": "ws://h:1"}
     state = {"s0": "ws://h:1", "s1": "ws://h:2"}
     assert await asyncio.wait_for(source.wait_changed(), 1) == state
+
+
+@pytest.mark.asyncio
+async def test_a_change_another_reader_saw_first_still_reaches_the_watcher(
+    tmp_path: Path,
+) -> None:
+    """A sidecar reads the membership on every presence heartbeat (`current()`); when one
+    of those reads came between a members-file change and the watcher's next poll, the
+    watcher never saw the change — that sidecar kept routing over the old ring for good
+    (a scale-down then waited 30 s for it and failed)."""
+    path = tmp_path / "stack.json"
+    _write(path, _doc(("s0", "ws://127.0.0.1:1"), ("s1", "ws://127.0.0.1:2")))
+    source = RegistryFileMembership(path, interval=0.02)
+    assert set(source.current()) == {"s0", "s1"}  # the watcher's baseline
+    _write(path, _doc(("s0", "ws://127.0.0.1:1")))
+    assert set(source.current()) == {"s0"}  # another reader sees the change first
+    assert set(await asyncio.wait_for(source.wait_changed(), 2)) == {"s0"}

@@ -163,10 +163,15 @@ class PollingMembership:
 
     def current(self) -> Members:
         members = dict(self._refresh())
-        self._returned = members
-        return dict(members)
+        if self._returned is None:  # the baseline the first `wait_changed` compares with
+            self._returned = dict(members)
+        return members
 
     async def wait_changed(self) -> Members:
+        """The membership once it differs from what this method last returned (at first:
+        from the first `current()`). Other readers' `current()` calls never count as
+        "seen": a sidecar reads the membership on every heartbeat, and its watcher used
+        to miss a change that such a read happened to see first — for good."""
         while True:
             members = self._refresh()
             if members != self._returned:
