@@ -114,7 +114,7 @@ def move(sidecar: Sidecar, conn: ServerConnection, params: dict[str, str]) -> Re
     boundary, and the new sidecar takes over delivery (see `Router.connect`).
     """
     tenant, raw_user, target = params.get("tenant"), params.get("user"), params.get("to")
-    members = sidecar.members.current()
+    members = dict(sidecar.routing)
     if not tenant or raw_user is None or not target:
         return json_response(conn, 400, {"error": "need tenant, user and to"})
     if target not in members:
@@ -134,7 +134,7 @@ async def drain(sidecar: Sidecar, conn: ServerConnection, to: str | None) -> Res
     other members. Answers what was asked, per target; the moves complete asynchronously
     (watch `/connections` fall to 0)."""
     name = sidecar.config.name
-    members = sidecar.members.current()
+    members = dict(sidecar.routing)
     others = {n: url for n, url in members.items() if n != name}
     if to is not None:
         wanted = [n for n in to.split(",") if n]

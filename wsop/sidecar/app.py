@@ -122,7 +122,7 @@ class Sidecar:
         self._apps: dict[ClientSession, ClientConnection] = {}
         self._peer_conns: set[ServerConnection] = set()
         self.presence = Presence(
-            config.name, acl, config.timings, lambda: members.current().keys(),
+            config.name, acl, config.timings, lambda: self.routing.keys(),
             lambda: self._sessions, self.metrics.registry,
         )  # fmt: skip
         self.messages = ClientMessages(
@@ -146,7 +146,7 @@ class Sidecar:
         if released:
             log.info("released stale presence in %d tenant(s)", released)
         await self.presence.start()  # lease, epoch; reaps dead sidecars every heartbeat
-        await self.peers.update(self.members.current())
+        await self.peers.update(self.routing)
         self._server = await serve(
             self._handler,
             self.config.host,
