@@ -365,7 +365,7 @@ class Sidecar:
         while True:
             await asyncio.sleep(PING_INTERVAL_S)
             for session in list(self._sessions):
-                if session.pong_due:
+                if session.pong_due and not session.reading_paused:
                     session.abort()
                 else:
                     session.ping()

@@ -277,6 +277,12 @@ class ClientSession(FrameReader):
             if self._paused:
                 self._set_paused(False)
 
+    @property
+    def reading_paused(self) -> bool:
+        """We stopped reading it (backpressure): its pongs wait unread in the socket, so
+        silence then says nothing about whether it is alive."""
+        return self._paused
+
     def _set_paused(self, paused: bool) -> None:
         """Backpressure: stop reading from a client whose backlog is long."""
         if paused and self.protocol.eof_sent:

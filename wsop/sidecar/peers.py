@@ -13,9 +13,9 @@ What traffic can do to a link, and what happens instead of breaking it:
   split across connections (the link broke between its pieces) is reported lost, never
   half-delivered.
 - **Bursts**: the queue is bounded by bytes. Above `HIGH_BYTES` the link is *congested*
-  and whoever feeds it waits (`wait_ready`: client sessions stop reading, peer batches
-  stop being read) until it is below `LOW_BYTES`; only past `MAX_QUEUE_BYTES` is an
-  item refused — and reported.
+  and whoever feeds it waits (`wait_ready`: client sessions stop reading) until it
+  is below `LOW_BYTES` — both small, because every sender sharing the link waits
+  behind its queue; only past `MAX_QUEUE_BYTES` is an item refused — and reported.
 - **Membership changes**: a peer that leaves the membership keeps its link for
   `LINGER_S` (its clients are being moved off it; answers and holder deliveries must
   still reach it).
@@ -51,8 +51,8 @@ PEER_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 MAX_BATCH_BYTES: Final = 512 * 1024
 MAX_PIECE_BYTES: Final = 512 * 1024
 MAX_BATCH_ITEMS: Final = 512
-HIGH_BYTES: Final = 8 * 1024 * 1024
-LOW_BYTES: Final = 2 * 1024 * 1024
+HIGH_BYTES: Final = 2 * 1024 * 1024
+LOW_BYTES: Final = 512 * 1024
 MAX_QUEUE_BYTES: Final = 64 * 1024 * 1024
 DIAL_TIMEOUT_S: Final = 2.0
 GIVE_UP_AFTER_S: Final = 3.0
