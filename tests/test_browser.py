@@ -69,6 +69,9 @@ def test_browser_page_talks_to_the_local_stack(chromium: str, stack: dict, tmp_p
         connect(f"{lb}?token={token(2)}", open_timeout=5) as other,
     ):
         page.wait("document.getElementById('status').dataset.state === 'open'")
+        # the page offered the wsop.v1 subprotocol and got it (browsers that must name
+        # one used to fail with 1006: no subprotocol was ever selected)
+        assert page.js("ws.protocol") == "wsop.v1"
 
         # the page sends a direct message: user 2 gets it, the page gets its ack
         page.js("document.getElementById('to').value = '2'")
