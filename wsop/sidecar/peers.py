@@ -200,10 +200,11 @@ class PeerLink:
         failing_since: float | None = None
         dialled_before = False
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
+                continue  # (woken by `close` too)
             try:
                 if ws is None:
                     ws = await self._dial()
@@ -251,9 +252,17 @@ class PeerLink:
             if not self._queue:
                 break
             await asyncio.sleep(0.05)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._wake.set()
+        # Python 3.11's wait_for can swallow a cancel that lands as the dial completes;
+        # `_closing` ends the loop anyway, and we never wait for the task unboundedly.
+        for _ in range(3):
+            self._task.cancel()
+            done, _ = await asyncio.wait({self._task}, timeout=1.0)
+            if done:
+                break
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            if self._task.done():
+                self._task.result()
         if self._ws is not None:
             self._ws.transport.abort()
         self._give_up("closed")
