@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_wsop
-from wsop.cli.app import membership_source
+from wsop.cli.options import membership_source
 from wsop.discovery import StaticMembership
 from wsop.errors import UsageError
 

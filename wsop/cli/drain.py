@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wsop.cli.app import JsonOpt
+from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, err_console
 from wsop.errors import UsageError
 

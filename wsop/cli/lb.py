@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
-from wsop.cli.app import (
+from wsop.cli.credentials import server_admin_token, server_secret
+from wsop.cli.options import (
     AllowedOriginsOpt,
     JwksOpt,
     JwtPublicKeyOpt,
@@ -23,8 +24,6 @@ from wsop.cli.app import (
     ServiceOpt,
     membership_source,
     parse_origins,
-    server_admin_token,
-    server_secret,
 )
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 

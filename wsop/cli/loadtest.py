@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wsop.cli.app import JsonOpt, RedisOpt
+from wsop.cli.options import JsonOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
 from wsop.load.failures import no_one_connected

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from wsop.cli.app import JsonOpt
+from wsop.cli.options import JsonOpt
 from wsop.cli.output import err_console
 from wsop.errors import InputError, UsageError
 from wsop.k8s.discovery import DEFAULT_PORT

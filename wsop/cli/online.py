@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 
 from wsop.acl.presence import set_online
-from wsop.cli.app import JsonOpt, MaxUsersOpt, RedisOpt, max_users_or_default, new_app, tenant_store
+from wsop.cli.app import new_app
+from wsop.cli.options import JsonOpt, MaxUsersOpt, RedisOpt, max_users_or_default, tenant_store
 from wsop.cli.output import emit
 
 app = new_app("Mark users online or offline in online-users:{T}.")

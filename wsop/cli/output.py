@@ -20,7 +20,7 @@ from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderResul
 from rich.table import Table
 from rich.text import Text
 
-from wsop.cli.app import JSON_OPTION_HELP
+from wsop.cli.options import JSON_OPTION_HELP
 
 __all__ = ["JSON_OPTION_HELP", "console", "emit", "err_console", "titled_table"]
 

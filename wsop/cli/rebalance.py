@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wsop.cli.app import JsonOpt
+from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError
 from wsop.k8s.discovery import DEFAULT_SELECTOR

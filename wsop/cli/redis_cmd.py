@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from wsop.cli.app import JsonOpt, new_app
+from wsop.cli.app import new_app
+from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit
 from wsop.local import embedded
 

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from wsop.acl.resolve import resolve
-from wsop.cli.app import JsonOpt, RedisOpt, tenant_store
+from wsop.cli.options import JsonOpt, RedisOpt, tenant_store
 from wsop.cli.output import emit
 
 PREVIEW = 50

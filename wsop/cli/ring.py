@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from wsop.cli.app import JsonOpt, new_app
+from wsop.cli.app import new_app
+from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, titled_table
 from wsop.errors import UsageError
 from wsop.ring import DEFAULT_ALGORITHM, Placement, algorithm_names, build, encode_key

@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from wsop.acl import csvload, seed, synthetic
 from wsop.acl.dataset import TenantData
-from wsop.cli.app import JsonOpt, MaxUsersOpt, RedisOpt, max_users_or_default, new_app, tenant_store
+from wsop.cli.app import new_app
+from wsop.cli.options import JsonOpt, MaxUsersOpt, RedisOpt, max_users_or_default, tenant_store
 from wsop.cli.output import emit, err_console, titled_table
 
 app = new_app("Write tenant access bitmaps (staged, then swapped in atomically per tenant).")

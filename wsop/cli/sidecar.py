@@ -12,7 +12,8 @@ import typer
 
 from wsop import protocol
 from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
-from wsop.cli.app import (
+from wsop.cli.credentials import server_admin_token, server_secret
+from wsop.cli.options import (
     AllowedOriginsOpt,
     JwksOpt,
     JwtPublicKeyOpt,
@@ -32,8 +33,6 @@ from wsop.cli.app import (
     build_quotas,
     membership_source,
     parse_origins,
-    server_admin_token,
-    server_secret,
 )
 from wsop.errors import BackendUnavailable
 from wsop.k8s.discovery import DEFAULT_SELECTOR

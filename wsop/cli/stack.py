@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from wsop.cli.app import JsonOpt, QuotasFileOpt, RedisOpt
+from wsop.cli.options import JsonOpt, QuotasFileOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 
 SidecarsOpt = Annotated[int, typer.Option("--sidecars", help="Number of sidecar processes.")]

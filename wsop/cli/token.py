@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 
 from wsop import auth
-from wsop.cli.app import JsonOpt, client_secret
+from wsop.cli.credentials import client_secret
+from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, err_console
 
 

@@ -334,7 +334,7 @@ class LoadBalancer:
 
     # --- running ----------------------------------------------------------------------
     async def start(self) -> Server:
-        if not self.config.admin_token:  # closed by default: see `cli.app.server_admin_token`
+        if not self.config.admin_token:  # closed by default (cli.credentials)
             raise WsopError("the LB needs an admin token: it signs its word to the sidecars")
         self.set_members(self.config.source.current())
         try:

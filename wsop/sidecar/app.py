@@ -139,7 +139,7 @@ class Sidecar:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> int:
-        if not self.config.admin_token:  # closed by default: see `cli.app.server_admin_token`
+        if not self.config.admin_token:  # closed by default (cli.credentials)
             raise UsageError("a sidecar needs an admin token: it authenticates its peer links")
         # A previous run of this sidecar may have crashed with users marked online.
         released = await self.acl.release(self.config.name)
