@@ -15,7 +15,7 @@ from wsop.discovery import StaticMembership, parse_peers, parse_registry
 from wsop.errors import UsageError
 from wsop.k8s.discovery import pod_state
 from wsop.lb.server import LBConfig
-from wsop.sidecar.app import SidecarConfig
+from wsop.sidecar import SidecarConfig
 
 NOWHERE = "redis://127.0.0.1:1"  # never reached: the flags are refused before any I/O
 

@@ -26,7 +26,7 @@ from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.backend import connect_async
 from wsop.errors import UsageError
-from wsop.sidecar.app import SidecarConfig
+from wsop.sidecar import SidecarConfig
 from wsop.sidecar.presence import Presence, PresenceTimings, ReapGate, check_timings
 
 # -- pure ----------------------------------------------------------------------------------

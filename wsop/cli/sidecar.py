@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 from typing import Annotated
 
 import typer
 
-from wsop import protocol
+from wsop import protocol, shell
 from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
 from wsop.cli.credentials import server_admin_token, server_secret
 from wsop.cli.options import (
@@ -34,7 +32,6 @@ from wsop.cli.options import (
     membership_source,
     parse_origins,
 )
-from wsop.errors import BackendUnavailable
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 from wsop.quotas import (
     DEFAULT_CONNECTIONS_PER_USER,
@@ -99,7 +96,7 @@ def sidecar_cmd(
     from wsop.acl.live import LiveAcl
     from wsop.backend import connect, connect_async, resolve_url
     from wsop.ring import DEFAULT_ALGORITHM
-    from wsop.sidecar.app import Sidecar, SidecarConfig
+    from wsop.sidecar import Sidecar, SidecarConfig
 
     algo = algo or DEFAULT_ALGORITHM
     origins = parse_origins(allowed_origins)
@@ -132,30 +129,4 @@ def sidecar_cmd(
     members = membership_source(members_file, peers, namespace, selector, service)
     url = resolve_url(redis_url)
     connect(url).close()  # fail fast, with the URL in the message
-    run_server(lambda: Sidecar(config, LiveAcl(connect_async(url)), members), name)
-
-
-def run_server(factory, label: str) -> None:
-    """Run an asyncio server object until SIGTERM/SIGINT, then its graceful shutdown."""
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-
-    async def main() -> None:
-        server = factory()
-        try:
-            port = await server.start()
-        except OSError as exc:
-            raise BackendUnavailable(f"{label}: cannot listen: {exc.strerror or exc}") from None
-        print(f"{label} listening on port {port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.shutdown()
-
-    asyncio.run(main())
+    shell.run(lambda: Sidecar(config, LiveAcl(connect_async(url)), members))

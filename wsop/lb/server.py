@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
-from wsop import lbsignal
+from wsop import lbsignal, shell
 from wsop.auth import (
     DEFAULT_LEEWAY_S,
     DEFAULT_MAX_LIFETIME_S,
@@ -54,6 +52,7 @@ from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
 from wsop.ring import build, check_routing_algorithm
 from wsop.ring.base import Placement
+from wsop.shell import MembershipWatcher
 
 log = logging.getLogger("wsop.lb")
 
@@ -133,7 +132,7 @@ class LoadBalancer:
     # --- membership -------------------------------------------------------------------
     def set_members(self, members: Members) -> None:
         """Adopt a new membership: rebuild the placement once, here, not per connection."""
-        self._adopt(members, build(self.config.algo, list(members)) if members else None)
+        self._adopt(members, self._placement(members))
 
     def _adopt(self, members: Members, placement: Placement | None) -> None:
         self.members, self.placement = dict(members), placement
@@ -147,21 +146,8 @@ class LoadBalancer:
         owner = placement.owner((identity.tenant, identity.user))
         return owner, self.members[owner]
 
-    async def _watch_members(self) -> None:
-        """Follow the source; build the placement in a thread (maglev's table takes
-        hundreds of ms, which must not stall every relay on the event loop)."""
-        while True:
-            members = await self.config.source.wait_changed()
-            try:
-                placement = (
-                    await asyncio.to_thread(build, self.config.algo, list(members))
-                    if members
-                    else None
-                )
-            except WsopError as exc:  # e.g. a name the ring refuses: keep routing as before
-                log.error("ignoring membership %s: %s", sorted(members), exc)
-                continue
-            self._adopt(members, placement)
+    def _placement(self, members: Members) -> Placement | None:
+        return build(self.config.algo, list(members)) if members else None
 
     # --- handshake: admin HTTP, authentication, the sidecar leg ------------------------
     async def process_request(
@@ -333,7 +319,8 @@ class LoadBalancer:
         self.stats.closed(relay.owner)
 
     # --- running ----------------------------------------------------------------------
-    async def start(self) -> Server:
+    async def start(self) -> int:
+        """Listen, follow the membership; the port listened on."""
         if not self.config.admin_token:  # closed by default (cli.credentials)
             raise WsopError("the LB needs an admin token: it signs its word to the sidecars")
         self.set_members(self.config.source.current())
@@ -356,8 +343,17 @@ class LoadBalancer:
                 f"cannot listen on {where}: port {self.config.port} is in use or not "
                 f"bindable ({exc.strerror or exc})"
             ) from None
-        self._watcher = asyncio.ensure_future(self._watch_members())
-        return self.server
+        watcher = MembershipWatcher(self.config.source, self._placement, self._adopt, log)
+        self._watcher = asyncio.ensure_future(watcher.run())
+        sockets = self.server.sockets
+        return sockets[0].getsockname()[1] if sockets else self.config.port
+
+    def banner(self, port: int) -> str:
+        cfg = self.config
+        return (
+            f"wsop lb {cfg.name} listening on ws://{cfg.host}:{port}{WS_PATH} "
+            f"({len(self.members)} sidecars, algo {cfg.algo})"
+        )
 
     async def stop(self) -> None:
         """Graceful stop: refuse new clients, close relays with 1012 over `drain_s`."""
@@ -378,31 +374,6 @@ class LoadBalancer:
             log.warning("some connections did not close in time")
 
 
-async def serve_until_signalled(lb: LoadBalancer) -> None:
-    """Run `lb` until SIGTERM/SIGINT, then stop gracefully (exit status 0)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    server = await lb.start()
-    cfg = lb.config
-    port = server.sockets[0].getsockname()[1] if server.sockets else cfg.port  # (--port 0)
-    print(
-        f"wsop lb {cfg.name} listening on ws://{cfg.host}:{port}{WS_PATH} "
-        f"({len(lb.members)} sidecars, algo {cfg.algo})",
-        file=sys.stderr,
-        flush=True,
-    )
-    await stop.wait()
-    await lb.stop()
-
-
 def run(config: LBConfig) -> None:
-    """Blocking entry point: uvloop when installed, plain asyncio otherwise."""
-    lb = LoadBalancer(config)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve_until_signalled(lb))
-    else:
-        uvloop.run(serve_until_signalled(lb))
+    """Blocking entry point: serve until SIGTERM/SIGINT (`wsop.shell.run`)."""
+    shell.run(lambda: LoadBalancer(config))

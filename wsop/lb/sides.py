@@ -14,12 +14,34 @@ frame of its own: nothing more may be forwarded to it, and its reply is not forw
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 from wsop.lb.frames import FrameScanner, close_frame, parse_close
+from wsop.lb.stats import LBStats
 
-if TYPE_CHECKING:
-    from wsop.lb.relay import Relay
+
+class Relay(Protocol):
+    """What the sides need from the relay that owns them (`wsop.lb.relay.Relay`): the
+    other sides, the shared stats, and the rare-event handlers. Declared here, so the
+    sides depend on this narrow face and the relay on the sides — not each on the other."""
+
+    client: ClientSide
+    upstream: UpstreamSide
+    writer: UpstreamSide | None
+    waiting: list[UpstreamSide]
+    client_paused: bool
+    close_timeout: float
+    stats: LBStats
+
+    def at_client_boundary(self) -> None: ...
+    def client_closing(self, client: ClientSide) -> None: ...
+    def client_lost(self) -> None: ...
+    def client_write_paused(self, paused: bool) -> None: ...
+    def control(self, payload: bytes, side: UpstreamSide) -> None: ...
+    def upstream_closing(self, side: UpstreamSide, frame: bytes) -> None: ...
+    def upstream_lost(self, side: UpstreamSide) -> None: ...
+    def writer_released(self) -> None: ...
+
 
 WRITE_HIGH: Final = 64 * 1024
 """Above this many unsent bytes on one side, reading from the side(s) feeding it pauses."""

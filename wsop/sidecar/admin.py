@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import redis
 from websockets.asyncio.server import ServerConnection
@@ -16,7 +16,8 @@ from websockets.http11 import Request, Response
 
 from wsop import lbsignal, protocol
 from wsop.acl.ids import IdMode
-from wsop.auth import AuthError, Identity, identity_from_request
+from wsop.acl.live import LiveAcl
+from wsop.auth import AuthError, Identity, TokenVerifier, identity_from_request
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
     admin_refusal,
@@ -26,14 +27,32 @@ from wsop.httpadmin import (
     request_refusal,
     text_response,
 )
+from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
+from wsop.sidecar.config import SidecarConfig
+from wsop.sidecar.metrics import SidecarMetrics
+from wsop.sidecar.outbox import Outbox
+from wsop.sidecar.presence import Presence
+from wsop.sidecar.router import Router
 
-if TYPE_CHECKING:
-    from wsop.sidecar.app import Sidecar
-    from wsop.sidecar.client import ClientSession
+
+class Sidecar(Protocol):
+    """What the admin side needs of the sidecar (`wsop.sidecar.app.Sidecar`), declared
+    here so that this module depends on that face, not on the server that uses it."""
+
+    config: SidecarConfig
+    routing: dict[str, str]
+    acl: LiveAcl
+    verifier: TokenVerifier
+    presence: Presence
+    metrics: SidecarMetrics
+    router: Router
+    outbox: Outbox
+
+    def placement_for(self, members: dict[str, str]) -> Callable[[Any], str]: ...
 
 
 async def process_request(
-    sidecar: Sidecar, conn: ServerConnection, request: Request
+    sidecar: Sidecar, conn: SidecarServerConnection, request: Request
 ) -> Response | None:
     config = sidecar.config
     malformed = request_refusal(request)  # duplicate headers: 400, never a 500
@@ -47,7 +66,6 @@ async def process_request(
             )
         except AuthError as exc:  # 401, or 400 for a malformed Authorization header
             return text_response(conn, exc.http_status, str(exc))
-        conn.wsop_identity = ident  # type: ignore[attr-defined]
         # Only the LB may say it holds this client, or where it moves from: signed.
         signal = lbsignal.verify(
             config.admin_token,
@@ -56,8 +74,9 @@ async def process_request(
             ident.user,
             time.time(),
         )
-        conn.wsop_via_lb = signal is not None  # type: ignore[attr-defined]
-        conn.wsop_moved_from = signal.moved_from if signal else None  # type: ignore[attr-defined]
+        conn.client = ClientHandshake(
+            ident, via_lb=signal is not None, moved_from=signal.moved_from if signal else None
+        )
         return None
     if path == "/healthz":
         members = sorted(sidecar.routing)  # adopted, not merely read
@@ -67,7 +86,7 @@ async def process_request(
     if refused:
         return text_response(conn, 401, refused)
     if path == "/peer":
-        conn.wsop_peer = query(request).get("from", "?")  # type: ignore[attr-defined]
+        conn.peer = query(request).get("from", "?")
         return None
     if path == "/metrics":
         return text_response(conn, 200, sidecar.metrics.render().decode(), PROMETHEUS_CONTENT_TYPE)
@@ -81,7 +100,7 @@ async def process_request(
 
 
 async def admit(
-    sidecar: Sidecar, conn: ServerConnection, ident: Identity, index: int
+    sidecar: Sidecar, conn: SidecarServerConnection, ident: Identity, index: int
 ) -> Response | None:
     """Count the connection against its user's and tenant's limits (across every
     sidecar, in Redis), or refuse it with 429. A client the LB is moving here is
@@ -89,7 +108,8 @@ async def admit(
     limits = sidecar.config.quotas.of(ident.tenant)
     if not (limits.connections_per_user or limits.connections_per_tenant):
         return None
-    moving = getattr(conn, "wsop_moved_from", None) is not None
+    assert conn.client is not None
+    moving = conn.client.moved_from is not None
     try:
         over = await sidecar.acl.count_connection(
             sidecar.config.name, ident.tenant, index, +1,
@@ -102,7 +122,7 @@ async def admit(
         limit = getattr(limits, f"connections_per_{what}")
         sidecar.metrics.quota_refused.labels(what, sidecar.metrics.tenant_label(ident.tenant)).inc()
         return text_response(conn, 429, f"too many connections for this {what}: {count} of {limit}")
-    conn.wsop_counted = True  # type: ignore[attr-defined]
+    conn.client.counted = True
     return None
 
 

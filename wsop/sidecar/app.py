@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -25,22 +24,23 @@ from websockets.http11 import Request, Response
 
 from wsop import protocol
 from wsop.acl.live import LiveAcl
-from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, Identity, TokenVerifier
-from wsop.checks import check_host, check_member_name, check_port, check_positive_int, check_seconds
+from wsop.auth import Identity
 from wsop.discovery import MembershipSource
-from wsop.errors import UsageError, WsopError
+from wsop.errors import UsageError
 from wsop.httpadmin import origins_option, select_subprotocol, text_response
-from wsop.quotas import Quotas, TokenBucket
-from wsop.ring import DEFAULT_ALGORITHM, build, check_routing_algorithm
+from wsop.quotas import TokenBucket
+from wsop.ring import build
+from wsop.shell import MembershipWatcher
 from wsop.sidecar import admin
-from wsop.sidecar.client import ClientSession, SidecarServerConnection
+from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
+from wsop.sidecar.config import SidecarConfig
 from wsop.sidecar.delivery import ACK_TIMEOUT_S, Delivery
 from wsop.sidecar.messages import ClientMessages
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import Holding, PeerDecoder, PeerFormatError
 from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES
-from wsop.sidecar.presence import Presence, PresenceTimings
+from wsop.sidecar.presence import Presence
 from wsop.sidecar.router import Router
 from wsop.sidecar.upstream import mirror, open_app, pump_from_app
 
@@ -52,52 +52,6 @@ _CONTROL_MARKS = ("\x00", b"\x00")
 MOVE_QUIET_S = 0.5
 """After the LB says a client moved away, its old connection stays open at least this
 long (deliveries already on their way), and until its open acks are answered."""
-
-
-@dataclass
-class SidecarConfig:
-    name: str
-    host: str = "127.0.0.1"
-    port: int = 0
-    algo: str = DEFAULT_ALGORITHM  # what the LB uses unless told otherwise
-    insecure: bool = False
-    secret: str | None = None
-    admin_token: str | None = None
-    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
-    close_window_s: float = 2.0
-    upstream: str | None = None
-    allowed_origins: tuple[str, ...] | None = None
-    """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
-    quotas: Quotas = field(default_factory=Quotas)
-    """Connections per user and tenant, messages/s, recipients: `wsop.quotas`."""
-    # presence healing (wsop/sidecar/presence.py): heartbeat, lease, team-message wait
-    heartbeat_s: float = 2.0
-    lease_s: float = 10.0
-    presence_wait_s: float = 5.0
-    # client tokens (wsop/auth.py): RS256/ES256 keys besides the HS256 secret, and policy
-    jwt_public_key: str | None = None
-    jwks: str | None = None
-    leeway_s: int = DEFAULT_LEEWAY_S
-    max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
-
-    def __post_init__(self) -> None:
-        """Refuse what `wsop sidecar` refuses (port 0: let the OS pick a free one)."""
-        check_routing_algorithm(self.algo)
-        check_member_name(self.name)
-        check_host(self.host)
-        check_port(self.port)
-        check_positive_int(self.max_frame_bytes, "max_frame_bytes")
-        check_seconds(self.close_window_s, "close_window_s")
-        if self.upstream is not None and not self.upstream.startswith(("ws://", "wss://")):
-            raise UsageError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r}")
-        self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
-        self.token_verifier()  # key files readable, leeway and lifetime sane
-
-    def token_verifier(self) -> TokenVerifier | None:
-        """What client tokens are checked with (None: no key at all, an insecure stack)."""
-        return TokenVerifier.from_settings(
-            self.secret, self.jwt_public_key, self.jwks, self.leeway_s, self.max_token_lifetime_s
-        )
 
 
 class Sidecar:
@@ -161,28 +115,26 @@ class Sidecar:
             select_subprotocol=select_subprotocol,
             origins=origins_option(self.config.allowed_origins),
         )
-        self._tasks.append(asyncio.create_task(self._watch_members()))
+        watcher = MembershipWatcher(self.members, self.placement_for, self._adopt, log)
+        self._tasks.append(asyncio.create_task(watcher.run()))
         self._tasks.append(asyncio.create_task(self.delivery.expire_acks()))
         self._tasks.append(asyncio.create_task(self._keepalive()))
         return self._server.sockets[0].getsockname()[1]
 
-    async def _watch_members(self) -> None:
-        while True:
-            members = await self.members.wait_changed()
-            try:  # a maglev table takes ~0.6 s to build: never on the event loop
-                placement = await asyncio.to_thread(self.placement_for, members)
-            except WsopError as exc:  # e.g. a name the ring refuses: keep routing as before
-                log.error("ignoring membership %s: %s", sorted(members), exc)
-                continue
-            self.delivery.membership_changed()
-            changes = self.router.set_owner(placement)
-            self.routing = dict(members)
-            await self.peers.update(members)
-            for change in changes:
-                self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
-            log.info("membership now %s (%d registrations sent)", sorted(members), len(changes))
+    async def _adopt(self, members: dict[str, str], placement: Any) -> None:
+        """A new membership (its placement built off the loop by the watcher)."""
+        self.delivery.membership_changed()
+        changes = self.router.set_owner(placement)
+        self.routing = dict(members)
+        await self.peers.update(members)
+        for change in changes:
+            self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
+        log.info("membership now %s (%d registrations sent)", sorted(members), len(changes))
 
-    async def shutdown(self) -> None:
+    def banner(self, port: int) -> str:
+        return f"{self.config.name} listening on port {port}"
+
+    async def stop(self) -> None:
         """Stop accepting, close clients with 1012 spread over the window, clear presence."""
         if self._server is None:
             return
@@ -217,7 +169,9 @@ class Sidecar:
 
     # -- HTTP and handshake (wsop/sidecar/admin.py) ---------------------------------------
 
-    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, conn: SidecarServerConnection, request: Request
+    ) -> Response | None:
         """Admin endpoints and authentication, then — for a client — the user's bit index.
 
         The user is checked here, before the 101, so that a sidecar that cannot take a
@@ -225,9 +179,10 @@ class Sidecar:
         keeps it where it was, instead of switching to a connection that closes at once.
         """
         response = await admin.process_request(self, conn, request)
-        ident: Identity | None = getattr(conn, "wsop_identity", None)
-        if response is not None or ident is None:
+        client = conn.client
+        if response is not None or client is None:
             return response
+        ident = client.identity
         try:
             # exact identities (wsop/acl/ids.py): the tenant's id mode says who this is
             mode = await self.acl.id_mode(ident.tenant)
@@ -240,52 +195,48 @@ class Sidecar:
             return text_response(conn, 403, f"{why}: it must be {mode.rule}")
         if index is None:
             return text_response(conn, 403, "user id not valid for this tenant")
-        conn.wsop_identity = Identity(ident.tenant, user)  # type: ignore[attr-defined]
-        conn.wsop_index = index  # type: ignore[attr-defined]
+        client.identity = Identity(ident.tenant, user)
+        client.index = index
         conn.protocol.max_message_size = self.config.max_frame_bytes
         return None
 
     async def _process_response(
-        self, conn: ServerConnection, request: Request, response: Response
+        self, conn: SidecarServerConnection, request: Request, response: Response
     ) -> Response | None:
         """A client's connection is counted against its quotas only now, once the
         handshake succeeds (a 101: origin and subprotocol were checked after
         `process_request`), so a refused handshake never leaves a count behind."""
-        index = getattr(conn, "wsop_index", None)
-        if response.status_code != 101 or index is None:
+        client = conn.client
+        if response.status_code != 101 or client is None or client.index is None:
             return None
-        return await admin.admit(self, conn, conn.wsop_identity, index)  # type: ignore[attr-defined]
+        return await admin.admit(self, conn, client.identity, client.index)
 
     def connections_report(self) -> dict[str, Any]:
         return admin.connections_report(self)
 
-    async def _handler(self, conn: ServerConnection) -> None:
-        peer = getattr(conn, "wsop_peer", None)
-        if peer is not None:
-            await self._peer_handler(conn, peer)
-        else:
-            await self._client_handler(conn, conn.wsop_identity)  # type: ignore[arg-type,attr-defined]
+    async def _handler(self, conn: SidecarServerConnection) -> None:
+        if conn.peer is not None:
+            await self._peer_handler(conn, conn.peer)
+        elif conn.client is not None:
+            await self._client_handler(conn, conn.client)
 
     # -- clients -----------------------------------------------------------------------
 
-    async def _client_handler(self, conn: SidecarServerConnection, ident: Identity) -> None:
+    async def _client_handler(self, conn: SidecarServerConnection, client: ClientHandshake) -> None:
         """Register the client, then hand its socket to a `ClientSession` and return: from
         here on the connection costs callbacks only, no task."""
-        index: int = conn.wsop_index  # type: ignore[attr-defined]
+        ident, index = client.identity, client.index
+        assert index is not None  # (the handshake refused users without one)
         app = await self._open_app(ident, index) if self.config.upstream else None
-        session = ClientSession(
-            conn.protocol, ident, index, self, getattr(conn, "wsop_via_lb", False)
-        )
-        session.counted = getattr(conn, "wsop_counted", False)
+        session = ClientSession(conn.protocol, ident, index, self, client.via_lb)
+        session.counted = client.counted
         rate = self.config.quotas.of(ident.tenant).messages_per_second
         if rate:
             session.bucket = TokenBucket(rate, 2 * rate, time.monotonic())
         # Registered first, so deliveries queue in the session while presence is set;
         # the client's own frames wait in the stash until then (a team message must
         # see its sender online).
-        first, change = self.router.connect(
-            ident.tenant, ident.user, session, getattr(conn, "wsop_moved_from", None)
-        )
+        first, change = self.router.connect(ident.tenant, ident.user, session, client.moved_from)
         self._sessions.add(session)
         if app is not None:
             self._apps[session] = app

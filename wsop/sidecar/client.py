@@ -27,6 +27,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 from websockets.asyncio.server import ServerConnection
@@ -297,9 +298,29 @@ class ClientSession(FrameReader):
             transport.resume_reading()
 
 
+@dataclass(slots=True)
+class ClientHandshake:
+    """What the handshake of a `/ws` client established, for the session it becomes."""
+
+    identity: Identity
+    via_lb: bool = False
+    """The LB holds this client (its signed word said so): it may be moved."""
+    moved_from: str | None = None
+    """The LB is moving this client here from that sidecar."""
+    index: int | None = None
+    """The user's bit position, once the tenant's directory gave one."""
+    counted: bool = False
+    """Counted in the tenant's connections (quotas)."""
+
+
 class SidecarServerConnection(Detachable, ServerConnection):
     """The handshake of any sidecar request; `/ws` clients are detached into sessions
     afterwards, peer links and admin requests stay with websockets."""
+
+    client: ClientHandshake | None = None
+    """Set for a `/ws` client by the handshake."""
+    peer: str | None = None
+    """Set for a `/peer` link: the name of the sidecar at its other end."""
 
     def _relayable(self) -> bool:
         return self.request is not None and path_of(self.request) == "/ws"

@@ -1,0 +1,61 @@
+"""A sidecar's settings: everything `wsop sidecar` was told, checked in the constructor,
+so that the library refuses what the CLI refuses (`SidecarConfig(port=70000)` raises the
+same one-line `UsageError` as `wsop sidecar --port 70000`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wsop import protocol
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, TokenVerifier
+from wsop.checks import check_host, check_member_name, check_port, check_positive_int, check_seconds
+from wsop.errors import UsageError
+from wsop.quotas import Quotas
+from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
+from wsop.sidecar.presence import PresenceTimings
+
+
+@dataclass
+class SidecarConfig:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    algo: str = DEFAULT_ALGORITHM  # what the LB uses unless told otherwise
+    insecure: bool = False
+    secret: str | None = None
+    admin_token: str | None = None
+    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
+    close_window_s: float = 2.0
+    upstream: str | None = None
+    allowed_origins: tuple[str, ...] | None = None
+    """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
+    quotas: Quotas = field(default_factory=Quotas)
+    """Connections per user and tenant, messages/s, recipients: `wsop.quotas`."""
+    # presence healing (wsop/sidecar/presence.py): heartbeat, lease, team-message wait
+    heartbeat_s: float = 2.0
+    lease_s: float = 10.0
+    presence_wait_s: float = 5.0
+    # client tokens (wsop/auth.py): RS256/ES256 keys besides the HS256 secret, and policy
+    jwt_public_key: str | None = None
+    jwks: str | None = None
+    leeway_s: int = DEFAULT_LEEWAY_S
+    max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
+
+    def __post_init__(self) -> None:
+        """Refuse what `wsop sidecar` refuses (port 0: let the OS pick a free one)."""
+        check_routing_algorithm(self.algo)
+        check_member_name(self.name)
+        check_host(self.host)
+        check_port(self.port)
+        check_positive_int(self.max_frame_bytes, "max_frame_bytes")
+        check_seconds(self.close_window_s, "close_window_s")
+        if self.upstream is not None and not self.upstream.startswith(("ws://", "wss://")):
+            raise UsageError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r}")
+        self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
+        self.token_verifier()  # key files readable, leeway and lifetime sane
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """What client tokens are checked with (None: no key at all, an insecure stack)."""
+        return TokenVerifier.from_settings(
+            self.secret, self.jwt_public_key, self.jwks, self.leeway_s, self.max_token_lifetime_s
+        )
