@@ -1,4 +1,4 @@
-"""Exact identities, without sockets: one rule per tenant id mode (wsop/acl/ids.py).
+"""Exact identities, without sockets: one rule per tenant id mode (wsop/names.py).
 
 Issue 11 found that ids collapsed: in a string-id tenant a token for "007" was user 7, a
 direct message to "007" reached the holder of "7", and a seeded member "42" never got
@@ -21,15 +21,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsop.acl.ids import (
+from wsop.auth import identity_from_request, mint_token, verify_token
+from wsop.errors import UsageError
+from wsop.names import (
     IdMode,
     canonical_user_id,
     check_string_id,
     int_id,
     parse_int_id,
 )
-from wsop.auth import identity_from_request, mint_token, verify_token
-from wsop.errors import UsageError
 from wsop.protocol import BAD_REQUEST, DirectMessage, ProtocolError, parse_client_frame
 from wsop.ring import build
 from wsop.sidecar.router import Router

@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import run_wsop
 from wsop.acl import keys
-from wsop.acl.ids import IdMode
 from wsop.acl.leases import (
     LeaseStore,
     Readiness,
@@ -26,6 +25,7 @@ from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.backend import connect_async
 from wsop.errors import UsageError
+from wsop.names import IdMode
 from wsop.sidecar import SidecarConfig
 from wsop.sidecar.presence import Presence, PresenceTimings, ReapGate, check_timings
 

@@ -392,3 +392,21 @@ def test_anything_parse_accepts_encodes_however_deep_it_nests():
             deepest = max(deepest, depth)
             assert json.loads(encode_message(7, msg.data, msg.id, 0))["data"] == msg.data
     assert deepest == p.MAX_DEPTH - 1  # the frame's own object is the first level
+
+
+@given(
+    st.one_of(st.integers(0, 2**40), st.text(min_size=1, max_size=20)).filter(
+        lambda u: p.normalize_user_id(u) is not None  # (the codec writes what it is given)
+    ),
+    st.lists(st.sampled_from(["eng", "ops", "a:b"]), min_size=1, max_size=3, unique=True),
+    st.none() | st.text(max_size=10),
+)
+def test_client_frames_written_by_the_codec_parse_back(to, teams, msg_id) -> None:
+    """encode_direct/encode_team are the one writer of client frames: what they write,
+    the parser reads back as the same message."""
+    direct = p.parse_client_frame(p.encode_direct(to, {"x": [1]}, msg_id), 10**6)
+    assert (direct.to, direct.data, direct.id) == (
+        p.normalize_user_id(to), {"x": [1]}, msg_id
+    )  # fmt: skip
+    team = p.parse_client_frame(p.encode_team(teams, "hi", msg_id), 10**6)
+    assert (team.teams, team.data, team.id) == (tuple(teams), "hi", msg_id)

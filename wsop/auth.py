@@ -117,7 +117,7 @@ def mint_token(
 
     `secret`: the HS256 secret, or a `SigningKey` (RS256/ES256, `wsop.jwtkeys`). `sub`
     is always written as a string (RFC 7519 says so) and exactly as given: `"007"` stays
-    `"007"` (what it names depends on the tenant's id mode, see wsop/acl/ids.py).
+    `"007"` (what it names depends on the tenant's id mode, see wsop/names.py).
     """
     signing = secret if isinstance(secret, SigningKey) else None
     key = None if signing else check_secret(secret)  # type: ignore[arg-type]

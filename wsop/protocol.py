@@ -29,11 +29,11 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Final
 
-from wsop.acl.ids import MAX_STRING_ID_CHARS, IdMode, canonical_user_id
-from wsop.acl.keys import TEAM_RE, TENANT_RE
 from wsop.errors import WsopError
+from wsop.names import MAX_STRING_ID_CHARS, TEAM_RE, TENANT_RE, IdMode, canonical_user_id
 
 # Error codes of `{"type":"error"}` frames (a contract: clients switch on them).
 BAD_REQUEST: Final = "bad_request"
@@ -89,10 +89,6 @@ MAX_DEPTH: Final = 100
 message needs, far below the ~1000 at which Python's JSON codec raises RecursionError."""
 
 
-# TENANT_RE / TEAM_RE come from wsop.acl.keys: the names end up inside Redis keys, so
-# the key layout owns their one validator (no `{`/`}`, the Redis Cluster hash-tag
-# delimiters). Always `fullmatch`: with `match`, a `$` anchor lets a trailing "\n" in.
-
 UserId = int | str
 
 
@@ -147,7 +143,7 @@ def is_valid_team(name: object) -> bool:
 def normalize_user_id(value: object, mode: IdMode | None = None) -> UserId | None:
     """The canonical id `value` names in a tenant of id `mode`, or None if it names none.
 
-    The rule lives in `wsop.acl.ids` (docs/protocol.md, "Identifiers"): a user *is* its
+    The rule lives in `wsop.names` (docs/protocol.md, "Identifiers"): a user *is* its
     text, so `"007"` and `"7"` are two users; int tenants take only canonical integers
     (`7` or `"7"`), string tenants any printable string (an int n is `"n"`). Without a
     mode (the LB, a token: the tenant is not known yet) the value comes back as given,
@@ -265,6 +261,22 @@ def parse_client_frame(
     raise ProtocolError(BAD_REQUEST, "unknown 'type' (expected 'direct' or 'team')", id)
 
 
+def encode_direct(to: UserId, data: Any, id: str | None = None) -> str:
+    """A client's direct message (what clients, the load generator and tests send)."""
+    frame: dict[str, Any] = {"type": "direct", "to": to, "data": data}
+    if id is not None:
+        frame["id"] = id
+    return _encode(frame)
+
+
+def encode_team(teams: Sequence[str], data: Any, id: str | None = None) -> str:
+    """A client's team message."""
+    frame: dict[str, Any] = {"type": "team", "teams": list(teams), "data": data}
+    if id is not None:
+        frame["id"] = id
+    return _encode(frame)
+
+
 def encode_message(
     from_user: UserId,
     data: Any,
@@ -299,6 +311,29 @@ def encode_error(id: str | None, code: str, message: str) -> str:
     """An error frame; the connection stays open."""
     return _encode({"type": "error", "id": id, "code": code, "message": message})
 
+
+class CloseCode(IntEnum):
+    """The close codes wsop's servers send (RFC 6455 §7.4.1, IANA registry), by name:
+    this module writes the wire format, the servers only pick one."""
+
+    NORMAL = 1000
+    """Done: the client left, or its old connection after a move ("moved")."""
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007
+    """A text frame that is not UTF-8 (§8.1)."""
+    POLICY_VIOLATION = 1008
+    """A client that stopped reading its messages."""
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    """Its presence could not be recorded (Redis down at connect)."""
+    SERVICE_RESTART = 1012
+    """A server shutting down, or a sidecar that vanished: reconnect."""
+    TRY_AGAIN_LATER = 1013
+
+
+UNSENDABLE_CLOSE_CODES: Final = frozenset({1004, 1005, 1006, 1015})
+"""Codes that describe a close but may never be sent in a close frame (§7.4.1)."""
 
 MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: 125-byte control payload, 2 for the code
 

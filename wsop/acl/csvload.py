@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsop.acl import keys
-from wsop.acl.ids import check_string_id, parse_int_id
 from wsop.errors import InputError, UsageError
+from wsop.names import check_string_id, parse_int_id
 
 MEMBERS_HEADER = ("tenant", "team", "user")
 ONLINE_HEADER = ("tenant", "user")

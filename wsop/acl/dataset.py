@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsop.acl.ids import IdMode
+from wsop.names import IdMode
 
 
 @dataclass

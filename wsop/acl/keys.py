@@ -8,13 +8,10 @@ tenant or team name can never smuggle in a brace and move a key to another slot.
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from wsop.errors import UsageError
-
-TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TEAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+from wsop.names import TEAM_RE, TENANT_RE
 
 
 def check_tenant(tenant: str) -> str:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import redis
 
 from wsop.acl import bitmap, keys
-from wsop.acl.ids import IdMode, default_max_users
 from wsop.acl.pipeline import parse_resolve, queue_resolve
 from wsop.acl.scripts import (
     ASSERT_LUA,
@@ -24,6 +23,7 @@ from wsop.acl.scripts import (
     RELEASE_LUA,
 )
 from wsop.errors import BackendError, NotFound
+from wsop.names import IdMode, default_max_users
 
 UserId = int | str
 MODE_TTL_S = 5.0

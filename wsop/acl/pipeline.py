@@ -18,9 +18,9 @@ from typing import Any
 import redis
 
 from wsop.acl import keys
-from wsop.acl.ids import IdMode
 from wsop.acl.scripts import RawResolution
 from wsop.errors import BackendError, NotFound
+from wsop.names import IdMode
 
 SCRATCH_TTL_MS = 60_000
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wsop.acl import keys
-from wsop.acl.ids import IdMode, check_string_id, parse_int_id
 from wsop.acl.store import TenantStore
 from wsop.errors import UsageError
+from wsop.names import IdMode, check_string_id, parse_int_id
 
 
 @dataclass

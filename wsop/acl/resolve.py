@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wsop.acl import bitmap, keys
-from wsop.acl.ids import IdMode
 from wsop.acl.store import TenantStore
 from wsop.errors import UsageError
+from wsop.names import IdMode
 
 MAX_TEAMS_PER_CALL = 1024
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsop.acl.ids import IdMode
+from wsop.names import IdMode
 
 # Atomically move staged bitmaps into place (the swap of stage-then-swap).
 # KEYS: meta, team-index, online-dest, online-stage|'', then n stage keys, n dest keys,

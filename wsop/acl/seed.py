@@ -16,9 +16,9 @@ import numpy as np
 from wsop.acl import bitmap
 from wsop.acl.csvload import ParsedTenant
 from wsop.acl.dataset import TenantData
-from wsop.acl.ids import IdMode
 from wsop.acl.store import TenantStore
 from wsop.errors import UsageError
+from wsop.names import IdMode
 
 
 @dataclass

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 import redis
 
 from wsop.acl import keys
-from wsop.acl.ids import IdMode
 from wsop.acl.pipeline import parse_resolve, queue_resolve
 from wsop.acl.scripts import DIRECTORY_LUA, SWAP_LUA, RawResolution
 from wsop.backend import RedisClient
 from wsop.errors import BackendError, NotFound
+from wsop.names import IdMode
 
 STAGE_TTL_S = 3600
 

@@ -33,7 +33,7 @@ MaxUsersOpt = Annotated[
 
 
 def max_users_or_default(value: int | None) -> int:
-    from wsop.acl.ids import default_max_users
+    from wsop.names import default_max_users
 
     if value is None:
         return default_max_users()

@@ -27,6 +27,8 @@ from typing import Final
 
 from websockets.frames import Close, Frame, Opcode
 
+from wsop.protocol import close_reason
+
 OP_TEXT: Final = 0x1  # plain ints: comparing IntEnum members costs more per frame
 OP_CLOSE: Final = 0x8
 MAX_CONTROL_PAYLOAD: Final = 125
@@ -49,7 +51,7 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
 def close_frame(code: int, reason: str, *, mask: bool) -> bytes:
     """A close frame the LB writes itself: masked towards sidecars (it is their client),
     unmasked towards clients (it is their server)."""
-    payload = Close(code, reason[:100]).serialize()
+    payload = Close(code, close_reason(reason)).serialize()
     return Frame(Opcode.CLOSE, payload).serialize(mask=mask, extensions=[])
 
 

@@ -31,13 +31,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from websockets.frames import CloseCode
-
 from wsop.lb.frames import text_frame
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.sides import ClientSide, UpstreamSide
 from wsop.lb.stats import LBStats
-from wsop.protocol import MOVE_PREFIX, MOVED_FRAME
+from wsop.protocol import MOVE_PREFIX, MOVED_FRAME, UNSENDABLE_CLOSE_CODES, CloseCode
 
 log = logging.getLogger("wsop.lb")
 
@@ -49,14 +47,12 @@ CONTROL_MARK: Final = "\x00"
 """Sidecar → LB control frames start with NUL (a JSON frame never does); never forwarded."""
 """``"\x00wsop:move NAME URL"``: the sidecar asks the LB to switch this client to NAME."""
 
-SERVICE_RESTART: Final = int(CloseCode.SERVICE_RESTART)  # 1012
-TRY_AGAIN_LATER: Final = int(CloseCode.TRY_AGAIN_LATER)  # 1013
-GOING_AWAY: Final = int(CloseCode.GOING_AWAY)  # 1001
-NORMAL: Final = int(CloseCode.NORMAL_CLOSURE)  # 1000
+SERVICE_RESTART: Final = int(CloseCode.SERVICE_RESTART)
+TRY_AGAIN_LATER: Final = int(CloseCode.TRY_AGAIN_LATER)
+GOING_AWAY: Final = int(CloseCode.GOING_AWAY)
+NORMAL: Final = int(CloseCode.NORMAL)
 CLOSE_TIMEOUT: Final = 3.0
 """How long a peer may take to answer a close frame and close its socket before abort."""
-# Codes that describe a close but may never be sent in a close frame (RFC 6455 §7.4.1).
-_UNSENDABLE: Final = frozenset({1004, 1005, 1006, 1015})
 
 
 _MOVED: Final = text_frame(MOVED_FRAME, mask=True)  # masked: the LB is the sidecar's client
@@ -70,7 +66,7 @@ class RelayClosed(Exception):
 
 def sendable(code: int | None, fallback: int) -> int:
     """A close code we may put in a frame: `fallback` for none/reserved ones."""
-    if code is None or code in _UNSENDABLE or not (1000 <= code <= 4999):
+    if code is None or code in UNSENDABLE_CLOSE_CODES or not (1000 <= code <= 4999):
         return fallback
     return code
 

@@ -50,6 +50,7 @@ from wsop.httpadmin import (
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
+from wsop.protocol import CloseCode
 from wsop.ring import build, check_routing_algorithm
 from wsop.ring.base import Placement
 from wsop.shell import MembershipWatcher
@@ -274,7 +275,8 @@ class LoadBalancer:
             return text_response(connection, 503, f"sidecar {owner} unavailable; try again")
         assert isinstance(connection, LBServerConnection)
         if connection.lost or self._stopping:  # the client gave up, or SIGTERM, meanwhile
-            await upstream.close(1000 if connection.lost else 1001, "")
+            code = CloseCode.NORMAL if connection.lost else CloseCode.GOING_AWAY
+            await upstream.close(code, "")
             return text_response(connection, 503, "lb shutting down")
         self._legs[connection] = Leg(identity, owner, upstream, dial)
         return None
@@ -289,8 +291,8 @@ class LoadBalancer:
             return
         if self._stopping:  # SIGTERM arrived between the 101 and now
             await asyncio.gather(
-                leg.upstream.close(1001, "lb shutting down"),
-                connection.close(1012, "lb restarting"),
+                leg.upstream.close(CloseCode.GOING_AWAY, "lb shutting down"),
+                connection.close(CloseCode.SERVICE_RESTART, "lb restarting"),
             )
             return
         identity, owner = leg.identity, leg.owner

@@ -15,7 +15,6 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from wsop import lbsignal, protocol
-from wsop.acl.ids import IdMode
 from wsop.acl.live import LiveAcl
 from wsop.auth import AuthError, Identity, TokenVerifier, identity_from_request
 from wsop.httpadmin import (
@@ -27,6 +26,7 @@ from wsop.httpadmin import (
     request_refusal,
     text_response,
 )
+from wsop.names import IdMode
 from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
 from wsop.sidecar.config import SidecarConfig
 from wsop.sidecar.metrics import SidecarMetrics
@@ -181,7 +181,7 @@ async def drain(sidecar: Sidecar, conn: ServerConnection, to: str | None) -> Res
 
 def held(sidecar: Sidecar, tenant: str, text: str) -> set[ClientSession]:
     """The connections here of the user whose id is `text` (a query value): exactly that
-    user. A tenant's ids are all str or all int (wsop/acl/ids.py), so at most one of the
+    user. A tenant's ids are all str or all int (wsop/names.py), so at most one of the
     two keys can hold connections, and "007" never finds user 7."""
     found: set[ClientSession] = set()
     for user in {protocol.normalize_user_id(text, mode) for mode in IdMode}:

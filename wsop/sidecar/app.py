@@ -28,6 +28,7 @@ from wsop.auth import Identity
 from wsop.discovery import MembershipSource
 from wsop.errors import UsageError
 from wsop.httpadmin import origins_option, select_subprotocol, text_response
+from wsop.protocol import CloseCode
 from wsop.quotas import TokenBucket
 from wsop.ring import build
 from wsop.shell import MembershipWatcher
@@ -142,7 +143,7 @@ class Sidecar:
         clients = list(self._sessions)
         pause = self.config.close_window_s / max(1, len(clients))
         for session in clients:
-            session.close(1012, "service restart")
+            session.close(CloseCode.SERVICE_RESTART, "service restart")
             if pause:
                 await asyncio.sleep(pause * random.uniform(0.5, 1.5))
         # presence is cleared as the connections close; give them a moment
@@ -184,7 +185,7 @@ class Sidecar:
             return response
         ident = client.identity
         try:
-            # exact identities (wsop/acl/ids.py): the tenant's id mode says who this is
+            # exact identities (wsop/names.py): the tenant's id mode says who this is
             mode = await self.acl.id_mode(ident.tenant)
             user = protocol.normalize_user_id(ident.user, mode)
             index = None if user is None else await self.acl.bit_index(ident.tenant, user)
@@ -250,7 +251,10 @@ class Sidecar:
                 await self.acl.presence(self.config.name, ident.tenant, index, +1)
             except redis.RedisError as exc:
                 self.client_gone(session)
-                await conn.close(1011, f"presence store unavailable: {exc}"[:120])
+                await conn.close(
+                    CloseCode.INTERNAL_ERROR,
+                    protocol.close_reason(f"presence store unavailable: {exc}"),
+                )
                 return
         if conn.lost:  # it left while its presence was written: nothing of it can be run
             self.client_gone(session)  # (websockets' parser saw the EOF already)
@@ -264,7 +268,7 @@ class Sidecar:
         self.metrics.connections.dec()
         app = self._apps.pop(session, None)
         if app is not None:
-            self._spawn(app.close(1000, "client left"))
+            self._spawn(app.close(CloseCode.NORMAL, "client left"))
         ident = session.ident
         if session.counted:
             session.counted = False
@@ -308,7 +312,7 @@ class Sidecar:
         deadline = time.monotonic() + ACK_TIMEOUT_S + 1
         while self.delivery.acks.waiting_on(session) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        session.close(1000, "moved")
+        session.close(CloseCode.NORMAL, "moved")
 
     async def _keepalive(self) -> None:
         """Ping every client each interval; one that sent nothing since the last ping is
@@ -381,7 +385,7 @@ class Sidecar:
                     items = decoder.feed(raw)
                 except PeerFormatError as exc:
                     log.warning("bad batch from peer %s: %s", peer, exc)
-                    await conn.close(1002, "malformed peer batch")
+                    await conn.close(CloseCode.PROTOCOL_ERROR, "malformed peer batch")
                     return
                 for item in items:
                     self.delivery.on_peer_item(peer, item)

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import CloseCode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -39,6 +38,7 @@ from wsop import protocol as wire
 from wsop.auth import Identity
 from wsop.detach import Detachable
 from wsop.httpadmin import path_of
+from wsop.protocol import CloseCode
 from wsop.quotas import TokenBucket
 from wsop.sidecar.framing import FrameReader
 from wsop.sidecar.outbox import Outbox
@@ -138,7 +138,9 @@ class ClientSession(FrameReader):
         if not self.open:
             return
         self._owner.client_too_slow(self)
-        self.close(1008, "too slow: messages were not read")  # (it will not read this either)
+        self.close(
+            CloseCode.POLICY_VIOLATION, "too slow: messages were not read"
+        )  # (it will not read this either)
 
     def _protocol_acted(self) -> None:
         if self.protocol.writes:  # pongs, close frames, replies to the frames just handled

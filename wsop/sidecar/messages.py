@@ -17,9 +17,9 @@ from typing import Any, Final
 import redis
 
 from wsop import protocol
-from wsop.acl.ids import IdMode
 from wsop.auth import Identity
 from wsop.errors import NotFound
+from wsop.names import IdMode
 from wsop.quotas import Quotas
 from wsop.sidecar.acks import PendingAck
 from wsop.sidecar.delivery import Delivery

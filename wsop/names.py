@@ -1,4 +1,12 @@
-"""User ids: the one rule that says who a user id names, per tenant id mode.
+"""Names: what a tenant, a team and a user may be called — one rule each, shared by the
+wire format (`wsop.protocol`), tokens (`wsop.auth`), the Redis key layout (`wsop.acl`)
+and the CLI. Pure, and at the bottom of the house: everything may import it.
+
+Tenant and team names: no `{`/`}` — they end up inside Redis keys, where braces are the
+Redis Cluster hash-tag delimiters. Always `fullmatch`: with `match`, a `$` anchor lets a
+trailing "\n" in.
+
+User ids: the one rule that says who a user id names, per tenant id mode.
 
 A user's identity is its *text*, exactly: an integer n is written `str(n)`, a string is
 itself. So `42` and `"42"` are one user, and `"007"` and `"7"` are two. What a tenant
@@ -26,10 +34,14 @@ A user id is also a bit position, so an unchecked huge id is a memory bomb (one 
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from typing import Final
 
 from wsop.errors import UsageError
+
+TENANT_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TEAM_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 DEFAULT_MAX_USERS = 1 << 24
 MAX_STRING_ID_CHARS: Final = 256
