@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wsop import adminclient
 from wsop.errors import BackendUnavailable, UsageError, WsopError
 
 POLL_S = 0.2
@@ -70,32 +69,30 @@ def drain(
 
 
 def _get(base: str, path: str, token: str | None) -> dict[str, Any]:
-    request = urllib.request.Request(base + path)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            payload = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        raise _refusal(base, path, exc) from None
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise BackendUnavailable(f"cannot reach the sidecar at {base}: {reason}") from None
+        reply = adminclient.get(base + path, token, timeout=10)
+        payload = reply.json() if reply.status == 200 else None
+    except adminclient.AdminUnreachable as exc:
+        raise BackendUnavailable(f"cannot reach the sidecar at {base}: {exc.reason}") from None
+    except ValueError:
+        payload = None
+    if reply.status != 200:
+        raise _refusal(base, path, reply)
     if not isinstance(payload, dict):
-        raise BackendUnavailable(f"{base}{path} answered {payload!r}, not a JSON object")
+        raise BackendUnavailable(f"{base}{path} answered {reply.body[:80]!r}, not a JSON object")
     return payload
 
 
-def _refusal(base: str, path: str, exc: urllib.error.HTTPError) -> WsopError:
-    body = exc.read().decode("utf-8", "replace").strip()
+def _refusal(base: str, path: str, reply: adminclient.AdminReply) -> WsopError:
+    body = reply.body.decode("utf-8", "replace").strip()
     try:
         text = str(json.loads(body).get("error", body))
     except (ValueError, AttributeError):
-        text = body.splitlines()[0] if body else exc.reason
-    if exc.code == 401:
+        text = body.splitlines()[0] if body else f"HTTP {reply.status}"
+    if reply.status == 401:
         return WsopError(f"{base} refused the admin token ({text}): set WSOP_ADMIN_TOKEN")
-    if exc.code == 400:
+    if reply.status == 400:
         return UsageError(f"{base}{path.split('?')[0]}: {text}")
-    if exc.code == 404:
+    if reply.status == 404:
         return WsopError(f"{base} has no {path.split('?')[0]} endpoint: is it a wsop sidecar?")
-    return WsopError(f"{base}{path.split('?')[0]}: HTTP {exc.code}: {text}")
+    return WsopError(f"{base}{path.split('?')[0]}: HTTP {reply.status}: {text}")

@@ -7,12 +7,11 @@ so the token goes in the `Authorization: Bearer` header as usual.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from wsop import adminclient
 from wsop.k8s.executor import MemberFailed, SidecarAdmin, sidecar_answer
 from wsop.local import stack_file
 
@@ -21,7 +20,7 @@ class LocalStackTarget(SidecarAdmin):
     """The sidecars of the members file, by name."""
 
     def __init__(self, urls: dict[str, str], admin_token: str | None, timeout: float = 5.0):
-        self.urls = {name: "http" + url[2:] for name, url in urls.items()}  # ws→http, wss→https
+        self.urls = {name: adminclient.http_base(url) for name, url in urls.items()}
         self.admin_token = admin_token
         self.timeout = timeout
 
@@ -30,18 +29,11 @@ class LocalStackTarget(SidecarAdmin):
         if base is None:
             raise MemberFailed(member, "not in the members file")
         url = base + path + (f"?{urlencode(params)}" if params else "")
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
-        if self.admin_token:
-            request.add_header("Authorization", f"Bearer {self.admin_token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                status, body = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise MemberFailed(member, f"{path}: unreachable at {base} ({reason})") from None
-        return sidecar_answer(member, path, status, body)
+            reply = adminclient.get(url, self.admin_token, self.timeout)
+        except adminclient.AdminUnreachable as exc:
+            raise MemberFailed(member, f"{path}: unreachable at {base} ({exc.reason})") from None
+        return sidecar_answer(member, path, reply.status, reply.body)
 
 
 def local_stack(path: Path | None = None) -> tuple[stack_file.StackRecord, LocalStackTarget]:

@@ -10,7 +10,6 @@ someone else, and `wsop down` must never signal a stranger.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import signal
@@ -18,12 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from wsop import adminclient
 from wsop.errors import BackendUnavailable
 from wsop.local import stack_file
 from wsop.local.stack_file import ProcRecord, StackRecord, logs_dir
@@ -79,19 +77,9 @@ def log_tail(name: str, lines: int = 6) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def http_json(url: str, token: str | None = None, timeout: float = 2.0) -> Any:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
 def healthy(record: ProcRecord) -> bool:
-    try:
-        return http_json(f"{record.http}/healthz", timeout=1.0).get("status") == "ok"
-    except (OSError, ValueError, AttributeError):
-        return False
+    health = adminclient.get_json(f"{record.http}/healthz", timeout=1.0)
+    return isinstance(health, dict) and health.get("status") == "ok"
 
 
 def wait_healthy(
@@ -184,8 +172,5 @@ def terminate(records: Iterable[ProcRecord], timeout: float = 10.0) -> list[str]
 
 
 def admin_get(record: ProcRecord, path: str, token: str) -> Any:
-    """GET an admin endpoint; None when the process does not answer."""
-    try:
-        return http_json(f"{record.http}{path}", token)
-    except (OSError, ValueError, urllib.error.HTTPError):
-        return None
+    """GET an admin endpoint; None when the process does not answer (or refuses)."""
+    return adminclient.get_json(f"{record.http}{path}", token, timeout=2.0)
