@@ -25,7 +25,7 @@ AlgoOpt = Annotated[str, typer.Option("--algo", help="Ring algorithm of the stac
 
 
 def _settings(namespace: str | None, image: str, port: int, algo: str) -> Settings:
-    from wsop.ring.registry import PLACEMENTS
+    from wsop.ring import PLACEMENTS
 
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be 1–65535, got {port}")

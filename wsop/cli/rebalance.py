@@ -19,7 +19,7 @@ from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError
 from wsop.k8s.discovery import DEFAULT_SELECTOR
-from wsop.ring.registry import DEFAULT_EPSILON
+from wsop.ring import DEFAULT_EPSILON
 
 DEFAULT_RATE = 50.0
 

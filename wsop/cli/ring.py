@@ -15,12 +15,23 @@ from wsop.cli.app import new_app
 from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, titled_table
 from wsop.errors import UsageError
-from wsop.ring import DEFAULT_ALGORITHM, Placement, algorithm_names, build, encode_key
-from wsop.ring.analysis import DiffReport, LoadReport, diff_report, load_report, place
-from wsop.ring.keys import synthetic_keys
-from wsop.ring.members import resolve_members
-from wsop.ring.membership import Membership
-from wsop.ring.registry import BOUNDED, DEFAULT_EPSILON
+from wsop.ring import (
+    BOUNDED,
+    DEFAULT_ALGORITHM,
+    DEFAULT_EPSILON,
+    DiffReport,
+    LoadReport,
+    Membership,
+    Placement,
+    algorithm_names,
+    build,
+    diff_report,
+    encode_key,
+    load_report,
+    place,
+    resolve_members,
+    synthetic_keys,
+)
 
 app = new_app(
     "Hash ring: which sidecar owns a user's connection, and what a membership change "

@@ -93,8 +93,7 @@ def sidecar_cmd(
     max_token_lifetime: MaxTokenLifetimeOpt = DEFAULT_MAX_LIFETIME_S,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
-    from wsop.acl.live import LiveAcl
-    from wsop.backend import connect, connect_async, resolve_url
+    from wsop.backend import connect, resolve_url
     from wsop.ring import DEFAULT_ALGORITHM
     from wsop.sidecar import Sidecar, SidecarConfig
 
@@ -129,4 +128,4 @@ def sidecar_cmd(
     members = membership_source(members_file, peers, namespace, selector, service)
     url = resolve_url(redis_url)
     connect(url).close()  # fail fast, with the URL in the message
-    shell.run(lambda: Sidecar(config, LiveAcl(connect_async(url)), members))
+    shell.run(lambda: Sidecar.create(config, url, members))

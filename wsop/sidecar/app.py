@@ -85,6 +85,13 @@ class Sidecar:
             self.outbox, self.metrics,
         )  # fmt: skip
 
+    @classmethod
+    def create(cls, config: SidecarConfig, redis_url: str, members: MembershipSource) -> Sidecar:
+        """A sidecar on the Redis at `redis_url` (its async client, its ACL adapter)."""
+        from wsop.backend import connect_async
+
+        return cls(config, LiveAcl(connect_async(redis_url)), members)
+
     def placement_for(self, members: dict[str, str]):
         """The owner function over `members` (this sidecar alone when there are none)."""
         if not members:
