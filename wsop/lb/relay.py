@@ -33,6 +33,7 @@ from typing import Final
 
 from wsop.lb.frames import text_frame
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
+from wsop.lb.phases import Phase, next_phase
 from wsop.lb.sides import ClientSide, UpstreamSide
 from wsop.lb.stats import LBStats
 from wsop.protocol import MOVE_PREFIX, MOVED_FRAME, UNSENDABLE_CLOSE_CODES, CloseCode
@@ -87,11 +88,10 @@ class Relay:
         "writer",
         "client_paused",
         "ending",
-        "over",
         "_dial",
         "_drain_s",
         "_on_done",
-        "_switching",
+        "phase",
         "_boundary",
         "_pending",
         "_deadline",
@@ -131,12 +131,11 @@ class Relay:
         self._dial = dial
         self._drain_s = drain_s
         self._on_done = on_done
-        self._switching = False
         self._boundary: asyncio.Future[None] | None = None
         self._pending: tuple[str, LBClientConnection] | None = None
         self._deadline: asyncio.TimerHandle | None = None
-        self.over = False
-        """Every socket of this relay is closed."""
+        self.phase = Phase.OPEN
+        """Where the relay is in its life (`wsop.lb.phases`: the table of transitions)."""
         self._done: asyncio.Future[None] | None = None
         self._conns = (client, upstream)
         self._allow_move = allow_move
@@ -145,7 +144,20 @@ class Relay:
     @property
     def finished(self) -> bool:
         """The relay is ending (or over): no more switches."""
-        return self.ending is not None
+        return self.phase is Phase.ENDING or self.phase is Phase.OVER
+
+    @property
+    def over(self) -> bool:
+        """Every socket of this relay is closed."""
+        return self.phase is Phase.OVER
+
+    def _on(self, event: str) -> bool:
+        """Apply `event` to the phase; False when it does not apply (see the table)."""
+        phase = next_phase(self.phase, event)
+        if phase is None:
+            return False
+        self.phase = phase
+        return True
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -172,7 +184,7 @@ class Relay:
                 side.inject_close(GOING_AWAY, "lb shutting down", self.close_timeout)
 
     def _end(self, side: str, code: int, reason: str) -> bool:
-        if self.ending is not None:
+        if not self._on("end"):
             return False
         self.ending = (side, code, reason)
         if self._boundary is not None and not self._boundary.done():
@@ -191,7 +203,8 @@ class Relay:
             return
         if not self.upstream.lost or any(not side.lost for side in self.draining):
             return
-        self.over = True
+        if not self._on("all_closed"):  # (every socket gone: the relay ended first)
+            self.phase = Phase.OVER
         if self._done is not None:
             self._done.set_result(None)
         if self._deadline is not None:
@@ -286,14 +299,13 @@ class Relay:
             self.stats.refused["move_to_non_member"] += 1
             log.warning("ignoring a move to %s at %s: not a member", owner, url[:80])
             return
-        if self._switching or self.finished:
+        if not self._on("move"):  # one switch at a time, and none once ending
             return
         task = asyncio.ensure_future(self._move(owner, url))
         _MOVES.add(task)
         task.add_done_callback(_MOVES.discard)
 
     async def _move(self, owner: str, url: str) -> None:
-        self._switching = True
         try:
             await self.switch_to(owner, url)
         except RelayClosed:
@@ -302,7 +314,7 @@ class Relay:
             self.stats.upstream_failures["switch"] += 1
             log.warning("cannot move %s to %s at %s: %s", self.key, owner, url, exc)
         finally:
-            self._switching = False
+            self._on("moved")
 
     # --- the switch -------------------------------------------------------------------
     async def switch_to(self, owner: str, url: str) -> None:
