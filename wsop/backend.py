@@ -7,7 +7,6 @@ through any one of its nodes. No URL means the embedded default.
 
 from __future__ import annotations
 
-import os
 from typing import Union
 
 import redis
@@ -23,24 +22,14 @@ ASYNC_POOL_SIZE = 64
 ASYNC_POOL_WAIT_S = 10.0
 
 
-def resolve_url(url: str | None) -> str:
-    """The URL to use: the explicit one, `WSOP_REDIS_URL`, else start/reuse the embedded one."""
-    if url:
-        return url
-    env = os.environ.get("WSOP_REDIS_URL")
-    if env:
-        return env
-    from wsop.local.embedded import ensure_running
-
-    return ensure_running()
-
-
 def connect(url: str | None = None, *, check: bool = True) -> RedisClient:
     """A client for `url` that has answered PING (unless `check` is off).
 
     Unreachable servers fail here with the URL in the message, not deep inside a
     command with a socket error.
     """
+    from wsop.local.embedded import resolve_url  # (the embedded default lives there)
+
     target = resolve_url(url)
     scheme, sep, rest = target.partition("://")
     if not sep:

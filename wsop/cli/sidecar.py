@@ -93,7 +93,8 @@ def sidecar_cmd(
     max_token_lifetime: MaxTokenLifetimeOpt = DEFAULT_MAX_LIFETIME_S,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
-    from wsop.backend import connect, resolve_url
+    from wsop.backend import connect
+    from wsop.local.embedded import resolve_url
     from wsop.ring import DEFAULT_ALGORITHM
     from wsop.sidecar import Sidecar, SidecarConfig
 

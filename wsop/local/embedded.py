@@ -100,6 +100,17 @@ def status() -> EmbeddedRedis:
     return EmbeddedRedis(False, None, None, None, str(data_dir))
 
 
+def resolve_url(url: str | None) -> str:
+    """The Redis to use: the explicit URL, `WSOP_REDIS_URL`, else the embedded one
+    (started, or reused, here)."""
+    if url:
+        return url
+    env = os.environ.get("WSOP_REDIS_URL")
+    if env:
+        return env
+    return ensure_running()
+
+
 def ensure_running() -> str:
     """URL of the private server, starting it if needed (reuse first)."""
     with _locked():

@@ -184,7 +184,7 @@ def up(
     """Start Redis (embedded unless given), N sidecars and the LB; return once routable.
     `quotas`: a quotas file for every sidecar (checked here first)."""
     from wsop.auth import SECRET_ENV
-    from wsop.backend import resolve_url
+    from wsop.local.embedded import resolve_url
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
 
     _check_count(sidecars)
