@@ -17,7 +17,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 import redis
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -43,7 +42,7 @@ from wsop.sidecar.peer_codec import Holding, PeerDecoder, PeerFormatError
 from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES
 from wsop.sidecar.presence import Presence
 from wsop.sidecar.router import Router
-from wsop.sidecar.upstream import mirror, open_app, pump_from_app
+from wsop.sidecar.upstream import UpstreamApps
 
 log = logging.getLogger("wsop.sidecar")
 
@@ -74,7 +73,6 @@ class Sidecar:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._sessions: set[ClientSession] = set()
-        self._apps: dict[ClientSession, ClientConnection] = {}
         self._peer_conns: set[ServerConnection] = set()
         self.presence = Presence(
             config.name, acl, config.timings, lambda: self.routing.keys(),
@@ -84,6 +82,17 @@ class Sidecar:
             config.max_frame_bytes, config.quotas, self.router, self.delivery, self.presence,
             self.outbox, self.metrics,
         )  # fmt: skip
+        self.apps = (
+            UpstreamApps(
+                config.upstream,
+                config.max_frame_bytes,
+                self.messages.route,
+                self._spawn,
+                self.metrics.failed.labels("app_unavailable").inc,
+            )  # fmt: skip
+            if config.upstream
+            else None
+        )
 
     @classmethod
     def create(cls, config: SidecarConfig, redis_url: str, members: MembershipSource) -> Sidecar:
@@ -235,7 +244,7 @@ class Sidecar:
         here on the connection costs callbacks only, no task."""
         ident, index = client.identity, client.index
         assert index is not None  # (the handshake refused users without one)
-        app = await self._open_app(ident, index) if self.config.upstream else None
+        app = await self.apps.open(ident, index) if self.apps is not None else None
         session = ClientSession(conn.protocol, ident, index, self, client.via_lb)
         session.counted = client.counted
         rate = self.config.quotas.of(ident.tenant).messages_per_second
@@ -246,8 +255,8 @@ class Sidecar:
         # see its sender online).
         first, change = self.router.connect(ident.tenant, ident.user, session, client.moved_from)
         self._sessions.add(session)
-        if app is not None:
-            self._apps[session] = app
+        if app is not None and self.apps is not None:
+            self.apps.attach(session, app)
         self.metrics.connections.inc()
         if change:
             self.peers.send(
@@ -273,9 +282,8 @@ class Sidecar:
     def client_gone(self, session: ClientSession) -> None:
         self._sessions.discard(session)
         self.metrics.connections.dec()
-        app = self._apps.pop(session, None)
-        if app is not None:
-            self._spawn(app.close(CloseCode.NORMAL, "client left"))
+        if self.apps is not None:
+            self.apps.gone(session)
         ident = session.ident
         if session.counted:
             session.counted = False
@@ -298,9 +306,9 @@ class Sidecar:
         """A client's message (`str` from a text frame, mirrored to an app as text)."""
         if data[:1] in _CONTROL_MARKS and session.via_lb:  # (JSON never starts with NUL)
             return self._control(session, data)
-        app = self._apps.get(session) if self._apps else None
+        app = self.apps.get(session) if self.apps is not None else None
         if app is not None:
-            return self._mirror_then_route(app, session, data)
+            return self.apps.mirror_then_route(app, session, data)
         return self.messages.route(session, session.ident, session.index, data)
 
     def _control(self, session: ClientSession, data: str | bytes) -> None:
@@ -331,32 +339,6 @@ class Sidecar:
                     session.abort()
                 else:
                     session.ping()
-
-    # -- upstream app (the sidecar pattern) ---------------------------------------------
-
-    async def _open_app(self, ident: Identity, index: int) -> ClientConnection | None:
-        assert self.config.upstream is not None
-        app = await open_app(self.config.upstream, ident, self.config.max_frame_bytes)
-        if app is None:
-            self.metrics.failed.labels("app_unavailable").inc()
-            return None
-
-        async def routed(conn: ClientConnection, raw: str | bytes) -> None:
-            pending = self.messages.route(conn, ident, index, raw)
-            if pending is not None:
-                await pending
-
-        self._spawn(pump_from_app(app, routed))
-        return app
-
-    async def _mirror_then_route(
-        self, app: ClientConnection, session: ClientSession, data: str | bytes
-    ) -> None:
-        if not await mirror(app, data):
-            self.metrics.failed.labels("app_unavailable").inc()
-        pending = self.messages.route(session, session.ident, session.index, data)
-        if pending is not None:
-            await pending
 
     async def _uncount(self, ident: Identity, index: int) -> None:
         try:

@@ -5,7 +5,8 @@ same protocol, same ACL — with their acks and errors going back to the app."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -50,3 +51,58 @@ async def mirror(app: ClientConnection, raw: str | bytes) -> bool:
     except ConnectionClosed:
         return False
     return True
+
+
+class UpstreamApps:
+    """The app connections of one sidecar's clients (upstream app mode), by session."""
+
+    def __init__(
+        self,
+        upstream: str,
+        max_frame_bytes: int,
+        route: Callable[[Any, Identity, int, str | bytes], Coroutine[Any, Any, None] | None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        on_unavailable: Callable[[], None],
+    ) -> None:
+        self.upstream = upstream
+        self.max_frame_bytes = max_frame_bytes
+        self._route = route
+        self._spawn = spawn
+        self._unavailable = on_unavailable
+        self._apps: dict[Hashable, ClientConnection] = {}
+
+    async def open(self, ident: Identity, index: int) -> ClientConnection | None:
+        """Dial the app for a client and start routing what it sends as the user's own."""
+        app = await open_app(self.upstream, ident, self.max_frame_bytes)
+        if app is None:
+            self._unavailable()
+            return None
+
+        async def routed(conn: ClientConnection, raw: str | bytes) -> None:
+            pending = self._route(conn, ident, index, raw)
+            if pending is not None:
+                await pending
+
+        self._spawn(pump_from_app(app, routed))
+        return app
+
+    def attach(self, session: Hashable, app: ClientConnection) -> None:
+        self._apps[session] = app
+
+    def get(self, session: Hashable) -> ClientConnection | None:
+        return self._apps.get(session) if self._apps else None
+
+    def gone(self, session: Hashable) -> None:
+        app = self._apps.pop(session, None)
+        if app is not None:
+            self._spawn(app.close(1000, "client left"))
+
+    async def mirror_then_route(
+        self, app: ClientConnection, session: Any, data: str | bytes
+    ) -> None:
+        """The client's frame goes to its app, and is routed like any client frame."""
+        if not await mirror(app, data):
+            self._unavailable()
+        pending = self._route(session, session.ident, session.index, data)
+        if pending is not None:
+            await pending
