@@ -9,7 +9,7 @@ each recipient. Exit status 1 when any of that fails.
 
     .venv/bin/python bench/fuzz.py [--frames 2000000] [--seed 6455] [--json]
 
-tests/test_fuzz.py runs the same campaign at 10^5 frames.
+tests/fuzz/test_fuzz.py runs the same campaign at 10^5 frames.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Rebalance under load: scale 3 → 4 sidecars with N live clients, then move them back.
 
-The e2e test (tests/test_rebalance_local.py) proves the mechanism with 300 clients; this
+The e2e test (tests/k8s/test_rebalance_local.py) proves the mechanism with 300 clients; this
 bench asks what it costs at 10K and whether it stays exact:
 
 1. a private stack (`wsop up --detach --insecure --sidecars 3` in a temp WSOP_STATE_DIR,

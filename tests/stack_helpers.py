@@ -8,11 +8,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import redis
 from websockets.sync.client import ClientConnection, connect
 
+from wsop.acl import bitmap, seed
+from wsop.acl.dataset import TenantData
+from wsop.acl.store import TenantStore
 from wsop.local.redis_binary import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +141,43 @@ def drain(ws: ClientConnection, wait: float = 0.3) -> list[dict]:
             out.append(json.loads(ws.recv(timeout=wait)))
         except TimeoutError:
             return out
+
+
+def seed_tenant(
+    r: redis.Redis, name: str, teams: dict[str, Any], online: Iterable[int] | None = None
+) -> None:
+    """Seed one integer-id tenant: its teams (name -> member ids), and who is online."""
+    online_ids = sorted(online) if online is not None else []
+    data = TenantData(
+        tenant=name,
+        teams={t: bitmap.encode(sorted(m)) for t, m in teams.items()},
+        online=bitmap.encode(online_ids) if online is not None else b"",
+        memberships=sum(map(len, teams.values())),
+        online_count=len(online_ids),
+    )
+    seed.seed(TenantStore(r), [data], False)
+
+
+def start_lb(peers: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A real `wsop lb` over fixed peers (insecure clients, rendezvous), healthy."""
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wsop.cli.main", "lb", "--port", str(port), "--peers", peers]
+            + ["--insecure", "--algo", "rendezvous"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "WSOP_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
+    wait_healthy(port)
+    return proc, port
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

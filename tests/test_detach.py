@@ -2,7 +2,7 @@
 sidecar's presence write, the LB's dial) is handed over cleanly: the new protocol gets
 the stashed bytes and `connection_lost`, and nothing raises.
 
-Found by the fuzzer (tests/test_fuzz.py): a client that reset its socket right after its
+Found by the fuzzer (tests/fuzz/test_fuzz.py): a client that reset its socket right after its
 upgrade made `ClientSession.connection_made` call `set_write_buffer_limits` on uvloop's
 closed transport, which raises; the session was never told the connection was lost, so
 its user stayed online (and counted as a connection) until the sidecar restarted.

@@ -365,7 +365,7 @@ def test_name_validators(name, tenant_ok, team_ok):
     assert p.is_valid_team(name) is team_ok
 
 
-# --- what parses must encode (found by tests/test_fuzz.py) ----------------------------
+# --- what parses must encode (found by tests/fuzz/test_fuzz.py) ----------------------------
 
 
 @pytest.mark.parametrize("number", ["1e999", "-1e999", "1E400", "-2e308"])

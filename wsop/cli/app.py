@@ -9,7 +9,7 @@ traceback), so users never see a stack trace for a bad input.
 
 This module is imported by every `wsop` invocation, `--version` included, so it
 imports nothing heavy at the top: rich, redis and the library load when a command
-needs them (tests/test_cli_startup.py holds it to that).
+needs them (tests/cli/test_cli_startup.py holds it to that).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class LazyCommand:
 
     `target` is `module:attribute`: a `typer.Typer` (a command group such as `seed`)
     or a command function. `summary` is the one line `wsop --help` shows; it must agree
-    with the command's docstring (tests/test_cli_startup.py checks both exist)."""
+    with the command's docstring (tests/cli/test_cli_startup.py checks both exist)."""
 
     name: str
     target: str

@@ -182,7 +182,8 @@ class FrameScanner:
                     in_message = False
                 else:
                     in_message = True
-            elif op == OP_CLOSE and length <= MAX_CONTROL_PAYLOAD:
+            elif op == OP_CLOSE and length <= MAX_CONTROL_PAYLOAD and b0 & 0x80:
+                # (a fragmented close frame is no close: it goes on, for the endpoint to fail)
                 end = i + head + length
                 if end > n:
                     break

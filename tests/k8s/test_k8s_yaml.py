@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from wsop.cli.main import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "k8s"
 K8S_VERSION = "1.37.0"
 runner = CliRunner()

@@ -1,5 +1,5 @@
 """RFC 6455 rules as probes: the bytes a client sends, and what any conforming server
-must do with them. Used by tests/test_rfc6455.py against three servers.
+must do with them. Used by tests/fuzz/test_rfc6455.py against three servers.
 
 Each `Rule` names its section and paraphrases the requirement. `close` is the code of
 the server's close frame: the failure code for a violation, the echo of our own close

@@ -1,4 +1,4 @@
-"""RFC 6455 conformance: every rule of tests/rfc6455_rules.py against three servers —
+"""RFC 6455 conformance: every rule of tests/fuzz/rfc6455_rules.py against three servers —
 websockets' own asyncio server (an echo server here: the reference), a real `wsop
 sidecar` directly, and a real `wsop lb` in front of sidecars.
 
@@ -29,7 +29,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from tests.rfc6455_rules import MAX_FRAME, RULES, Rule
+from tests.fuzz.rfc6455_rules import MAX_FRAME, RULES, Rule
 from wsop.fuzz.raw import ALIVE_PING, probe
 from wsop.fuzz.stack import FuzzStack, seed_tenants
 from wsop.local.redis_binary import free_port

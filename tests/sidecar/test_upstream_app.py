@@ -14,8 +14,7 @@ import pytest
 import redis
 from websockets.sync.server import ServerConnection, serve
 
-from tests.stack_helpers import Sidecars, client, drain, recv_json
-from tests.test_sidecar_e2e import seed_tenant
+from tests.stack_helpers import Sidecars, client, drain, recv_json, seed_tenant
 
 
 class App:

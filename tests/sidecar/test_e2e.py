@@ -14,22 +14,8 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.stack_helpers import Sidecars, admin_get, client, drain, recv_json
-from wsop.acl import bitmap, seed
-from wsop.acl.dataset import TenantData
-from wsop.acl.store import TenantStore
+from tests.stack_helpers import Sidecars, admin_get, client, drain, recv_json, seed_tenant
 from wsop.ring import build
-
-
-def seed_tenant(r: redis.Redis, name: str, teams: dict[str, set[int]]) -> None:
-    data = TenantData(
-        tenant=name,
-        teams={t: bitmap.encode(sorted(m)) for t, m in teams.items()},
-        online=b"",
-        memberships=sum(map(len, teams.values())),
-        online_count=0,
-    )
-    seed.seed(TenantStore(r), [data], False)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ towards the client right after forwarding that frame, like the sidecar would hav
 It used to wait for the client's close frame, up to the relay's 4 s deadline, then
 abort — and a client whose stream the violation had desynchronised (a bogus length
 swallowing its close frame) could never send one the LB would see. Found by
-tests/test_rfc6455.py (`7.1.7-fail-closes-tcp-lb`, closes too late) and the fuzzer
+tests/fuzz/test_rfc6455.py (`7.1.7-fail-closes-tcp-lb`, closes too late) and the fuzzer
 (LB connections ending in timeouts).
 """
 
@@ -15,36 +15,19 @@ import asyncio
 
 import pytest
 
-from tests import test_lb
-from tests.test_lb import FakeTransport, fake_relay
+from tests.lb.helpers import fake_relay
 from wsop.lb.frames import close_frame
 
 
-class EofTransport(FakeTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.eof = False
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        assert not self.closing, "write_eof after close"
-        self.eof = True
-
-
 @pytest.mark.asyncio
-async def test_a_sidecar_that_failed_the_connection_gets_the_client_a_fin_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(test_lb, "FakeTransport", EofTransport)
+async def test_a_sidecar_that_failed_the_connection_gets_the_client_a_fin_at_once() -> None:
     relay, client, upstream, _ = fake_relay()
     failed = close_frame(1002, "reserved bits must be 0", mask=False)
     relay.upstream.data_received(failed)
-    assert bytes(client.transport.written) == failed and not client.transport.eof  # type: ignore[attr-defined]
+    assert bytes(client.transport.written) == failed and not client.transport.eof_written  # type: ignore[attr-defined]
     upstream.transport.close()  # the sidecar's FIN right after its close frame
     await asyncio.sleep(0)
-    assert client.transport.eof and not client.transport.closing  # type: ignore[attr-defined]
+    assert client.transport.eof_written and not client.transport.closing  # type: ignore[attr-defined]
     relay.client.data_received(close_frame(1002, "", mask=True))  # the client answers late
     assert client.transport.closing
     await asyncio.sleep(0)
@@ -52,15 +35,12 @@ async def test_a_sidecar_that_failed_the_connection_gets_the_client_a_fin_at_onc
 
 
 @pytest.mark.asyncio
-async def test_a_sidecar_closing_normally_still_waits_for_the_client(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_sidecar_closing_normally_still_waits_for_the_client() -> None:
     """A close the sidecar starts itself (1012, 1000 "moved") keeps its socket open for
     the client's answer: nothing changes until the client answers."""
-    monkeypatch.setattr(test_lb, "FakeTransport", EofTransport)
     relay, client, upstream, _ = fake_relay()
     relay.upstream.data_received(close_frame(1012, "service restart", mask=False))
     await asyncio.sleep(0)
-    assert not client.transport.eof and not client.transport.closing  # type: ignore[attr-defined]
+    assert not client.transport.eof_written and not client.transport.closing  # type: ignore[attr-defined]
     relay.client.data_received(close_frame(1012, "", mask=True))
     assert client.transport.closing

@@ -15,8 +15,7 @@ import redis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.stack_helpers import Sidecars, client, drain
-from tests.test_sidecar_e2e import seed_tenant
+from tests.stack_helpers import Sidecars, client, drain, seed_tenant
 from wsop.sidecar.delivery import MEMBERSHIP_GRACE_S
 
 _counter = itertools.count()

@@ -23,9 +23,16 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import run_wsop
-from tests.stack_helpers import Sidecars, admin_get, client, drain, recv_json
-from tests.test_lb_handshake_e2e import start_lb, stop
-from tests.test_sidecar_e2e import seed_tenant
+from tests.stack_helpers import (
+    Sidecars,
+    admin_get,
+    client,
+    drain,
+    recv_json,
+    seed_tenant,
+    start_lb,
+    stop_process,
+)
 from wsop.ring import build
 
 
@@ -42,7 +49,7 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[Sidecars, int]]:
     try:
         yield sidecars, port
     finally:
-        stop(proc)
+        stop_process(proc)
         sidecars.stop_all()
 
 

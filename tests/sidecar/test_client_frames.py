@@ -18,7 +18,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import apply_mask
 
-from tests.test_client_session import Transport, server_frames
+from tests.fakes import FakeTransport as Transport
+from tests.sidecar.test_client_session import server_frames
 from wsop.auth import Identity
 from wsop.sidecar.client import ClientSession
 from wsop.sidecar.outbox import Outbox

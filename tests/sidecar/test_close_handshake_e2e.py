@@ -26,8 +26,7 @@ from websockets.frames import CLOSE, Close, Frame, Opcode
 from websockets.protocol import State
 
 from tests.conftest import ROOT
-from tests.stack_helpers import ADMIN_TOKEN, Sidecars, wait_healthy
-from tests.test_sidecar_e2e import seed_tenant
+from tests.stack_helpers import ADMIN_TOKEN, Sidecars, seed_tenant, wait_healthy
 from wsop.local.redis_binary import free_port
 
 TRIES = 50

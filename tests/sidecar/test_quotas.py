@@ -13,8 +13,7 @@ import redis
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import run_wsop
-from tests.stack_helpers import Sidecars, admin_get, client, recv_json
-from tests.test_peer_e2e import seed_tenant
+from tests.stack_helpers import Sidecars, admin_get, client, recv_json, seed_tenant
 from wsop.errors import InputError, UsageError
 from wsop.quotas import Limits, Quotas, TokenBucket
 

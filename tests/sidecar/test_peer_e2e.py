@@ -11,24 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.stack_helpers import Sidecars, client, drain, recv_json
-from wsop.acl import bitmap, seed
-from wsop.acl.dataset import TenantData
-from wsop.acl.store import TenantStore
+from tests.stack_helpers import Sidecars, client, drain, recv_json, seed_tenant
 from wsop.ring import build
-
-
-def seed_tenant(
-    r: redis.Redis, name: str, teams: dict[str, range | set[int]], online: range | None = None
-) -> None:
-    data = TenantData(
-        tenant=name,
-        teams={t: bitmap.encode(sorted(m)) for t, m in teams.items()},
-        online=bitmap.encode(list(online)) if online is not None else b"",
-        memberships=sum(map(len, teams.values())),
-        online_count=len(online) if online is not None else 0,
-    )
-    seed.seed(TenantStore(r), [data], False)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 import pytest
 from websockets.sync.client import connect
 
-from tests.chromium import find_chromium, open_page
 from tests.conftest import ROOT, run_wsop
+from tests.examples.chromium import find_chromium, open_page
 from wsop.local.redis_binary import free_port
 
 PAGE = ROOT / "examples" / "browser.html"

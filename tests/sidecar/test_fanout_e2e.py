@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.stack_helpers import Sidecars, client
-from tests.test_peer_e2e import seed_tenant
+from tests.stack_helpers import Sidecars, client, seed_tenant
 from wsop.sidecar.delivery import MEMBERSHIP_GRACE_S
 
 MEMBERS = 1_000_000

@@ -12,44 +12,11 @@ from websockets.frames import BINARY, CLOSE, CONT, PING, PONG, TEXT, Close, Fram
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from tests.fakes import FakeTransport as Transport
 from wsop.auth import Identity
 from wsop.sidecar import client as client_module
 from wsop.sidecar.client import ClientSession
 from wsop.sidecar.outbox import Outbox
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = self.aborted = self.eof_written = False
-        self.paused = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self.high = high
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closed or self.aborted
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
 
 
 class Owner:

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,36 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT
-from tests.stack_helpers import ADMIN_TOKEN, Sidecars, client, recv_json, wait_healthy
-from tests.test_sidecar_e2e import seed_tenant
-from wsop.local.redis_binary import free_port
+from tests.stack_helpers import Sidecars, client, recv_json, seed_tenant, start_lb, stop_process
 from wsop.ring import build
 from wsop.sidecar.delivery import MEMBERSHIP_GRACE_S
-
-
-def start_lb(peers: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wsop.cli.main", "lb", "--port", str(port), "--peers", peers]
-            + ["--insecure", "--algo", "rendezvous"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "WSOP_ADMIN_TOKEN": ADMIN_TOKEN},
-        )
-    wait_healthy(port)
-    return proc, port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
@@ -63,7 +33,7 @@ def lb_stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[Sidecars, int]]:
     try:
         yield stack, port
     finally:
-        stop(proc)
+        stop_process(proc)
         stack.stop_all()
 
 
@@ -136,5 +106,5 @@ def test_bytes_pushed_before_the_101_are_bounded(tmp_path: Path) -> None:
         raw.close()
         assert proc.poll() is None  # and it is still serving
     finally:
-        stop(proc)
+        stop_process(proc)
         blackhole.close()
