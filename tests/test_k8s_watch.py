@@ -419,3 +419,22 @@ def test_stop_reason_reaches_the_executor():
     run = execute(moves, Target(), rate=1e6, stop=lambda: next(leading, "lost the lease"))
     assert done == [0, 1] and run.moved == 2
     assert run.aborted == "lost the lease" and run.not_attempted == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--local", "--watch", "--debounce", "-1"], "--debounce must be ≥ 0"),
+        (["--local", "--watch", "--resync", "0"], "--resync must be > 0"),
+        (["--local", "--watch", "--metrics-port", "70000"], "--metrics-port must be 0–65535"),
+        (["-n", NS, "--watch", "--lease-duration", "1"], "--lease-duration must be ≥ 3"),
+    ],
+)
+def test_watch_flag_misuse_exits_2(args, message):
+    from typer.testing import CliRunner
+
+    from wsop.cli.main import app
+
+    result = CliRunner().invoke(app, ["rebalance", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
