@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install redis chromium clean
+.PHONY: demo test lint format bench install redis chromium clean image image-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,21 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/stack.py
 	$(BIN)/python bench/rebalance.py --connections 9500 --rates 200,500
 	$(BIN)/python bench/loadtest.py
+
+# The container image (docs/kubernetes.md). `make image` builds the Dockerfile without a
+# Docker engine — buildah with chroot isolation on a Debian base made by mmdebstrap
+# (image/build.sh; ~2 min, root) — and writes dist/wsop-VERSION.oci.tar (OCI archive) and
+# dist/wsop-VERSION.docker.tar (docker-archive). `make image-check` loads the archive and
+# runs wsop, a sidecar and the webhook inside it (podman if it can run containers here,
+# else a chroot; ~2 min). Neither is part of `make test`. Elsewhere: `docker build .`.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= localhost/wsop:$(VERSION)
+
+image:
+	IMAGE=$(IMAGE) bash image/build.sh
+
+image-check:
+	IMAGE=$(IMAGE) bash image/check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -56,6 +56,10 @@ def test_manifests_are_valid_kubernetes_objects(extra):
         ("Service", "wsop-sidecars"),
         ("Deployment", "wsop-lb"),
         ("Service", "wsop-lb"),
+        ("ServiceAccount", "wsop-rebalancer"),
+        ("Role", "wsop-rebalancer"),
+        ("RoleBinding", "wsop-rebalancer"),
+        ("Deployment", "wsop-rebalancer"),
     }
     if "--with-locust-workers" in extra:
         expected.add(("Deployment", "wsop-locust-worker"))
@@ -80,6 +84,58 @@ def test_rbac_grants_only_what_discovery_and_the_rebalancer_use():
     }
     binding = docs[("RoleBinding", "wsop")]
     assert binding["roleRef"]["name"] == "wsop" and binding["subjects"][0]["name"] == "wsop"
+
+
+def test_the_rebalancer_watches_with_a_lease_and_its_own_narrow_role():
+    docs = by_kind(validate_all(wsop("manifests", "-n", "chat").stdout))
+    rules = docs[("Role", "wsop-rebalancer")]["rules"]
+    granted = {
+        (group, resource, tuple(rule.get("resourceNames", ()))): sorted(rule["verbs"])
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == {
+        ("", "pods", ()): ["list", "watch"],
+        ("discovery.k8s.io", "endpointslices", ()): ["list", "watch"],
+        ("", "pods/proxy", ()): ["get"],
+        ("coordination.k8s.io", "leases", ()): ["create"],
+        ("coordination.k8s.io", "leases", ("wsop-rebalancer",)): ["get", "update"],
+    }
+    deployment = docs[("Deployment", "wsop-rebalancer")]
+    assert deployment["spec"]["replicas"] == 2  # one leads, one waits to take over
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "wsop-rebalancer"
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:2] == ["rebalance", "--watch"]
+    for flag in ("--lease=wsop-rebalancer", "--identity=$(POD_NAME)", "--metrics-port=9102"):
+        assert flag in args
+    assert container["livenessProbe"]["httpGet"]["port"] == "metrics"
+    env = {e["name"]: e.get("valueFrom", {}) for e in container["env"]}
+    assert env["WSOP_ADMIN_TOKEN"]["secretKeyRef"] == {"name": "wsop", "key": "admin-token"}
+    assert container["image"] == "localhost/wsop:0.1.0"  # the tag `make image` builds
+    without = by_kind(validate_all(wsop("manifests", "--no-rebalancer").stdout))
+    assert not any("rebalancer" in name for _, name in without)
+
+
+def test_every_server_gets_the_admin_token_from_the_secret():
+    """The LB and the sidecars refuse to start without WSOP_ADMIN_TOKEN."""
+    docs = by_kind(validate_all(wsop("manifests").stdout))
+    injected = validate_all(wsop("inject", str(EXAMPLES / "app.yaml")).stdout)
+    containers = [docs[("Deployment", "wsop-lb")]["spec"]["template"]["spec"]["containers"][0]]
+    containers += [
+        sidecar_of(d)
+        for d in injected
+        if d["kind"] == "Deployment" and d["metadata"]["labels"].get("ws.operator/enabled")
+    ]
+    assert len(containers) >= 2
+    for container in containers:
+        env = {e["name"]: e.get("valueFrom", {}) for e in container["env"]}
+        ref = env["WSOP_ADMIN_TOKEN"]["secretKeyRef"]
+        assert ref == {"name": "wsop", "key": "admin-token"}, container["name"]
+        assert container["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 def test_headless_service_selects_the_injected_pods_on_the_sidecar_port():

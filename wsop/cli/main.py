@@ -47,6 +47,9 @@ COMMANDS = (
     LazyCommand("manifests", "wsop.cli.manifests:manifests_cmd",
                 "The LB, the sidecars' Service, RBAC and ConfigMap for a cluster, as YAML.",
                 KUBERNETES),
+    LazyCommand("webhook", "wsop.cli.webhook:app",
+                "Inject the sidecar at pod creation: admission webhook server and its certs.",
+                KUBERNETES),
     LazyCommand("loadtest", "wsop.cli.loadtest:loadtest_cmd",
                 "Drive the stack with locust and account for every delivery.", LOAD),
 )  # fmt: skip

@@ -17,14 +17,16 @@ from wsop.cli.options import JsonOpt
 from wsop.cli.output import err_console
 from wsop.errors import InputError, UsageError
 from wsop.k8s.discovery import DEFAULT_PORT
-from wsop.k8s.manifests import DEFAULT_IMAGE, Settings
+from wsop.k8s.manifests import DEFAULT_IMAGE, WEBHOOK, WEBHOOK_CERTS_DIR, Settings
 
-ImageOpt = Annotated[str, typer.Option("--image", help="wsop container image.")]
+ImageOpt = Annotated[
+    str, typer.Option("--image", help="wsop container image (default: what `make image` builds).")
+]
 PortOpt = Annotated[int, typer.Option("--port", help="The sidecar's port (named 'wsop').")]
 AlgoOpt = Annotated[str, typer.Option("--algo", help="Ring algorithm of the stack.")]
 
 
-def _settings(namespace: str | None, image: str, port: int, algo: str) -> Settings:
+def settings_from_flags(namespace: str | None, image: str, port: int, algo: str) -> Settings:
     from wsop.ring import PLACEMENTS
 
     if not 1 <= port <= 65535:
@@ -67,7 +69,7 @@ def inject_cmd(
             raise InputError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: cannot read ({exc})") from None
-    result = inject(text, _settings(None, image, port, algo), source)
+    result = inject(text, settings_from_flags(None, image, port, algo), source)
     _write(result.documents, as_json)
     for name in result.injected:
         err_console.print(
@@ -92,12 +94,55 @@ def manifests_cmd(
     image: ImageOpt = DEFAULT_IMAGE,
     port: PortOpt = DEFAULT_PORT,
     algo: AlgoOpt = "maglev",
+    rebalancer: Annotated[
+        bool,
+        typer.Option(
+            "--rebalancer/--no-rebalancer",
+            help="The watch-driven rebalancer Deployment (leader-elected) and its RBAC.",
+        ),
+    ] = True,
+    webhook: Annotated[
+        bool,
+        typer.Option(
+            "--webhook", help="The sidecar-injecting admission webhook (needs --namespace)."
+        ),
+    ] = False,
+    webhook_ca: Annotated[
+        Path,
+        typer.Option(
+            "--webhook-ca",
+            metavar="FILE",
+            help="PEM CA of the webhook's certificate, for caBundle (`wsop webhook certs`).",
+        ),
+    ] = Path(WEBHOOK_CERTS_DIR) / "ca.crt",
     with_locust_workers: Annotated[
         bool, typer.Option("--with-locust-workers", help="Add a locust worker Deployment.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """LB Deployment + Service, headless sidecar Service, RBAC and ConfigMap, as YAML."""
+    """LB Deployment + Service, headless sidecar Service, RBAC and ConfigMap, the
+    rebalancer and optionally the webhook, as YAML."""
     from wsop.k8s.manifests import render
 
-    _write(render(_settings(namespace, image, port, algo), with_locust_workers), as_json)
+    settings = settings_from_flags(namespace, image, port, algo)
+    ca = _webhook_ca(webhook_ca, namespace) if webhook else None
+    _write(render(settings, with_locust_workers, rebalancer, ca), as_json)
+
+
+def _webhook_ca(path: Path, namespace: str | None) -> bytes:
+    """The CA for caBundle; when the serving certificate sits beside it (as `wsop webhook
+    certs` leaves them), check it names the Service in this namespace: a mismatch would
+    only show up as failing pod creations."""
+    from wsop.k8s.certs import read_ca_bundle, serving_names
+
+    if not namespace:
+        raise UsageError("--webhook needs --namespace (the webhook Service lives in one)")
+    ca = read_ca_bundle(path)
+    names = serving_names(path.parent / "tls.crt")
+    expected = f"{WEBHOOK}.{namespace}.svc"
+    if names is not None and expected not in names:
+        raise UsageError(
+            f"{path.parent / 'tls.crt'} is for {', '.join(names) or 'no DNS name'}, not "
+            f"{expected}: run `wsop webhook certs -n {namespace} --out {path.parent}`"
+        )
+    return ca

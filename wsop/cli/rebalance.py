@@ -84,6 +84,48 @@ def rebalance_cmd(
             help="The sidecars' admin token (Kubernetes; --local reads the members file).",
         ),
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep running: rebalance whenever the sidecars change (EndpointSlices of "
+            "--service, default wsop-sidecars; --local: the members file).",
+        ),
+    ] = False,
+    debounce: Annotated[
+        float, typer.Option("--debounce", help="--watch: act this long after the last change.")
+    ] = 5.0,
+    max_delay: Annotated[
+        float, typer.Option("--max-delay", help="--watch: …but at most this long after the first.")
+    ] = 60.0,
+    resync: Annotated[
+        float, typer.Option("--resync", help="--watch: also run this often (seconds).")
+    ] = 300.0,
+    retry: Annotated[
+        float, typer.Option("--retry", help="--watch: rerun this soon after a run left work.")
+    ] = 10.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="--watch: serve Prometheus metrics on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="--watch: address for the metrics port.")
+    ] = "0.0.0.0",
+    lease: Annotated[
+        str,
+        typer.Option("--lease", help="--watch on Kubernetes: the Lease that elects one leader."),
+    ] = "wsop-rebalancer",
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            "--identity",
+            help="--watch: this replica's name in the Lease (default: pod name / host-pid).",
+            show_default=False,
+        ),
+    ] = None,
+    lease_duration: Annotated[
+        float, typer.Option("--lease-duration", help="--watch: seconds a Lease stays valid.")
+    ] = 15.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Gather every sidecar's connections, plan the fewest moves, and apply them at --rate."""
@@ -99,6 +141,18 @@ def rebalance_cmd(
         raise UsageError(f"--max-moves must be ≥ 0, got {max_moves}")
     if not rate > 0:
         raise UsageError(f"--rate must be > 0 moves per second, got {rate}")
+    if watch:
+        from wsop.cli.rebalance_watch import WatchFlags
+
+        flags = WatchFlags(
+            debounce, max_delay, resync, retry, metrics_port, metrics_host,
+            None if local else lease, identity, lease_duration,
+        )  # fmt: skip
+        _watch(
+            flags, local, namespace, selector, service, port, algo, kubeconfig, context,
+            admin_token, epsilon, max_moves, rate, dry_run, as_json,
+        )  # fmt: skip
+        return
     if local:
         fleet = local_fleet(algo)
     else:
@@ -131,6 +185,81 @@ def rebalance_cmd(
     if run is not None and run.aborted:
         err_console.print(f"[bold red]error:[/] {run.aborted}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+WATCH_MAX_MOVES = 500
+"""--watch's move budget per run when --max-moves is not given: a run stays short (10 s at
+the default rate), so a membership change during it is acted on soon."""
+
+
+def _watch(
+    flags: Any,
+    local: bool,
+    namespace: str | None,
+    selector: str | None,
+    service: str | None,
+    port: int | None,
+    algo: str | None,
+    kubeconfig: Path | None,
+    context: str | None,
+    admin_token: str | None,
+    epsilon: float,
+    max_moves: int | None,
+    rate: float,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    from wsop.cli.rebalance_watch import check, default_identity, run_watch
+    from wsop.k8s.lease import LeaseElector, NoElection
+    from wsop.k8s.operator import WatchConfig
+    from wsop.k8s.rebalance import kubernetes_fleet, local_fleet
+    from wsop.k8s.watch import MembersFilePoll, SliceWatch
+
+    check(flags)
+    config = WatchConfig(
+        epsilon=epsilon,
+        max_moves=WATCH_MAX_MOVES if max_moves is None else max_moves,
+        rate=rate,
+        debounce=flags.debounce,
+        max_delay=max(flags.max_delay, flags.debounce),
+        resync=flags.resync,
+        retry=flags.retry,
+        dry_run=dry_run,
+    )
+    if local:
+        from wsop.local.stack_file import members_path
+
+        path = members_path()
+        run_watch(
+            lambda: local_fleet(algo),
+            lambda notify: MembersFilePoll(path, notify),
+            NoElection(),
+            config,
+            flags,
+            f"the local stack ({path})",
+            as_json,
+        )
+        return
+    from wsop.k8s.client import connect
+    from wsop.k8s.manifests import SIDECAR_SERVICE
+
+    cluster = connect(kubeconfig, context)
+    ns, svc = str(namespace), service or SIDECAR_SERVICE
+    sel = selector or DEFAULT_SELECTOR
+    elector = LeaseElector(
+        cluster, ns, flags.lease, flags.identity or default_identity(), flags.lease_duration
+    )
+    run_watch(
+        lambda: kubernetes_fleet(
+            cluster, ns, sel, algo or "maglev", admin_token or None, svc, port
+        ),
+        lambda notify: SliceWatch(cluster, ns, svc, notify),
+        elector,
+        config,
+        flags,
+        f"namespace {ns!r}, Service {svc!r} ({cluster.describe()})",
+        as_json,
+    )
 
 
 def _progress() -> Progress:

@@ -180,11 +180,14 @@ def execute(
     skipped: dict[str, str] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], str | None] | None = None,
 ) -> Execution:
     """Apply `moves` in order, at most `rate` per second, through `target`.
 
     `skipped` seeds the members already known to fail (from `gather`): moves from or to
-    them are not attempted.
+    them are not attempted. `stop`, asked before every move, returns why the run must
+    end now (the watch-driven rebalancer lost its Lease, or is shutting down) or None;
+    the rest is then not attempted and `aborted` says why.
     """
     if not rate > 0:
         raise UsageError(f"--rate must be > 0 moves per second, got {rate}")
@@ -195,6 +198,8 @@ def execute(
     for done, mv in enumerate(listed, 1):
         error: str | None = None
         dead = next((m for m in (mv.source, mv.target) if m in run.skipped_pods), None)
+        if run.aborted is None and stop is not None:
+            run.aborted = stop()
         if run.aborted is not None:
             run.not_attempted += 1
             error = "not attempted: run aborted"

@@ -100,12 +100,32 @@ def inject_deployment(
     out = copy.deepcopy(doc)
     spec = _mapping(out, "spec", where)
     template = _mapping(spec, "template", where)
-    pod = _mapping(template, "spec", where)
-    labels = _mapping(_mapping(template, "metadata", where), "labels", where)
+    inject_pod(template, settings, where, notes, prefix="spec.template.")
+    return out
+
+
+def inject_pod(
+    pod: dict[str, Any],
+    settings: Settings,
+    where: str,
+    notes: list[str],
+    prefix: str = "",
+    unset_accounts: tuple[str | None, ...] = (None,),
+) -> None:
+    """Add the sidecar to `pod` (a Pod or a pod template: `metadata` + `spec`), in place.
+
+    The one place that decides what injection means, shared by `wsop inject` (pod
+    templates) and `wsop webhook` (pods at admission). `unset_accounts` are the
+    `serviceAccountName` values that count as "none named": the webhook adds
+    `"default"`, because the API server's ServiceAccount admission plugin has already
+    filled that in by the time a mutating webhook sees the pod.
+    """
+    spec = _mapping(pod, "spec", where)
+    labels = _mapping(_mapping(pod, "metadata", where), "labels", where)
     labels[ENABLED_LABEL] = "true"
-    containers = pod.setdefault("containers", [])
+    containers = spec.setdefault("containers", [])
     if not isinstance(containers, list):
-        raise InputError(f"{where}: spec.template.spec.containers must be a list")
+        raise InputError(f"{where}: {prefix}spec.containers must be a list")
     sidecar = sidecar_container(settings)
     for c in containers:
         if not isinstance(c, dict) or c.get("name") == SIDECAR_CONTAINER:
@@ -119,16 +139,36 @@ def inject_deployment(
     kept = [
         c for c in containers if not (isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER)
     ]
-    pod["containers"] = [*kept, sidecar]
-    account = pod.get("serviceAccountName")
-    if account is None:
-        pod["serviceAccountName"] = NAME
+    token_mount = _service_account_mount(kept)
+    if token_mount is not None:
+        sidecar["volumeMounts"] = [token_mount]
+    spec["containers"] = [*kept, sidecar]
+    account = spec.get("serviceAccountName")
+    if account in unset_accounts:
+        spec["serviceAccountName"] = NAME
     elif account != NAME:
         notes.append(
             f"{where} runs as service account {account!r}: bind Role {NAME!r} to it "
             "(the sidecar lists pods and endpointslices)"
         )
-    return out
+
+
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _service_account_mount(containers: list[Any]) -> dict[str, Any] | None:
+    """The API token mount an app container already has (a Pod at admission time).
+
+    The ServiceAccount admission plugin mounts the token into every container *before*
+    mutating webhooks run, so a container a webhook adds would have none; the sidecar
+    needs it to list pods. A pod template (`wsop inject`) has no such mount yet: the
+    plugin adds it to every container, the sidecar included, when the pod is created.
+    """
+    for c in containers:
+        for mount in (c.get("volumeMounts") or []) if isinstance(c, dict) else []:
+            if isinstance(mount, dict) and mount.get("mountPath") == SERVICE_ACCOUNT_PATH:
+                return {k: mount[k] for k in ("name", "mountPath", "readOnly") if k in mount}
+    return None
 
 
 def _mapping(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -12,6 +12,8 @@ sidecar and the docs agree on names, ports, labels and the Secret's keys:
 - headless Service `wsop-sidecars` over the sidecar pods (its EndpointSlices are the
   readiness the LB and sidecars follow);
 - Deployment + Service `wsop-lb`;
+- the rebalancer (`wsop rebalance --watch`, its own ServiceAccount and Role with the
+  Lease it elects a leader with) and, with a CA, the admission webhook: `wsop.k8s.deploy`;
 - optionally a locust worker Deployment.
 
 The LB and sidecar args use the Kubernetes membership flags (`--namespace`,
@@ -28,7 +30,11 @@ from wsop.k8s.discovery import DEFAULT_PORT, PORT_NAME, SIDECAR_CONTAINER
 from wsop.ring.registry import DEFAULT_ALGORITHM
 
 ENABLED_LABEL = "ws.operator/enabled"
-DEFAULT_IMAGE = f"ghcr.io/wsop/wsop:{__version__}"
+DEFAULT_IMAGE = f"localhost/wsop:{__version__}"
+"""The tag `make image` builds (docs/kubernetes.md). Fully qualified on purpose: podman,
+docker and containerd all name a loaded image `localhost/wsop:V`, so a cluster that was
+handed the archive (`kind load image-archive`, `ctr images import`) finds it by the name
+the manifests use; a bare `wsop:V` would mean docker.io/library/wsop to containerd."""
 NAME = "wsop"
 SECRET = "wsop"
 CONFIG = "wsop-config"
@@ -36,6 +42,12 @@ SIDECAR_SERVICE = "wsop-sidecars"
 LB = "wsop-lb"
 LB_PORT = 8765
 LOCUST_MASTER = "wsop-locust-master"
+WEBHOOK = "wsop-webhook"
+WEBHOOK_PORT = 8443
+WEBHOOK_CERTS_DIR = "wsop-webhook-certs"
+"""Where `wsop webhook certs` writes, and where `wsop manifests --webhook` looks for ca.crt."""
+REBALANCER = "wsop-rebalancer"
+METRICS_PORT = 9102
 DRAIN_WAIT_S = 20
 """preStop drain budget (s): must end well inside terminationGracePeriodSeconds (30)."""
 SECRET_ENV = (
@@ -57,7 +69,7 @@ class Settings:
         return f"{ENABLED_LABEL}=true"
 
 
-def _meta(name: str, s: Settings, **labels: str) -> dict[str, Any]:
+def object_meta(name: str, s: Settings, **labels: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if s.namespace:
         meta["namespace"] = s.namespace
@@ -65,23 +77,27 @@ def _meta(name: str, s: Settings, **labels: str) -> dict[str, Any]:
     return meta
 
 
-def _field_env(name: str, path: str) -> dict[str, Any]:
+def field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def _secret_env() -> list[dict[str, Any]]:
+def secret_env() -> list[dict[str, Any]]:
+    """Every credential the servers read, from Secret `wsop` (the LB and the sidecars
+    refuse to start without WSOP_ADMIN_TOKEN)."""
     return [
         {"name": env, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key}}}
         for env, key in SECRET_ENV
     ]
 
 
-def _config_env(name: str, key: str) -> dict[str, Any]:
+def config_env(name: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"configMapKeyRef": {"name": CONFIG, "key": key}}}
 
 
-def _probes(port: str) -> dict[str, Any]:
-    get = {"httpGet": {"path": "/healthz", "port": port}}
+def probes(port: str, scheme: str | None = None) -> dict[str, Any]:
+    get: dict[str, Any] = {"httpGet": {"path": "/healthz", "port": port}}
+    if scheme:
+        get["httpGet"]["scheme"] = scheme
     return {
         "readinessProbe": {**get, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {
@@ -94,12 +110,15 @@ def _probes(port: str) -> dict[str, Any]:
     }
 
 
-_SECURITY = {
+SECURITY = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
     "runAsNonRoot": True,
     "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
 }
+"""The Pod Security Standard 'restricted', container by container (the image's USER is
+numeric, 10001, so the kubelet can check runAsNonRoot)."""
 
 
 def sidecar_container(s: Settings) -> dict[str, Any]:
@@ -121,11 +140,11 @@ def sidecar_container(s: Settings) -> dict[str, Any]:
         ],
         "ports": [{"name": PORT_NAME, "containerPort": s.sidecar_port, "protocol": "TCP"}],
         "env": [
-            _field_env("POD_NAME", "metadata.name"),
-            _field_env("POD_NAMESPACE", "metadata.namespace"),
-            *_secret_env(),
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            *secret_env(),
         ],
-        **_probes(PORT_NAME),
+        **probes(PORT_NAME),
         # Before SIGTERM: move this pod's clients, live, to the other sidecars (`wsop
         # drain`), so a scale-down or rollout closes no client. Within the pod's 30 s
         # grace: 20 s of draining, then the 1012 close window for whatever is left.
@@ -145,7 +164,7 @@ def sidecar_container(s: Settings) -> dict[str, Any]:
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},
         },
-        "securityContext": _SECURITY,
+        "securityContext": SECURITY,
     }
 
 
@@ -163,17 +182,17 @@ def rbac(s: Settings) -> list[dict[str, Any]]:
     if s.namespace:
         subject["namespace"] = s.namespace
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, s)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": object_meta(NAME, s)},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _meta(NAME, s),
+            "metadata": object_meta(NAME, s),
             "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _meta(NAME, s),
+            "metadata": object_meta(NAME, s),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
             "subjects": [subject],
         },
@@ -184,7 +203,7 @@ def config_map(s: Settings) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(CONFIG, s),
+        "metadata": object_meta(CONFIG, s),
         "data": {
             "algo": s.algo,
             "selector": s.selector,
@@ -201,7 +220,7 @@ def sidecar_service(s: Settings) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(SIDECAR_SERVICE, s),
+        "metadata": object_meta(SIDECAR_SERVICE, s),
         "spec": {
             "clusterIP": "None",
             "selector": {ENABLED_LABEL: "true"},
@@ -211,7 +230,7 @@ def sidecar_service(s: Settings) -> dict[str, Any]:
     }
 
 
-def _deployment(
+def deployment(
     name: str, s: Settings, replicas: int, container: dict[str, Any], account: str | None = NAME
 ) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": name}
@@ -223,7 +242,7 @@ def _deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(name, s, **labels),
+        "metadata": object_meta(name, s, **labels),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
@@ -257,27 +276,27 @@ def lb(s: Settings) -> list[dict[str, Any]]:
         ],
         "ports": [{"name": "ws", "containerPort": LB_PORT, "protocol": "TCP"}],
         "env": [
-            _field_env("POD_NAME", "metadata.name"),
-            _field_env("POD_NAMESPACE", "metadata.namespace"),
-            _config_env("WSOP_ALGO", "algo"),
-            _config_env("WSOP_SELECTOR", "selector"),
-            _config_env("WSOP_SIDECAR_SERVICE", "sidecar-service"),
-            *_secret_env(),
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            config_env("WSOP_ALGO", "algo"),
+            config_env("WSOP_SELECTOR", "selector"),
+            config_env("WSOP_SIDECAR_SERVICE", "sidecar-service"),
+            *secret_env(),
         ],
-        **_probes("ws"),
+        **probes("ws"),
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": _SECURITY,
+        "securityContext": SECURITY,
     }
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(LB, s),
+        "metadata": object_meta(LB, s),
         "spec": {
             "selector": {"app.kubernetes.io/name": LB},
             "ports": [{"name": "ws", "port": 80, "targetPort": "ws", "protocol": "TCP"}],
         },
     }
-    return [_deployment(LB, s, 2, container), service]
+    return [deployment(LB, s, 2, container), service]
 
 
 def locust_workers(s: Settings, replicas: int = 2) -> dict[str, Any]:
@@ -289,16 +308,30 @@ def locust_workers(s: Settings, replicas: int = 2) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "command": ["locust"],
         "args": ["--worker", "--master-host=$(WSOP_LOCUST_MASTER)", "--locustfile=-"],
-        "env": [_config_env("WSOP_LOCUST_MASTER", "locust-master"), *_secret_env()[1:2]],
+        "env": [config_env("WSOP_LOCUST_MASTER", "locust-master"), *secret_env()[1:2]],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": {**_SECURITY, "readOnlyRootFilesystem": False},
+        "securityContext": {**SECURITY, "readOnlyRootFilesystem": False},
     }
-    return _deployment("wsop-locust-worker", s, replicas, container, account=None)
+    return deployment("wsop-locust-worker", s, replicas, container, account=None)
 
 
-def render(s: Settings, with_locust_workers: bool = False) -> list[dict[str, Any]]:
-    """Every object of the stack, in apply order (RBAC and config before workloads)."""
+def render(
+    s: Settings,
+    with_locust_workers: bool = False,
+    rebalancer: bool = True,
+    webhook_ca: bytes | None = None,
+) -> list[dict[str, Any]]:
+    """Every object of the stack, in apply order (RBAC and config before workloads).
+
+    `webhook_ca` (the PEM CA of the webhook's serving certificate) adds the admission
+    webhook: its Deployment, Service and MutatingWebhookConfiguration."""
+    from wsop.k8s import deploy
+
     objects = [*rbac(s), config_map(s), sidecar_service(s), *lb(s)]
+    if rebalancer:
+        objects += deploy.rebalancer(s)
+    if webhook_ca is not None:
+        objects += deploy.webhook(s, webhook_ca)
     if with_locust_workers:
         objects.append(locust_workers(s))
     return objects

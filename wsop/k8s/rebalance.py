@@ -8,6 +8,7 @@ rest the same way for both. The result object feeds both the CLI's table and `--
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,20 @@ class RebalanceResult:
         return {**doc, **planned}
 
     @property
+    def misplaced(self) -> int:
+        """Connections not on their plan target before the run (budget or not)."""
+        return _misplaced(self.gathered, self.plan)
+
+    @property
+    def misplaced_after(self) -> int:
+        """The same, as the sidecars reported afterwards (when they were asked again);
+        else what the moves that succeeded leave."""
+        if self.verified is not None:
+            return _misplaced(self.verified, self.plan)
+        moved = self.execution.moved_connections if self.execution else 0
+        return max(0, self.misplaced - moved)
+
+    @property
     def after(self) -> float:
         """max/mean once the moves that succeeded are done (the plan's, on a dry run)."""
         if self.execution is None:
@@ -105,6 +120,15 @@ class RebalanceResult:
         )
 
 
+def _misplaced(gathered: Gathered, plan: Plan) -> int:
+    targets = plan.targets
+    return sum(
+        h.count
+        for h in gathered.holdings
+        if targets.get((h.tenant, str(h.user)), h.member) != h.member
+    )
+
+
 VERIFY_AFTER_S = 1.5  # the LB drains an old upstream for up to 1 s after a switch
 
 
@@ -115,8 +139,11 @@ def rebalance(
     rate: float = 50.0,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
+    stop: Callable[[], str | None] | None = None,
 ) -> RebalanceResult:
-    """Gather every member's connections, plan, and (unless `dry_run`) execute."""
+    """Gather every member's connections, plan, and (unless `dry_run`) execute.
+
+    `stop` is the executor's (`execute`): asked before every move."""
     if not fleet.members:
         raise NotFound(f"no ready sidecars in {fleet.where} to rebalance onto")
     gathered = gather(fleet.target, fleet.ask)
@@ -130,7 +157,7 @@ def rebalance(
     result = RebalanceResult(fleet, gathered, plan)
     if not dry_run:
         result.execution = execute(
-            plan.moves, fleet.target, rate, progress, skipped=gathered.skipped
+            plan.moves, fleet.target, rate, progress, skipped=gathered.skipped, stop=stop
         )
         if result.execution.succeeded:
             time.sleep(VERIFY_AFTER_S)
