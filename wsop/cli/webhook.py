@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from wsop.cli.app import JsonOpt, new_app
+from wsop.cli.app import new_app
 from wsop.cli.manifests import AlgoOpt, ImageOpt, settings_from_flags
+from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit
 from wsop.errors import UsageError
 from wsop.k8s.discovery import DEFAULT_PORT
