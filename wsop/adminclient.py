@@ -10,6 +10,7 @@ proxy instead (`wsop.k8s.proxy`): same answers, another transport.
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -42,14 +43,18 @@ def http_base(url: str) -> str:
     return "http" + url[2:] if url.startswith(("ws://", "wss://")) else url
 
 
-def get(url: str, token: str | None = None, timeout: float = 5.0) -> AdminReply:
+def get(
+    url: str, token: str | None = None, timeout: float = 5.0, ca: str | None = None
+) -> AdminReply:
     """GET `url` (http or ws scheme) with `Authorization: Bearer token`; any status is an
-    answer, only no answer at all raises (`AdminUnreachable`)."""
+    answer, only no answer at all raises (`AdminUnreachable`). `ca`: the CA an https
+    (wss) server's certificate is checked against (default: the system's)."""
     request = urllib.request.Request(http_base(url), headers={"Accept": "application/json"})
+    context = ssl.create_default_context(cafile=ca) if ca else None
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             return AdminReply(resp.status, resp.read())
     except urllib.error.HTTPError as exc:
         return AdminReply(exc.code, exc.read())
@@ -58,11 +63,13 @@ def get(url: str, token: str | None = None, timeout: float = 5.0) -> AdminReply:
         raise AdminUnreachable(http_base(url), reason) from None
 
 
-def get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any | None:
+def get_json(
+    url: str, token: str | None = None, timeout: float = 5.0, ca: str | None = None
+) -> Any | None:
     """The JSON a 200 answer carries, or None for anything else (no answer, a refusal, a
     body that is not JSON): for callers that only poll for a good answer."""
     try:
-        reply = get(url, token, timeout)
+        reply = get(url, token, timeout, ca)
         return reply.json() if reply.status == 200 else None
     except (AdminUnreachable, ValueError):
         return None

@@ -40,17 +40,18 @@ def drain(
     to: list[str] | None = None,
     wait_s: float = 20.0,
     on_tick: Callable[[int, int], None] | None = None,
+    ca: str | None = None,
 ) -> DrainResult:
     """`/drain` on the sidecar at `base_url` (http://host:port), then poll `/connections`
     for up to `wait_s` until it reports 0. `on_tick(remaining, asked)` reports progress."""
     base = base_url.rstrip("/")
     query = f"?to={urllib.parse.quote(','.join(to))}" if to is not None else ""
-    asked = _get(base, f"/drain{query}", token)
+    asked = _get(base, f"/drain{query}", token, ca)
     started = time.monotonic()
     remaining = moving = int(asked.get("moving", 0))
     name = ""
     while True:
-        report = _get(base, "/connections", token)
+        report = _get(base, "/connections", token, ca)
         name = str(report.get("name", ""))
         remaining = int(report.get("connections", 0))
         if on_tick is not None:
@@ -68,9 +69,9 @@ def drain(
     )
 
 
-def _get(base: str, path: str, token: str | None) -> dict[str, Any]:
+def _get(base: str, path: str, token: str | None, ca: str | None = None) -> dict[str, Any]:
     try:
-        reply = adminclient.get(base + path, token, timeout=10)
+        reply = adminclient.get(base + path, token, timeout=10, ca=ca)
         payload = reply.json() if reply.status == 200 else None
     except adminclient.AdminUnreachable as exc:
         raise BackendUnavailable(f"cannot reach the sidecar at {base}: {exc.reason}") from None

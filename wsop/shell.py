@@ -6,7 +6,8 @@ clients spread over a window, release what they hold) — and both follow the sa
 membership source into the same ring. Each of those exists once, here:
 
 - `run(make)`: the blocking entry point of `wsop lb` and `wsop sidecar` (uvloop when
-  installed), with the one "listening" line on stderr;
+  installed), with the one "listening" line on stderr; SIGHUP calls the server's
+  `reload()` when it has one (a rotated TLS certificate);
 - `MembershipWatcher`: follow a `MembershipSource`, build the placement off the event
   loop (a maglev table takes ~0.6 s), hand it to the server; a membership the ring
   refuses is logged and skipped, the server keeps routing as before. (The sidecar's own
@@ -54,6 +55,9 @@ def run(make: Callable[[], Server]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reload = getattr(server, "reload", None)
+        if reload is not None:  # SIGHUP: re-read what can be re-read (certificates)
+            loop.add_signal_handler(signal.SIGHUP, reload)
         try:
             port = await server.start()
         except OSError as exc:

@@ -14,13 +14,13 @@ from wsop.cli.output import emit, err_console
 from wsop.errors import UsageError
 
 
-def _local_target(name: str) -> tuple[str, str | None]:
+def _local_target(name: str) -> tuple[str, str | None, str | None]:
     from wsop.local import stack_file
 
     record = stack_file.require()
     for sidecar in record.sidecars:
         if sidecar.name == name:
-            return sidecar.http, record.admin_token
+            return sidecar.http, record.admin_token, record.ca_file
     names = ", ".join(s.name for s in record.sidecars)
     raise UsageError(f"--local: the local stack has no sidecar {name!r} (it has {names})")
 
@@ -63,12 +63,12 @@ def drain_cmd(
     if wait < 0:
         raise UsageError("--wait must be ≥ 0")
     if local is not None:
-        base, token = _local_target(local)
+        base, token, ca = _local_target(local)
     else:
         assert url is not None
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"--url must be an http:// URL, got {url!r}")
-        base, token = url, os.environ.get("WSOP_ADMIN_TOKEN") or None
+        base, token, ca = url, os.environ.get("WSOP_ADMIN_TOKEN") or None, None
     targets = [n for n in to.split(",") if n] if to is not None else None
 
     progress = Progress(
@@ -83,7 +83,7 @@ def drain_cmd(
         def tick(remaining: int, asked: int) -> None:
             progress.update(task, total=max(asked, 1), completed=max(asked - remaining, 0))
 
-        result = drain(base, token, targets, wait, tick)
+        result = drain(base, token, targets, wait, tick, ca)
     payload: dict[str, Any] = {
         "sidecar": result.sidecar,
         "moving": result.moving,

@@ -13,8 +13,11 @@ from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
 from wsop.cli.credentials import server_admin_token, server_secret
 from wsop.cli.options import (
     AllowedOriginsOpt,
+    CaOpt,
+    CertfileOpt,
     JwksOpt,
     JwtPublicKeyOpt,
+    KeyfileOpt,
     LeewayOpt,
     MaxTokenLifetimeOpt,
     MembersFileOpt,
@@ -24,6 +27,7 @@ from wsop.cli.options import (
     ServiceOpt,
     membership_source,
     parse_origins,
+    tls_settings,
 )
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 
@@ -57,6 +61,9 @@ def lb_cmd(
     leeway: LeewayOpt = DEFAULT_LEEWAY_S,
     max_token_lifetime: MaxTokenLifetimeOpt = DEFAULT_MAX_LIFETIME_S,
     allowed_origins: AllowedOriginsOpt = None,
+    certfile: CertfileOpt = None,
+    keyfile: KeyfileOpt = None,
+    ca: CaOpt = None,
 ) -> None:
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
     /connections answer plain HTTP on the same port."""
@@ -79,6 +86,7 @@ def lb_cmd(
         jwks=jwks,
         leeway_s=leeway,
         max_token_lifetime_s=max_token_lifetime,
+        tls=tls_settings(certfile, keyfile, ca),
         allowed_origins=parse_origins(allowed_origins),
     )
     server_secret(insecure, "lb", bool(jwt_public_key or jwks))  # required? warnings

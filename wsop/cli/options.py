@@ -199,3 +199,32 @@ def build_quotas(path: Path | None, per_user: int, per_tenant: int, rate: float,
 
     base = Limits(per_user, per_tenant, rate, recipients)
     return Quotas.load(path, base) if path is not None else Quotas(base)
+
+
+# TLS of the servers (docs/kubernetes.md, "TLS"): wss:// for clients and peers.
+CertfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--certfile",
+        metavar="FILE",
+        help="Serve wss:// with this certificate (PEM chain); re-read on SIGHUP.",
+    ),
+]
+KeyfileOpt = Annotated[
+    str | None, typer.Option("--keyfile", metavar="FILE", help="The certificate's private key.")
+]
+CaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ca",
+        metavar="FILE",
+        help="CA to trust when dialling wss:// sidecars (default: the system's CAs).",
+    ),
+]
+
+
+def tls_settings(certfile: str | None, keyfile: str | None, ca: str | None):
+    """The server's `TlsSettings` (checked: files readable, key matching the certificate)."""
+    from wsop.tls import TlsSettings
+
+    return TlsSettings(certfile, keyfile, ca)

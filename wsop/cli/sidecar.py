@@ -13,8 +13,11 @@ from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
 from wsop.cli.credentials import server_admin_token, server_secret
 from wsop.cli.options import (
     AllowedOriginsOpt,
+    CaOpt,
+    CertfileOpt,
     JwksOpt,
     JwtPublicKeyOpt,
+    KeyfileOpt,
     LeewayOpt,
     MaxTokenLifetimeOpt,
     MembersFileOpt,
@@ -31,6 +34,7 @@ from wsop.cli.options import (
     build_quotas,
     membership_source,
     parse_origins,
+    tls_settings,
 )
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 from wsop.quotas import (
@@ -91,6 +95,9 @@ def sidecar_cmd(
     jwks: JwksOpt = None,
     leeway: LeewayOpt = DEFAULT_LEEWAY_S,
     max_token_lifetime: MaxTokenLifetimeOpt = DEFAULT_MAX_LIFETIME_S,
+    certfile: CertfileOpt = None,
+    keyfile: KeyfileOpt = None,
+    ca: CaOpt = None,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.backend import connect
@@ -123,6 +130,7 @@ def sidecar_cmd(
         jwks=jwks,
         leeway_s=leeway,
         max_token_lifetime_s=max_token_lifetime,
+        tls=tls_settings(certfile, keyfile, ca),
     )
     server_secret(insecure, "sidecar", bool(jwt_public_key or jwks))  # required? warnings
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")

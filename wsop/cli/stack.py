@@ -49,7 +49,8 @@ def _render(payload: dict[str, Any], title: str, hint: bool = False) -> Any:
         mode = "[bold red]INSECURE (?tenant=&user= trusted)[/]" if payload["insecure"] else "JWT"
         console.print(
             f"algo {payload['algo']} · auth {mode} · redis {payload['redis_url']}\n"
-            f"members file {payload['members_file']}",
+            f"members file {payload['members_file']}"
+            + (f"\nTLS: clients trust {payload['ca_file']}" if payload.get("ca_file") else ""),
             highlight=False,
         )
         for line in connect_hint(payload) if hint else ():
@@ -70,6 +71,12 @@ def up_cmd(
     algo: Annotated[str | None, typer.Option("--algo", help="Ring algorithm.")] = None,
     redis_url: RedisOpt = None,
     quotas: QuotasFileOpt = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="wss:// everywhere, with a certificate from a CA made for this stack."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start Redis (embedded by default), N sidecars and the LB on loopback."""
@@ -83,7 +90,7 @@ def up_cmd(
         )
     if detach:
         payload = {
-            **stack.up(sidecars, port, insecure, algo, redis_url, quotas).to_json(),
+            **stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls).to_json(),
             "detached": True,
         }
         emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))
@@ -91,7 +98,7 @@ def up_cmd(
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     started = False
     try:  # any way out of the foreground brings the stack down, even mid-start
-        payload = {**stack.up(sidecars, port, insecure, algo, redis_url, quotas).to_json()}
+        payload = {**stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls).to_json()}
         started = True
         payload["detached"] = False
         emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -54,6 +54,8 @@ from wsop.protocol import CloseCode
 from wsop.ring import build, check_routing_algorithm
 from wsop.ring.base import Placement
 from wsop.shell import MembershipWatcher
+from wsop.tls import TlsSettings
+from wsop.tls import reload as reload_certificates
 
 log = logging.getLogger("wsop.lb")
 
@@ -87,6 +89,8 @@ class LBConfig:
     open_timeout: float = 5.0
     allowed_origins: tuple[str, ...] | None = None
     """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    """wss:// for clients (`certfile`/`keyfile`), and the CA of wss:// sidecars."""
     move_drain_s: float = 15.0
     """After a switch, the old sidecar closes the old upstream once it owes the client
     nothing (acks of messages still in flight: up to their 10 s timeout); this is the
@@ -129,6 +133,8 @@ class LoadBalancer:
         self._legs: weakref.WeakKeyDictionary[ServerConnection, Leg] = weakref.WeakKeyDictionary()
         self.server: Server | None = None
         self._stopping = False
+        self._server_ssl = config.tls.server_context()
+        self._client_ssl = config.tls.client_context()
 
     # --- membership -------------------------------------------------------------------
     def set_members(self, members: Members) -> None:
@@ -226,6 +232,7 @@ class LoadBalancer:
         target = f"{WS_PATH}?{query}" if query else WS_PATH
         timeout = self.config.open_timeout
         token = self.config.admin_token
+        client_ssl = self._client_ssl
 
         async def dial(base_url: str, moved_from: str | None = None) -> LBClientConnection:
             headers = {**({"Authorization": auth} if auth else {})}
@@ -236,6 +243,7 @@ class LoadBalancer:
                 headers[lbsignal.HEADER] = signal
             conn = await connect(
                 f"{base_url}{target}",
+                ssl=client_ssl if base_url.startswith("wss://") else None,
                 additional_headers=headers,
                 compression=None,  # frames pass through raw: no extension may be negotiated
                 open_timeout=timeout,
@@ -338,6 +346,7 @@ class LoadBalancer:
                 create_connection=LBServerConnection,
                 select_subprotocol=select_subprotocol,
                 origins=origins_option(self.config.allowed_origins),
+                ssl=self._server_ssl,
             )
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
@@ -350,10 +359,19 @@ class LoadBalancer:
         sockets = self.server.sockets
         return sockets[0].getsockname()[1] if sockets else self.config.port
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the certificate files (a rotated certificate is served to new
+        clients from now on; connected ones keep their session)."""
+        tls = self.config.tls
+        if self._server_ssl is not None and tls.certfile and tls.keyfile:
+            reload_certificates(self._server_ssl, tls.certfile, tls.keyfile)
+            log.info("reloaded the TLS certificate %s", tls.certfile)
+
     def banner(self, port: int) -> str:
         cfg = self.config
         return (
-            f"wsop lb {cfg.name} listening on ws://{cfg.host}:{port}{WS_PATH} "
+            f"wsop lb {cfg.name} listening on {'wss' if cfg.tls.serving else 'ws'}://"
+            f"{cfg.host}:{port}{WS_PATH} "
             f"({len(self.members)} sidecars, algo {cfg.algo})"
         )
 

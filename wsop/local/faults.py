@@ -63,7 +63,7 @@ def pick_victim(record: StackRecord, name: str | None = None) -> ProcRecord:
         raise UsageError(f"no sidecar named {name!r} (running: {sorted(names(record))})")
 
     def load(sidecar: ProcRecord) -> tuple[int, int]:
-        payload = stack_proc.admin_get(sidecar, "/connections", record.admin_token)
+        payload = stack_proc.admin_get(sidecar, "/connections", record.admin_token, record.ca_file)
         count = payload.get("connections") if isinstance(payload, dict) else None
         return (count if isinstance(count, int) else -1, -sidecar_index(sidecar.name))
 
@@ -77,7 +77,7 @@ def _join(record: StackRecord, name: str) -> tuple[StackRecord, ProcRecord]:
     new: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
     try:
         new.append(stack._start_sidecar(record, name, taken))
-        stack_proc.wait_healthy(new)
+        stack_proc.wait_healthy(new, ca=record.ca_file)
     except BaseException:
         stack_proc.terminate([r for r, _ in new], timeout=5)
         raise
@@ -132,7 +132,9 @@ def roll_sidecar(
         out: dict[str, Any] = {"victim": victim.name, "replacement": replacement}
         onto = sorted(names(record))
         try:
-            result = drain(victim.http, record.admin_token, onto, stack.DRAIN_TIMEOUT_S)
+            result = drain(
+                victim.http, record.admin_token, onto, stack.DRAIN_TIMEOUT_S, ca=record.ca_file
+            )
             out.update(moved=result.moving, remaining=result.remaining, drain_s=result.waited_s)
         except WsopError as exc:  # nowhere to go or refusing: SIGTERM still closes with 1012
             out["drain_error"] = str(exc)

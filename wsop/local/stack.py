@@ -59,6 +59,7 @@ class StackStatus:
     insecure: bool
     redis_url: str
     members_file: str
+    ca_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +70,8 @@ class StackStatus:
             "insecure": self.insecure,
             "redis_url": self.redis_url,
             "members_file": self.members_file,
+            "tls": self.ca_file is not None,
+            "ca_file": self.ca_file,
             **self.extra,
         }
 
@@ -109,9 +112,30 @@ def _start_sidecar(
         *("--redis", record.redis_url, "--algo", record.algo),
         *(["--insecure"] if record.insecure else []),
         *(["--quotas", record.quotas] if record.quotas else []),
+        *_tls_flags(record),
     ]
     proc = stack_proc.spawn(name, argv, _child_env(record))
-    return ProcRecord(name, f"ws://{stack_proc.HOST}:{port}", proc.pid), proc
+    scheme = "wss" if record.ca_file else "ws"
+    return ProcRecord(name, f"{scheme}://{stack_proc.HOST}:{port}", proc.pid), proc
+
+
+def _issue_certificates() -> str:
+    """A CA and a certificate for 127.0.0.1/localhost in the state dir; the CA's path."""
+    from wsop.tls import issue
+
+    directory = stack_file.members_path().parent / "tls"
+    issue(directory, ["127.0.0.1", "localhost"], "local stack", days=30)
+    return str(directory / "ca.crt")
+
+
+def _tls_flags(record: StackRecord) -> list[str]:
+    if record.ca_file is None:
+        return []
+    directory = Path(record.ca_file).parent
+    return [
+        *("--certfile", str(directory / "tls.crt"), "--keyfile", str(directory / "tls.key")),
+        *("--ca", record.ca_file),
+    ]
 
 
 def _wait_lb_members(record: StackRecord, timeout: float = 30.0) -> None:
@@ -120,7 +144,9 @@ def _wait_lb_members(record: StackRecord, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     seen: set[str] | None = None
     while time.monotonic() < deadline:
-        payload = stack_proc.admin_get(record.lb, "/connections", record.admin_token)
+        payload = stack_proc.admin_get(
+            record.lb, "/connections", record.admin_token, record.ca_file
+        )
         if isinstance(payload, dict):
             seen = {s["name"] for s in payload.get("sidecars", []) if s.get("url")}
             if seen == want and _sidecars_see(record, want):
@@ -137,7 +163,7 @@ def _wait_lb_members(record: StackRecord, timeout: float = 30.0) -> None:
 def _sidecars_see(record: StackRecord, want: set[str]) -> bool:
     """Every sidecar routes over `want` too (else a first message could go astray)."""
     for sidecar in record.sidecars:
-        health = stack_proc.admin_get(sidecar, "/healthz", record.admin_token)
+        health = stack_proc.admin_get(sidecar, "/healthz", record.admin_token, record.ca_file)
         if not isinstance(health, dict):
             return False
         if "members" in health and set(health["members"]) != want:
@@ -150,7 +176,7 @@ def _status(record: StackRecord, connections: bool = True) -> StackStatus:
         is_alive = stack_proc.alive(proc)
         count = None
         if connections and is_alive:
-            payload = stack_proc.admin_get(proc, "/connections", record.admin_token)
+            payload = stack_proc.admin_get(proc, "/connections", record.admin_token, record.ca_file)
             if isinstance(payload, dict) and isinstance(payload.get("connections"), int):
                 count = payload["connections"]
         return MemberStatus(role, proc.name, proc.url, proc.pid, is_alive, count)
@@ -162,6 +188,7 @@ def _status(record: StackRecord, connections: bool = True) -> StackStatus:
         insecure=record.insecure,
         redis_url=record.redis_url,
         members_file=str(stack_file.members_path()),
+        ca_file=record.ca_file,
     )
 
 
@@ -180,9 +207,12 @@ def up(
     algo: str | None = None,
     redis_url: str | None = None,
     quotas: Path | None = None,
+    tls: bool = False,
 ) -> StackStatus:
     """Start Redis (embedded unless given), N sidecars and the LB; return once routable.
-    `quotas`: a quotas file for every sidecar (checked here first)."""
+    `quotas`: a quotas file for every sidecar (checked here first). `tls`: wss:// all the
+    way — the LB for clients, the sidecars for the LB and each other — with a certificate
+    for 127.0.0.1 and localhost from a CA made for this stack (`ca_file` in its record)."""
     from wsop.auth import SECRET_ENV
     from wsop.local.embedded import resolve_url
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
@@ -207,14 +237,16 @@ def up(
         if not stack_proc.port_free(port):
             raise WsopError(f"port {port} is already in use; choose another with --port")
         secret = os.environ.get(SECRET_ENV) or (None if insecure else secrets.token_urlsafe(32))
+        scheme = "wss" if tls else "ws"
         record = StackRecord(
             algo=algo,
             insecure=insecure,
             redis_url=resolve_url(redis_url),
             admin_token=secrets.token_urlsafe(32),
             secret=secret,
-            lb=ProcRecord("lb", f"ws://{stack_proc.HOST}:{port}", 0),
+            lb=ProcRecord("lb", f"{scheme}://{stack_proc.HOST}:{port}", 0),
             quotas=str(quotas.resolve()) if quotas is not None else None,
+            ca_file=_issue_certificates() if tls else None,
         )
         children: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
         try:
@@ -227,12 +259,13 @@ def up(
                 *("--host", stack_proc.HOST, "--port", str(port), "--algo", algo),
                 *("--members-file", str(stack_file.members_path())),
                 *(["--insecure"] if insecure else []),
+                *_tls_flags(record),
             ]
             lb_proc = stack_proc.spawn("lb", argv, _child_env(record))
             record = replace(record, lb=replace(record.lb, pid=lb_proc.pid))
             children.append((record.lb, lb_proc))
             stack_file.save(record)
-            stack_proc.wait_healthy(children)
+            stack_proc.wait_healthy(children, ca=record.ca_file)
             _wait_lb_members(record)
         except BaseException:
             stack_proc.terminate([r for r, _ in children], timeout=5)
@@ -256,7 +289,7 @@ def scale(sidecars: int) -> StackStatus:
             try:
                 for name in names:
                     new.append(_start_sidecar(record, name, taken))
-                stack_proc.wait_healthy(new)
+                stack_proc.wait_healthy(new, ca=record.ca_file)
             except BaseException:
                 stack_proc.terminate([r for r, _ in new], timeout=5)
                 raise
@@ -287,7 +320,8 @@ def _drain(record: StackRecord, drop: list[ProcRecord]) -> None:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     for proc in drop:
         try:
-            drain(proc.http, record.admin_token, onto, max(0.0, deadline - time.monotonic()))
+            wait = max(0.0, deadline - time.monotonic())
+            drain(proc.http, record.admin_token, onto, wait, ca=record.ca_file)
         except WsopError:  # unreachable or refusing: the SIGTERM that follows still works
             continue
 

@@ -91,6 +91,8 @@ class StackRecord:
     version: int = 1
     quotas: str | None = None
     """The quotas file every sidecar of the stack is started with (absolute path)."""
+    ca_file: str | None = None
+    """TLS (`wsop up --tls`): the CA of the stack's certificate; its URLs are wss://."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +105,7 @@ class StackRecord:
             "lb": self.lb.to_json(),
             "sidecars": [s.to_json() for s in self.sidecars],
             "quotas": self.quotas,
+            "ca_file": self.ca_file,
         }
 
     @classmethod
@@ -124,6 +127,7 @@ class StackRecord:
                 sidecars=sidecars,
                 version=int(data.get("version", 1)),
                 quotas=data.get("quotas"),
+                ca_file=data.get("ca_file"),
             )
         except KeyError as exc:
             raise InputError(f"{where}: missing {exc.args[0]!r}") from None

@@ -77,13 +77,15 @@ def log_tail(name: str, lines: int = 6) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def healthy(record: ProcRecord) -> bool:
-    health = adminclient.get_json(f"{record.http}/healthz", timeout=1.0)
+def healthy(record: ProcRecord, ca: str | None = None) -> bool:
+    health = adminclient.get_json(f"{record.http}/healthz", timeout=1.0, ca=ca)
     return isinstance(health, dict) and health.get("status") == "ok"
 
 
 def wait_healthy(
-    children: Iterable[tuple[ProcRecord, subprocess.Popen[bytes]]], timeout: float = 20.0
+    children: Iterable[tuple[ProcRecord, subprocess.Popen[bytes]]],
+    timeout: float = 20.0,
+    ca: str | None = None,
 ) -> None:
     """Block until every child answers /healthz; a child that exits fails fast with its log."""
     pending = list(children)
@@ -96,7 +98,7 @@ def wait_healthy(
                 f"{record.name} exited with status {code} during start-up "
                 f"(log: {logs_dir() / (record.name + '.log')}):\n{log_tail(record.name)}"
             )
-        if healthy(record):
+        if healthy(record, ca):
             pending.pop(0)
             continue
         if time.monotonic() > deadline:
@@ -171,6 +173,6 @@ def terminate(records: Iterable[ProcRecord], timeout: float = 10.0) -> list[str]
     return [r.name for r in targets]
 
 
-def admin_get(record: ProcRecord, path: str, token: str) -> Any:
+def admin_get(record: ProcRecord, path: str, token: str, ca: str | None = None) -> Any:
     """GET an admin endpoint; None when the process does not answer (or refuses)."""
-    return adminclient.get_json(f"{record.http}{path}", token, timeout=2.0)
+    return adminclient.get_json(f"{record.http}{path}", token, timeout=2.0, ca=ca)

@@ -43,6 +43,7 @@ from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES
 from wsop.sidecar.presence import Presence
 from wsop.sidecar.router import Router
 from wsop.sidecar.upstream import UpstreamApps
+from wsop.tls import reload as reload_certificates
 
 log = logging.getLogger("wsop.sidecar")
 
@@ -66,9 +67,11 @@ class Sidecar:
         once its placement is built and adopted, which takes a moment after it is read."""
         self.router = Router(config.name, self.placement_for(self.routing))
         self.outbox = Outbox()
+        self._server_ssl = config.tls.server_context()
         self.delivery = Delivery(
-            config.name, config.admin_token, self.router, self.outbox, self.metrics, self._spawn
-        )
+            config.name, config.admin_token, self.router, self.outbox, self.metrics, self._spawn,
+            config.tls.client_context(),
+        )  # fmt: skip
         self.peers = self.delivery.peers
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -131,6 +134,7 @@ class Sidecar:
             create_connection=SidecarServerConnection,
             select_subprotocol=select_subprotocol,
             origins=origins_option(self.config.allowed_origins),
+            ssl=self._server_ssl,
         )
         watcher = MembershipWatcher(self.members, self.placement_for, self._adopt, log)
         self._tasks.append(asyncio.create_task(watcher.run()))
@@ -150,6 +154,13 @@ class Sidecar:
 
     def banner(self, port: int) -> str:
         return f"{self.config.name} listening on port {port}"
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the certificate files (new connections get the new one)."""
+        tls = self.config.tls
+        if self._server_ssl is not None and tls.certfile and tls.keyfile:
+            reload_certificates(self._server_ssl, tls.certfile, tls.keyfile)
+            log.info("reloaded the TLS certificate %s", tls.certfile)
 
     async def stop(self) -> None:
         """Stop accepting, close clients with 1012 spread over the window, clear presence."""

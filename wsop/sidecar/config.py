@@ -13,6 +13,7 @@ from wsop.errors import UsageError
 from wsop.quotas import Quotas
 from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
 from wsop.sidecar.presence import PresenceTimings
+from wsop.tls import TlsSettings
 
 
 @dataclass
@@ -40,6 +41,8 @@ class SidecarConfig:
     jwks: str | None = None
     leeway_s: int = DEFAULT_LEEWAY_S
     max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    """wss:// for clients and peers (`certfile`/`keyfile`), and the CA of wss:// peers."""
 
     def __post_init__(self) -> None:
         """Refuse what `wsop sidecar` refuses (port 0: let the OS pick a free one)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final
@@ -59,12 +60,13 @@ class Delivery:
         outbox: Outbox,
         metrics: SidecarMetrics,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        peer_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.router = router
         self.outbox = outbox
         self.metrics = metrics
-        self.peers = PeerLinks(name, admin_token, self.lost, self.reregister)
+        self.peers = PeerLinks(name, admin_token, self.lost, self.reregister, peer_ssl)
         self.acks = AckBook()
         self.membership_changed_at = time.monotonic()
         self._spawn = spawn

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -82,8 +83,10 @@ class PeerLink:
         admin_token: str | None,
         on_lost: LostCallback,
         on_connected: Callable[[str], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.me, self.peer, self.url = me, peer, url
+        self._ssl = ssl_context if url.startswith("wss://") else None
         self._token = admin_token
         self._on_lost = on_lost
         self._on_connected = on_connected
@@ -178,6 +181,7 @@ class PeerLink:
         return await asyncio.wait_for(
             connect(
                 f"{self.url}/peer?from={self.me}",
+                ssl=self._ssl,
                 additional_headers=headers,
                 max_size=None,
                 ping_interval=20,
@@ -278,8 +282,11 @@ class PeerLinks:
         admin_token: str | None,
         on_lost: LostCallback,
         on_connected: Callable[[str], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.me = me
+        self._ssl = ssl_context
+        """Trusts the peers' certificates when their URLs are wss://."""
         self._token = admin_token
         self._on_lost = on_lost
         self._on_connected = on_connected
@@ -303,7 +310,7 @@ class PeerLinks:
         for name, url in wanted.items():
             if name not in self._links:
                 self._links[name] = PeerLink(
-                    self.me, name, url, self._token, self._on_lost, self._on_connected
+                    self.me, name, url, self._token, self._on_lost, self._on_connected, self._ssl
                 )
                 self._urls[name] = url
         self._unpark()
