@@ -278,3 +278,19 @@ def test_the_rendered_examples_are_current():
     for name, text in (("wsop.yaml", manifests), ("app-injected.yaml", injected)):
         on_disk = (EXAMPLES / name).read_text()
         assert validate_all(on_disk) == validate_all(text), f"regenerate examples/k8s/{name}"
+
+
+def test_an_lb_tls_secret_makes_the_lb_serve_wss():
+    result = wsop("manifests", "-n", "chat", "--lb-tls-secret", "wsop-lb-tls")
+    assert result.exit_code == 0, result.output
+    docs = by_kind(validate_all(result.stdout))
+    pod = docs[("Deployment", "wsop-lb")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--certfile=/etc/wsop/tls/tls.crt" in container["args"]
+    assert "--keyfile=/etc/wsop/tls/tls.key" in container["args"]
+    assert container["volumeMounts"] == [
+        {"name": "tls", "mountPath": "/etc/wsop/tls", "readOnly": True}
+    ]
+    assert pod["volumes"] == [{"name": "tls", "secret": {"secretName": "wsop-lb-tls"}}]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert docs[("Service", "wsop-lb")]["spec"]["ports"][0]["port"] == 443

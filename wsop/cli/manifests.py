@@ -26,7 +26,9 @@ PortOpt = Annotated[int, typer.Option("--port", help="The sidecar's port (named 
 AlgoOpt = Annotated[str, typer.Option("--algo", help="Ring algorithm of the stack.")]
 
 
-def settings_from_flags(namespace: str | None, image: str, port: int, algo: str) -> Settings:
+def settings_from_flags(
+    namespace: str | None, image: str, port: int, algo: str, lb_tls_secret: str | None = None
+) -> Settings:
     from wsop.ring import PLACEMENTS
 
     if not 1 <= port <= 65535:
@@ -35,7 +37,9 @@ def settings_from_flags(namespace: str | None, image: str, port: int, algo: str)
         raise UsageError("--image must not be empty")
     if algo not in PLACEMENTS:
         raise UsageError(f"unknown --algo {algo!r}; choose one of: {', '.join(PLACEMENTS)}")
-    return Settings(namespace=namespace, image=image, sidecar_port=port, algo=algo)
+    return Settings(
+        namespace=namespace, image=image, sidecar_port=port, algo=algo, lb_tls_secret=lb_tls_secret
+    )
 
 
 def _write(documents: list, as_json: bool) -> None:
@@ -118,13 +122,21 @@ def manifests_cmd(
     with_locust_workers: Annotated[
         bool, typer.Option("--with-locust-workers", help="Add a locust worker Deployment.")
     ] = False,
+    lb_tls_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--lb-tls-secret",
+            metavar="SECRET",
+            help="A kubernetes.io/tls Secret: the LB serves wss:// with it (Service port 443).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """LB Deployment + Service, headless sidecar Service, RBAC and ConfigMap, the
     rebalancer and optionally the webhook, as YAML."""
     from wsop.k8s.manifests import render
 
-    settings = settings_from_flags(namespace, image, port, algo)
+    settings = settings_from_flags(namespace, image, port, algo, lb_tls_secret)
     ca = _webhook_ca(webhook_ca, namespace) if webhook else None
     _write(render(settings, with_locust_workers, rebalancer, ca), as_json)
 

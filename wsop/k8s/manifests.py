@@ -63,6 +63,8 @@ class Settings:
     image: str = DEFAULT_IMAGE
     sidecar_port: int = DEFAULT_PORT
     algo: str = DEFAULT_ALGORITHM
+    lb_tls_secret: str | None = None
+    """A `kubernetes.io/tls` Secret (tls.crt, tls.key): the LB serves wss:// with it."""
 
     @property
     def selector(self) -> str:
@@ -92,6 +94,9 @@ def secret_env() -> list[dict[str, Any]]:
 
 def config_env(name: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"configMapKeyRef": {"name": CONFIG, "key": key}}}
+
+
+TLS_DIR = "/etc/wsop/tls"
 
 
 def probes(port: str, scheme: str | None = None) -> dict[str, Any]:
@@ -283,10 +288,13 @@ def lb(s: Settings) -> list[dict[str, Any]]:
             config_env("WSOP_SIDECAR_SERVICE", "sidecar-service"),
             *secret_env(),
         ],
-        **probes("ws"),
+        **probes("ws", "HTTPS" if s.lb_tls_secret else None),
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": SECURITY,
     }
+    if s.lb_tls_secret:  # wss://: the Secret's files, re-read on SIGHUP after a rotation
+        container["args"] += [f"--certfile={TLS_DIR}/tls.crt", f"--keyfile={TLS_DIR}/tls.key"]
+        container["volumeMounts"] = [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -296,7 +304,14 @@ def lb(s: Settings) -> list[dict[str, Any]]:
             "ports": [{"name": "ws", "port": 80, "targetPort": "ws", "protocol": "TCP"}],
         },
     }
-    return [deployment(LB, s, 2, container), service]
+    lb_deployment = deployment(LB, s, 2, container)
+    if s.lb_tls_secret:
+        pod = lb_deployment["spec"]["template"]["spec"]
+        pod["volumes"] = [{"name": "tls", "secret": {"secretName": s.lb_tls_secret}}]
+        service["spec"]["ports"] = [
+            {"name": "wss", "port": 443, "targetPort": "ws", "protocol": "TCP"}
+        ]
+    return [lb_deployment, service]
 
 
 def locust_workers(s: Settings, replicas: int = 2) -> dict[str, Any]:
