@@ -8,7 +8,7 @@ actually changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from wsop.acl import keys
 from wsop.acl.store import TenantStore
@@ -23,7 +23,7 @@ class OnlineResult:
     requested: int
 
     def to_json(self) -> dict[str, object]:
-        return {"tenant": self.tenant, "changed": self.changed, "requested": self.requested}
+        return asdict(self)
 
 
 def set_online(

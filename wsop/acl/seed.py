@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -31,14 +31,7 @@ class SeedResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "tenants": self.tenants,
-            "teams": self.teams,
-            "memberships": self.memberships,
-            "online": self.online,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 3),
-        }
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
 def _check_mode(store: TenantStore, data: TenantData) -> None:

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
@@ -36,13 +36,7 @@ class EmbeddedRedis:
     data_dir: str
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "running": self.running,
-            "url": self.url,
-            "pid": self.pid,
-            "port": self.port,
-            "data_dir": self.data_dir,
-        }
+        return asdict(self)
 
 
 def _paths() -> tuple[Path, Path, Path]:

@@ -17,7 +17,7 @@ import os
 import secrets
 import subprocess
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,7 @@ class MemberStatus:
     connections: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "url": self.url,
-            "pid": self.pid,
-            "alive": self.alive,
-            "connections": self.connections,
-        }
+        return {k: v for k, v in asdict(self).items() if k != "role"}
 
 
 @dataclass(frozen=True)

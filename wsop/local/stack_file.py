@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class ProcRecord:
         return "http" + self.url[2:]
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "pid": self.pid}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ProcRecord:
