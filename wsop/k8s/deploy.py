@@ -29,106 +29,71 @@ from typing import Any
 from wsop.errors import UsageError
 from wsop.k8s.manifests import (
     ENABLED_LABEL,
+    MEMBERSHIP_RULES,
     METRICS_PORT,
     REBALANCER,
     SECRET,
-    SECURITY,
+    TLS_DIR,
     WEBHOOK,
     WEBHOOK_PORT,
     Settings,
-    config_env,
+    container,
     deployment,
-    field_env,
-    object_meta,
+    mount_tls,
+    pod_env,
     probes,
+    service,
+    service_account,
+    stack_env,
 )
 
 WEBHOOK_TLS_SECRET = f"{WEBHOOK}-tls"
 WEBHOOK_NAME = "inject.ws.operator"
-TLS_DIR = "/etc/wsop/tls"
 REBALANCE_MAX_MOVES = 500
 REBALANCE_RATE = 50
 
 
 def rebalancer_rbac(s: Settings) -> list[dict[str, Any]]:
+    leases = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
     rules = [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-        {
-            "apiGroups": ["discovery.k8s.io"],
-            "resources": ["endpointslices"],
-            "verbs": ["list", "watch"],
-        },
-        {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        {
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "resourceNames": [REBALANCER],
-            "verbs": ["get", "update"],
-        },
+        *MEMBERSHIP_RULES,
+        {**leases, "verbs": ["create"]},
+        {**leases, "resourceNames": [REBALANCER], "verbs": ["get", "update"]},
     ]
-    subject: dict[str, Any] = {"kind": "ServiceAccount", "name": REBALANCER}
-    if s.namespace:
-        subject["namespace"] = s.namespace
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": object_meta(REBALANCER, s)},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": object_meta(REBALANCER, s),
-            "rules": rules,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": object_meta(REBALANCER, s),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": REBALANCER,
-            },
-            "subjects": [subject],
-        },
-    ]
+    return service_account(REBALANCER, s, rules)
 
 
 def rebalancer(s: Settings) -> list[dict[str, Any]]:
     """RBAC + a 2-replica Deployment of `wsop rebalance --watch` (one leader at a time)."""
-    container = {
-        "name": REBALANCER,
-        "image": s.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["wsop"],
-        "args": [
-            "rebalance",
-            "--watch",
-            "--namespace=$(POD_NAMESPACE)",
-            "--selector=$(WSOP_SELECTOR)",
-            "--service=$(WSOP_SIDECAR_SERVICE)",
-            "--algo=$(WSOP_ALGO)",
-            f"--lease={REBALANCER}",
-            "--identity=$(POD_NAME)",
-            f"--metrics-port={METRICS_PORT}",
-            f"--max-moves={REBALANCE_MAX_MOVES}",
-            f"--rate={REBALANCE_RATE}",
-        ],
-        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "env": [
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            config_env("WSOP_ALGO", "algo"),
-            config_env("WSOP_SELECTOR", "selector"),
-            config_env("WSOP_SIDECAR_SERVICE", "sidecar-service"),
-            {
-                "name": "WSOP_ADMIN_TOKEN",  # rides X-Wsop-Admin-Token through pods/proxy
-                "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "admin-token"}},
-            },
-        ],
-        "livenessProbe": probes("metrics")["livenessProbe"],
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "securityContext": SECURITY,
+    args = [
+        "rebalance",
+        "--watch",
+        "--namespace=$(POD_NAMESPACE)",
+        "--selector=$(WSOP_SELECTOR)",
+        "--service=$(WSOP_SIDECAR_SERVICE)",
+        "--algo=$(WSOP_ALGO)",
+        f"--lease={REBALANCER}",
+        "--identity=$(POD_NAME)",
+        f"--metrics-port={METRICS_PORT}",
+        f"--max-moves={REBALANCE_MAX_MOVES}",
+        f"--rate={REBALANCE_RATE}",
+    ]
+    admin_token = {  # rides X-Wsop-Admin-Token through pods/proxy
+        "name": "WSOP_ADMIN_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "admin-token"}},
     }
-    workload = deployment(REBALANCER, s, 2, container, account=REBALANCER)
+    rebalancer_container = container(
+        REBALANCER,
+        s,
+        args,
+        cpu="50m",
+        memory="128Mi",
+        memory_limit="512Mi",
+        ports=[{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        env=[*pod_env(), *stack_env(), admin_token],
+        livenessProbe=probes("metrics")["livenessProbe"],
+    )
+    workload = deployment(REBALANCER, s, 2, rebalancer_container, account=REBALANCER)
     workload["spec"]["template"]["metadata"]["annotations"] = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(METRICS_PORT),
@@ -143,40 +108,28 @@ def webhook(s: Settings, ca_bundle: bytes) -> list[dict[str, Any]]:
             "--webhook needs --namespace: the API server reaches the webhook through a "
             "Service in a namespace"
         )
-    container = {
-        "name": WEBHOOK,
-        "image": s.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["wsop"],
-        "args": [
-            "webhook",
-            "serve",
-            f"--cert={TLS_DIR}/tls.crt",
-            f"--key={TLS_DIR}/tls.key",
-            f"--port={WEBHOOK_PORT}",
-            f"--image={s.image}",
-            f"--sidecar-port={s.sidecar_port}",
-            f"--algo={s.algo}",
-        ],
-        "ports": [{"name": "https", "containerPort": WEBHOOK_PORT, "protocol": "TCP"}],
-        **probes("https", scheme="HTTPS"),
-        "volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}],
-        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}},
-        "securityContext": SECURITY,
-    }
-    workload = deployment(WEBHOOK, s, 2, container, account=None)
-    workload["spec"]["template"]["spec"]["volumes"] = [
-        {"name": "tls", "secret": {"secretName": WEBHOOK_TLS_SECRET}}
+    args = [
+        "webhook",
+        "serve",
+        f"--cert={TLS_DIR}/tls.crt",
+        f"--key={TLS_DIR}/tls.key",
+        f"--port={WEBHOOK_PORT}",
+        f"--image={s.image}",
+        f"--sidecar-port={s.sidecar_port}",
+        f"--algo={s.algo}",
     ]
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": object_meta(WEBHOOK, s),
-        "spec": {
-            "selector": {"app.kubernetes.io/name": WEBHOOK},
-            "ports": [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}],
-        },
-    }
+    webhook_container = container(
+        WEBHOOK,
+        s,
+        args,
+        cpu="50m",
+        memory="96Mi",
+        memory_limit="256Mi",
+        ports=[{"name": "https", "containerPort": WEBHOOK_PORT, "protocol": "TCP"}],
+        **probes("https", scheme="HTTPS"),
+    )
+    workload = deployment(WEBHOOK, s, 2, webhook_container, account=None)
+    mount_tls(webhook_container, workload, WEBHOOK_TLS_SECRET)
     config = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -216,4 +169,4 @@ def webhook(s: Settings, ca_bundle: bytes) -> list[dict[str, Any]]:
             }
         ],
     }
-    return [workload, service, config]
+    return [workload, service(WEBHOOK, s, "https", 443), config]

@@ -126,82 +126,143 @@ SECURITY = {
 numeric, 10001, so the kubelet can check runAsNonRoot)."""
 
 
-def sidecar_container(s: Settings) -> dict[str, Any]:
-    """The container `wsop inject` adds to every enabled Deployment's pods."""
+def pod_env() -> list[dict[str, Any]]:
+    """The pod's own name and namespace (the downward API): member name, API scope."""
+    return [
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ]
+
+
+def stack_env() -> list[dict[str, Any]]:
+    """What the LB and the rebalancer learn from ConfigMap `wsop-config`, so one edit
+    there (ring algorithm, selector, Service) reaches every Deployment on its next roll."""
+    return [
+        config_env("WSOP_ALGO", "algo"),
+        config_env("WSOP_SELECTOR", "selector"),
+        config_env("WSOP_SIDECAR_SERVICE", "sidecar-service"),
+    ]
+
+
+def container(
+    name: str,
+    s: Settings,
+    args: list[str],
+    *,
+    cpu: str,
+    memory: str,
+    memory_limit: str,
+    command: str = "wsop",
+    security: dict[str, Any] = SECURITY,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One container of the stack's image: restricted security, requests and a memory
+    limit always set (a pod without them is the first evicted and the last scheduled)."""
     return {
-        "name": SIDECAR_CONTAINER,
+        "name": name,
         "image": s.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["wsop"],
-        "args": [
-            "sidecar",
-            "--name=$(POD_NAME)",
-            "--host=0.0.0.0",
-            f"--port={s.sidecar_port}",
-            f"--algo={s.algo}",
-            "--namespace=$(POD_NAMESPACE)",
-            f"--selector={s.selector}",
-            f"--service={SIDECAR_SERVICE}",
-        ],
-        "ports": [{"name": PORT_NAME, "containerPort": s.sidecar_port, "protocol": "TCP"}],
-        "env": [
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            *secret_env(),
-        ],
-        **probes(PORT_NAME),
-        # Before SIGTERM: move this pod's clients, live, to the other sidecars (`wsop
-        # drain`), so a scale-down or rollout closes no client. Within the pod's 30 s
-        # grace: 20 s of draining, then the 1012 close window for whatever is left.
-        "lifecycle": {
-            "preStop": {
-                "exec": {
-                    "command": [
-                        "wsop",
-                        "drain",
-                        f"--url=http://127.0.0.1:{s.sidecar_port}",
-                        f"--wait={DRAIN_WAIT_S}",
-                    ]
-                }
-            }
-        },
+        "command": [command],
+        "args": args,
+        **fields,
         "resources": {
-            "requests": {"cpu": "100m", "memory": "128Mi"},
-            "limits": {"memory": "512Mi"},
+            "requests": {"cpu": cpu, "memory": memory},
+            "limits": {"memory": memory_limit},
         },
-        "securityContext": SECURITY,
+        "securityContext": security,
     }
 
 
-def rbac(s: Settings) -> list[dict[str, Any]]:
-    rules = [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-        {
-            "apiGroups": ["discovery.k8s.io"],
-            "resources": ["endpointslices"],
-            "verbs": ["list", "watch"],
-        },
-        {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
+def mount_tls(container: dict[str, Any], workload: dict[str, Any], secret: str) -> None:
+    """Mount a `kubernetes.io/tls` Secret read-only at TLS_DIR (tls.crt, tls.key)."""
+    container["volumeMounts"] = [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
+    workload["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "tls", "secret": {"secretName": secret}}
     ]
-    subject: dict[str, Any] = {"kind": "ServiceAccount", "name": NAME}
+
+
+def service(name: str, s: Settings, port_name: str, port: int) -> dict[str, Any]:
+    """A ClusterIP Service in front of Deployment `name`'s pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(name, s),
+        "spec": {
+            "selector": {"app.kubernetes.io/name": name},
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def service_account(name: str, s: Settings, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ServiceAccount + Role + RoleBinding, all called `name`."""
+    subject: dict[str, Any] = {"kind": "ServiceAccount", "name": name}
     if s.namespace:
         subject["namespace"] = s.namespace
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": object_meta(NAME, s)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": object_meta(name, s)},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": object_meta(NAME, s),
+            "metadata": object_meta(name, s),
             "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": object_meta(NAME, s),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+            "metadata": object_meta(name, s),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [subject],
         },
     ]
+
+
+MEMBERSHIP_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
+]
+"""Follow the members (pods, EndpointSlices) and reach their admin API (pods/proxy)."""
+
+
+def sidecar_container(s: Settings) -> dict[str, Any]:
+    """The container `wsop inject` adds to every enabled Deployment's pods."""
+    args = [
+        "sidecar",
+        "--name=$(POD_NAME)",
+        "--host=0.0.0.0",
+        f"--port={s.sidecar_port}",
+        f"--algo={s.algo}",
+        "--namespace=$(POD_NAMESPACE)",
+        f"--selector={s.selector}",
+        f"--service={SIDECAR_SERVICE}",
+    ]
+    # Before SIGTERM: move this pod's clients, live, to the other sidecars (`wsop
+    # drain`), so a scale-down or rollout closes no client. Within the pod's 30 s
+    # grace: 20 s of draining, then the 1012 close window for whatever is left.
+    drain = ["wsop", "drain", f"--url=http://127.0.0.1:{s.sidecar_port}", f"--wait={DRAIN_WAIT_S}"]
+    return container(
+        SIDECAR_CONTAINER,
+        s,
+        args,
+        cpu="100m",
+        memory="128Mi",
+        memory_limit="512Mi",
+        ports=[{"name": PORT_NAME, "containerPort": s.sidecar_port, "protocol": "TCP"}],
+        env=[*pod_env(), *secret_env()],
+        **probes(PORT_NAME),
+        lifecycle={"preStop": {"exec": {"command": drain}}},
+    )
+
+
+def rbac(s: Settings) -> list[dict[str, Any]]:
+    return service_account(NAME, s, MEMBERSHIP_RULES)
 
 
 def config_map(s: Settings) -> dict[str, Any]:
@@ -264,70 +325,51 @@ def deployment(
 
 
 def lb(s: Settings) -> list[dict[str, Any]]:
-    container = {
-        "name": LB,
-        "image": s.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["wsop"],
-        "args": [
-            "lb",
-            "--name=$(POD_NAME)",
-            "--host=0.0.0.0",
-            f"--port={LB_PORT}",
-            "--algo=$(WSOP_ALGO)",
-            "--namespace=$(POD_NAMESPACE)",
-            "--selector=$(WSOP_SELECTOR)",
-            "--service=$(WSOP_SIDECAR_SERVICE)",
-        ],
-        "ports": [{"name": "ws", "containerPort": LB_PORT, "protocol": "TCP"}],
-        "env": [
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            config_env("WSOP_ALGO", "algo"),
-            config_env("WSOP_SELECTOR", "selector"),
-            config_env("WSOP_SIDECAR_SERVICE", "sidecar-service"),
-            *secret_env(),
-        ],
+    args = [
+        "lb",
+        "--name=$(POD_NAME)",
+        "--host=0.0.0.0",
+        f"--port={LB_PORT}",
+        "--algo=$(WSOP_ALGO)",
+        "--namespace=$(POD_NAMESPACE)",
+        "--selector=$(WSOP_SELECTOR)",
+        "--service=$(WSOP_SIDECAR_SERVICE)",
+    ]
+    lb_container = container(
+        LB,
+        s,
+        args,
+        cpu="250m",
+        memory="256Mi",
+        memory_limit="1Gi",
+        ports=[{"name": "ws", "containerPort": LB_PORT, "protocol": "TCP"}],
+        env=[*pod_env(), *stack_env(), *secret_env()],
         **probes("ws", "HTTPS" if s.lb_tls_secret else None),
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": SECURITY,
-    }
+    )
+    lb_deployment = deployment(LB, s, 2, lb_container)
+    lb_service = service(LB, s, "ws", 80)
     if s.lb_tls_secret:  # wss://: the Secret's files, re-read on SIGHUP after a rotation
-        container["args"] += [f"--certfile={TLS_DIR}/tls.crt", f"--keyfile={TLS_DIR}/tls.key"]
-        container["volumeMounts"] = [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": object_meta(LB, s),
-        "spec": {
-            "selector": {"app.kubernetes.io/name": LB},
-            "ports": [{"name": "ws", "port": 80, "targetPort": "ws", "protocol": "TCP"}],
-        },
-    }
-    lb_deployment = deployment(LB, s, 2, container)
-    if s.lb_tls_secret:
-        pod = lb_deployment["spec"]["template"]["spec"]
-        pod["volumes"] = [{"name": "tls", "secret": {"secretName": s.lb_tls_secret}}]
-        service["spec"]["ports"] = [
-            {"name": "wss", "port": 443, "targetPort": "ws", "protocol": "TCP"}
-        ]
-    return [lb_deployment, service]
+        args += [f"--certfile={TLS_DIR}/tls.crt", f"--keyfile={TLS_DIR}/tls.key"]
+        mount_tls(lb_container, lb_deployment, s.lb_tls_secret)
+        lb_service["spec"]["ports"][0].update(name="wss", port=443)
+    return [lb_deployment, lb_service]
 
 
 def locust_workers(s: Settings, replicas: int = 2) -> dict[str, Any]:
     """locust's own worker mode: workers dial the master named in the ConfigMap and
     fetch the locustfile from it (`--locustfile=-`, locust ≥ 2.23)."""
-    container = {
-        "name": "locust-worker",
-        "image": s.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["locust"],
-        "args": ["--worker", "--master-host=$(WSOP_LOCUST_MASTER)", "--locustfile=-"],
-        "env": [config_env("WSOP_LOCUST_MASTER", "locust-master"), *secret_env()[1:2]],
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": {**SECURITY, "readOnlyRootFilesystem": False},
-    }
-    return deployment("wsop-locust-worker", s, replicas, container, account=None)
+    worker = container(
+        "locust-worker",
+        s,
+        ["--worker", "--master-host=$(WSOP_LOCUST_MASTER)", "--locustfile=-"],
+        cpu="500m",
+        memory="256Mi",
+        memory_limit="1Gi",
+        command="locust",
+        security={**SECURITY, "readOnlyRootFilesystem": False},
+        env=[config_env("WSOP_LOCUST_MASTER", "locust-master"), *secret_env()[1:2]],
+    )
+    return deployment("wsop-locust-worker", s, replicas, worker, account=None)
 
 
 def render(
