@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,24 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextmanager
+def sidecars_behind_lb(redis_url: str, tmp_path: Path) -> Iterator[tuple[Sidecars, int]]:
+    """Sidecars s0 and s1 on a members file and a real `wsop lb` over them: (sidecars,
+    LB port); all stopped on exit, however the test ends."""
+    sidecars = Sidecars(redis_url, tmp_path / "members.json", {})
+    try:
+        sidecars.write_members()
+        for name in ("s0", "s1"):
+            sidecars.start(name, tmp_path)
+        sidecars.write_members()
+        time.sleep(0.8)
+        peers = ",".join(f"{p.name}={p.url}" for p in sidecars.procs.values())
+        proc, port = start_lb(peers, tmp_path / "lb.log")
+        try:
+            yield sidecars, port
+        finally:
+            stop_process(proc)
+    finally:
+        sidecars.stop_all()

@@ -42,13 +42,10 @@ def room_graph() -> dict[str, set[str]]:
     rooms: dict[str, set[str]] = defaultdict(set)
     for module, targets in imports().items():
         for target in targets:
-            if (
-                room(target) != room(module)
-                and (ROOT / room(target)).exists()
-                or (ROOT / f"{room(target)}.py").exists()
-            ):
-                if room(target) != room(module):
-                    rooms[room(module)].add(room(target))
+            into = room(target)
+            is_room = (ROOT / into).exists() or (ROOT / f"{into}.py").exists()
+            if is_room and into != room(module):
+                rooms[room(module)].add(into)
     return rooms
 
 

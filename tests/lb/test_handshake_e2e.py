@@ -15,26 +15,23 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.stack_helpers import Sidecars, client, recv_json, seed_tenant, start_lb, stop_process
+from tests.stack_helpers import (
+    Sidecars,
+    client,
+    recv_json,
+    seed_tenant,
+    sidecars_behind_lb,
+    start_lb,
+    stop_process,
+)
 from wsop.ring import build
 from wsop.sidecar.delivery import MEMBERSHIP_GRACE_S
 
 
 @pytest.fixture
 def lb_stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[Sidecars, int]]:
-    stack = Sidecars(redis_url, tmp_path / "members.json", {})
-    stack.write_members()
-    for name in ("s0", "s1"):
-        stack.start(name, tmp_path)
-    stack.write_members()
-    time.sleep(0.8)
-    peers = ",".join(f"{p.name}={p.url}" for p in stack.procs.values())
-    proc, port = start_lb(peers, tmp_path / "lb.log")
-    try:
-        yield stack, port
-    finally:
-        stop_process(proc)
-        stack.stop_all()
+    with sidecars_behind_lb(redis_url, tmp_path) as running:
+        yield running
 
 
 def test_a_client_is_reachable_as_soon_as_connect_returns(

@@ -30,27 +30,15 @@ from tests.stack_helpers import (
     drain,
     recv_json,
     seed_tenant,
-    start_lb,
-    stop_process,
+    sidecars_behind_lb,
 )
 from wsop.ring import build
 
 
 @pytest.fixture
 def stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[Sidecars, int]]:
-    sidecars = Sidecars(redis_url, tmp_path / "members.json", {})
-    sidecars.write_members()
-    for name in ("s0", "s1"):
-        sidecars.start(name, tmp_path)
-    sidecars.write_members()
-    time.sleep(0.8)
-    peers = ",".join(f"{p.name}={p.url}" for p in sidecars.procs.values())
-    proc, port = start_lb(peers, tmp_path / "lb.log")
-    try:
-        yield sidecars, port
-    finally:
-        stop_process(proc)
-        sidecars.stop_all()
+    with sidecars_behind_lb(redis_url, tmp_path) as running:
+        yield running
 
 
 def test_a_sidecar_will_not_start_without_the_admin_token(redis_url: str) -> None:
