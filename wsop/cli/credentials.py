@@ -5,6 +5,7 @@ with. Environment only: a secret on a command line shows in `ps`."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from wsop.errors import UsageError
 
@@ -81,3 +82,26 @@ def client_secret() -> str:
             "no token: connect with ?tenant=T&user=U)"
         )
     return secret_from_env(hint=" or pass --secret (or start a local stack with `wsop up`)")
+
+
+def token_checks(
+    process: str,
+    insecure: bool,
+    jwt_public_key: str | None,
+    jwks: str | None,
+    leeway: float,
+    max_token_lifetime: float,
+) -> dict[str, Any]:
+    """The config fields every server shares for checking who connects (client tokens,
+    the admin token), so the LB and the sidecar read their credentials the same way."""
+    from wsop.auth import SECRET_ENV
+
+    return {
+        "insecure": insecure,
+        "secret": os.environ.get(SECRET_ENV) or None,
+        "admin_token": server_admin_token(process),
+        "jwt_public_key": jwt_public_key,
+        "jwks": jwks,
+        "leeway_s": leeway,
+        "max_token_lifetime_s": max_token_lifetime,
+    }

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Annotated
 
 import typer
 
-from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
-from wsop.cli.credentials import server_admin_token, server_secret
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S
+from wsop.cli.credentials import server_secret, token_checks
 from wsop.cli.options import (
     AllowedOriginsOpt,
     CaOpt,
@@ -77,16 +76,10 @@ def lb_cmd(
         port=port,
         source=source,
         algo=algo or DEFAULT_ALGORITHM,
-        insecure=insecure,
-        secret=os.environ.get(SECRET_ENV) or None,
-        admin_token=server_admin_token("lb"),
         name=name,
         drain_s=drain_seconds,
-        jwt_public_key=jwt_public_key,
-        jwks=jwks,
-        leeway_s=leeway,
-        max_token_lifetime_s=max_token_lifetime,
         tls=tls_settings(certfile, keyfile, ca),
+        **token_checks("lb", insecure, jwt_public_key, jwks, leeway, max_token_lifetime),
         allowed_origins=parse_origins(allowed_origins),
     )
     server_secret(insecure, "lb", bool(jwt_public_key or jwks))  # required? warnings

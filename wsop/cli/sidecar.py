@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Annotated
 
 import typer
 
 from wsop import protocol, shell
-from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, SECRET_ENV
-from wsop.cli.credentials import server_admin_token, server_secret
+from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S
+from wsop.cli.credentials import server_secret, token_checks
 from wsop.cli.options import (
     AllowedOriginsOpt,
     CaOpt,
@@ -117,20 +116,14 @@ def sidecar_cmd(
         host=host,
         port=port,
         algo=algo,
-        insecure=insecure,
-        secret=os.environ.get(SECRET_ENV) or None,
-        admin_token=server_admin_token("sidecar"),
         max_frame_bytes=max_frame_bytes,
         upstream=upstream,
         allowed_origins=origins,
         quotas=limits,
         heartbeat_s=heartbeat,
         lease_s=lease,
-        jwt_public_key=jwt_public_key,
-        jwks=jwks,
-        leeway_s=leeway,
-        max_token_lifetime_s=max_token_lifetime,
         tls=tls_settings(certfile, keyfile, ca),
+        **token_checks("sidecar", insecure, jwt_public_key, jwks, leeway, max_token_lifetime),
     )
     server_secret(insecure, "sidecar", bool(jwt_public_key or jwks))  # required? warnings
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
