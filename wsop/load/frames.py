@@ -74,42 +74,62 @@ class FrameReader:
     """
 
     def __init__(self, max_message: int = 16 << 20) -> None:
-        self._buf = bytearray()
+        self._rest: list[bytes] = []  # the start of a frame that has not fully arrived
+        self._have = self._need = 0  # its bytes so far, and how many it needs
         self._frag_op: int | None = None
         self._frag: list[bytes] = []
         self.max_message = max_message
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf
-        buf += data
+        """The messages completed by `data`. Works on the bytes as received (one copy per
+        payload, none for the buffer); a final, unfragmented text frame of under 126
+        bytes — most of a chat load — takes the shortest path."""
+        if self._rest:  # a big frame in many reads is joined once, not once per read
+            self._rest.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._rest)
+            self._rest, self._have, self._need = [], 0, 0
         out: list[tuple[int, bytes]] = []
-        pos, end = 0, len(buf)
+        pos, end, need = 0, len(data), 0
         while end - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
+            b0, b1 = data[pos], data[pos + 1]
+            if b0 == 0x81 and b1 < 126 and self._frag_op is None:  # final text, unmasked
+                if end - pos < 2 + b1:
+                    need = 2 + b1
+                    break
+                out.append((OP_TEXT, data[pos + 2 : pos + 2 + b1]))
+                pos += 2 + b1
+                continue
             if b0 & 0x70:
                 raise FrameError("reserved bits set (no extension was negotiated)")
             opcode, n, head = b0 & 0x0F, b1 & 0x7F, 2
             if n == 126:
                 if end - pos < 4:
                     break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+                n, head = int.from_bytes(data[pos + 2 : pos + 4], "big"), 4
             elif n == 127:
                 if end - pos < 10:
                     break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+                n, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
             if n > self.max_message:
                 raise FrameError(f"frame of {n} bytes exceeds {self.max_message}")
             key = b""
             if b1 & 0x80:
-                key, head = bytes(buf[pos + head : pos + head + 4]), head + 4
+                if end - pos < head + 4:
+                    break
+                key, head = data[pos + head : pos + head + 4], head + 4
             if end - pos < head + n:
+                need = head + n
                 break
-            payload = bytes(buf[pos + head : pos + head + n])
+            payload = data[pos + head : pos + head + n]
             pos += head + n
             if key:
                 payload = _unmask(payload, key)
             self._frame(b0 & 0x80, opcode, payload, out)
-        del buf[:pos]
+        if pos < end:
+            self._rest, self._have, self._need = [data[pos:]], end - pos, need
         return out
 
     def _frame(self, fin: int, opcode: int, payload: bytes, out: list) -> None:
