@@ -19,7 +19,9 @@ turn. Per client frame:
 
 No ACL, no auth (`?tenant=&user=`, like an `--insecure` stack), no Redis. `GET /stats`
 answers JSON counters (messages, delivered, undelivered, connections, the sink's CPU
-seconds), which is how the bench counts what a generator achieved.
+seconds), which is how the bench counts what a generator achieved. `GET
+/kick?tenant=T&user=U` aborts U's connections (no close frame), as a crashed pod would:
+the tests use it to check that the generator books the losses and comes back.
 """
 
 from __future__ import annotations
@@ -140,6 +142,17 @@ class Conn(asyncio.Protocol):
             self.transport.close()
             return
         query = parse_qs(url.query)
+        if url.path == "/kick":
+            who = (query.get("tenant", [""])[0], int(query.get("user", ["-1"])[0]))
+            victims = list(self.hub.users.get(who, ()))
+            for victim in victims:
+                if victim.transport is not None:
+                    victim.transport.abort()
+            body = _dumps({"kicked": len(victims)}).encode()
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                                 b"Connection: close\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            self.transport.close()
+            return
         key = headers.get("sec-websocket-key")
         try:
             tenant, user = query["tenant"][0], int(query["user"][0])
