@@ -228,6 +228,9 @@ def test_healthy_run_with_two_workers_accounts_for_every_delivery(
     out = json.loads(result.stdout)
     assert balanced(out) and out["lost"] == 0 and out["duplicates"] == 0
     assert out["workers"] == 2 and out["workers_settled"] == 2 and out["ready"] == 20
+    # one pool per worker process, each reporting its own CPU over the run phase
+    assert set(out["generator_cpu"]) == {"0", "1"} and out["generator_limited"] is False
+    assert out["generator_us_per_msg"] > 0 and out["generator_behind"] <= 4
     assert out["sent"] == out["direct"] + out["team"] and out["team"] > 0
     assert 0.9 <= out["rate_ratio"] <= 1.1 and out["msgs_per_s"] > 150
     # team messages fan out: every member online gets one, the sender included

@@ -62,6 +62,7 @@ def _render(result: dict[str, Any]) -> Any:
             ("target rate msg/s", f"{result['target_rate']:g}"),
             ("sent (direct / team)", f"{result['sent']} ({result['direct']} / {result['team']})"),
             ("achieved msg/s", f"{result['msgs_per_s']} ({result['rate_ratio']:.1%} of plan)"),
+            ("generator CPU (µs/msg)", _generator(result)),
             ("expected deliveries", result["expected_deliveries"]),
             ("delivered", result["delivered"]),
             ("lost", result["lost"]),
@@ -99,6 +100,14 @@ def _render(result: dict[str, Any]) -> Any:
             console.print(f"report: {result['report_dir']}", highlight=False)
 
     return render
+
+
+def _generator(result: dict[str, Any]) -> str:
+    """Each worker's CPU (cores) over the run phase, µs per message, and whether the
+    generator was the limit (then the stack's numbers say little)."""
+    cores = " ".join(f"{c:.2f}" for c in result["generator_cpu"].values()) or "-"
+    text = f"{cores} ({result['generator_us_per_msg']})"
+    return text + (" [red]the limit: add --workers[/]" if result["generator_limited"] else "")
 
 
 def _faults_table(result: dict[str, Any]) -> Table:

@@ -10,8 +10,9 @@ Custom arguments (locust forwards them from the master to every worker):
 - `--wsop-results PATH`: the master writes the run's results here when it quits.
 
 Messages: master → workers `wsop_rate` {per_user_rate, run_started_at} and `wsop_finish`;
-workers → master `wsop_final` (settled counters) and, every few seconds, a `wsop`
-entry in the regular stats report (`report_to_master` / `worker_report`).
+workers → master `wsop_spawned` {spawned, of} (connections up, for the connect phase),
+`wsop_final` (settled counters) and, every few seconds, a `wsop` entry in the regular
+stats report (`report_to_master` / `worker_report`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
 from wsop.load.shape import BOOK, WsopShape, write_results
-from wsop.load.user import WsopUser, context, current_context
+from wsop.load.user import WsopPool, context, current_context
 
-__all__ = ["WsopShape", "WsopUser"]
+__all__ = ["WsopPool", "WsopShape"]
 
 
 @events.init_command_line_parser.add_listener
@@ -35,21 +36,25 @@ def _arguments(parser: Any) -> None:
 
 
 def _on_rate(environment: Any, msg: Any, **_: Any) -> None:
-    ctx = context(environment)
-    ctx.per_user_rate = float(msg.data["per_user_rate"])
+    pool = context(environment)
     started = msg.data.get("run_started_at")
-    if started and ctx.ledger.run_started_at is None:
-        ctx.ledger.run_started_at = float(started)  # the fault windows count from here
+    if started and pool.ledger.run_started_at is None:
+        pool.ledger.run_started_at = float(started)  # the fault windows count from here
+    pool.set_rate(float(msg.data["per_user_rate"]))
 
 
 def _on_finish(environment: Any, msg: Any, **_: Any) -> None:
-    ctx = current_context()
-    final = ctx.finish() if ctx is not None else {}
+    pool = current_context()
+    final = pool.finish() if pool is not None else {}
     environment.runner.send_message("wsop_final", final)
 
 
 def _on_final(environment: Any, msg: Any, **_: Any) -> None:
     BOOK.finals[msg.node_id] = msg.data or {}
+
+
+def _on_spawned(environment: Any, msg: Any, **_: Any) -> None:
+    BOOK.spawned[msg.node_id] = int((msg.data or {}).get("spawned", 0))
 
 
 @events.init.add_listener
@@ -62,20 +67,21 @@ def _init(environment: Any, **_: Any) -> None:
         runner.register_message("wsop_finish", _on_finish)
     if not isinstance(runner, WorkerRunner):
         runner.register_message("wsop_final", _on_final)
+        runner.register_message("wsop_spawned", _on_spawned)
     if not isinstance(runner, MasterRunner | WorkerRunner):
         BOOK.local_snapshot = _local_snapshot
 
 
 def _local_snapshot() -> dict[str, Any]:
-    ctx = current_context()
-    return ctx.ledger.snapshot() if ctx is not None else {}
+    pool = current_context()
+    return pool.snapshot() if pool is not None else {}
 
 
 @events.report_to_master.add_listener
 def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    ctx = current_context()
-    if ctx is not None:
-        data["wsop"] = ctx.ledger.snapshot()
+    pool = current_context()
+    if pool is not None:
+        data["wsop"] = pool.snapshot()
 
 
 @events.worker_report.add_listener

@@ -22,6 +22,38 @@ SUMMARY_KEYS = (
 
 
 WINDOW_KEYS = WINDOW_FIELDS
+# A worker that had to drop more than this share of its schedule (it was over 1 s
+# behind) could not keep up: the generator, not the stack, limited the rate.
+BEHIND_LIMIT = 0.01
+
+
+def generator_summary(generators: list[dict[str, Any]], sent: int) -> dict[str, Any]:
+    """What the load generator itself cost over the run phase, and whether it was the limit.
+
+    Per worker: CPU in cores (`cpu_s / wall_s`, from /proc) and the busy share of its
+    loop (the time it was not waiting for sockets or for the next send). The generator
+    limited the run when a worker fell more than 1 s behind its schedule often enough
+    to drop over 1% of it (`behind`); the messages skipped because their user was
+    reconnecting (`away`) or because the stack did not read (`blocked`) are the stack's.
+    """
+    cpu = {str(g["worker"]): round(g["cpu_s"] / g["wall_s"], 3) if g["wall_s"] else 0.0
+           for g in generators}  # fmt: skip
+    busy = {
+        str(g["worker"]): round(1 - g["idle_s"] / g["wall_s"], 3) if g["wall_s"] else 0.0
+        for g in generators
+    }
+    total_cpu = sum(g["cpu_s"] for g in generators)
+    return {
+        "generator_limited": any(
+            g["behind"] > BEHIND_LIMIT * max(1, g["scheduled"]) for g in generators
+        ),
+        "generator_cpu": cpu,
+        "generator_busy": busy,
+        "generator_us_per_msg": round(total_cpu / sent * 1e6, 1) if sent else None,
+        "generator_behind": sum(g["behind"] for g in generators),
+        "generator_blocked": sum(g["blocked"] for g in generators),
+        "generator_away": sum(g["away"] for g in generators),
+    }
 
 
 def window_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,6 +129,7 @@ def summary(
         "ack_mismatch": c["ack_mismatch"],
         "disconnects": c["disconnects"],
         "workers_settled": results["finals"],
+        **generator_summary(results.get("generators") or [], c["sent"]),
     }
 
 
@@ -141,13 +174,23 @@ def verdict(
         reasons.append(
             f"achieved {result['sent']} of {result['planned_messages']} planned messages "
             f"({result['rate_ratio']:.1%} < {min_rate_ratio:.0%}; {result['msgs_per_s']} msg/s "
-            f"for a {result['target_rate']:g} msg/s target)"
+            f"for a {result['target_rate']:g} msg/s target)" + _limit(result)
         )
     if result["workers_settled"] < result["workers"]:
         reasons.append(
             f"only {result['workers_settled']} of {result['workers']} workers reported final counts"
         )
     return reasons
+
+
+def _limit(result: dict[str, Any]) -> str:
+    """Who held the rate down, for the verdict's line."""
+    if result.get("generator_limited"):
+        cpu = ", ".join(f"worker {w} at {c:.2f} CPU" for w, c in result["generator_cpu"].items())
+        return f"; the load generator was the limit ({cpu}): add --workers"
+    if result.get("generator_blocked"):
+        return f"; the stack stopped reading ({result['generator_blocked']} sends held back)"
+    return ""
 
 
 def plot(results: dict[str, Any], path: Path, faults: list[dict[str, Any]] | None = None) -> Path:

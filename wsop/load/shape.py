@@ -1,10 +1,12 @@
 """The master's side of a run: the stage table as a LoadTestShape, live status, results.
 
 gevent world (runs inside the locust master, or the single local process). The shape
-holds the population constant and walks the plan's stages by sending the per-user rate
-to every worker (`wsop_rate`); after the last stage it keeps everyone connected for the
-grace period (the drain), asks the workers to settle their books (`wsop_finish`) and
-stops once each has answered (`wsop_final`).
+asks locust for one user per worker (the `WsopPool` that drives all of that worker's
+connections), waits until the workers report every connection up (`wsop_spawned`),
+and walks the plan's stages by sending the per-user rate to every worker (`wsop_rate`);
+after the last stage it keeps everyone connected for the grace period (the drain), asks
+the workers to settle their books (`wsop_finish`) and stops once each has answered
+(`wsop_final`).
 
 Phases: connect → run (stage by stage) → drain → finish. Once a second the tick writes
 a small status file the CLI tails for its live view, and keeps a timeline for the plot.
@@ -34,6 +36,7 @@ class Book:
     def __init__(self) -> None:
         self.live: dict[str, dict[str, Any]] = {}
         self.finals: dict[str, dict[str, Any]] = {}
+        self.spawned: dict[str, int] = {}  # connections up (or given up on), by worker
         self.local_snapshot: Any = None  # a callable in local mode
 
     def snapshots(self, final: bool = False) -> list[dict[str, Any]]:
@@ -122,7 +125,7 @@ class WsopShape(LoadTestShape):
         now = time.monotonic()
         in_phase = now - self.phase_started
         if self.phase == "connect":
-            full = self.runner.user_count >= plan.connections
+            full = sum(BOOK.spawned.values()) >= plan.connections
             self.full_since = (self.full_since or now) if full else None
             timeout = plan.connections / plan.spawn_rate + 30
             settled = self.full_since is not None and now - self.full_since >= CONNECT_SETTLE_S
@@ -151,7 +154,7 @@ class WsopShape(LoadTestShape):
         done = len(BOOK.finals) >= plan.workers or in_phase > FINISH_TIMEOUT_S
         if self.phase == "finish" and done:
             return None
-        return plan.connections, plan.spawn_rate
+        return plan.workers, float(plan.workers)  # one pool user per worker process
 
     # -- status and results ------------------------------------------------------------
 
@@ -167,7 +170,7 @@ class WsopShape(LoadTestShape):
             "stage": self.stage,
             "target_rate": self.rate,
             "msgs_per_s": round(rate, 1),
-            "users": self.runner.user_count,
+            "users": totals.ready,
             "run_started_at": self.run_started_at or None,
             **totals.to_json(),
             "connect_errors": merge_codes(BOOK.snapshots(), "connect_errors"),
@@ -190,6 +193,7 @@ class WsopShape(LoadTestShape):
             "refused_codes": merge_codes(snapshots),
             "connect_errors": merge_codes(snapshots, "connect_errors"),
             "silent_examples": [e for s in snapshots for e in s.get("silent_examples", ())][:10],
+            "generators": [s["generator"] for s in snapshots if s.get("generator")],
             "run_started_at": self.run_started_at or None,
             "run_t0": round(self.run_started - self.start_time, 3) if self.run_started else None,
             "finals": len(BOOK.finals),

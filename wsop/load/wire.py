@@ -1,0 +1,216 @@
+"""The pool's pieces below the loop: its connections, its hooks, and the wire — queued
+writes, bulk reads, and the reading of each frame into the ledger.
+
+Split from `wsop.load.pool` (the loop, pacing, connecting) to keep each module one
+concern; `Wire` is a mixin of `Pool` and uses its ledger, epoll and hooks. Never
+imports the asyncio servers or `websockets`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+from typing import TYPE_CHECKING, Any, Protocol
+
+from wsop.load.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
+from wsop.load.latency import LatencyBook
+from wsop.load.ledger import SEQ_BITS
+
+if TYPE_CHECKING:
+    from wsop.load.pool import Pool
+
+EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = 0x001, 0x004, 0x008, 0x010
+RECV_BYTES = 65536  # not more: a larger bytes object is an mmap + munmap per recv (7x the cost)
+OUT_CAP = 1 << 20  # bytes queued on one connection (the stack is not reading): skip it
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_loads = json.loads
+# The stack's own layout of a delivery of ours and of an ack (`wsop.protocol`): read by
+# a regex in a third of the time of json.loads. Anything else (hellos, errors, another
+# key order) goes through json.loads, so this is a shortcut, never a different reading.
+_MESSAGE = re.compile(rb'\{"type":"message","from":-?\d+,"data":\[(\d+),(\d+),(\d+),(\d+)\],')
+_ACK = re.compile(rb'\{"type":"ack","id":"(\d+)","delivered":(\d+)(?:,"undelivered":(\d+))?\}')
+_message, _ack = _MESSAGE.match, _ACK.fullmatch
+
+
+class Hooks(Protocol):
+    """What the pool needs from its world (gevent and locust, or a plain test)."""
+
+    def connect(self, pool: Pool, conn: Conn) -> None:
+        """Open `conn`'s WebSocket; then call `pool.attach` or `pool.connect_failed`."""
+
+    def wait(self, timeout: float) -> None:
+        """Block until the pool's epoll fd is readable or `timeout` s passed."""
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def event(self, name: str, ms: float) -> None:
+        """A successful request for locust's table (e.g. `connect` with its time)."""
+
+    def fail(self, name: str, reason: str, ms: float = 0.0) -> None: ...
+
+    def spawned(self, count: int, of: int) -> None:
+        """So many of this worker's connections are up (or gave up their first try)."""
+
+    def flush(self, book: LatencyBook) -> None:
+        """Hand the interval's delivery latencies to locust's stats."""
+
+
+class Conn:
+    """One load user: its identity, its socket (None while away) and its state."""
+
+    __slots__ = (
+        "slot", "tenant", "user", "tenant_index", "key_base", "my_teams", "members",
+        "sock", "fd", "tls", "reader", "out", "seq", "ready", "joined", "attempt",
+        "connecting", "first_try", "spawned", "hello_next", "hello_deadline",
+    )  # fmt: skip
+
+    def __init__(self, slot: int, tenant: str, user: int, tenants: int) -> None:
+        self.slot, self.tenant, self.user = slot, tenant, user
+        self.tenant_index = slot % tenants  # slot = user * Tw + tenant index (layout)
+        self.key_base = slot << SEQ_BITS
+        self.my_teams: tuple[str, ...] = ()
+        self.members: dict[str, frozenset[int]] = {}
+        self.sock: Any = None
+        self.fd = -1
+        self.tls = False
+        self.reader = FrameReader()
+        self.out: bytearray | None = None
+        self.seq = 0
+        self.ready = self.joined = self.connecting = self.spawned = False
+        self.attempt = -1  # the very first connect goes at once
+        self.first_try: float | None = None
+        self.hello_next = self.hello_deadline = 0.0
+
+
+def share(connections: int, workers: int, index: int) -> int:
+    """Worker `index`'s part of `connections` (the first ones take the remainder)."""
+    return connections // workers + (1 if index < connections % workers else 0)
+
+
+class Wire:
+    """Frames in and out of a `Pool`'s connections (a mixin: the pool holds the state)."""
+
+    ep: Any
+    masker: Any
+    ledger: Any
+    latency: LatencyBook
+    hooks: Hooks
+    index: int
+    _now_us: int
+
+    def _drop(self, conn: Conn, reason: str = "connection closed by the stack") -> None:
+        raise NotImplementedError
+
+    def _hello_answered(self, conn: Conn) -> None:
+        raise NotImplementedError
+
+    def _write(self, conn: Conn, frame: bytes) -> bool:
+        """Send `frame` or queue it behind what is queued; False if the socket is dead."""
+        out = conn.out
+        if out is not None:
+            out += frame
+            return True
+        try:
+            sent = conn.sock.send(frame)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError:
+            self._drop(conn, "send failed")
+            return False
+        if sent < len(frame):
+            conn.out = bytearray(frame[sent:])
+            self.ep.modify(conn.fd, EPOLLIN | EPOLLOUT)
+        return True
+
+    def _flush(self, conn: Conn) -> None:
+        out = conn.out
+        if out is None or conn.sock is None:
+            return
+        try:
+            sent = conn.sock.send(out)
+        except _WOULD_BLOCK:
+            return
+        except OSError:
+            self._drop(conn, "send failed")
+            return
+        del out[:sent]
+        if not out:
+            conn.out = None
+            self.ep.modify(conn.fd, EPOLLIN)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _read(self, conn: Conn) -> None:
+        sock = conn.sock
+        while sock is not None:
+            try:
+                chunk = sock.recv(RECV_BYTES)
+            except _WOULD_BLOCK:
+                return
+            except OSError:
+                self._drop(conn)
+                return
+            if not chunk:
+                self._drop(conn)
+                return
+            try:
+                frames = conn.reader.feed(chunk)
+            except FrameError as exc:
+                self._drop(conn, f"bad frame: {exc}")
+                return
+            for opcode, payload in frames:
+                if opcode == OP_TEXT:
+                    self._on_text(conn, payload)
+                elif opcode == OP_CLOSE:
+                    self._drop(conn)
+                elif opcode == OP_PING:
+                    self._write(conn, self.masker.frame(payload, OP_PONG))
+                if conn.sock is not sock:
+                    return  # dropped while handling the batch
+            if not (conn.tls and sock.pending()):
+                return  # TLS may hold decrypted bytes the fd does not signal
+
+    def _on_text(self, conn: Conn, raw: bytes) -> None:
+        ledger = self.ledger
+        fast = _message(raw)
+        if fast is not None:
+            worker, slot, seq, ts = int(fast[1]), int(fast[2]), int(fast[3]), int(fast[4])
+            if worker != self.index:
+                ledger.foreign(ts / 1e6)
+            elif ledger.received(conn.slot, (slot << SEQ_BITS) | seq, ts / 1e6):
+                kind = "team" if b'"teams":' in raw else "direct"
+                self.latency.add(kind, self._now_us - ts, len(raw))
+            return
+        fast = _ack(raw)
+        if fast is not None:
+            ledger.acked(conn.key_base | int(fast[1]), int(fast[2]), int(fast[3] or 0))
+            return
+        try:
+            obj = _loads(raw)
+            kind = obj.get("type")
+        except (ValueError, AttributeError):
+            ledger.counters.errors += 1
+            self.hooks.fail("error", "malformed frame from the stack")
+            return
+        if kind == "message":
+            data = obj.get("data")
+            if type(data) is list and len(data) == 4:
+                if data[0] != self.index:
+                    ledger.foreign(data[3] / 1e6)  # another worker's tenants: never ours
+                elif ledger.received(conn.slot, (data[1] << SEQ_BITS) | data[2], data[3] / 1e6):
+                    kind = "team" if "teams" in obj else "direct"
+                    self.latency.add(kind, self._now_us - data[3], len(raw))
+            elif data == "hello" and obj.get("from") == conn.user:
+                self._hello_answered(conn)
+        elif kind == "ack":
+            seq = obj.get("id")
+            if isinstance(seq, str) and seq.isdigit():
+                ledger.acked(conn.key_base | int(seq), obj.get("delivered", 0),
+                             obj.get("undelivered", 0))  # fmt: skip
+        elif kind == "error":
+            ledger.counters.errors += 1
+            seq, code = obj.get("id"), str(obj.get("code"))
+            if isinstance(seq, str) and seq.isdigit():
+                ledger.refused(conn.key_base | int(seq), code)
+            self.hooks.fail("error", code)
