@@ -87,7 +87,8 @@ def publish_cmd(
         raise UsageError("--sender is for a minted token; a given token's 'sub' is its sender")
     body: dict[str, Any] = {"tenant": tenant}
     if to is not None:
-        body |= {"type": "direct", "to": int(to) if to.isdigit() else to}
+        # as the text given: "7" is user 7 of an int tenant, "007" is refused there
+        body |= {"type": "direct", "to": to}
     else:
         body |= {"type": "team", "teams": list(team or [])}
     body["data"] = parse_data(data)
