@@ -159,17 +159,19 @@ def seed_tenant(
     seed.seed(TenantStore(r), [data], False)
 
 
-def start_lb(peers: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_lb(
+    peers: str, log: Path, env: dict[str, str] | None = None, extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """A real `wsop lb` over fixed peers (insecure clients, rendezvous), healthy."""
     port = free_port()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wsop.cli.main", "lb", "--port", str(port), "--peers", peers]
-            + ["--insecure", "--algo", "rendezvous"],
+            + ["--insecure", "--algo", "rendezvous", *(extra or [])],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ, "WSOP_ADMIN_TOKEN": ADMIN_TOKEN},
+            env={**os.environ, "WSOP_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})},
         )
     wait_healthy(port)
     return proc, port
@@ -185,18 +187,25 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def sidecars_behind_lb(redis_url: str, tmp_path: Path) -> Iterator[tuple[Sidecars, int]]:
-    """Sidecars s0 and s1 on a members file and a real `wsop lb` over them: (sidecars,
-    LB port); all stopped on exit, however the test ends."""
-    sidecars = Sidecars(redis_url, tmp_path / "members.json", {})
+def sidecars_behind_lb(
+    redis_url: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    names: Iterable[str] = ("s0", "s1"),
+    extra: list[str] | None = None,
+) -> Iterator[tuple[Sidecars, int]]:
+    """Sidecars (s0 and s1 by default) on a members file and a real `wsop lb` over them:
+    (sidecars, LB port); all stopped on exit, however the test ends. `env` goes to every
+    process (a `WSOP_SECRET`), `extra` flags to the sidecars."""
+    sidecars = Sidecars(redis_url, tmp_path / "members.json", dict(env or {}))
     try:
         sidecars.write_members()
-        for name in ("s0", "s1"):
-            sidecars.start(name, tmp_path)
+        for name in names:
+            sidecars.start(name, tmp_path, extra)
         sidecars.write_members()
         time.sleep(0.8)
         peers = ",".join(f"{p.name}={p.url}" for p in sidecars.procs.values())
-        proc, port = start_lb(peers, tmp_path / "lb.log")
+        proc, port = start_lb(peers, tmp_path / "lb.log", env)
         try:
             yield sidecars, port
         finally:

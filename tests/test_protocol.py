@@ -227,6 +227,7 @@ def test_error_codes_constants():
         "internal",
         "rate_limited",
         "too_many_recipients",
+        "unauthorized",
     } == p.ERROR_CODES
 
 

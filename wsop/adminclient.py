@@ -50,6 +50,25 @@ def get(
     answer, only no answer at all raises (`AdminUnreachable`). `ca`: the CA an https
     (wss) server's certificate is checked against (default: the system's)."""
     request = urllib.request.Request(http_base(url), headers={"Accept": "application/json"})
+    return _send(request, url, token, timeout, ca)
+
+
+def post_json(
+    url: str, payload: Any, token: str | None = None, timeout: float = 15.0, ca: str | None = None
+) -> AdminReply:
+    """POST `payload` as JSON to `url` (`POST /publish`); answers and failures as `get`."""
+    request = urllib.request.Request(
+        http_base(url),
+        data=json.dumps(payload).encode(),
+        headers={"Accept": "application/json", "Content-Type": "application/json"},
+        method="POST",
+    )
+    return _send(request, url, token, timeout, ca)
+
+
+def _send(
+    request: urllib.request.Request, url: str, token: str | None, timeout: float, ca: str | None
+) -> AdminReply:
     context = ssl.create_default_context(cafile=ca) if ca else None
     if token:
         request.add_header("Authorization", f"Bearer {token}")

@@ -5,6 +5,11 @@ HS256 (the secret in `WSOP_SECRET`) or RS256/ES256 (a PEM public key or a JWKS f
 `wsop.jwtkeys`). The LB calls `identity_from_request` with the request path and headers
 it already has, so the whole handshake decision is testable without sockets.
 
+A *publish* token (`scope` holding `publish`; `sub` optional: the sender clients see)
+is checked with the same keys (`wsop.publisher`), for a backend's
+`POST /publish`; it can never open a WebSocket session (`verify` refuses it), and a
+client token can never publish, so neither credential stands in for the other.
+
 The algorithm comes from the key, never from the token alone (`alg: none` and the RS/HS
 confusion attack work that way). Time claims must be integers: `exp` of NaN, Infinity
 or 1e400 would otherwise never expire; a `TokenPolicy` adds a leeway for clock skew
@@ -49,6 +54,13 @@ class AuthError(WsopError):
     http_status = 401
 
 
+class ScopeError(AuthError):
+    """A valid token whose scope does not allow this (a client token on `/publish`, a
+    publish token on `/ws`): HTTP 403, the credential is known but not good for it."""
+
+    http_status = 403
+
+
 class BadRequest(AuthError):
     """The handshake request itself is malformed (a header given twice, an Authorization
     header that is not `Bearer <token>`): HTTP 400, with the reason."""
@@ -62,6 +74,10 @@ class Identity:
 
     tenant: str
     user: UserId
+
+
+PUBLISH_SCOPE: Final = "publish"
+"""The scope (JWT `scope` claim) that makes a token a backend's publisher credential."""
 
 
 def check_secret(secret: str | bytes | None, hint: str = " (or pass --secret)") -> bytes:
@@ -119,8 +135,8 @@ def mint_token(
     is always written as a string (RFC 7519 says so) and exactly as given: `"007"` stays
     `"007"` (what it names depends on the tenant's id mode, see wsop/names.py).
     """
-    signing = secret if isinstance(secret, SigningKey) else None
-    key = None if signing else check_secret(secret)  # type: ignore[arg-type]
+    if not isinstance(secret, SigningKey):
+        check_secret(secret)
     if not is_valid_tenant(tenant):
         raise UsageError(f"bad tenant {tenant!r}: {TENANT_RULE}")
     canonical = normalize_user_id(user)
@@ -132,10 +148,15 @@ def mint_token(
         raise UsageError(f"ttl must be a positive number of seconds, got {ttl_s!r}")
     issued = int(time.time() if now is None else now)
     claims = {"tenant": tenant, "sub": str(canonical), "iat": issued, "exp": issued + ttl_s}
-    if signing is not None:
-        headers = {"kid": signing.kid} if signing.kid else None
-        return jwt.encode(claims, signing.key, algorithm=signing.alg, headers=headers)
-    assert key is not None
+    return sign_claims(secret, claims)
+
+
+def sign_claims(secret: str | bytes | SigningKey, claims: dict[str, Any]) -> str:
+    """A JWT of `claims`, signed with the HS256 secret or a `SigningKey`."""
+    if isinstance(secret, SigningKey):
+        headers = {"kid": secret.kid} if secret.kid else None
+        return jwt.encode(claims, secret.key, algorithm=secret.alg, headers=headers)
+    key = check_secret(secret)
     return _jwt_call(key, jwt.encode, claims, key, algorithm=ALGORITHM)
 
 
@@ -146,8 +167,22 @@ _DECODE_OPTIONS: Final = {
     "verify_iat": False,
     "verify_sub": False,  # we accept an int `sub` from other issuers
     "verify_jti": False,
-    "require": ["exp", "sub", "tenant"],
 }
+CLIENT_CLAIMS: Final = ("exp", "sub", "tenant")
+PUBLISHER_CLAIMS: Final = ("exp", "tenant")
+
+
+def token_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    """The token's scopes: `scope` as RFC 8693 writes it (one space-separated string),
+    or a list of strings (some issuers); none without the claim, AuthError otherwise."""
+    scope = claims.get("scope")
+    if scope is None:
+        return frozenset()
+    if isinstance(scope, str):
+        return frozenset(scope.split())
+    if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+        return frozenset(scope)
+    raise AuthError("token 'scope' must be a space-separated string or a list of strings")
 
 
 def _seconds(value: object, flag: str) -> int:
@@ -233,13 +268,17 @@ class TokenVerifier:
         keys = KeySet.load(check_secret(secret) if secret else None, public_key_file, jwks_file)
         return cls(keys, policy) if keys else None
 
-    def verify(self, token: str, now: float | None = None) -> Identity:
-        """The identity a token vouches for, or AuthError saying why not."""
+    def claims(
+        self, token: str, now: float | None = None, required: tuple[str, ...] = CLIENT_CLAIMS
+    ) -> dict[str, Any]:
+        """The claims of a token whose signature and times check out (and whose `tenant`
+        is a valid name), or AuthError saying why not."""
         try:
             key = self.keys.select(jwt.get_unverified_header(token))
             # the key's one algorithm: the token's `alg` only had to name it
             args = (token, key.key)
-            kwargs = {"algorithms": [key.alg], "options": _DECODE_OPTIONS}
+            options = {**_DECODE_OPTIONS, "require": list(required)}
+            kwargs = {"algorithms": [key.alg], "options": options}
             if key.alg == HS256:
                 claims = _jwt_call(key.key, jwt.decode, *args, **kwargs)
             else:
@@ -255,13 +294,20 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"malformed token: {exc}") from None
         check_times(claims, time.time() if now is None else now, self.policy)
-        tenant = claims["tenant"]
-        if not is_valid_tenant(tenant):
+        if not is_valid_tenant(claims["tenant"]):
             raise AuthError(f"token tenant is invalid: {TENANT_RULE}")
+        return claims
+
+    def verify(self, token: str, now: float | None = None) -> Identity:
+        """The identity a client token vouches for, or AuthError saying why not (a
+        publish token is a backend's: it opens no session, ScopeError)."""
+        claims = self.claims(token, now)
+        if PUBLISH_SCOPE in token_scopes(claims):
+            raise ScopeError("a publish token cannot open a WebSocket session")
         user = normalize_user_id(claims["sub"])
         if user is None:
             raise AuthError("token 'sub' is not a valid user id")
-        return Identity(tenant, user)
+        return Identity(claims["tenant"], user)
 
 
 Verifier = TokenVerifier | str | bytes
@@ -299,7 +345,9 @@ def single_header(headers: Mapping[str, str], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _bearer(headers: Mapping[str, str]) -> str | None:
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of `Authorization: Bearer <token>`, None without the header; BadRequest
+    for another scheme or a header given twice."""
     value = single_header(headers, "Authorization")
     if value is None:
         return None
@@ -332,7 +380,7 @@ def identity_from_request(
     """
     query_text = path_with_query.partition("#")[0].partition("?")[2]  # (urlsplit can raise)
     query = parse_qs(query_text, keep_blank_values=True)
-    token = _bearer(headers)
+    token = bearer_token(headers)
     if token is None:
         token = _one_param(query, "token")
         if token == "":

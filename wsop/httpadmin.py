@@ -83,6 +83,14 @@ def json_response(connection: ServerConnection, status: int, payload: Any) -> Re
     return text_response(connection, status, json.dumps(payload), "application/json")
 
 
+def method_refusal(connection: ServerConnection, method: str) -> Response:
+    """405 for a method other than GET on a handshake or admin path (before any work:
+    a POST to /ws must not dial a sidecar first and be refused after)."""
+    response = text_response(connection, 405, f"{method} is not allowed here: use GET")
+    response.headers["Allow"] = "GET"
+    return response
+
+
 def split_target(target: str) -> tuple[str, str]:
     """(path, query) of a request target. Not `urlsplit`: it reads "//[x" as a broken
     IPv6 host and raises (this runs before any refusal can be answered)."""

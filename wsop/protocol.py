@@ -44,6 +44,8 @@ UNAVAILABLE: Final = "unavailable"
 INTERNAL: Final = "internal"
 RATE_LIMITED: Final = "rate_limited"
 TOO_MANY_RECIPIENTS: Final = "too_many_recipients"
+UNAUTHORIZED: Final = "unauthorized"
+"""HTTP APIs only (`POST /publish`, `GET /presence`): no or a bad credential (401)."""
 ERROR_CODES: Final = frozenset(
     {
         BAD_REQUEST,
@@ -54,6 +56,7 @@ ERROR_CODES: Final = frozenset(
         INTERNAL,
         RATE_LIMITED,
         TOO_MANY_RECIPIENTS,
+        UNAUTHORIZED,
     }
 )
 
@@ -196,25 +199,34 @@ def parse_client_frame(
     Raises ProtocolError(`too_large` | `bad_request`, message, id): one json decode and
     a handful of type checks, because this runs once per message at 30K msg/s a core.
     """
+    return message_from_object(decode_object(raw, max_bytes), ids)
+
+
+def decode_object(
+    raw: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, what: str = "frame"
+) -> dict[str, Any]:
+    """The JSON object a frame (or a `POST /publish` body: `what`, in the errors) holds:
+    size, UTF-8, JSON, an object, nesting checked; ProtocolError(`too_large` |
+    `bad_request`) otherwise."""
     if isinstance(raw, bytes | bytearray | memoryview):
         if len(raw) > max_bytes:
-            raise ProtocolError(TOO_LARGE, f"frame exceeds {max_bytes} bytes")
+            raise ProtocolError(TOO_LARGE, f"{what} exceeds {max_bytes} bytes")
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            raise ProtocolError(BAD_REQUEST, "frame is not UTF-8 text") from None
+            raise ProtocolError(BAD_REQUEST, f"{what} is not UTF-8 text") from None
     elif len(raw) > max_bytes or (
         len(raw) * 4 > max_bytes
         and not raw.isascii()
         and len(raw.encode("utf-8", "surrogatepass")) > max_bytes
     ):
-        raise ProtocolError(TOO_LARGE, f"frame exceeds {max_bytes} bytes")
+        raise ProtocolError(TOO_LARGE, f"{what} exceeds {max_bytes} bytes")
     try:
         obj = _decode(raw)
     except (ValueError, RecursionError):
-        raise ProtocolError(BAD_REQUEST, "frame is not valid JSON") from None
+        raise ProtocolError(BAD_REQUEST, f"{what} is not valid JSON") from None
     if type(obj) is not dict:
-        raise ProtocolError(BAD_REQUEST, "frame must be a JSON object")
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a JSON object")
     # Nesting the decoder took may still be too deep to encode again (one level more,
     # deeper in the stack): only a frame with that many brackets can be.
     if (
@@ -222,8 +234,12 @@ def parse_client_frame(
         and raw.count("[") + raw.count("{") > MAX_DEPTH
         and _deeper_than(obj, MAX_DEPTH)
     ):
-        raise ProtocolError(BAD_REQUEST, f"frame nests deeper than {MAX_DEPTH} levels")
+        raise ProtocolError(BAD_REQUEST, f"{what} nests deeper than {MAX_DEPTH} levels")
+    return obj
 
+
+def message_from_object(obj: dict[str, Any], ids: IdMode | None = None) -> ClientMessage:
+    """The message a decoded frame object holds (see `parse_client_frame`)."""
     id = obj.get("id")
     if id is not None and (type(id) is not str or len(id) > MAX_ID_CHARS):
         raise ProtocolError(BAD_REQUEST, f"id must be a string of at most {MAX_ID_CHARS} chars")

@@ -15,7 +15,10 @@ A limit of 0 means none. What each one does when exceeded:
 - `messages_per_second` (burst: twice as many): the message gets a `rate_limited`
   error frame, the connection stays;
 - `max_recipients`: a team message resolving to more online recipients gets a
-  `too_many_recipients` error frame and is not sent.
+  `too_many_recipients` error frame and is not sent;
+- `publishes_per_second` (burst: twice as many): per publisher (a tenant's publish
+  token, by its `sub`) on each sidecar, for `POST /publish`; over it: 429
+  `rate_limited`.
 
 Pure: parsing, validation and the bucket; the sidecar applies them.
 """
@@ -33,6 +36,8 @@ from wsop.errors import InputError, UsageError
 DEFAULT_CONNECTIONS_PER_USER: Final = 32
 DEFAULT_MESSAGES_PER_SECOND: Final = 1000.0
 DEFAULT_MAX_RECIPIENTS: Final = 1_000_000
+DEFAULT_PUBLISHES_PER_SECOND: Final = 1000.0
+_RATES: Final = ("messages_per_second", "publishes_per_second")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +48,14 @@ class Limits:
     connections_per_tenant: int = 0
     messages_per_second: float = DEFAULT_MESSAGES_PER_SECOND
     max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    publishes_per_second: float = DEFAULT_PUBLISHES_PER_SECOND
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise UsageError(f"quota {f.name} must be a number >= 0 (0: none), got {value!r}")
-            if f.name != "messages_per_second" and value != int(value):
+            if f.name not in _RATES and value != int(value):
                 raise UsageError(f"quota {f.name} must be a whole number, got {value!r}")
 
     def merged(self, overrides: Mapping[str, Any], where: str) -> Limits:

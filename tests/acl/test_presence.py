@@ -95,3 +95,44 @@ def test_bursts_wait_for_a_connection_instead_of_failing(redis_url: str, r: redi
 
     run(with_acl(redis_url, scenario))
     assert r.bitcount(keys.online_key("A")) == 2000
+
+
+def test_list_online_reads_in_chunks_and_stops_at_the_limit(redis_url: str, r: redis.Redis) -> None:
+    from wsop.acl.presence import count_online, list_online
+    from wsop.acl.store import TenantStore
+
+    store = TenantStore(r)
+    ids = [0, 7, 8, 100, 5000, 123_456]
+    store.set_online("L", ids, True)
+    seen: list[tuple[int, int]] = []
+    everyone = list_online(store, "L", 0, lambda done, total: seen.append((done, total)), 64)
+    assert (everyone.users, everyone.count, everyone.truncated) == (ids, 6, False)
+    size = r.strlen(keys.online_key("L"))
+    assert len(seen) == -(-size // 64) and seen[-1] == (size, size)
+    seen.clear()
+    first = list_online(store, "L", 3, lambda done, total: seen.append((done, total)), 64)
+    assert (first.users, first.count, first.truncated) == ([0, 7, 8], 6, True)
+    assert len(seen) == 1  # the first 64 bytes held three: nothing more was read
+    assert count_online(r, "L") == 6
+    empty = list_online(store, "none", 10)
+    assert (empty.users, empty.count, empty.truncated) == ([], 0, False)
+
+
+def test_presence_of_reports_bits_and_connection_counts(redis_url: str, r: redis.Redis) -> None:
+    from wsop.acl.presence import UserPresence
+
+    async def scenario(acl: LiveAcl) -> None:
+        await acl.presence("s0", "P", 5, +1)
+        await acl.count_connection("s0", "P", 5, +1)
+        await acl.count_connection("s1", "P", 5, +1)  # a second tab, on another sidecar
+        await acl.presence("s1", "P", 6, +1)  # online, but counted by no sidecar
+        got = await acl.presence_of("P", [5, 6, 7, 1 << 40])
+        assert got == [
+            UserPresence(5, True, 2),
+            UserPresence(6, True, None),
+            UserPresence(7, False, 0),
+            UserPresence(1 << 40, False, 0),  # out of range: no bit at all
+        ]
+        assert await acl.online_count("P") == 2
+
+    run(with_acl(redis_url, scenario))

@@ -262,3 +262,43 @@ def test_the_state_sweep_stops_an_embedded_redis_a_test_left_running(tmp_path: P
     assert not embedded.status().running
     time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_online_list_and_count(redis_url: str, members: Path) -> None:
+    assert invoke("seed", "load", str(members), "--redis", redis_url).exit_code == 0
+    users = [str(u) for u in (3, 1, 70_000, 9)]
+    assert invoke("online", "add", "--tenant", "acme", *users, "--redis", redis_url).exit_code == 0
+    res = invoke("online", "list", "--tenant", "acme", "--redis", redis_url, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout) == {
+        "tenant": "acme", "users": [1, 3, 9, 70_000], "count": 4, "truncated": False,
+    }  # fmt: skip
+    res = invoke(
+        "online", "list", "--tenant", "acme", "--limit", "2", "--redis", redis_url, "--json"
+    )
+    assert json.loads(res.stdout) == {
+        "tenant": "acme", "users": [1, 3], "count": 4, "truncated": True,
+    }  # fmt: skip
+    res = invoke("online", "count", "--tenant", "acme", "--redis", redis_url, "--json")
+    assert json.loads(res.stdout) == {"tenant": "acme", "count": 4}
+    human = invoke("online", "list", "--tenant", "acme", "--limit", "2", "--redis", redis_url)
+    assert human.stdout.splitlines() == [
+        "4 user(s) online in acme",
+        "1, 3, … (+2 more; --json lists 2)",
+    ]
+    human = invoke("online", "count", "--tenant", "acme", "--redis", redis_url)
+    assert human.stdout.strip() == "4 user(s) online in acme"
+    # a tenant nobody ever connected to: nobody online (not an error)
+    res = invoke("online", "count", "--tenant", "nobody", "--redis", redis_url, "--json")
+    assert json.loads(res.stdout) == {"tenant": "nobody", "count": 0}
+
+
+def test_online_list_and_count_errors(redis_url: str, r: redis.Redis) -> None:
+    res = invoke("online", "list", "--tenant", "a{b}", "--redis", redis_url)
+    assert_clean_error(res, 2, "invalid tenant name")
+    res = invoke("online", "list", "--tenant", "acme", "--limit", "-1", "--redis", redis_url)
+    assert_clean_error(res, 2, "--limit must be >= 0")
+    r.lpush(keys.online_key("acme"), "x")
+    for command in ("list", "count"):
+        res = invoke("online", command, "--tenant", "acme", "--redis", redis_url)
+        assert_clean_error(res, 1, "WRONGTYPE")

@@ -264,6 +264,40 @@ def test_real_sidecar_end_to_end(redis_url: str) -> None:
     assert wsop("down").returncode == 0
 
 
+def test_publish_and_online_on_the_local_stack(redis_url: str) -> None:
+    """`wsop publish` with nothing but a running `wsop up`: the LB's URL and a publish
+    token signed with the stack's secret come from the members file."""
+    env = {"WSOP_SECRET": ""}
+    up(redis_url, "--algo", "rendezvous", sidecars=1)
+    token = mint_token(members()["secret"], "acme", 1)
+    lb_url = members()["lb"]["url"]
+
+    async def exchange() -> None:
+        async with connect(f"{lb_url}/ws?token={token}", proxy=None) as ws:
+            for _ in range(50):  # presence is written as the connection registers
+                count = await asyncio.to_thread(
+                    wsop, "online", "count", "--tenant", "acme", "--redis", redis_url, "--json"
+                )
+                if json.loads(count.stdout)["count"] == 1:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"user 1 never online: {count.stdout}")
+            args = ("--tenant", "acme", "--to", "1", "--data", '{"a": 1}', "--sender", "ops")
+            result = await asyncio.to_thread(wsop, "publish", *args, "--json", env=env)
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["delivered"] == 1
+            assert "the local stack's secret" in result.stderr
+            got = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (got["from"], got["data"]) == ("ops", {"a": 1})
+            listed = await asyncio.to_thread(
+                wsop_json, "online", "list", "--tenant", "acme", "--redis", redis_url
+            )
+            assert listed == {"tenant": "acme", "users": [1], "count": 1, "truncated": False}
+
+    asyncio.run(exchange())
+
+
 def test_real_sidecar_move_switches_lb_upstream(redis_url: str) -> None:
     """Sidecar `/move` → control frame → the LB switches the client's upstream live."""
     pytest.importorskip("wsop.sidecar.app")
@@ -347,6 +381,7 @@ def test_drain_bad_input_is_one_line(args: tuple[str, ...], code: int, message: 
         ("rebalance", "--local"),
         ("ring", "show", "--local"),
         ("ring", "locate", "--local", "7"),
+        ("publish", "--tenant", "acme", "--to", "7", "--data", "1"),
     ],
 )
 def test_no_local_stack_is_the_same_error_everywhere(args: tuple[str, ...]) -> None:

@@ -15,11 +15,13 @@ import redis
 
 from wsop.acl import bitmap, keys
 from wsop.acl.pipeline import parse_resolve, queue_resolve
+from wsop.acl.presence import UserPresence, user_presence
 from wsop.acl.scripts import (
     ASSERT_LUA,
     CONNECTIONS_LUA,
     DIRECTORY_LUA,
     PRESENCE_LUA,
+    PRESENCE_READ_LUA,
     RELEASE_LUA,
 )
 from wsop.errors import BackendError, NotFound
@@ -60,6 +62,7 @@ class LiveAcl:
         # so their connections can be re-asserted through the directory (`assert_held`).
         self.string_tenants: set[str] = set()
         self._assert = client.register_script(ASSERT_LUA)
+        self._presence_read = client.register_script(PRESENCE_READ_LUA)
 
     async def id_mode(self, tenant: str) -> IdMode:
         """The tenant's id mode; unknown tenants count as integer-id tenants, except those
@@ -148,13 +151,14 @@ class LiveAcl:
         return len(tenants)
 
     async def team_recipients(
-        self, tenant: str, teams: Sequence[str], sender_index: int
+        self, tenant: str, teams: Sequence[str], sender_index: int | None
     ) -> tuple[list[UserId] | None, str | None]:
-        """(online recipients, None), or (None, the first team the sender is not in)."""
+        """(online recipients, None), or (None, the first team the sender is not in);
+        `sender_index` None (a backend's publish): nobody's membership is checked."""
         return (await self.resolve_team(tenant, teams, sender_index)).result()
 
     async def resolve_team(
-        self, tenant: str, teams: Sequence[str], sender_index: int
+        self, tenant: str, teams: Sequence[str], sender_index: int | None
     ) -> TeamResolution:
         """`team_recipients` plus the presence epoch, still in one pipeline.
 
@@ -181,6 +185,32 @@ class LiveAcl:
         if raw.id_mode is IdMode.STRING:
             return TeamResolution(await self.names_for(tenant, indices), None, epoch)
         return TeamResolution(indices, None, epoch)
+
+    # -- presence queries (`GET /presence`) --------------------------------------------
+
+    async def presence_of(self, tenant: str, users: Sequence[UserId]) -> list[UserPresence]:
+        """Who of `users` (canonical ids of the tenant's mode) is online, and on how many
+        connections across the stack: one script, after a directory lookup for string
+        ids (read-only: asking about a name never assigns it an index)."""
+        if await self.id_mode(tenant) is IdMode.STRING:
+            to_index = keys.directory_keys(tenant)[0]
+            raw = await self.client.hmget(to_index, [str(u) for u in users])
+            indices = [int(r) if r is not None else None for r in raw]
+        else:
+            indices = [u if isinstance(u, int) and 0 <= u < self.max_users else None for u in users]
+        known = [i for i in indices if i is not None]
+        replies = (
+            await self._presence_read(
+                keys=[keys.online_key(tenant), keys.connection_counts_key(tenant)], args=known
+            )
+            if known
+            else []
+        )
+        return user_presence(users, indices, replies)
+
+    async def online_count(self, tenant: str) -> int:
+        """Users of `tenant` online now (BITCOUNT of its online bitmap)."""
+        return int(await self.client.bitcount(keys.online_key(tenant)))
 
     # -- re-assertion (wsop/sidecar/presence.py) ----------------------------------------
 

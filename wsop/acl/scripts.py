@@ -238,3 +238,20 @@ redis.call('HINCRBY', KEYS[1], idx, 1)
 redis.call('HINCRBY', KEYS[1], '*', 1)
 return {1}
 """
+
+# Who of these users is online, and on how many connections (`GET /presence`): the
+# online bit, and the sum of the per-sidecar connection counts the quotas keep
+# (`conns:{T}:<sidecar>`, listed in `conn-counts:{T}`: same slot, like CONNECTIONS_LUA).
+# KEYS: online-users, conn-counts; ARGV: bit indices. Returns bit, count, bit, count, …
+PRESENCE_READ_LUA = """
+local out = {}
+for i = 1, #ARGV do
+  out[2 * i - 1] = redis.call('GETBIT', KEYS[1], ARGV[i])
+  out[2 * i] = 0
+end
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local got = redis.call('HMGET', key, unpack(ARGV))
+  for i = 1, #ARGV do out[2 * i] = out[2 * i] + (tonumber(got[i]) or 0) end
+end
+return out
+"""

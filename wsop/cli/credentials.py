@@ -105,3 +105,39 @@ def token_checks(
         "leeway_s": leeway,
         "max_token_lifetime_s": max_token_lifetime,
     }
+
+
+def publish_credential(tenant: str, sender: str | None, ttl_s: int = 300) -> str:
+    """What `wsop publish` sends without `--token`: a publish token for `tenant` (as
+    `sender`) minted with `WSOP_SECRET`, else with the running local stack's secret;
+    on a local stack without one (`--insecure`), that stack's admin token, which the
+    servers accept for any tenant. Said on stderr when it is the local stack's."""
+    from wsop.auth import SECRET_ENV
+    from wsop.cli.output import err_console
+    from wsop.httpadmin import ADMIN_TOKEN_ENV
+    from wsop.local.stack_file import members_path
+    from wsop.local.stack_proc import running_record
+    from wsop.publisher import mint_publish_token
+
+    if os.environ.get(SECRET_ENV):
+        return mint_publish_token(os.environ[SECRET_ENV], tenant, sender, ttl_s)
+    record = running_record()
+    if record is not None and record.secret:
+        err_console.print(
+            f"{SECRET_ENV} is not set: signing with the local stack's secret ({members_path()})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return mint_publish_token(record.secret, tenant, sender, ttl_s)
+    if sender is not None:
+        raise UsageError(
+            f"--sender needs a publish token: set {SECRET_ENV} (a stack without a JWT secret "
+            "takes only the admin token, which sends as null)"
+        )
+    token = os.environ.get(ADMIN_TOKEN_ENV) or (record.admin_token if record else None)
+    if not token:
+        raise UsageError(
+            f"no credential to publish with: pass --token (or WSOP_PUBLISH_TOKEN), set "
+            f"{SECRET_ENV} to mint one, or {ADMIN_TOKEN_ENV}"
+        )
+    return token

@@ -29,6 +29,7 @@ from wsop.cli.options import (
     tls_settings,
 )
 from wsop.k8s.discovery import DEFAULT_SELECTOR
+from wsop.protocol import DEFAULT_MAX_FRAME_BYTES
 
 Host = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
 Port = Annotated[int, typer.Option("--port", help="TCP port for clients and admin HTTP.")]
@@ -40,6 +41,13 @@ Algo = Annotated[str | None, typer.Option("--algo", help="Ring algorithm (defaul
 Name = Annotated[str, typer.Option("--name", help="Name reported by /healthz.")]
 Drain = Annotated[
     float, typer.Option("--drain-seconds", help="On SIGTERM, close clients over this window.")
+]
+MaxFrame = Annotated[
+    int,
+    typer.Option(
+        "--max-frame-bytes",
+        help="Largest POST /publish body forwarded (give the sidecars' --max-frame-bytes).",
+    ),
 ]
 
 
@@ -55,6 +63,7 @@ def lb_cmd(
     algo: Algo = None,
     name: Name = "lb",
     drain_seconds: Drain = 1.0,
+    max_frame_bytes: MaxFrame = DEFAULT_MAX_FRAME_BYTES,
     jwt_public_key: JwtPublicKeyOpt = None,
     jwks: JwksOpt = None,
     leeway: LeewayOpt = DEFAULT_LEEWAY_S,
@@ -65,7 +74,8 @@ def lb_cmd(
     ca: CaOpt = None,
 ) -> None:
     """Run the WebSocket load balancer: /ws relays to the ring owner; /healthz, /metrics,
-    /connections answer plain HTTP on the same port."""
+    /connections answer plain HTTP on the same port, and /publish, /presence are
+    forwarded to a sidecar."""
     from wsop.lb import LBConfig, run
     from wsop.ring import DEFAULT_ALGORITHM
 
@@ -78,6 +88,7 @@ def lb_cmd(
         algo=algo or DEFAULT_ALGORITHM,
         name=name,
         drain_s=drain_seconds,
+        max_frame_bytes=max_frame_bytes,
         tls=tls_settings(certfile, keyfile, ca),
         **token_checks("lb", insecure, jwt_public_key, jwks, leeway, max_token_lifetime),
         allowed_origins=parse_origins(allowed_origins),

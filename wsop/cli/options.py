@@ -190,14 +190,31 @@ RecipientsOpt = Annotated[
         "--max-recipients", metavar="N", help="Online recipients of one message; 0: no limit."
     ),
 ]
+PublishRateOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-publishes-per-second",
+        metavar="R",
+        help="POST /publish per publisher on this sidecar (bursts of 2R); over it: 429. "
+        "0: no limit.",
+    ),
+]
 
 
-def build_quotas(path: Path | None, per_user: int, per_tenant: int, rate: float, recipients: int):
+def build_quotas(
+    path: Path | None,
+    per_user: int,
+    per_tenant: int,
+    rate: float,
+    recipients: int,
+    publish_rate: float | None = None,
+):
     """The stack's `Quotas`: the flags are the defaults a quotas file overrides per
     tenant (and may override for everyone in its "default" section)."""
-    from wsop.quotas import Limits, Quotas
+    from wsop.quotas import DEFAULT_PUBLISHES_PER_SECOND, Limits, Quotas
 
-    base = Limits(per_user, per_tenant, rate, recipients)
+    publishes = DEFAULT_PUBLISHES_PER_SECOND if publish_rate is None else publish_rate
+    base = Limits(per_user, per_tenant, rate, recipients, publishes)
     return Quotas.load(path, base) if path is not None else Quotas(base)
 
 

@@ -24,6 +24,7 @@ from wsop.cli.options import (
     PeersOpt,
     PerTenantOpt,
     PerUserOpt,
+    PublishRateOpt,
     QuotasFileOpt,
     RateOpt,
     RecipientsOpt,
@@ -40,6 +41,7 @@ from wsop.quotas import (
     DEFAULT_CONNECTIONS_PER_USER,
     DEFAULT_MAX_RECIPIENTS,
     DEFAULT_MESSAGES_PER_SECOND,
+    DEFAULT_PUBLISHES_PER_SECOND,
 )
 
 HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")]
@@ -90,6 +92,7 @@ def sidecar_cmd(
     max_connections_per_tenant: PerTenantOpt = 0,
     max_messages_per_second: RateOpt = DEFAULT_MESSAGES_PER_SECOND,
     max_recipients: RecipientsOpt = DEFAULT_MAX_RECIPIENTS,
+    max_publishes_per_second: PublishRateOpt = DEFAULT_PUBLISHES_PER_SECOND,
     jwt_public_key: JwtPublicKeyOpt = None,
     jwks: JwksOpt = None,
     leeway: LeewayOpt = DEFAULT_LEEWAY_S,
@@ -108,7 +111,7 @@ def sidecar_cmd(
     origins = parse_origins(allowed_origins)
     limits = build_quotas(
         quotas, max_connections_per_user, max_connections_per_tenant,
-        max_messages_per_second, max_recipients,
+        max_messages_per_second, max_recipients, max_publishes_per_second,
     )  # fmt: skip
     # every flag is checked by the config (as for library callers), before any I/O
     config = SidecarConfig(

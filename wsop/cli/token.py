@@ -16,8 +16,22 @@ from wsop.cli.output import emit, err_console
 def token_cmd(
     tenant: Annotated[str, typer.Option("--tenant", help="Tenant name.", show_default=False)],
     user: Annotated[
-        str, typer.Option("--user", help="User id (integer or string).", show_default=False)
-    ],
+        str | None,
+        typer.Option(
+            "--user",
+            help="User id (integer or string); with --publish, the sender clients see "
+            "(optional: null without it).",
+            show_default=False,
+        ),
+    ] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            help="A backend's publish token (scope 'publish') for POST /publish and "
+            "/presence; it cannot open a WebSocket session.",
+        ),
+    ] = False,
     ttl: Annotated[int, typer.Option("--ttl", help="Lifetime in seconds.")] = auth.DEFAULT_TTL_S,
     secret: Annotated[
         str | None,
@@ -43,10 +57,14 @@ def token_cmd(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Mint a signed token for one user of one tenant (printed alone on stdout)."""
+    """Mint a signed token for one user of one tenant, or with --publish a backend's
+    publish token (printed alone on stdout)."""
     from wsop.errors import UsageError
     from wsop.jwtkeys import SigningKey, load_private_key
+    from wsop.publisher import mint_publish_token
 
+    if user is None and not publish:
+        raise UsageError("--user is required (or --publish for a backend's publish token)")
     if private_key is not None and secret is not None:
         raise UsageError("give either --secret or --private-key, not both")
     if kid is not None and private_key is None:
@@ -55,7 +73,11 @@ def token_cmd(
         key: str | SigningKey = load_private_key(private_key, kid)
     else:
         key = secret if secret is not None else client_secret()
-    token = auth.mint_token(key, tenant, user, ttl)
+    if publish:
+        token = mint_publish_token(key, tenant, user, ttl)
+    else:
+        assert user is not None
+        token = auth.mint_token(key, tenant, user, ttl)
     warnings = [auth.secret_warning(key)] if isinstance(key, str) else []
     if ttl > auth.DEFAULT_MAX_LIFETIME_S:
         warnings.append(

@@ -8,13 +8,15 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import OPEN
 
 from wsop.detach import Detachable
+from wsop.httpbody import BodyReading
 
 
-class LBServerConnection(Detachable, ServerConnection):
+class LBServerConnection(BodyReading, Detachable, ServerConnection):
     """A client's connection to the LB: relayable once the upgrade request is read.
 
     (A refused request is answered by websockets as usual: with `_STASHING` nothing is
-    parsed after the head, and a GET upgrade request has no body.)"""
+    parsed after the head, and a GET upgrade request has no body. An API request's
+    body is read beside websockets: `wsop.httpbody`.)"""
 
     def _relayable(self) -> bool:
         return self.request is not None

@@ -26,7 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
-from wsop import lbsignal, shell
+from wsop import httpapi, lbsignal, protocol, shell
 from wsop.auth import (
     DEFAULT_LEEWAY_S,
     DEFAULT_MAX_LIFETIME_S,
@@ -35,18 +35,27 @@ from wsop.auth import (
     TokenVerifier,
     identity_from_request,
 )
-from wsop.checks import check_host, check_member_name, check_port, check_seconds
+from wsop.checks import (
+    check_host,
+    check_member_name,
+    check_port,
+    check_positive_int,
+    check_seconds,
+)
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import WsopError
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
     admin_refusal,
     json_response,
+    method_refusal,
     origins_option,
+    path_of,
     request_refusal,
     select_subprotocol,
     text_response,
 )
+from wsop.lb.api import LBApi
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
@@ -100,6 +109,8 @@ class LBConfig:
     jwks: str | None = None
     leeway_s: int = DEFAULT_LEEWAY_S
     max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
+    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
+    """Largest `POST /publish` body forwarded (give the sidecars' `--max-frame-bytes`)."""
 
     def __post_init__(self) -> None:
         """Refuse what `wsop lb` refuses (port 0: let the OS pick a free one)."""
@@ -110,6 +121,7 @@ class LBConfig:
         check_seconds(self.drain_s, "drain_s")
         check_seconds(self.open_timeout, "open_timeout", allow_zero=False)
         check_seconds(self.move_drain_s, "move_drain_s")
+        check_positive_int(self.max_frame_bytes, "max_frame_bytes")
         self.token_verifier()  # key files readable, leeway and lifetime sane
 
     def token_verifier(self) -> TokenVerifier | None:
@@ -135,6 +147,7 @@ class LoadBalancer:
         self._stopping = False
         self._server_ssl = config.tls.server_context()
         self._client_ssl = config.tls.client_context()
+        self.api = LBApi(self, config.max_frame_bytes, self._client_ssl)
 
     # --- membership -------------------------------------------------------------------
     def set_members(self, members: Members) -> None:
@@ -160,10 +173,15 @@ class LoadBalancer:
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        api_path = path_of(request)
+        if api_path in httpapi.METHODS:  # JSON answers for everything (wsop.lb.api)
+            return await self.api.answer(connection, request, api_path)
         malformed = request_refusal(request)  # duplicate headers: 400, never a 500
         if malformed:
             self.stats.auth_failures += 1
             return text_response(connection, 400, malformed)
+        if request.method != "GET":  # before a /ws dials a sidecar for nothing
+            return method_refusal(connection, request.method)
         path = urlsplit(request.path).path
         if path == WS_PATH:
             try:

@@ -29,6 +29,8 @@ class LBStats:
         """Things the LB would not do: a move to a non-member, a client's control frame."""
         self.per_sidecar: Counter[str] = Counter()
         """Live relayed connections by the sidecar they are routed to."""
+        self.api: Counter[str] = Counter()
+        """API requests (/publish, /presence): forwarded, or refused_<code> here."""
 
     @property
     def connections(self) -> int:
@@ -72,6 +74,14 @@ class _Collector(Collector):
         yield CounterMetricFamily(
             "wsop_lb_accepted", "Client connections accepted.", value=s.accepted
         )
+        api = CounterMetricFamily(
+            "wsop_lb_api_requests",
+            "Publish and presence requests: forwarded to a sidecar, or refused by the LB.",
+            labels=["result"],
+        )
+        for result, count in sorted(s.api.items()):
+            api.add_metric([result], count)
+        yield api
         yield CounterMetricFamily(
             "wsop_lb_auth_failures", "Handshakes refused with 401.", value=s.auth_failures
         )

@@ -1,6 +1,6 @@
 """The sidecar's plain-HTTP side (websockets' `process_request`): the handshake's
-authentication, `/healthz`, `/metrics`, `/connections` and the `/move` and `/drain`
-hooks."""
+authentication, `/healthz`, `/metrics`, `/connections`, the `/move` and `/drain`
+hooks, and the backends' APIs (`/publish`, `/presence`: `wsop.sidecar.api`)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,21 @@ import redis
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from wsop import lbsignal, protocol
+from wsop import httpapi, lbsignal, protocol
 from wsop.acl.live import LiveAcl
 from wsop.auth import AuthError, Identity, TokenVerifier, identity_from_request
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
     admin_refusal,
     json_response,
+    method_refusal,
     path_of,
     query,
     request_refusal,
     text_response,
 )
 from wsop.names import IdMode
+from wsop.sidecar.api import SidecarApi
 from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
 from wsop.sidecar.config import SidecarConfig
 from wsop.sidecar.metrics import SidecarMetrics
@@ -47,6 +49,7 @@ class Sidecar(Protocol):
     metrics: SidecarMetrics
     router: Router
     outbox: Outbox
+    api: SidecarApi
 
     def placement_for(self, members: dict[str, str]) -> Callable[[Any], str]: ...
 
@@ -55,10 +58,14 @@ async def process_request(
     sidecar: Sidecar, conn: SidecarServerConnection, request: Request
 ) -> Response | None:
     config = sidecar.config
+    path = path_of(request)
+    if path in httpapi.METHODS:  # JSON answers for everything (wsop.sidecar.api)
+        return await sidecar.api.answer(conn, request, path)
     malformed = request_refusal(request)  # duplicate headers: 400, never a 500
     if malformed:
         return text_response(conn, 400, malformed)
-    path = path_of(request)
+    if request.method != "GET":
+        return method_refusal(conn, request.method)
     if path == "/ws":
         try:
             ident = identity_from_request(

@@ -32,6 +32,7 @@ from wsop.quotas import TokenBucket
 from wsop.ring import build
 from wsop.shell import MembershipWatcher
 from wsop.sidecar import admin
+from wsop.sidecar.api import SidecarApi
 from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
 from wsop.sidecar.config import SidecarConfig
 from wsop.sidecar.delivery import ACK_TIMEOUT_S, Delivery
@@ -84,6 +85,10 @@ class Sidecar:
         self.messages = ClientMessages(
             config.max_frame_bytes, config.quotas, self.router, self.delivery, self.presence,
             self.outbox, self.metrics,
+        )  # fmt: skip
+        self.api = SidecarApi(
+            config.max_frame_bytes, config.admin_token, self.verifier, config.quotas, acl,
+            self.presence, self.messages, self.metrics,
         )  # fmt: skip
         self.apps = (
             UpstreamApps(

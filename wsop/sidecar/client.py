@@ -38,6 +38,7 @@ from wsop import protocol as wire
 from wsop.auth import Identity
 from wsop.detach import Detachable
 from wsop.httpadmin import path_of
+from wsop.httpbody import BodyReading
 from wsop.protocol import CloseCode
 from wsop.quotas import TokenBucket
 from wsop.sidecar.framing import FrameReader
@@ -315,9 +316,10 @@ class ClientHandshake:
     """Counted in the tenant's connections (quotas)."""
 
 
-class SidecarServerConnection(Detachable, ServerConnection):
+class SidecarServerConnection(BodyReading, Detachable, ServerConnection):
     """The handshake of any sidecar request; `/ws` clients are detached into sessions
-    afterwards, peer links and admin requests stay with websockets."""
+    afterwards, peer links and admin requests stay with websockets (and API requests
+    with a body have it read beside websockets: `wsop.httpbody`)."""
 
     client: ClientHandshake | None = None
     """Set for a `/ws` client by the handshake."""

@@ -81,11 +81,8 @@ class ClientMessages:
             return self._team(conn, ident, index, msg, started)
         self.metrics.in_direct.inc()
         frame = protocol.encode_message(ident.user, msg.data, msg.id, int(time.time() * 1000))
-        plan = self.router.plan(ident.tenant, [msg.to])
         pending = PendingAck(conn, msg.id, started, done=self._done)
-        forwarded = self.delivery.execute(ident.tenant, plan, frame, pending, TO_OWNER)
-        congested = self.peers.congested(forwarded) if forwarded else None
-        return _wait_ready(congested) if congested else None
+        return self.send(ident.tenant, [msg.to], frame, pending)
 
     async def _team(
         self, conn: Any, ident: Identity, index: int, msg: protocol.TeamMessage, started: float
@@ -105,23 +102,41 @@ class ClientMessages:
             )
             return
         tenant = ident.tenant
-        limit = self.quotas.of(tenant).max_recipients
-        if limit and len(users) > limit:
-            self._error(
-                conn,
-                msg.id,
-                protocol.TOO_MANY_RECIPIENTS,
-                f"{len(users)} online recipients; this stack allows {limit} a message",
-            )
+        too_many = self.over_recipient_limit(tenant, len(users))
+        if too_many:
+            self._error(conn, msg.id, protocol.TOO_MANY_RECIPIENTS, too_many)
             return
         ts = int(time.time() * 1000)
         frame = protocol.encode_message(ident.user, msg.data, msg.id, ts, msg.teams)
         pending = PendingAck(conn, msg.id, started, done=self._done)
+        waiting = self.send(tenant, users, frame, pending)
+        if waiting is not None:
+            await waiting
+
+    def over_recipient_limit(self, tenant: str, count: int) -> str | None:
+        """Why a message to `count` online recipients is not sent (`max_recipients`)."""
+        limit = self.quotas.of(tenant).max_recipients
+        if limit and count > limit:
+            return f"{count} online recipients; this stack allows {limit} a message"
+        return None
+
+    def send(
+        self, tenant: str, users: list[Any], frame: str, pending: PendingAck
+    ) -> Coroutine[Any, Any, None] | None:
+        """Plan and dispatch `frame` to `users` of `tenant`; `pending` completes when
+        every recipient is answered for. The one way a client's message and a backend's
+        publish reach their recipients. Returns what the sender must await, if anything:
+        a congested peer link's backpressure, or the rest of a huge team's slices."""
         if len(users) <= TEAM_SLICE_USERS:
             plan = self.router.plan(tenant, users)
             forwarded = self.delivery.execute(tenant, plan, frame, pending, TO_OWNER)
-            await _wait_ready(self.peers.congested(forwarded))
-            return
+            congested = self.peers.congested(forwarded) if forwarded else None
+            return _wait_ready(congested) if congested else None
+        return self._send_sliced(tenant, users, frame, pending)
+
+    async def _send_sliced(
+        self, tenant: str, users: list[Any], frame: str, pending: PendingAck
+    ) -> None:
         ack_id = self.delivery.begin(pending)
         try:
             for start in range(0, len(users), TEAM_SLICE_USERS):

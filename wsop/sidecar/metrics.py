@@ -91,6 +91,12 @@ class SidecarMetrics:
         )
         self._per_tenant: dict[str, LazyCounter] = {}
         self._by_label: dict[str, LazyCounter] = {}
+        self.publishes = Counter(
+            "wsop_publish_requests",
+            "POST /publish requests answered, by result (ack, or the error code)",
+            ["result"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "wsop_client_errors", "Error frames sent to clients", ["code"], registry=self.registry
         )

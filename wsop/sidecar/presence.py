@@ -342,7 +342,7 @@ class Presence:
             await asyncio.sleep(SETTLE_POLL_S)
 
     async def team_recipients(
-        self, tenant: str, teams: Sequence[str], sender_index: int
+        self, tenant: str, teams: Sequence[str], sender_index: int | None
     ) -> tuple[list[UserId] | None, str | None]:
         """`LiveAcl.team_recipients`, guarded: a new (or missing) epoch in the reply waits
         for re-assertion and resolves again, instead of skipping users silently."""
