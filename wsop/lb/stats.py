@@ -49,6 +49,14 @@ class LBStats:
             del self.per_sidecar[owner]
 
 
+def _labelled(name: str, doc: str, label: str, counts: Counter[str]) -> CounterMetricFamily:
+    """One counter family with a sample per key, in a stable order for diffable scrapes."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
 class _Collector(Collector):
     def __init__(self, stats: LBStats, name: str) -> None:
         self.stats = stats
@@ -74,34 +82,30 @@ class _Collector(Collector):
         yield CounterMetricFamily(
             "wsop_lb_accepted", "Client connections accepted.", value=s.accepted
         )
-        api = CounterMetricFamily(
+        yield _labelled(
             "wsop_lb_api_requests",
             "Publish and presence requests: forwarded to a sidecar, or refused by the LB.",
-            labels=["result"],
+            "result",
+            s.api,
         )
-        for result, count in sorted(s.api.items()):
-            api.add_metric([result], count)
-        yield api
         yield CounterMetricFamily(
             "wsop_lb_auth_failures", "Handshakes refused with 401.", value=s.auth_failures
         )
         yield CounterMetricFamily(
             "wsop_lb_no_sidecar", "Handshakes refused 503: no sidecars.", value=s.no_sidecar
         )
-        fails = CounterMetricFamily(
-            "wsop_lb_upstream_failures", "Upstream connects/links that failed.", labels=["reason"]
+        yield _labelled(
+            "wsop_lb_upstream_failures",
+            "Upstream connects/links that failed.",
+            "reason",
+            s.upstream_failures,
         )
-        for reason, count in sorted(s.upstream_failures.items()):
-            fails.add_metric([reason], count)
-        yield fails
-        refused = CounterMetricFamily(
+        yield _labelled(
             "wsop_lb_refused",
             "Requests the LB ignored: moves to a non-member, control frames from clients.",
-            labels=["what"],
+            "what",
+            s.refused,
         )
-        for what, count in sorted(s.refused.items()):
-            refused.add_metric([what], count)
-        yield refused
 
 
 def make_registry(stats: LBStats, name: str = "lb") -> CollectorRegistry:
