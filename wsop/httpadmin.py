@@ -126,6 +126,16 @@ def select_subprotocol(connection: ServerConnection, offered: Sequence[str]) -> 
     )
 
 
+def drop_subprotocol_callback(protocol: object) -> None:
+    """Forget the `select_subprotocol` callback websockets bound to a handshake's protocol.
+
+    The bound callback closes over the asyncio connection that owns the protocol: a
+    cycle the servers' detached data phase would keep alive (the sidecar's session holds
+    the protocol) or leave for the cycle collector (the LB), ~1–3.5 KB per idle client.
+    Call it once the handshake is over; the class's own method takes its place again."""
+    vars(protocol).pop("select_subprotocol", None)
+
+
 def origins_option(allowed: Sequence[str] | None) -> list[str | None] | None:
     """websockets' `origins=` for `--allowed-origins`: None checks nothing; a list admits
     those origins and clients that send no `Origin` (non-browser clients, the LB)."""

@@ -279,3 +279,30 @@ def test_a_client_that_stops_reading_is_closed_after_the_grace(
     assert slow_transport.aborted  # it did not answer the close either
     assert brief_owner.too_slow == 0 and brief_transport.written == b""
     assert slow_transport.high == client_module.WRITE_HIGH
+
+
+def test_the_session_does_not_keep_the_handshakes_connection_alive() -> None:
+    """websockets binds `select_subprotocol` to the protocol as a closure over its asyncio
+    connection (as `serve(select_subprotocol=…)` does); a session that kept it would keep
+    every idle client's whole connection object alive (issue 17: idle memory 3 → 6.5 KB)."""
+    import gc
+    import weakref
+
+    class Connection:  # stands for websockets' asyncio ServerConnection
+        pass
+
+    connection = Connection()
+    gone = weakref.ref(connection)
+    protocol = ServerProtocol(
+        state=State.OPEN,
+        select_subprotocol=lambda _p, offered, c=connection: c and None,  # type: ignore[misc]
+    )
+    del connection
+    assert gone() is not None  # the protocol's callback holds it
+    session = ClientSession(protocol, Identity("t", 1), 1, Owner())
+    gc.disable()  # freed by reference counting, not left to the cycle collector
+    try:
+        assert gone() is None
+    finally:
+        gc.enable()
+    assert session.protocol is protocol

@@ -47,6 +47,7 @@ from wsop.errors import WsopError
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
     admin_refusal,
+    drop_subprotocol_callback,
     json_response,
     method_refusal,
     origins_option,
@@ -323,6 +324,7 @@ class LoadBalancer:
             return
         identity, owner = leg.identity, leg.owner
         key = (identity.tenant, identity.user)
+        drop_subprotocol_callback(connection.protocol)  # a cycle through the connection
         relay = Relay(
             connection,
             leg.upstream,

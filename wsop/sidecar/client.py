@@ -37,7 +37,7 @@ from websockets.server import ServerProtocol
 from wsop import protocol as wire
 from wsop.auth import Identity
 from wsop.detach import Detachable
-from wsop.httpadmin import path_of
+from wsop.httpadmin import drop_subprotocol_callback, path_of
 from wsop.httpbody import BodyReading
 from wsop.protocol import CloseCode
 from wsop.quotas import TokenBucket
@@ -98,6 +98,7 @@ class ClientSession(FrameReader):
         owner: SessionOwner,
         via_lb: bool = False,
     ) -> None:
+        drop_subprotocol_callback(protocol)  # else it keeps the asyncio connection alive
         super().__init__(protocol)
         self.ident = ident
         self.index = index
