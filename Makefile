@@ -10,7 +10,6 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench bench-peers install lock redis chromium peers clean image image-check
 
-
 # constraints.txt pins every package to the version CI tested, so a fresh machine
 # installs the same set (pyproject.toml keeps the ranges a library user may pick from).
 $(STAMP): pyproject.toml constraints.txt

@@ -105,9 +105,12 @@ def _row(rows: list[dict[str, Any]], workload: str, system: str) -> dict[str, An
     return next((r for r in rows if r["workload"] == workload and r["system"] == system), None)
 
 
-def _ratio(name: str, wsop: float | None, peer: float | None, unit: str) -> dict[str, Any]:
+def _ratio(
+    name: str, wsop: float | None, peer: float | None, unit: str, suffix: str = ""
+) -> dict[str, Any]:
     ratio = wsop / peer if wsop is not None and peer else None
-    out: dict[str, Any] = {"name": name, "wsop": wsop, "peer": peer, "unit": unit, "ratio": ratio}
+    out: dict[str, Any] = {"name": name + suffix, "wsop": wsop, "peer": peer, "unit": unit,
+                           "ratio": ratio}  # fmt: skip
     limit = _LIMITS.get(name)
     if limit is not None:
         op, bound = limit
@@ -117,29 +120,29 @@ def _ratio(name: str, wsop: float | None, peer: float | None, unit: str) -> dict
     return out
 
 
-def ratios(rows: list[dict[str, Any]], idle: dict[str, Any]) -> list[dict[str, Any]]:
+def ratios(
+    rows: list[dict[str, Any]], idle: dict[str, Any], variants: list[str] | tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """wsop ÷ Socket.IO+HAProxy for each row's headline figure; wsop's LB ÷ HAProxy for
-    the relay (the balancer's own CPU per message, same sidecars behind both). Rows a
-    `--workloads` subset left out have no ratio."""
+    the relay (the balancer's own CPU per message, same sidecars behind both). Then the
+    same for every extra LB of `--lb-args` (`variants`), named with a ` [system]`
+    suffix. Rows a `--workloads` subset left out have no ratio."""
     out = []
-    for name, workload, key in _ROW_RATIOS:
-        unit = "deliveries/s" if key == "deliveries_per_s" else "µs"
-        w, s = _row(rows, workload, "wsop"), _row(rows, workload, "socket.io")
-        if w is not None and s is not None:
-            out.append(_ratio(name, w[key], s[key], unit))
-    if idle:
-        kb = {k: v["total_bytes_per_conn"] / 1024 for k, v in idle.items()}
-        out.append(_ratio("idle: KB per connection", kb["wsop"], kb["socket.io"], "KB"))
-    lb, hap = _row(rows, "relay", "wsop"), _row(rows, "relay", "haproxy relay")
-    if lb is not None and hap is not None:
-        out.append(
-            _ratio(
-                "relay: LB ÷ HAProxy CPU per relayed message",
-                lb["us_per_msg"]["lb"],
-                hap["us_per_msg"]["haproxy"],
-                "µs",
-            )  # fmt: skip
-        )
+    for system in ("wsop", *variants):
+        suffix = "" if system == "wsop" else f" [{system}]"
+        for name, workload, key in _ROW_RATIOS:
+            unit = "deliveries/s" if key == "deliveries_per_s" else "µs"
+            w, s = _row(rows, workload, system), _row(rows, workload, "socket.io")
+            if w is not None and s is not None:
+                out.append(_ratio(name, w[key], s[key], unit, suffix))
+        if system in idle and "socket.io" in idle:
+            kb = {k: v["total_bytes_per_conn"] / 1024 for k, v in idle.items()}
+            out.append(_ratio("idle: KB per connection", kb[system], kb["socket.io"], "KB", suffix))
+        lb, hap = _row(rows, "relay", system), _row(rows, "relay", "haproxy relay")
+        if lb is not None and hap is not None:
+            name = "relay: LB ÷ HAProxy CPU per relayed message"
+            out.append(_ratio(name, lb["us_per_msg"]["lb"], hap["us_per_msg"]["haproxy"], "µs",
+                              suffix))  # fmt: skip
     return out
 
 
@@ -200,5 +203,7 @@ def print_report(doc: dict[str, Any]) -> None:
         )  # fmt: skip
     console.print(r)
     for name, led in doc["ledgers"].items():
-        console.print(f"ledger {name}: {led}")
+        done = doc["completeness"][name]
+        console.print(f"ledger {name}: {_f(None if done is None else done * 100, '.3f')}% of the "
+                      f"deliveries arrived; {led}")  # fmt: skip
     console.print(f"(total run {doc['seconds']} s)")

@@ -1,5 +1,5 @@
-"""The peer side of bench/peers.py: Socket.IO's node processes and HAProxy, started,
-checked and always stopped by pid.
+"""The server side of bench/peers.py: Socket.IO's node processes, HAProxy and the extra
+wsop LBs of `--lb-args`, started, checked and always stopped by pid.
 
 Kept apart from the driver (the clients) and from bench/peers.py (what to run, the
 report). node, npm and haproxy come from the machine (`make peers` installs Debian's
@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsop.adminclient import get_json
 from wsop.local.redis_binary import free_port
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -146,13 +150,15 @@ def _wait_port(proc: subprocess.Popen[bytes], port: int, log: Path, what: str) -
 
 
 @contextmanager
-def _spawned(argv: list[str], log: Path, port: int, what: str) -> Iterator[subprocess.Popen]:
-    """Run `argv` with its cwd in the run's work dir (where its log and config live, and
-    what a test's sweep looks for), until the `with` ends."""
+def _spawned(
+    argv: list[str], log: Path, port: int, what: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run `argv` (with `env` added to ours) with its cwd in the run's work dir (where
+    its log and config live, and what a test's sweep looks for), until the `with` ends."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=log.parent, preexec_fn=_die_with_parent,
+            cwd=log.parent, preexec_fn=_die_with_parent, env={**os.environ, **(env or {})},
         )  # fmt: skip
     try:
         _wait_port(proc, port, log, what)
@@ -226,3 +232,32 @@ def haproxy(
 def workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="wsop-bench-peers-") as path:
         yield Path(path)
+
+
+@contextmanager
+def extra_lb(
+    stack_file: Path, algo: str, flags: list[str], workdir: Path, name: str,
+    timeout: float = 30.0,
+) -> Iterator[Server]:  # fmt: skip
+    """One more `wsop lb --insecure FLAGS` following a private stack's members file (the
+    same sidecars, the same Redis): a variant of wsop's LB (`--lb-args`) measured in the
+    same run as the stack's own. Yields once it routes to every sidecar of the stack."""
+    doc = json.loads(stack_file.read_text())
+    want = {s["name"] for s in doc["sidecars"]}
+    port = free_port()
+    argv = [sys.executable, "-m", "wsop.cli.main", "lb", "--host", "127.0.0.1", "--port",
+            str(port), "--members-file", str(stack_file), "--algo", algo, "--insecure",
+            "--name", name, *flags]  # fmt: skip
+    env = {"WSOP_ADMIN_TOKEN": doc["admin_token"]}
+    what = f"wsop lb {shlex.join(flags)}"
+    with _spawned(argv, workdir / f"{name}.log", port, what, env) as proc:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = get_json(f"http://127.0.0.1:{port}/connections", doc["admin_token"], 2.0)
+            if isinstance(got, dict) and {s["name"] for s in got.get("sidecars", [])
+                                          if s.get("url")} == want:  # fmt: skip
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} never routed to {sorted(want)} (log: {workdir})")
+            time.sleep(0.05)
+        yield Server(name, port, proc)

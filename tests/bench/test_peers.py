@@ -31,6 +31,7 @@ sys.path.insert(0, str(BENCH))
 
 import _peers_report as report  # noqa: E402
 import _peers_servers as servers  # noqa: E402
+import _peers_workloads as workloads  # noqa: E402
 import peers  # noqa: E402
 from _peers_driver import ACK, ERR, MSG, PING, Conn, SocketIO, Wsop  # noqa: E402
 
@@ -48,7 +49,7 @@ def conns_on(sides: dict[str, int]) -> list[Conn]:
                                    {"a": 17, "b": 47}, {"a": 5, "b": 59}])  # fmt: skip
 def test_pairs_are_a_derangement_with_half_of_them_across(sides: dict[str, int]) -> None:
     conns = conns_on(sides)
-    crossing = peers.pair_across(conns, random.Random(3))
+    crossing = workloads.pair_across(conns, random.Random(3))
     node = {c.user: c.node for c in conns}
     targets = [c.to for c in conns]
     assert sorted(targets) == sorted(c.user for c in conns), "everyone receives exactly once"
@@ -61,7 +62,7 @@ def test_pairs_are_a_derangement_with_half_of_them_across(sides: dict[str, int])
 
 def test_pairing_refuses_users_all_on_one_process() -> None:
     with pytest.raises(RuntimeError, match="1 process"):
-        peers.pair_across(conns_on({"a": 64}), random.Random(1))
+        workloads.pair_across(conns_on({"a": 64}), random.Random(1))
 
 
 def test_the_dialects_read_what_the_servers_send() -> None:
@@ -88,6 +89,16 @@ def test_haproxy_hashes_consistently_on_the_user_with_one_thread(tmp_path: Path)
     routed = servers.haproxy_config(9000, {"s0": 9001, "s1": 9002}, 6000, tmp_path / "o.map")
     assert f"use_backend %[url_param(user),map({tmp_path / 'o.map'},s0)]" in routed
     assert "backend s1" in routed and "balance" not in routed
+
+
+def test_abba_puts_every_system_symmetrically_around_the_middle() -> None:
+    assert workloads.abba_order(("A", "B"), 1) == ["A", "B", "B", "A"]
+    assert workloads.abba_order(("A", "B", "C"), 2) == list("ABCCBA" * 2)
+    order = workloads.abba_order(("A", "B", "C"), 1)
+    middle = (len(order) - 1) / 2
+    for x in "ABC":  # each system's mean position is the middle: a linear drift cancels
+        where = [i for i, y in enumerate(order) if y == x]
+        assert sum(where) / len(where) == middle
 
 
 def _row(workload: str, system: str, **figures: float) -> dict:
@@ -118,6 +129,28 @@ def test_ratios_and_goals() -> None:
     assert got["idle: KB per connection"]["ratio"] == pytest.approx(0.4)
     assert got["idle: KB per connection"]["goal_met"] is True
     assert got["relay: LB ÷ HAProxy CPU per relayed message"]["goal_met"] is True  # 1.1 ≤ 1.1
+
+
+def test_an_extra_lb_gets_its_own_ratios_against_the_same_peers() -> None:
+    v = "wsop --trunks 4"
+    rows = [
+        _row("team max", "wsop", server_us_per_delivery=30.0, deliveries_per_s=20_000),
+        _row("team max", v, server_us_per_delivery=15.0, deliveries_per_s=40_000),
+        _row("team max", "socket.io", server_us_per_delivery=20.0, deliveries_per_s=30_000),
+        _row("relay", "wsop", us_per_msg={"lb": 11.0}),
+        _row("relay", v, us_per_msg={"lb": 5.0}),
+        _row("relay", "haproxy relay", us_per_msg={"haproxy": 10.0}),
+    ]
+    idle = {k: {"total_bytes_per_conn": kb * 1024} for k, kb in
+            (("wsop", 10), (v, 8), ("socket.io", 25))}  # fmt: skip
+    got = {r["name"]: r for r in report.ratios(rows, idle, [v])}
+    assert got["team max: CPU per delivery"]["ratio"] == pytest.approx(1.5)
+    mine = got[f"team max: CPU per delivery [{v}]"]
+    assert mine["ratio"] == pytest.approx(0.75) and mine["goal_met"] is True
+    assert got[f"team max: deliveries/s [{v}]"]["goal_met"] is True
+    assert got[f"idle: KB per connection [{v}]"]["ratio"] == pytest.approx(8 / 25)
+    assert got[f"relay: LB ÷ HAProxy CPU per relayed message [{v}]"]["ratio"] == pytest.approx(0.5)
+    assert len(got) == 8
 
 
 def test_a_single_lost_delivery_fails_the_ledger() -> None:
@@ -174,6 +207,19 @@ def test_bad_workloads_flag_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [("", "give extra `wsop lb` flags"), ("'--trunks", "No closing quotation"),
+     ("--a --a", None)],
+)  # fmt: skip
+def test_bad_lb_args_are_a_usage_error(tmp_path: Path, flags: str, said: str | None) -> None:
+    args = [f"--lb-args={flags}"] * (2 if said is None else 1)
+    done = _bench(*args, "--quick", env=_env(tmp_path), timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert (said or "the same flags twice") in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _peers_ready() -> None:
     """Skip (with the reason) unless the real run can happen on this machine."""
     try:
@@ -183,31 +229,45 @@ def _peers_ready() -> None:
         pytest.skip(str(exc))
 
 
+EXTRA = "--drain-seconds 1"
+"""A harmless LB flag: the extra-LB path (`--lb-args`) runs without waiting for trunks."""
+
+
 @pytest.mark.timeout(240)
 def test_quick_run_loses_nothing_and_reports_every_ratio(tmp_path: Path) -> None:
     _peers_ready()
     started = time.monotonic()
-    done = _bench("--quick", "--json", env=_env(tmp_path), timeout=200)
+    done = _bench("--quick", "--json", "--idle-conns", "200", f"--lb-args={EXTRA}",
+                  env=_env(tmp_path), timeout=200)  # fmt: skip
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
     doc = json.loads(done.stdout)
     assert doc["ok"] is True
+    variant = f"wsop {EXTRA}"
+    systems = ("wsop", variant, "socket.io")
+    assert set(doc["ledgers"]) == {f"{w} {s}" for w in ("direct", "team") for s in systems} | {
+        "direct wsop", "direct haproxy relay"
+    }  # fmt: skip
     for name, ledger in doc["ledgers"].items():
         assert ledger["lost"] == ledger["unacked"] == ledger["errors"] == 0, name
+        assert ledger["unexpected"] == ledger["broken_connections"] == 0, name
         assert ledger["delivered"] == ledger["expected_deliveries"] > 0, name
-    assert [r["name"] for r in doc["ratios"]] == report.RATIO_NAMES
+        assert doc["completeness"][name] == 1.0
+    assert [r["name"] for r in doc["ratios"]] == report.RATIO_NAMES + [
+        f"{name} [{variant}]" for name in report.RATIO_NAMES
+    ]
     for r in doc["ratios"]:
         assert r["ratio"] is not None and r["ratio"] > 0, r
     rows = {(r["workload"], r["system"]) for r in doc["rows"]}
     assert rows == {
-        (w, s) for w in ("direct max", "direct fixed", "team max", "team fixed")
-        for s in ("wsop", "socket.io")
-    } | {("relay", "wsop"), ("relay", "haproxy relay")}  # fmt: skip
+        (w, s) for w in ("direct max", "direct fixed", "team max", "team fixed") for s in systems
+    } | {("relay", "wsop"), ("relay", variant), ("relay", "haproxy relay")}  # fmt: skip
     for r in doc["rows"]:
         assert r["phases"] == 2, "ABBA: each system runs twice"
         assert r["msgs"] > 0 and r["server_cpu_s"] > 0
         if r["workload"].startswith("direct"):
             assert r["cross_fraction"] == 0.5
+    assert set(doc["idle"]) == set(systems)
     assert kill_matching(str(tmp_path)) == [], "the run left a process behind"
     print(f"quick run: {elapsed:.1f} s (its own count: {doc['seconds']} s)")
 
