@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from _common import proc_cpu_ns, proc_cpu_times
-from _stack_driver import machine_busy_seconds, proc_syscalls, start_py_spy
+from _stack_driver import (
+    close_clients,
+    machine_busy_seconds,
+    proc_syscalls,
+    start_py_spy,
+    wind_down,
+)
 from websockets.asyncio.client import ClientConnection, connect
 
 MSG, ACK, ERR, PING, OTHER = range(5)
@@ -151,16 +157,6 @@ async def open_conns(
         return Conn(ws, user, index, node)
 
     return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(users))))
-
-
-async def close_conns(conns: list[Conn], concurrency: int = 256) -> None:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(c: Conn) -> None:
-        async with gate:
-            await c.ws.close()
-
-    await asyncio.gather(*(one(c) for c in conns), return_exceptions=True)
 
 
 FrameMaker = Callable[[Conn, str, int, int], str]
@@ -307,12 +303,7 @@ class Driver:
         times = {n: proc_cpu_times(p) for n, p in pids.items()}
         syscalls = {n: proc_syscalls(p) - sys0[n] for n, p in pids.items()}
         busy = machine_busy_seconds() - busy0
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.settle()
-        for proc in spies:
-            await asyncio.to_thread(proc.wait)
+        await wind_down(tasks, self.settle, spies)
         return {
             "wall_s": wall,
             "msgs": acks,
@@ -351,4 +342,4 @@ class Driver:
         for t in self._readers:
             t.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
-        await close_conns(self.conns)
+        await close_clients(self.conns)

@@ -19,7 +19,8 @@ from typing import Any
 
 import redis
 from _common import proc_rss_bytes
-from _peers_driver import Conn, Dialect, Driver, FrameMaker, Wsop, close_conns, open_conns
+from _peers_driver import Conn, Dialect, Driver, FrameMaker, Wsop, open_conns
+from _stack_driver import close_clients
 
 from wsop.acl.resolve import resolve
 from wsop.acl.store import TenantStore
@@ -193,7 +194,7 @@ async def idle_memory(p: Profile, system: System) -> dict[str, Any]:
     """
     n, tenant = p.idle_conns, system.tenant(IDLE)
     users = list(range(n))
-    await close_conns(await connect_users(system, tenant, users[:100]))
+    await close_clients(await connect_users(system, tenant, users[:100]))
     await asyncio.sleep(p.idle_settle_s)
     before = {k: proc_rss_bytes(pid) for k, pid in system.pids.items() if k in system.servers}
     started = time.perf_counter()
@@ -201,7 +202,7 @@ async def idle_memory(p: Profile, system: System) -> dict[str, Any]:
     open_s = time.perf_counter() - started
     await asyncio.sleep(p.idle_settle_s)
     after = {k: proc_rss_bytes(system.pids[k]) for k in before}
-    await close_conns(conns)
+    await close_clients(conns)
     return {
         "connections": n,
         "open_seconds": round(open_s, 2),
