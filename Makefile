@@ -106,7 +106,7 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/rebalance.py --connections 9500 --rates 200,500
 	$(BIN)/python bench/loadtest.py
 
-# wsop against Socket.IO 4 + HAProxy (~3 min; docs/benchmarks.md, "Peers").
+# wsop against Socket.IO 4 + HAProxy, same run (~3 min; docs/benchmarks.md).
 bench-peers: $(STAMP) redis peers
 	$(BIN)/python bench/peers.py
 

@@ -1,12 +1,12 @@
 """bench/peers.py: wsop against Socket.IO 4 + HAProxy.
 
-The pure parts (pairing, the two dialects' parsers, HAProxy's config, the ratios and
-the loss check) are tested here without any server. The quick mode then runs for real —
-two stacks, two HAProxies, two node processes, two redis-servers — when node, npm and
-haproxy are on the machine (`make peers` installs them), and must lose nothing, report
-every ratio and leave no process behind, also when it is stopped half-way by SIGTERM.
-It checks no performance figure: the machine is shared, the figures live in
-docs/benchmarks.md.
+The pure parts (pairing, the ABBA order, the two dialects' parsers, HAProxy's config,
+the ratios and the loss check) are tested here without any server. The quick mode then
+runs for real — a wsop stack, two node processes, two HAProxies, two redis-servers —
+when node, npm and haproxy are on the machine (`make peers` installs them), with one
+extra LB (`--lb-args`), and must lose nothing, report every ratio (the extra LB's too)
+and leave no process behind, also when it is stopped half-way by SIGTERM. It checks no
+performance figure: the machine is shared, the figures live in docs/benchmarks.md.
 """
 
 from __future__ import annotations
