@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install lock redis chromium clean image image-check
+.PHONY: demo test lint format bench bench-peers install lock redis chromium peers clean image image-check
 
 # constraints.txt pins every package to the version CI tested, so a fresh machine
 # installs the same set (pyproject.toml keeps the ranges a library user may pick from).
@@ -58,10 +58,33 @@ chromium:
 	  fi; \
 	fi
 
+# HAProxy and Node.js for bench/peers.py (wsop against Socket.IO 4 + HAProxy): Debian's
+# packages when missing, then the npm packages pinned by bench/peers/package-lock.json
+# into bench/peers/node_modules. Without apt-get or the npm registry, the real run in
+# tests/bench/test_peers.py is skipped and says why.
+peers:
+	@if ! command -v haproxy >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1 \
+	    || ! command -v npm >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    pkgs=haproxy; command -v node >/dev/null 2>&1 || pkgs="$$pkgs nodejs"; \
+	    command -v npm >/dev/null 2>&1 || pkgs="$$pkgs npm"; \
+	    echo "installing $$pkgs with apt-get (for bench/peers.py)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null) \
+	      || echo "apt-get failed: tests/bench/test_peers.py's real run will be skipped"; \
+	  else \
+	    echo "no apt-get: tests/bench/test_peers.py's real run will be skipped"; \
+	  fi; \
+	fi
+	@if command -v npm >/dev/null 2>&1 && [ ! -d bench/peers/node_modules ]; then \
+	  echo "installing bench/peers' npm packages"; \
+	  (cd bench/peers && npm ci --no-audit --no-fund --fetch-retries=1 --fetch-timeout=30000 >/dev/null) \
+	    || echo "npm ci failed: tests/bench/test_peers.py's real run will be skipped"; \
+	fi
+
 demo: $(STAMP) redis
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP) redis chromium
+test: $(STAMP) redis chromium peers
 	$(BIN)/ruff check wsop tests bench examples
 	$(BIN)/ruff format --check wsop tests bench examples
 	$(BIN)/python -m pytest -q -n 2
@@ -82,6 +105,10 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/stack.py
 	$(BIN)/python bench/rebalance.py --connections 9500 --rates 200,500
 	$(BIN)/python bench/loadtest.py
+
+# wsop against Socket.IO 4 + HAProxy, same run (~3 min; docs/benchmarks.md).
+bench-peers: $(STAMP) redis peers
+	$(BIN)/python bench/peers.py
 
 # The container image (docs/kubernetes.md). `make image` builds the Dockerfile without a
 # Docker engine — buildah with chroot isolation on a Debian base made by mmdebstrap

@@ -14,10 +14,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from _common import percentile_ms, proc_cpu_times
 from websockets.asyncio.client import ClientConnection, connect
@@ -136,10 +136,30 @@ async def open_clients(
     return list(await asyncio.gather(*(one(u) for u in users)))
 
 
-async def close_clients(clients: list[Client], concurrency: int = 256) -> None:
+async def wind_down(
+    senders: list[asyncio.Task[Any]],
+    settle: Callable[[], Awaitable[None]],
+    spies: list[subprocess.Popen[bytes]],
+) -> None:
+    """End a timed phase: stop the senders, let what is in flight land, and wait for the
+    py-spy recordings of the window to be written (bench/peers.py's driver too)."""
+    for t in senders:
+        t.cancel()
+    await asyncio.gather(*senders, return_exceptions=True)
+    await settle()
+    for proc in spies:
+        await asyncio.to_thread(proc.wait)
+
+
+class HasWebSocket(Protocol):
+    ws: ClientConnection
+
+
+async def close_clients(clients: Sequence[HasWebSocket], concurrency: int = 256) -> None:
+    """Close every connection, `concurrency` handshakes at a time (bench/peers.py too)."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(c: Client) -> None:
+    async def one(c: HasWebSocket) -> None:
         async with gate:
             await c.ws.close()
 
@@ -239,12 +259,7 @@ class Driver:
         syscalls = {name: proc_syscalls(pid) - sys0[name] for name, pid in pids.items()}
         cpu["machine"] = machine_busy_seconds() - busy0
         cpu["others"] = max(0.0, cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine"))
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.settle()
-        for proc in spies:
-            await asyncio.to_thread(proc.wait)
+        await wind_down(tasks, self.settle, spies)
         return {
             "wall_s": wall,
             "acks": after[1] - before[1],

@@ -32,7 +32,13 @@ def test_scale_then_rebalance_moves_live_connections_without_loss(redis_url: str
     wsop_json("up", "--detach", "--insecure", "--sidecars", "3", "--port", str(port), env=env)
     try:
         lb = f"ws://127.0.0.1:{port}/ws"
-        clients = {u: connect(f"{lb}?tenant=t0&user={u}", legacy=True) for u in range(USERS)}
+        # No keepalive: these clients read nothing until the drain below, so past 16
+        # frames their reader stops and would miss its own pong; on a busy machine the run
+        # outlasts the 20 s ping timeout and the client closes (1011) under the test.
+        clients = {
+            u: connect(f"{lb}?tenant=t0&user={u}", legacy=True, ping_interval=None)
+            for u in range(USERS)
+        }
         received: Counter[tuple[int, int]] = Counter()
         acks: dict[int, dict] = {}
         stop = threading.Event()

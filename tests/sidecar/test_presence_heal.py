@@ -197,10 +197,13 @@ def test_a_killed_sidecars_users_go_offline_when_its_replacement_has_another_nam
         del stack.procs["s0"]
         stack.start("s3", tmp_path, FAST)  # the replacement, under another name
         stack.write_members()
+        replaced_after = time.monotonic() - killed_at  # seconds on a busy machine
         wait_until(lambda: online(own_redis.url, [1, 2]) == [], 5)
         offline_after = time.monotonic() - killed_at
         print(f"\nkilled sidecar's users offline {offline_after:.2f} s after the kill")
-        assert offline_after <= 1.5 + 0.3 + 1.5  # lease + heartbeat, and slack for 2 cores
+        # a lease after the kill (or when this test looks again, if starting the
+        # replacement took longer), a heartbeat, and slack for 2 shared cores
+        assert offline_after <= max(1.5, replaced_after) + 0.3 + 1.5
         assert online(own_redis.url, [3, 4]) == [3, 4]  # the live sidecars' users stay
 
         time.sleep(0.8)  # members file polled
