@@ -78,6 +78,11 @@ async def running_lb(source, **overrides) -> AsyncIterator[LoadBalancer]:
     await lb.start()
     try:
         yield lb
+        trunks = lb.trunks
+        if trunks is not None and trunks.dial_failures == 0:  # (dead sidecars: direct dials)
+            assert trunks.fallbacks == 0  # every sidecar leg went over a trunk
+            assert trunks.stats.channels_opened > 0 or lb.stats.no_sidecar
+            assert lb.trunks.stats.errors == 0
     finally:
         await lb.stop()
 
