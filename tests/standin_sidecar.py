@@ -16,7 +16,8 @@ Like a real sidecar, the LB's `"\\x00wsop:moved"` (the client moved away) is nev
 echoed: the connection is closed with 1000 "moved" once its background pushes are done.
 
 `/trunk` takes an LB's trunk (`wsop lb --trunks N`): its channels are /ws connections
-like any other (`wsop.trunk.serving`, as the real sidecar does).
+like any other (`wsop.trunk.serving`, as the real sidecar does); with
+`STANDIN_NO_TRUNKS=1` it answers 404, as a sidecar from before trunks.
 
 `?reject=STATUS` on the handshake answers that HTTP status instead;
 `?reject_moved=STATUS` does so only for a moved connection (the LB's `X-Wsop-Lb` header
@@ -75,6 +76,8 @@ async def run(name: str, host: str, port: int) -> None:
                 return conn.respond(200, f"standin_connections {len(clients)}\n")
             return _json(conn, {"name": name, "connections": len(clients), "users": []})
         if url.path == "/trunk":
+            if os.environ.get("STANDIN_NO_TRUNKS"):  # an older sidecar
+                return conn.respond(404, "not found\n")
             if admin and request.headers.get("Authorization") != f"Bearer {admin}":
                 return conn.respond(401, "admin token required\n")
             return None

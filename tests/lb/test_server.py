@@ -166,6 +166,24 @@ async def test_no_sidecar_or_an_unreachable_one_is_a_503_at_the_handshake(
 
 
 @pytest.mark.asyncio
+async def test_a_sidecar_without_trunks_gets_one_connection_per_client() -> None:
+    """A sidecar from before trunks answers /trunk with 404: the LB dials its clients'
+    legs directly (and tries a trunk again only after `RETRY_S`)."""
+    proc, url = start_standin("s0", trunks=False)
+    try:
+        async with running_lb(StaticMembership({"s0": url}), trunks=2) as lb:
+            for user in range(3):
+                async with await dial(lb, user=user) as ws:
+                    await ws.send("x")
+                    assert await ws.recv() == "s0:x"
+            assert lb.trunks is not None
+            assert (lb.trunks.dial_failures, lb.trunks.fallbacks) == (1, 3)
+            assert lb.trunks.stats.channels_opened == 0 and lb.stats.accepted == 3
+    finally:
+        stop(proc)
+
+
+@pytest.mark.asyncio
 async def test_a_sidecar_refusal_is_the_client_handshake_answer(
     standins: Members, trunks: int
 ) -> None:

@@ -138,9 +138,29 @@ async def test_eof_waits_behind_bytes_held_while_reading_is_paused() -> None:
     await pipe.turn()
     assert lb.data == b"" and not lb.eof
     lb.transport.resume_reading()
+    assert lb.data == b""  # not inside resume_reading: in this pass, as a socket's read
+    await asyncio.sleep(0)
     assert bytes(lb.data) == b"last words" and lb.eof
     await pipe.turn()
     assert lb.lost == [None]
+
+
+@pytest.mark.asyncio
+async def test_bytes_held_while_paused_come_before_later_ones_and_after_the_resumer() -> None:
+    """`Detachable.attach` resumes reading before it replays its stash: the held bytes
+    must not overtake the stash (a 1002 through the LB, once in 20 oversize frames)."""
+    pipe = Pipe()
+    (lb,) = opened(pipe)
+    await pipe.turn()
+    (sc,) = pipe.accepted
+    lb.transport.pause_reading()
+    sc.transport.write(b"held ")
+    await pipe.turn()
+    lb.transport.resume_reading()
+    lb.data_received(b"stash ")  # what the resumer hands on right after
+    sc.transport.write(b"later")  # and what arrives before the backlog was read
+    await pipe.turn()
+    assert bytes(lb.data) == b"stash held later"
 
 
 @pytest.mark.asyncio

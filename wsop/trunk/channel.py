@@ -147,6 +147,16 @@ class Channel(asyncio.Transport):
         if not self._rpaused:
             return
         self._rpaused = False
+        if self._rbuf or self._eof_pending:
+            # Later in this pass, as a socket's next read would come: never inside the
+            # caller. (`Detachable.attach` resumes reading *before* it replays the bytes
+            # it stashed: delivering here put later bytes ahead of them.) Bytes that
+            # arrive meanwhile queue behind these (`_on_data` sees `_rbuf`).
+            self.trunk.loop.call_soon(self._read_backlog)
+
+    def _read_backlog(self) -> None:
+        if self._rpaused or self._closing or self._lost:
+            return
         rbuf = self._rbuf
         if rbuf:
             self._rbuf = None
