@@ -193,10 +193,12 @@ def sidecars_behind_lb(
     env: dict[str, str] | None = None,
     names: Iterable[str] = ("s0", "s1"),
     extra: list[str] | None = None,
+    lb_args: Iterable[str] = (),
 ) -> Iterator[tuple[Sidecars, int]]:
     """Sidecars (s0 and s1 by default) on a members file and a real `wsop lb` over them:
     (sidecars, LB port); all stopped on exit, however the test ends. `env` goes to every
-    process (a `WSOP_SECRET`), `extra` flags to the sidecars."""
+    process (a `WSOP_SECRET`), `extra` flags to the sidecars, `lb_args` to the LB (e.g.
+    `--trunks 0`)."""
     sidecars = Sidecars(redis_url, tmp_path / "members.json", dict(env or {}))
     try:
         sidecars.write_members()
@@ -205,7 +207,7 @@ def sidecars_behind_lb(
         sidecars.write_members()
         time.sleep(0.8)
         peers = ",".join(f"{p.name}={p.url}" for p in sidecars.procs.values())
-        proc, port = start_lb(peers, tmp_path / "lb.log", env)
+        proc, port = start_lb(peers, tmp_path / "lb.log", env, list(lb_args))
         try:
             yield sidecars, port
         finally:

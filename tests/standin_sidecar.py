@@ -15,6 +15,10 @@ plus a few commands:
 Like a real sidecar, the LB's `"\\x00wsop:moved"` (the client moved away) is never
 echoed: the connection is closed with 1000 "moved" once its background pushes are done.
 
+`/trunk` takes an LB's trunk (`wsop lb --trunks N`): its channels are /ws connections
+like any other (`wsop.trunk.serving`, as the real sidecar does); with
+`STANDIN_NO_TRUNKS=1` it answers 404, as a sidecar from before trunks.
+
 `?reject=STATUS` on the handshake answers that HTTP status instead;
 `?reject_moved=STATUS` does so only for a moved connection (the LB's `X-Wsop-Lb` header
 names the sidecar it moves from).
@@ -27,10 +31,24 @@ import asyncio
 import json
 import os
 import signal
+import sys
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # (run as a script: this wsop)
+from wsop.detach import Detachable
+from wsop.trunk.mux import TrunkStats
+from wsop.trunk.serving import AcceptingTrunk, connection_factory
+
+
+class StandinConnection(Detachable, ServerConnection):
+    """`/trunk` sockets are detached into trunks; everything else stays websockets'."""
+
+    def _relayable(self) -> bool:
+        return self.request is not None and urlsplit(self.request.path).path == "/trunk"
 
 
 def main() -> None:
@@ -57,6 +75,12 @@ async def run(name: str, host: str, port: int) -> None:
             if url.path == "/metrics":
                 return conn.respond(200, f"standin_connections {len(clients)}\n")
             return _json(conn, {"name": name, "connections": len(clients), "users": []})
+        if url.path == "/trunk":
+            if os.environ.get("STANDIN_NO_TRUNKS"):  # an older sidecar
+                return conn.respond(404, "not found\n")
+            if admin and request.headers.get("Authorization") != f"Bearer {admin}":
+                return conn.respond(401, "admin token required\n")
+            return None
         if url.path != "/ws":
             return conn.respond(404, "not found\n")
         params = parse_qs(url.query)
@@ -75,7 +99,14 @@ async def run(name: str, host: str, port: int) -> None:
         await asyncio.gather(*pushes.get(conn, ()))
         await conn.close(1000, "moved")
 
+    trunk_stats = TrunkStats()
+    channels: list = []  # the factory of channel connections, once the server exists
+
     async def handler(conn: ServerConnection) -> None:
+        if conn.request is not None and urlsplit(conn.request.path).path == "/trunk":
+            assert isinstance(conn, StandinConnection)
+            conn.detach(AcceptingTrunk(trunk_stats, "lb", channels[0]))
+            return
         clients.add(conn)
         try:
             async for message in conn:
@@ -116,7 +147,10 @@ async def run(name: str, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    async with serve(handler, host, port, process_request=process_request) as server:
+    async with serve(
+        handler, host, port, process_request=process_request, create_connection=StandinConnection
+    ) as server:
+        channels.append(connection_factory(server, create_connection=StandinConnection))
         await stop.wait()
         server.close(close_connections=False)
         await asyncio.gather(*(c.close(1012, "sidecar restarting") for c in list(clients)))

@@ -16,3 +16,10 @@ def standins() -> Iterator[Members]:
     yield {name: url for name, (_, url) in started.items()}
     for proc, _ in started.values():
         stop(proc)
+
+
+@pytest.fixture(params=[0, 2], ids=["per-client", "trunks"])
+def trunks(request) -> int:
+    """`--trunks` of the LB under test: each sidecar leg its own TCP connection (0), or
+    channels on 2 trunks per sidecar."""
+    return request.param

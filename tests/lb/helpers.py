@@ -40,12 +40,13 @@ def wait_healthy(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing healthy on port {port}")
 
 
-def start_standin(name: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_standin(name: str, trunks: bool = True) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "WSOP_ADMIN_TOKEN"}
     proc = subprocess.Popen(
         [sys.executable, STANDIN, "sidecar", "--name", name, "--port", str(port)],
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "WSOP_ADMIN_TOKEN"},
+        env=env if trunks else {**env, "STANDIN_NO_TRUNKS": "1"},
     )
     wait_healthy(port)
     return proc, f"ws://127.0.0.1:{port}"
@@ -78,6 +79,10 @@ async def running_lb(source, **overrides) -> AsyncIterator[LoadBalancer]:
     await lb.start()
     try:
         yield lb
+        trunks = lb.trunks
+        if trunks is not None and trunks.dial_failures == 0:  # (dead sidecars: direct dials)
+            assert trunks.fallbacks == 0  # every sidecar leg went over a trunk
+            assert lb.trunks.stats.errors == 0
     finally:
         await lb.stop()
 

@@ -83,9 +83,11 @@ async def test_insecure_mode_trusts_query(standins: Members) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("algo", [ALGO, DEFAULT_ALGORITHM])
-async def test_routes_to_ring_owner_and_forwards_credentials(standins: Members, algo: str) -> None:
+async def test_routes_to_ring_owner_and_forwards_credentials(
+    standins: Members, algo: str, trunks: int
+) -> None:
     ring = build(algo, list(standins))
-    async with running_lb(StaticMembership(standins), algo=algo) as lb:
+    async with running_lb(StaticMembership(standins), algo=algo, trunks=trunks) as lb:
         seen = set()
         for user in range(12):
             tok = token("acme", user)
@@ -103,8 +105,8 @@ async def test_routes_to_ring_owner_and_forwards_credentials(standins: Members, 
 
 
 @pytest.mark.asyncio
-async def test_relays_text_and_bytes_both_ways(standins: Members) -> None:
-    async with running_lb(StaticMembership(standins)) as lb, await dial(lb) as ws:
+async def test_relays_text_and_bytes_both_ways(standins: Members, trunks: int) -> None:
+    async with running_lb(StaticMembership(standins), trunks=trunks) as lb, await dial(lb) as ws:
         owner = build(ALGO, list(standins)).owner(("acme", 1))
         await ws.send("héllo")
         assert await ws.recv() == f"{owner}:héllo"
@@ -118,8 +120,8 @@ async def test_relays_text_and_bytes_both_ways(standins: Members) -> None:
 
 
 @pytest.mark.asyncio
-async def test_upstream_close_code_reaches_client(standins: Members) -> None:
-    async with running_lb(StaticMembership(standins)) as lb:
+async def test_upstream_close_code_reaches_client(standins: Members, trunks: int) -> None:
+    async with running_lb(StaticMembership(standins), trunks=trunks) as lb:
         ws = await dial(lb)
         await ws.send("close:4001")
         with pytest.raises(ConnectionClosed):
@@ -130,10 +132,10 @@ async def test_upstream_close_code_reaches_client(standins: Members) -> None:
 
 
 @pytest.mark.asyncio
-async def test_vanished_sidecar_closes_1012() -> None:
+async def test_vanished_sidecar_closes_1012(trunks: int) -> None:
     proc, url = start_standin("s0")
     try:
-        async with running_lb(StaticMembership({"s0": url})) as lb:
+        async with running_lb(StaticMembership({"s0": url}), trunks=trunks) as lb:
             ws = await dial(lb)
             await ws.send("die")
             with pytest.raises(ConnectionClosed):
@@ -146,26 +148,46 @@ async def test_vanished_sidecar_closes_1012() -> None:
 
 @pytest.mark.asyncio
 async def test_no_sidecar_or_an_unreachable_one_is_a_503_at_the_handshake(
-    standins: Members,
+    standins: Members, trunks: int
 ) -> None:
     """The sidecar leg is dialled before the client's 101: no leg, no WebSocket."""
-    async with running_lb(StaticMembership({})) as lb:
+    async with running_lb(StaticMembership({}), trunks=trunks) as lb:
         with pytest.raises(InvalidStatus) as refused:
             await dial(lb)
         assert refused.value.response.status_code == 503
         assert b"no sidecars available" in refused.value.response.body
     dead = f"ws://127.0.0.1:{free_port()}"
-    async with running_lb(StaticMembership({"s9": dead})) as lb:
+    async with running_lb(StaticMembership({"s9": dead}), trunks=trunks) as lb:
         with pytest.raises(InvalidStatus) as refused:
             await dial(lb)
         assert refused.value.response.status_code == 503
         assert b"sidecar s9 unavailable" in refused.value.response.body
-        assert lb.stats.upstream_failures["connect"] == 1
+        assert lb.stats.upstream_failures["connect"] == 1  # one dial: no direct retry
 
 
 @pytest.mark.asyncio
-async def test_a_sidecar_refusal_is_the_client_handshake_answer(standins: Members) -> None:
-    async with running_lb(StaticMembership(standins)) as lb:
+async def test_a_sidecar_without_trunks_gets_one_connection_per_client() -> None:
+    """A sidecar from before trunks answers /trunk with 404: the LB dials its clients'
+    legs directly (and tries a trunk again only after `RETRY_S`)."""
+    proc, url = start_standin("s0", trunks=False)
+    try:
+        async with running_lb(StaticMembership({"s0": url}), trunks=2) as lb:
+            for user in range(3):
+                async with await dial(lb, user=user) as ws:
+                    await ws.send("x")
+                    assert await ws.recv() == "s0:x"
+            assert lb.trunks is not None
+            assert (lb.trunks.dial_failures, lb.trunks.fallbacks) == (1, 3)
+            assert lb.trunks.stats.channels_opened == 0 and lb.stats.accepted == 3
+    finally:
+        stop(proc)
+
+
+@pytest.mark.asyncio
+async def test_a_sidecar_refusal_is_the_client_handshake_answer(
+    standins: Members, trunks: int
+) -> None:
+    async with running_lb(StaticMembership(standins), trunks=trunks) as lb:
         with pytest.raises(InvalidStatus) as refused:
             await connect(ws_url(lb, f"?reject=403&token={token('acme', 1)}"), proxy=None)
         assert refused.value.response.status_code == 403
@@ -175,11 +197,11 @@ async def test_a_sidecar_refusal_is_the_client_handshake_answer(standins: Member
 
 @pytest.mark.asyncio
 async def test_a_move_the_new_sidecar_refuses_keeps_the_client_where_it_was(
-    standins: Members,
+    standins: Members, trunks: int
 ) -> None:
     """The new sidecar answers the move's handshake with 503: the LB keeps the client on
     the old one (a sidecar that cannot take a client refuses before the 101)."""
-    async with running_lb(StaticMembership(standins)) as lb:
+    async with running_lb(StaticMembership(standins), trunks=trunks) as lb:
         query = f"?reject_moved=503&token={token('acme', 9)}"
         async with await connect(ws_url(lb, query), proxy=None) as ws:
             await ws.send("a")
@@ -245,8 +267,11 @@ async def test_admin_endpoints(standins: Members) -> None:
 
 
 @pytest.mark.asyncio
-async def test_relay_switch_to_moves_a_live_client(standins: Members) -> None:
-    async with running_lb(StaticMembership(standins)) as lb, await dial(lb, user=9) as ws:
+async def test_relay_switch_to_moves_a_live_client(standins: Members, trunks: int) -> None:
+    async with (
+        running_lb(StaticMembership(standins), trunks=trunks) as lb,
+        await dial(lb, user=9) as ws,
+    ):
         await ws.send("a")
         first = (await ws.recv()).split(":")[0]
         (relay,) = lb.relays
@@ -272,7 +297,9 @@ async def test_relay_switch_to_moves_a_live_client(standins: Members) -> None:
 
 
 @pytest.mark.asyncio
-async def test_misplaced_relays_follow_the_ring(tmp_path: Path, standins: Members) -> None:
+async def test_misplaced_relays_follow_the_ring(
+    tmp_path: Path, standins: Members, trunks: int
+) -> None:
     path = tmp_path / "stack.json"
 
     def write(names: list[str]) -> None:
@@ -282,7 +309,7 @@ async def test_misplaced_relays_follow_the_ring(tmp_path: Path, standins: Member
         tmp.replace(path)
 
     write(["s0"])
-    async with running_lb(RegistryFileMembership(path, interval=0.02)) as lb:
+    async with running_lb(RegistryFileMembership(path, interval=0.02), trunks=trunks) as lb:
         clients = [await dial(lb, user=u) for u in range(8)]
         for ws in clients:
             await ws.send("x")
@@ -306,10 +333,10 @@ async def test_misplaced_relays_follow_the_ring(tmp_path: Path, standins: Member
 
 
 @pytest.mark.asyncio
-async def test_sidecar_move_frame_switches_the_client(standins: Members) -> None:
+async def test_sidecar_move_frame_switches_the_client(standins: Members, trunks: int) -> None:
     ring = build(ALGO, list(standins))
     user = next(u for u in range(100) if ring.owner(("acme", u)) == "s0")
-    async with running_lb(StaticMembership(standins)) as lb:
+    async with running_lb(StaticMembership(standins), trunks=trunks) as lb:
         query = f"?moved_from=evil&x=1&token={token('acme', user)}"
         ws = await connect(ws_url(lb, query), proxy=None)
         await ws.send("whoami")
@@ -399,6 +426,10 @@ def test_lb_command_bad_input() -> None:
     assert "Traceback" not in result.stderr
     result = run_wsop("lb", "--insecure")
     assert result.returncode == 2 and "--members-file" in result.stderr
+    for bad in ("-1", "65", "two"):
+        result = run_wsop("lb", "--peers", "s0=ws://h:1", "--insecure", "--trunks", bad)
+        assert result.returncode == 2 and "--trunks" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
     result = run_wsop("lb", "--peers", "s0=ws://h:1", env={"WSOP_SECRET": ""})
     assert result.returncode == 2 and "WSOP_SECRET" in result.stderr
     with socket.socket() as sock:
@@ -413,8 +444,13 @@ def test_lb_command_bad_input() -> None:
 
 
 @pytest.mark.asyncio
-async def test_raw_relay_end_to_end_pings_large_messages_backpressure(standins: Members) -> None:
-    async with running_lb(StaticMembership(standins)) as lb, await dial(lb, user=4) as ws:
+async def test_raw_relay_end_to_end_pings_large_messages_backpressure(
+    standins: Members, trunks: int
+) -> None:
+    async with (
+        running_lb(StaticMembership(standins), trunks=trunks) as lb,
+        await dial(lb, user=4) as ws,
+    ):
         owner = build(ALGO, list(standins)).owner(("acme", 4))
         pong = await ws.ping()  # answered by the sidecar: the LB passes pings through
         await asyncio.wait_for(pong, 2)

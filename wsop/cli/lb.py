@@ -30,6 +30,7 @@ from wsop.cli.options import (
 )
 from wsop.k8s.discovery import DEFAULT_SELECTOR
 from wsop.protocol import DEFAULT_MAX_FRAME_BYTES
+from wsop.trunk import DEFAULT_PER_SIDECAR
 
 Host = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
 Port = Annotated[int, typer.Option("--port", help="TCP port for clients and admin HTTP.")]
@@ -39,6 +40,15 @@ Insecure = Annotated[
 ]
 Algo = Annotated[str | None, typer.Option("--algo", help="Ring algorithm (default: maglev).")]
 Name = Annotated[str, typer.Option("--name", help="Name reported by /healthz.")]
+Trunks = Annotated[
+    int,
+    typer.Option(
+        "--trunks",
+        envvar="WSOP_LB_TRUNKS",
+        help="Persistent connections to each sidecar carrying all clients' legs "
+        "(multiplexed); 0: one connection per client.",
+    ),
+]
 Drain = Annotated[
     float, typer.Option("--drain-seconds", help="On SIGTERM, close clients over this window.")
 ]
@@ -64,6 +74,7 @@ def lb_cmd(
     name: Name = "lb",
     drain_seconds: Drain = 1.0,
     max_frame_bytes: MaxFrame = DEFAULT_MAX_FRAME_BYTES,
+    trunks: Trunks = DEFAULT_PER_SIDECAR,
     jwt_public_key: JwtPublicKeyOpt = None,
     jwks: JwksOpt = None,
     leeway: LeewayOpt = DEFAULT_LEEWAY_S,
@@ -89,6 +100,7 @@ def lb_cmd(
         name=name,
         drain_s=drain_seconds,
         max_frame_bytes=max_frame_bytes,
+        trunks=trunks,
         tls=tls_settings(certfile, keyfile, ca),
         **token_checks("lb", insecure, jwt_public_key, jwks, leeway, max_token_lifetime),
         allowed_origins=parse_origins(allowed_origins),

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
-from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
-from wsop import httpapi, lbsignal, protocol, shell
+from wsop import httpapi, protocol, shell
 from wsop.auth import (
     DEFAULT_LEEWAY_S,
     DEFAULT_MAX_LIFETIME_S,
@@ -43,7 +41,7 @@ from wsop.checks import (
     check_seconds,
 )
 from wsop.discovery import Members, MembershipSource
-from wsop.errors import WsopError
+from wsop.errors import UsageError, WsopError
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
     admin_refusal,
@@ -57,19 +55,22 @@ from wsop.httpadmin import (
     text_response,
 )
 from wsop.lb.api import LBApi
+from wsop.lb.dial import WS_PATH, dialer
 from wsop.lb.handshake import LBClientConnection, LBServerConnection
 from wsop.lb.relay import TRY_AGAIN_LATER, Dial, Relay
 from wsop.lb.stats import LBStats, make_registry, render
+from wsop.lb.trunks import LBTrunks
 from wsop.protocol import CloseCode
 from wsop.ring import build, check_routing_algorithm
 from wsop.ring.base import Placement
 from wsop.shell import MembershipWatcher
 from wsop.tls import TlsSettings
 from wsop.tls import reload as reload_certificates
+from wsop.trunk import DEFAULT_PER_SIDECAR
 
 log = logging.getLogger("wsop.lb")
 
-WS_PATH = "/ws"
+MAX_TRUNKS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,9 @@ class LBConfig:
     """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
     tls: TlsSettings = field(default_factory=TlsSettings)
     """wss:// for clients (`certfile`/`keyfile`), and the CA of wss:// sidecars."""
+    trunks: int = DEFAULT_PER_SIDECAR
+    """Trunks per sidecar carrying the clients' sidecar legs (`wsop.lb.trunks`); 0: one
+    TCP connection per client."""
     move_drain_s: float = 15.0
     """After a switch, the old sidecar closes the old upstream once it owes the client
     nothing (acks of messages still in flight: up to their 10 s timeout); this is the
@@ -123,6 +127,8 @@ class LBConfig:
         check_seconds(self.open_timeout, "open_timeout", allow_zero=False)
         check_seconds(self.move_drain_s, "move_drain_s")
         check_positive_int(self.max_frame_bytes, "max_frame_bytes")
+        if not 0 <= self.trunks <= MAX_TRUNKS:
+            raise UsageError(f"--trunks must be 0..{MAX_TRUNKS}, got {self.trunks}")
         self.token_verifier()  # key files readable, leeway and lifetime sane
 
     def token_verifier(self) -> TokenVerifier | None:
@@ -149,6 +155,17 @@ class LoadBalancer:
         self._server_ssl = config.tls.server_context()
         self._client_ssl = config.tls.client_context()
         self.api = LBApi(self, config.max_frame_bytes, self._client_ssl)
+        self.trunks = (
+            LBTrunks(
+                config.trunks,
+                config.name,
+                config.admin_token or "",
+                self._client_ssl,
+                config.open_timeout,
+            )  # fmt: skip
+            if config.trunks
+            else None
+        )
 
     # --- membership -------------------------------------------------------------------
     def set_members(self, members: Members) -> None:
@@ -157,6 +174,8 @@ class LoadBalancer:
 
     def _adopt(self, members: Members, placement: Placement | None) -> None:
         self.members, self.placement = dict(members), placement
+        if self.trunks is not None:
+            self.trunks.retire(set(members.values()))
         log.info("membership: %s", ", ".join(sorted(members)) or "(no sidecars)")
 
     def route(self, identity: Identity) -> tuple[str, str] | None:
@@ -230,51 +249,21 @@ class LoadBalancer:
             {"name": name, "url": self.members.get(name), "connections": counts[name]}
             for name in sorted(counts)
         ]
-        return {
+        payload = {
             "name": self.config.name,
             "connections": self.stats.connections,
             "sidecars": sidecars,
         }
+        return payload | ({"trunks": self.trunks.report()} if self.trunks else {})
 
     # --- connections ------------------------------------------------------------------
-    def _dialer(self, request: Request, identity: Identity) -> Dial:
-        """Dial a sidecar with the client's own query string and Authorization header,
-        and the LB's signed word (`wsop.lbsignal`) that an LB holds this client and, on
-        a move, which sidecar it comes from. A client can set neither: it never reaches
-        a sidecar's handshake through us, and `moved_from` in its query is stripped (old
-        sidecars read it there)."""
-        auth = request.headers.get("Authorization")
-        url = urlsplit(request.path)
-        params = parse_qsl(url.query, keep_blank_values=True)
-        kept = [(k, v) for k, v in params if k != "moved_from"]
-        query = url.query if len(kept) == len(params) else urlencode(kept)
-        target = f"{WS_PATH}?{query}" if query else WS_PATH
-        timeout = self.config.open_timeout
-        token = self.config.admin_token
-        client_ssl = self._client_ssl
-
-        async def dial(base_url: str, moved_from: str | None = None) -> LBClientConnection:
-            headers = {**({"Authorization": auth} if auth else {})}
-            if token:
-                signal = lbsignal.sign(
-                    token, identity.tenant, identity.user, moved_from, time.time()
-                )
-                headers[lbsignal.HEADER] = signal
-            conn = await connect(
-                f"{base_url}{target}",
-                ssl=client_ssl if base_url.startswith("wss://") else None,
-                additional_headers=headers,
-                compression=None,  # frames pass through raw: no extension may be negotiated
-                open_timeout=timeout,
-                ping_interval=None,  # pings pass through end to end
-                proxy=None,
-                user_agent_header=None,
-                create_connection=LBClientConnection,
-            )
-            assert isinstance(conn, LBClientConnection)
-            return conn
-
-        return dial
+    def _dialer(self, request: Request, identity: Identity, peer: str = "") -> Dial:
+        """The client's sidecar leg, over TCP or a trunk (`wsop.lb.dial`)."""
+        cfg = self.config
+        return dialer(
+            request, identity, admin_token=cfg.admin_token, open_timeout=cfg.open_timeout,
+            client_ssl=self._client_ssl, trunks=self.trunks, peer=peer,
+        )  # fmt: skip
 
     async def _open_leg(
         self, connection: ServerConnection, request: Request, identity: Identity
@@ -286,7 +275,9 @@ class LoadBalancer:
             self.stats.no_sidecar += 1
             return text_response(connection, 503, "no sidecars available; try again later")
         owner, url = route
-        dial = self._dialer(request, identity)
+        address = connection.remote_address
+        peer = f"{address[0]}:{address[1]}" if address else ""
+        dial = self._dialer(request, identity, peer)
         try:
             upstream = await dial(url, None)
         except InvalidStatus as exc:
@@ -412,6 +403,8 @@ class LoadBalancer:
                 await self.server.wait_closed()
         except TimeoutError:
             log.warning("some connections did not close in time")
+        if self.trunks is not None:
+            self.trunks.close()
 
 
 def run(config: LBConfig) -> None:

@@ -35,6 +35,7 @@ from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.presence import Presence
 from wsop.sidecar.router import Router
+from wsop.sidecar.trunks import SidecarTrunks
 
 
 class Sidecar(Protocol):
@@ -50,6 +51,7 @@ class Sidecar(Protocol):
     router: Router
     outbox: Outbox
     api: SidecarApi
+    trunks: SidecarTrunks
 
     def placement_for(self, members: dict[str, str]) -> Callable[[Any], str]: ...
 
@@ -94,6 +96,11 @@ async def process_request(
         return text_response(conn, 401, refused)
     if path == "/peer":
         conn.peer = query(request).get("from", "?")
+        return None
+    if path == "/trunk":
+        if not sidecar.trunks.accepting:
+            return text_response(conn, 503, "sidecar stopping")
+        conn.trunk = query(request).get("from", "?")[:64]
         return None
     if path == "/metrics":
         return text_response(conn, 200, sidecar.metrics.render().decode(), PROMETHEUS_CONTENT_TYPE)
@@ -209,4 +216,5 @@ def connections_report(sidecar: Sidecar) -> dict[str, Any]:
         "name": sidecar.config.name,
         "connections": sidecar.router.connection_count(),
         "users": users,
+        "trunks": sidecar.trunks.report(),
     }

@@ -43,6 +43,7 @@ from wsop.sidecar.peer_codec import Holding, PeerDecoder, PeerFormatError
 from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES
 from wsop.sidecar.presence import Presence
 from wsop.sidecar.router import Router
+from wsop.sidecar.trunks import SidecarTrunks
 from wsop.sidecar.upstream import UpstreamApps
 from wsop.tls import reload as reload_certificates
 
@@ -78,6 +79,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[Any]] = []
         self._sessions: set[ClientSession] = set()
         self._peer_conns: set[ServerConnection] = set()
+        self.trunks = SidecarTrunks()
         self.presence = Presence(
             config.name, acl, config.timings, lambda: self.routing.keys(),
             lambda: self._sessions, self.metrics.registry,
@@ -126,21 +128,18 @@ class Sidecar:
             log.info("released stale presence in %d tenant(s)", released)
         await self.presence.start()  # lease, epoch; reaps dead sidecars every heartbeat
         await self.peers.update(self.routing)
-        self._server = await serve(
-            self._handler,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            process_response=self._process_response,
+        options: dict[str, Any] = dict(  # a TCP connection's and a trunk channel's
             max_size=PEER_MAX_FRAME_BYTES,  # peers' limit; clients get theirs at the handshake
-            compression=None,
-            ping_interval=30,
-            close_timeout=2,
-            create_connection=SidecarServerConnection,
+            compression=None, ping_interval=30, close_timeout=2,
             select_subprotocol=select_subprotocol,
             origins=origins_option(self.config.allowed_origins),
-            ssl=self._server_ssl,
-        )
+        )  # fmt: skip
+        self._server = await serve(
+            self._handler, self.config.host, self.config.port,
+            process_request=self._process_request, process_response=self._process_response,
+            create_connection=SidecarServerConnection, ssl=self._server_ssl, **options,
+        )  # fmt: skip
+        self.trunks.bind(self._server, **options)
         watcher = MembershipWatcher(self.members, self.placement_for, self._adopt, log)
         self._tasks.append(asyncio.create_task(watcher.run()))
         self._tasks.append(asyncio.create_task(self.delivery.expire_acks()))
@@ -172,6 +171,7 @@ class Sidecar:
         if self._server is None:
             return
         self._server.close(close_connections=False)
+        self.trunks.accepting = False
         clients = list(self._sessions)
         pause = self.config.close_window_s / max(1, len(clients))
         for session in clients:
@@ -192,6 +192,7 @@ class Sidecar:
         except redis.RedisError as exc:
             log.warning("could not release presence on shutdown: %s", exc)
         await self.peers.close()
+        self.trunks.close()
         for conn in list(self._peer_conns):
             conn.transport.abort()  # internal links: no close handshake with a dying peer
         self._server.close(close_connections=True)
@@ -252,6 +253,8 @@ class Sidecar:
             await self._peer_handler(conn, conn.peer)
         elif conn.client is not None:
             await self._client_handler(conn, conn.client)
+        elif conn.trunk is not None:
+            self.trunks.take(conn, conn.trunk)
 
     # -- clients -----------------------------------------------------------------------
 

@@ -319,13 +319,16 @@ class ClientHandshake:
 
 class SidecarServerConnection(BodyReading, Detachable, ServerConnection):
     """The handshake of any sidecar request; `/ws` clients are detached into sessions
-    afterwards, peer links and admin requests stay with websockets (and API requests
-    with a body have it read beside websockets: `wsop.httpbody`)."""
+    afterwards and `/trunk` sockets into trunks, peer links and admin requests stay with
+    websockets (and API requests with a body have it read beside websockets:
+    `wsop.httpbody`)."""
 
     client: ClientHandshake | None = None
     """Set for a `/ws` client by the handshake."""
     peer: str | None = None
     """Set for a `/peer` link: the name of the sidecar at its other end."""
+    trunk: str | None = None
+    """Set for an LB's `/trunk`: the LB's name (`wsop.sidecar.trunks`)."""
 
     def _relayable(self) -> bool:
-        return self.request is not None and path_of(self.request) == "/ws"
+        return self.request is not None and path_of(self.request) in ("/ws", "/trunk")
