@@ -39,12 +39,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from pyroaring import BitMap64
-
+from wsop.load.arrivals import SEQ_BITS, SEQ_MASK, Arrivals
 from wsop.load.tallies import Counters, new_window
 
-SEQ_BITS = 32
-SEQ_MASK = (1 << SEQ_BITS) - 1
 AROUND_SEND_S = 1.0  # a drop this long before a send still explains its loss
 RECONNECT_SAMPLES = 5000  # per window and process: enough for a p99, bounded memory
 SILENT_EXAMPLES = 5  # per process: enough to start a server-side investigation
@@ -115,7 +112,7 @@ class Ledger:
         self.connect_errors: dict[str, int] = {}  # stable reason -> attempts
         self._pending: dict[int, list[Any]] = {}
         self._order: deque[tuple[float, int]] = deque()  # (sent at, key), oldest first
-        self._seen: dict[int, BitMap64] = {}  # receiver slot -> keys it got
+        self._arrivals = Arrivals()  # who got what, once the entries are settled
         self._settled_upto: dict[int, int] = {}  # sender slot -> highest settled seq
         self._drops: dict[int, list[list[float]]] = {}  # slot -> [[dropped, back], …]
         # key -> [window, slots, count] of settled messages with silent losses: a late
@@ -187,19 +184,38 @@ class Ledger:
     # -- the receiver's side -----------------------------------------------------------
 
     def received(self, receiver: int, key: int, sent_ts: float | None = None) -> bool:
-        """Record an arrival; True only for an expected delivery seen for the first time."""
-        seen = self._seen.get(receiver)
-        if seen is None:
-            seen = self._seen[receiver] = BitMap64()
-        if key in seen:
+        """Record an arrival; True only for an expected delivery seen for the first time.
+
+        The common case (an expected recipient of a pending message, first arrival)
+        touches only the message's entry: its arrival bits tell a duplicate. What the
+        entry cannot tell (after settling, refused, unexpected recipients) goes through
+        the per-receiver bitmaps (`_received_rare`), which settling fills in bulk."""
+        entry = self._pending.get(key)
+        if entry is not None and not entry[_REFUSED]:
+            slots = entry[_SLOTS]
+            if receiver in slots and (key >> SEQ_BITS) % self.tenants == receiver % self.tenants:
+                bit = 1 << slots.index(receiver)
+                mask = entry[_MASK]
+                if mask & bit:
+                    self._count("duplicates", sent_ts)
+                    return False
+                entry[_MASK] = mask | bit
+                return True
+        return self._received_rare(receiver, key, entry, sent_ts)
+
+    def _received_rare(self, receiver: int, key: int, entry: Any, sent_ts: float | None) -> bool:
+        if self._arrivals.seen(receiver, key) or (
+            entry is not None
+            and receiver in entry[_SLOTS]
+            and entry[_MASK] >> entry[_SLOTS].index(receiver) & 1
+        ):
             self._count("duplicates", sent_ts)
             return False
-        seen.add(key)
+        self._arrivals.add(receiver, key)
         sender = key >> SEQ_BITS
         if sender % self.tenants != receiver % self.tenants:
             self._count("cross_tenant", sent_ts)
             return False
-        entry = self._pending.get(key)
         if entry is None:
             seq = key & SEQ_MASK
             if seq <= self._settled_upto.get(sender, -1):
@@ -207,12 +223,8 @@ class Ledger:
             else:
                 self.counters.unexpected += 1
             return False
-        slots = entry[_SLOTS]
-        if entry[_REFUSED] or receiver not in slots:
-            self.counters.surplus += 1
-            return False
-        entry[_MASK] |= 1 << slots.index(receiver)
-        return True
+        self.counters.surplus += 1  # refused, or not a recipient (else: the common case)
+        return False
 
     def _late(self, receiver: int, key: int, sent_ts: float | None) -> None:
         """After settling: already counted lost; if it was a silent loss, it was slow."""
@@ -264,29 +276,43 @@ class Ledger:
     def settle(self, now: float, everything: bool = False) -> None:
         """Close the books on messages older than the grace period (or on all of them)."""
         c, windows, order, pending = self.counters, self.windows, self._order, self._pending
-        upto = self._settled_upto
+        upto, arrivals = self._settled_upto, self._arrivals
         cutoff = now - self.grace_s
+        missing = done = 0
+        done_in = [0] * len(windows)  # fully delivered, by window: added up once, below
+        popleft = order.popleft
         while order and (everything or order[0][0] <= cutoff):
-            _, key = order.popleft()
+            key = popleft()[1]
             entry = pending.pop(key, None)
             if entry is None:
                 continue  # cancelled
             sender, seq = key >> SEQ_BITS, key & SEQ_MASK
             if seq > upto.get(sender, -1):
                 upto[sender] = seq
+            slots, mask = entry[_SLOTS], entry[_MASK]
+            if mask == 1 and len(slots) == 1:  # a direct message that arrived
+                arrivals.add_direct(slots[0], key)
+            elif mask:  # the arrivals the entry recorded outlive it
+                for i, slot in enumerate(slots):
+                    if mask >> i & 1:
+                        arrivals.add(slot, key)
             if entry[_REFUSED]:
                 continue
             if entry[_ACK] < 0:
-                c.acks_missing += 1
-            n = len(entry[_SLOTS])
-            if entry[_MASK] == (1 << n) - 1:  # the common case: every delivery arrived
-                c.expected += n
-                c.delivered += n
-                w = windows[entry[_WIN]]
-                w["expected"] += n
-                w["delivered"] += n
+                missing += 1
+            n = len(slots)
+            if mask == (1 << n) - 1:  # the common case: every delivery arrived
+                done += n
+                done_in[entry[_WIN]] += n
             else:
                 self._settle_one(key, entry, now)
+        c.acks_missing += missing
+        c.expected += done
+        c.delivered += done
+        for window, n in zip(windows, done_in, strict=True):
+            if n:
+                window["expected"] += n
+                window["delivered"] += n
         self._prune(now)
 
     def _settle_one(self, key: int, entry: list[Any], now: float) -> None:

@@ -65,6 +65,10 @@ SETTLE_EVERY_S = 1.0
 HELLO_TIMEOUT_S = 10.0  # connected but no round trip to self by then: reconnect
 HELLO_RETRY_S = 1.0  # a hello can be lost (e.g. presence not yet written): say it again
 HELLO = '{"type":"direct","to":%d,"data":"hello","id":"hello"}'
+# data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
+_DIRECT = b'{"type":"direct","to":%d,"data":[%d,%d,%d,%d],"id":"%d"}'
+_TEAM = b'{"type":"team","teams":["%s"],"data":[%d,%d,%d,%d],"id":"%d"}'
+_random, _time_ns = random.random, time.time_ns
 
 
 class Pool(Wire):
@@ -72,6 +76,7 @@ class Pool(Wire):
 
     def __init__(self, plan: LoadPlan, index: int, hooks: Hooks) -> None:
         self.plan, self.index, self.hooks = plan, index, hooks
+        self._index_b = str(index).encode()
         edges = tuple(f["at_s"] for f in plan.extra.get("chaos", ()))
         self.ledger = Ledger(plan.grace_s, plan.tenants_per_worker, edges, index)
         self.tenants = worker_tenants(plan, index)
@@ -356,24 +361,24 @@ class Pool(Wire):
 
     def _send_message(self, conn: Conn) -> None:
         seq = conn.seq
-        conn.seq += 1
-        ts = time.time_ns() // 1000
-        data = f"[{self.index},{conn.slot},{seq},{ts}]"
+        conn.seq = seq + 1
+        ts = _time_ns() // 1000
         tw, ti = self.plan.tenants_per_worker, conn.tenant_index
-        if conn.my_teams and random.random() < self.plan.team_share:
+        if conn.my_teams and _random() < self.plan.team_share:
             team = random.choice(conn.my_teams)
             to = tuple(u * tw + ti for u in conn.members[team] & self.members[conn.tenant])
-            text = f'{{"type":"team","teams":["{team}"],"data":{data},"id":"{seq}"}}'
+            text = _TEAM % (team.encode(), self.index, conn.slot, seq, ts, seq)
             is_team = True
         else:
             pool = self.member_list[conn.tenant]
-            user = random.choice(pool)
-            if user == conn.user and len(pool) > 1:
-                user = random.choice(pool)
+            k = len(pool)
+            user = pool[int(_random() * k)]
+            if user == conn.user and k > 1:
+                user = pool[int(_random() * k)]
             to = (user * tw + ti,)
-            text = f'{{"type":"direct","to":{user},"data":{data},"id":"{seq}"}}'
+            text = _DIRECT % (user, self.index, conn.slot, seq, ts, seq)
             is_team = False
         key = conn.key_base | seq
         self.ledger.sent(key, to, ts / 1e6, is_team)  # booked before it can arrive
-        if not self._write(conn, self.masker.frame(text.encode())):
+        if not self._write(conn, self.masker.frame(text)):
             self.ledger.cancel(key)
