@@ -53,7 +53,7 @@ class Masker:
         key = self._keys[at : at + 4]
         if n < 126:
             if opcode == OP_TEXT:
-                return _TEXT_HEADS[n] + key + apply_mask(payload, key)
+                return TEXT_HEADS[n] + key + apply_mask(payload, key)
             head = bytes((0x80 | opcode, 0x80 | n))
         elif n < 65536:
             head = bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
@@ -76,7 +76,7 @@ try:  # websockets' C helper (a dependency): ~10x cheaper than the integer XOR
 except ImportError:  # pragma: no cover - a platform without its wheel
     apply_mask = _apply_mask
 
-_TEXT_HEADS = [bytes((0x80 | OP_TEXT, 0x80 | n)) for n in range(126)]
+TEXT_HEADS = [bytes((0x80 | OP_TEXT, 0x80 | n)) for n in range(126)]
 
 
 class FrameReader:
@@ -93,10 +93,7 @@ class FrameReader:
         self._frag_op: int | None = None
         self._frag: list[bytes] = []
         self.max_message = max_message
-
-    def idle(self) -> bool:
-        """No frame or message half-read: the next bytes start a new frame."""
-        return not self._rest and self._frag_op is None
+        self.idle = True  # no frame or message half-read: the next bytes start a new frame
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """The messages completed by `data`. Works on the bytes as received (one copy per
@@ -148,6 +145,7 @@ class FrameReader:
             self._frame(b0 & 0x80, opcode, payload, out)
         if pos < end:
             self._rest, self._have, self._need = [data[pos:]], end - pos, need
+        self.idle = not self._rest and self._frag_op is None
         return out
 
     def _frame(self, fin: int, opcode: int, payload: bytes, out: list) -> None:

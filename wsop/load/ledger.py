@@ -137,10 +137,11 @@ class Ledger:
         if not c.first_send:
             c.first_send = now
         c.last_send = now
-        start = self.run_started_at
-        window = bisect_right(self.edges, now - start) if start is not None and self.edges else 0
+        window = 0
+        if self.edges and self.run_started_at is not None:
+            window = bisect_right(self.edges, now - self.run_started_at)
         self.windows[window]["sent"] += 1
-        self._pending[key] = [recipients, 0, -1, window, now, int(team), 0]
+        self._pending[key] = [recipients, 0, -1, window, now, team, 0]
         self._order.append((now, key))
 
     def cancel(self, key: int) -> None:

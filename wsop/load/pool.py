@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import os
 import random
 import time
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from gevent.monkey import get_original
 
 from wsop.load.chaos import reconnect_delay
-from wsop.load.frames import FrameReader, Masker
+from wsop.load.frames import TEXT_HEADS, FrameReader, Masker, apply_mask
 from wsop.load.latency import LatencyBook
 from wsop.load.layout import slot_identity, team_membership, worker_tenants
 from wsop.load.ledger import Ledger
@@ -49,6 +50,7 @@ from wsop.load.wire import (
     EPOLLIN,
     EPOLLOUT,
     OUT_CAP,
+    WOULD_BLOCK,
     Conn,
     Hooks,
     Wire,
@@ -68,7 +70,7 @@ HELLO = '{"type":"direct","to":%d,"data":"hello","id":"hello"}'
 # data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
 _DIRECT = b'{"type":"direct","to":%d,"data":[%d,%d,%d,%d],"id":"%d"}'
 _TEAM = b'{"type":"team","teams":["%s"],"data":[%d,%d,%d,%d],"id":"%d"}'
-_random, _time_ns = random.random, time.time_ns
+_random, _time_ns, _urandom = random.random, time.time_ns, os.urandom
 
 
 class Pool(Wire):
@@ -339,11 +341,16 @@ class Pool(Wire):
     # -- sending -----------------------------------------------------------------------
 
     def _send_due(self, now: float) -> bool:
+        """Send what came due (direct messages inline: this is the send path's hot loop)."""
         due = self.pacer.due(now)
         if not due:
             return False
         n = min(due, max(16, int(self.pacer.rate * BATCH_S)))
         conns, order, cursor, k = self.conns, self.order, self.cursor, len(self.order)
+        ledger, frame, write = self.ledger, self.masker.frame, self._write
+        members = self.member_list
+        index, tw, share = self.index, self.plan.tenants_per_worker, self.plan.team_share
+        keys, i = _urandom(4 * n), 0  # a fresh random mask per frame, drawn for the batch
         for _ in range(n):
             conn = conns[order[cursor]]
             cursor += 1
@@ -351,34 +358,55 @@ class Pool(Wire):
                 cursor = 0
             if not conn.ready:
                 self.away += 1
-            elif conn.out is not None and len(conn.out) > OUT_CAP:
+                continue
+            if conn.out is not None and len(conn.out) > OUT_CAP:
                 self.blocked += 1
-            else:
-                self._send_message(conn)
+                continue
+            if conn.my_teams and _random() < share:
+                self._send_team(conn)
+                continue
+            seq = conn.seq
+            conn.seq = seq + 1
+            ts = _time_ns() // 1000
+            pool = members[conn.tenant]
+            m = len(pool)
+            user = pool[int(_random() * m)]
+            if user == conn.user and m > 1:
+                user = pool[int(_random() * m)]
+            key = conn.key_base | seq
+            ledger.sent(key, (user * tw + conn.tenant_index,), ts / 1e6)  # before it can arrive
+            text = _DIRECT % (user, index, conn.slot, seq, ts, seq)
+            if conn.out is not None or len(text) > 125:
+                if not write(conn, frame(text)):
+                    ledger.cancel(key)
+                continue
+            mask = keys[i * 4 : i * 4 + 4]  # Masker.frame and _write, inline
+            i += 1
+            data = TEXT_HEADS[len(text)] + mask + apply_mask(text, mask)
+            try:
+                sent = conn.sock.send(data)
+            except WOULD_BLOCK:
+                sent = 0
+            except OSError:
+                ledger.cancel(key)
+                self._drop(conn, "send failed")
+                continue
+            if sent < len(data):
+                conn.out = bytearray(data[sent:])
+                self.ep.modify(conn.fd, EPOLLIN | EPOLLOUT)
         self.cursor = cursor
         self.pacer.take(n)
         return due > n
 
-    def _send_message(self, conn: Conn) -> None:
+    def _send_team(self, conn: Conn) -> None:
         seq = conn.seq
         conn.seq = seq + 1
         ts = _time_ns() // 1000
         tw, ti = self.plan.tenants_per_worker, conn.tenant_index
-        if conn.my_teams and _random() < self.plan.team_share:
-            team = random.choice(conn.my_teams)
-            to = tuple(u * tw + ti for u in conn.members[team] & self.members[conn.tenant])
-            text = _TEAM % (team.encode(), self.index, conn.slot, seq, ts, seq)
-            is_team = True
-        else:
-            pool = self.member_list[conn.tenant]
-            k = len(pool)
-            user = pool[int(_random() * k)]
-            if user == conn.user and k > 1:
-                user = pool[int(_random() * k)]
-            to = (user * tw + ti,)
-            text = _DIRECT % (user, self.index, conn.slot, seq, ts, seq)
-            is_team = False
+        team = random.choice(conn.my_teams)
+        to = tuple(u * tw + ti for u in conn.members[team] & self.members[conn.tenant])
         key = conn.key_base | seq
-        self.ledger.sent(key, to, ts / 1e6, is_team)  # booked before it can arrive
+        self.ledger.sent(key, to, ts / 1e6, True)  # booked before it can arrive
+        text = _TEAM % (team.encode(), self.index, conn.slot, seq, ts, seq)
         if not self._write(conn, self.masker.frame(text)):
             self.ledger.cancel(key)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = 0x001, 0x004, 0x008, 0x010
 RECV_BYTES = 65536  # not more: a larger bytes object is an mmap + munmap per recv (7x the cost)
 OUT_CAP = 1 << 20  # bytes queued on one connection (the stack is not reading): skip it
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _loads = json.loads
 # The stack's own layout of a delivery of ours and of an ack (`wsop.protocol`), read in
 # place in the received bytes by one regex (a third of the time of json.loads, and no
@@ -118,7 +118,7 @@ class Wire:
             return True
         try:
             sent = conn.sock.send(frame)
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             sent = 0
         except OSError:
             self._drop(conn, "send failed")
@@ -134,7 +134,7 @@ class Wire:
             return
         try:
             sent = conn.sock.send(out)
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             return
         except OSError:
             self._drop(conn, "send failed")
@@ -147,71 +147,72 @@ class Wire:
     # -- receiving ---------------------------------------------------------------------
 
     def _read(self, conn: Conn) -> None:
+        """One recv; its complete, final, short text frames (all of a chat load) read in
+        place here, anything else (and an incomplete last frame) by `FrameReader`."""
         sock = conn.sock
         while sock is not None:
             try:
-                chunk = sock.recv(RECV_BYTES)
-            except _WOULD_BLOCK:
+                data = sock.recv(RECV_BYTES)
+            except WOULD_BLOCK:
                 return
             except OSError:
                 self._drop(conn)
                 return
-            if not chunk:
+            end = len(data)
+            if not end:
                 self._drop(conn)
                 return
-            reader = conn.reader
-            pos = 0 if reader.idle() else -1
-            if pos == 0:
-                pos = self._fast_frames(conn, chunk)
-                if conn.sock is not sock:
-                    return  # dropped while handling the batch
-            if pos < len(chunk):
-                try:
-                    frames = reader.feed(chunk[pos:] if pos > 0 else chunk)
-                except FrameError as exc:
-                    self._drop(conn, f"bad frame: {exc}")
-                    return
-                for opcode, payload in frames:
-                    if opcode == OP_TEXT:
-                        self._on_text(conn, payload)
-                    elif opcode == OP_CLOSE:
-                        self._drop(conn)
-                    elif opcode == OP_PING:
-                        self._write(conn, self.masker.frame(payload, OP_PONG))
-                    if conn.sock is not sock:
-                        return  # dropped while handling the batch
+            pos = 0
+            if conn.reader.idle:
+                while end - pos >= 2 and data[pos] == 0x81:
+                    n = data[pos + 1]
+                    start = pos + 2
+                    if n > 125 or start + n > end:
+                        break
+                    pos = start + n
+                    m = _fast(data, start, pos)
+                    if m is None:
+                        self._on_text(conn, data[start:pos])
+                        if conn.sock is not sock:
+                            return  # dropped while handling the batch
+                    elif m.lastindex == 4:  # a delivery
+                        worker, sender, seq, ts = m.group(1, 2, 3, 4)
+                        ts = int(ts)
+                        if worker != self._index_b and int(worker) != self.index:
+                            self.ledger.foreign(ts / 1e6)
+                        elif self.ledger.received(
+                            conn.slot, (int(sender) << SEQ_BITS) | int(seq), ts / 1e6
+                        ):
+                            kind = "team" if data.find(_TEAMS, m.end(), pos) >= 0 else "direct"
+                            book, us = self.latency, self._now_us - ts  # LatencyBook.add inline:
+                            hist, ms = book.hist[kind], (us + 500) // 1000
+                            hist[ms] = hist.get(ms, 0) + 1
+                            book.total_us[kind] += us
+                            book.bytes[kind] += n
+                    else:
+                        self.ledger.acked(conn.key_base | int(m[5]), int(m[6]), int(m[7] or 0))
+            if pos < end and not self._slow_frames(conn, sock, data[pos:] if pos else data):
+                return
             if not (conn.tls and sock.pending()):
                 return  # TLS may hold decrypted bytes the fd does not signal
 
-    def _fast_frames(self, conn: Conn, data: bytes) -> int:
-        """Read the complete, final, short text frames at the start of `data` in place —
-        one recv of a chat load is nothing else — and return where the others start
-        (`FrameReader` takes those, and an incomplete last frame)."""
-        ledger, book, now_us, me = self.ledger, self.latency, self._now_us, self._index_b
-        received, acked, slot, base = ledger.received, ledger.acked, conn.slot, conn.key_base
-        pos, end = 0, len(data)
-        while end - pos >= 2 and data[pos] == 0x81:
-            n = data[pos + 1]
-            start = pos + 2
-            if n > 125 or start + n > end:
-                break
-            pos = start + n
-            m = _fast(data, start, pos)
-            if m is None:
-                self._on_text(conn, data[start:pos])
-                if conn.sock is None:
-                    break
-            elif m.lastindex == 4:  # a delivery
-                worker, sender, seq, ts = m.group(1, 2, 3, 4)
-                ts = int(ts)
-                if worker != me and int(worker) != self.index:
-                    ledger.foreign(ts / 1e6)
-                elif received(slot, (int(sender) << SEQ_BITS) | int(seq), ts / 1e6):
-                    team = data.find(_TEAMS, m.end(), pos) >= 0
-                    book.add("team" if team else "direct", now_us - ts, n)
-            else:
-                acked(base | int(m[5]), int(m[6]), int(m[7] or 0))
-        return pos
+    def _slow_frames(self, conn: Conn, sock: Any, data: bytes) -> bool:
+        """Bytes that are not whole short text frames; False if the connection dropped."""
+        try:
+            frames = conn.reader.feed(data)
+        except FrameError as exc:
+            self._drop(conn, f"bad frame: {exc}")
+            return False
+        for opcode, payload in frames:
+            if opcode == OP_TEXT:
+                self._on_text(conn, payload)
+            elif opcode == OP_CLOSE:
+                self._drop(conn)
+            elif opcode == OP_PING:
+                self._write(conn, self.masker.frame(payload, OP_PONG))
+            if conn.sock is not sock:
+                return False  # dropped while handling the batch
+        return True
 
     def _on_text(self, conn: Conn, raw: bytes) -> None:
         ledger = self.ledger
