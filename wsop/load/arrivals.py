@@ -21,11 +21,12 @@ SEQ_BITS = 32
 SEQ_MASK = (1 << SEQ_BITS) - 1
 MAX_GAP = 4096  # a sequence number this far past the array's end goes to the bitmaps
 _NONE = -1
+ROW_MAX = 1 << 31  # a receiver slot an array row can hold
 
 
 class Arrivals:
     def __init__(self) -> None:
-        self._direct: dict[int, array] = {}  # sender slot -> receiver slot by seq (-1: none)
+        self.rows: dict[int, array] = {}  # sender slot -> receiver slot by seq (-1: none)
         self._bitmaps: dict[int, BitMap64] = {}  # receiver slot -> keys it got
 
     def add(self, receiver: int, key: int) -> None:
@@ -37,22 +38,22 @@ class Arrivals:
     def add_direct(self, receiver: int, key: int) -> None:
         """`receiver` got `key`, a message with no other expected receiver."""
         sender, seq = key >> SEQ_BITS, key & SEQ_MASK
-        row = self._direct.get(sender)
+        row = self.rows.get(sender)
         if row is None:
-            row = self._direct[sender] = array("i")
+            row = self.rows[sender] = array("i")
         n = len(row)
-        if seq == n and 0 <= receiver < 1 << 31:
+        if seq == n and 0 <= receiver < ROW_MAX:
             row.append(receiver)
-        elif seq < n and row[seq] == _NONE and 0 <= receiver < 1 << 31:
+        elif seq < n and row[seq] == _NONE and 0 <= receiver < ROW_MAX:
             row[seq] = receiver
-        elif n < seq <= n + MAX_GAP and 0 <= receiver < 1 << 31:
+        elif n < seq <= n + MAX_GAP and 0 <= receiver < ROW_MAX:
             row.extend([_NONE] * (seq - n))
             row.append(receiver)
         else:
             self.add(receiver, key)
 
     def seen(self, receiver: int, key: int) -> bool:
-        row = self._direct.get(key >> SEQ_BITS)
+        row = self.rows.get(key >> SEQ_BITS)
         if row is not None and receiver >= 0:
             seq = key & SEQ_MASK
             if seq < len(row) and row[seq] == receiver:

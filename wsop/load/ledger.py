@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from wsop.load.arrivals import ROW_MAX as _ROW_MAX
 from wsop.load.arrivals import SEQ_BITS, SEQ_MASK, Arrivals
 from wsop.load.tallies import Counters, new_window
 
@@ -111,7 +111,9 @@ class Ledger:
         self.refused_codes: dict[str, int] = {}
         self.connect_errors: dict[str, int] = {}  # stable reason -> attempts
         self._pending: dict[int, list[Any]] = {}
-        self._order: deque[tuple[float, int]] = deque()  # (sent at, key), oldest first
+        # (sent at, key), oldest first; the settled ones are below _head (dropped in bulk)
+        self._order: list[tuple[float, int]] = []
+        self._head = 0
         self._arrivals = Arrivals()  # who got what, once the entries are settled
         self._settled_upto: dict[int, int] = {}  # sender slot -> highest settled seq
         self._drops: dict[int, list[list[float]]] = {}  # slot -> [[dropped, back], …]
@@ -277,13 +279,17 @@ class Ledger:
     def settle(self, now: float, everything: bool = False) -> None:
         """Close the books on messages older than the grace period (or on all of them)."""
         c, windows, order, pending = self.counters, self.windows, self._order, self._pending
-        upto, arrivals = self._settled_upto, self._arrivals
-        cutoff = now - self.grace_s
+        upto, arrivals, rows = self._settled_upto, self._arrivals, self._arrivals.rows
+        head = end = self._head
+        if everything:
+            end = len(order)
+        else:
+            cutoff, last = now - self.grace_s, len(order)
+            while end < last and order[end][0] <= cutoff:  # send order: stop at the first not due
+                end += 1
         missing = done = 0
         done_in = [0] * len(windows)  # fully delivered, by window: added up once, below
-        popleft = order.popleft
-        while order and (everything or order[0][0] <= cutoff):
-            key = popleft()[1]
+        for _, key in order[head:end]:
             entry = pending.pop(key, None)
             if entry is None:
                 continue  # cancelled
@@ -291,8 +297,12 @@ class Ledger:
             if seq > upto.get(sender, -1):
                 upto[sender] = seq
             slots, mask = entry[_SLOTS], entry[_MASK]
-            if mask == 1 and len(slots) == 1:  # a direct message that arrived
-                arrivals.add_direct(slots[0], key)
+            if mask == 1 and len(slots) == 1:  # a direct message that arrived: remembered
+                row = rows.get(sender)  # by its sender's seq (`Arrivals.add_direct`, inline)
+                if row is not None and len(row) == seq and 0 <= slots[0] < _ROW_MAX:
+                    row.append(slots[0])
+                else:
+                    arrivals.add_direct(slots[0], key)
             elif mask:  # the arrivals the entry recorded outlive it
                 for i, slot in enumerate(slots):
                     if mask >> i & 1:
@@ -307,6 +317,10 @@ class Ledger:
                 done_in[entry[_WIN]] += n
             else:
                 self._settle_one(key, entry, now)
+        if end == len(order) or (end > 4096 and end * 2 > len(order)):
+            del order[:end]  # the settled part, in bulk
+            end = 0
+        self._head = end
         c.acks_missing += missing
         c.expected += done
         c.delivered += done
@@ -374,7 +388,7 @@ class Ledger:
 
     def _prune(self, now: float) -> None:
         """Forget drops that ended before anything still pending was sent."""
-        oldest = self._order[0][0] if self._order else now
+        oldest = self._order[self._head][0] if self._head < len(self._order) else now
         floor = oldest - AROUND_SEND_S
         for slot in [s for s, d in self._drops.items() if d and d[0][1] < floor]:
             kept = [d for d in self._drops[slot] if d[1] >= floor]
