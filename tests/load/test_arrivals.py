@@ -1,4 +1,5 @@
-"""The ledger's fast arrival path reads every arrival as the plain rule does.
+"""The ledger's fast arrival path reads every arrival as the plain rule does; the
+latency book's packed samples unpack exactly.
 
 `Ledger.received` tells a duplicate from the message's arrival bits while it is pending
 and from `Arrivals` after settling. The reference here is the rule those replace: one
@@ -114,3 +115,17 @@ def test_direct_arrivals_are_kept_by_sequence_and_the_rest_in_bitmaps() -> None:
     assert not arrivals.seen(8, message_key(3, 0)) and not arrivals.seen(7, message_key(3, 1))
     assert not arrivals.seen(-1, message_key(3, 1))  # an empty place is nobody's
     assert not arrivals.seen(7, message_key(4, 0))
+
+
+def test_latency_samples_unpack_into_whole_millisecond_histograms() -> None:
+    from wsop.load.latency import LatencyBook
+
+    book = LatencyBook()
+    for us, size in ((400, 90), (1_600, 91), (2_400, 92), (150_000, 93), (-700, 94)):
+        book.add("direct", us, size)  # a clock step back can make one negative
+    book.add("team", 7_499, 200)
+    assert book.count("direct") == 5
+    taken = book.take()
+    assert taken["direct"] == ({0: 1, 2: 2, 150: 1, -1: 1}, 153_700, 460)
+    assert taken["team"] == ({7: 1}, 7_499, 200)
+    assert book.take() == {} and book.count("direct") == 0

@@ -184,11 +184,7 @@ class Wire:
                             conn.slot, (int(sender) << SEQ_BITS) | int(seq), ts / 1e6
                         ):
                             kind = "team" if data.find(_TEAMS, m.end(), pos) >= 0 else "direct"
-                            book, us = self.latency, self._now_us - ts  # LatencyBook.add inline:
-                            hist, ms = book.hist[kind], (us + 500) // 1000
-                            hist[ms] = hist.get(ms, 0) + 1
-                            book.total_us[kind] += us
-                            book.bytes[kind] += n
+                            self.latency.samples[kind].append(((self._now_us - ts) << 32) + n)
                     else:
                         self.ledger.acked(conn.key_base | int(m[5]), int(m[6]), int(m[7] or 0))
             if pos < end and not self._slow_frames(conn, sock, data[pos:] if pos else data):
