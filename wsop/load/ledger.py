@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import dataclass
 from typing import Any
 
 from wsop.load.arrivals import ROW_MAX as _ROW_MAX
 from wsop.load.arrivals import SEQ_BITS, SEQ_MASK, Arrivals
-from wsop.load.tallies import Counters, new_window
+from wsop.load.tallies import LOSS_CLASSES, Counters, classify, new_window
 
 AROUND_SEND_S = 1.0  # a drop this long before a send still explains its loss
 RECONNECT_SAMPLES = 5000  # per window and process: enough for a p99, bounded memory
@@ -48,47 +47,9 @@ SILENT_EXAMPLES = 5  # per process: enough to start a server-side investigation
 SILENT_TRACKED = 100_000  # silent messages remembered to notice them arriving late
 _OPEN = math.inf
 
-LOSS_CLASSES = ("lost_disconnected", "lost_unacked", "reported_undelivered", "silent_loss")
-
 
 def message_key(slot: int, seq: int) -> int:
     return (slot << SEQ_BITS) | seq
-
-
-@dataclass(frozen=True)
-class Classes:
-    """Where the expected deliveries of one settled message went (they sum to expected)."""
-
-    delivered: int = 0
-    lost_disconnected: int = 0
-    lost_unacked: int = 0
-    reported_undelivered: int = 0
-    silent_loss: int = 0
-
-
-def classify(
-    expected: int,
-    arrived: int,
-    disconnected: int,
-    ack_undelivered: int | None,
-    sender_dropped: bool,
-) -> Classes:
-    """Classify one message's expected deliveries (see the module docstring).
-
-    `arrived`: expected recipients that got it; `disconnected`: lost recipients whose
-    connection dropped around it; `ack_undelivered`: the ack's count, None without ack.
-    """
-    lost = expected - arrived
-    gone = min(disconnected, lost)
-    rest = lost - gone
-    if not rest:
-        return Classes(arrived, gone)
-    if ack_undelivered is None:
-        if sender_dropped:
-            return Classes(arrived, gone, lost_unacked=rest)
-        return Classes(arrived, gone, silent_loss=rest)
-    reported = min(rest, max(0, ack_undelivered - gone))
-    return Classes(arrived, gone, reported_undelivered=reported, silent_loss=rest - reported)
 
 
 # entry fields: expected slots, arrived bit mask, ack (-1: none yet), window, sent at,

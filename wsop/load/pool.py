@@ -9,7 +9,9 @@ hub's switching ate the CPU and the achieved rate *collapsed* (offered 9K, achie
   readable (or a send is due), reads every ready socket once (`recv` of up to 64 KiB,
   parsed by `FrameReader`) and then sends what came due (`Pacer`: one schedule at the
   worker's total rate, handed round-robin to the connections);
-- frames are built by `Masker` (fresh random mask per frame, XOR on whole integers);
+- frames are masked with a fresh random key each (one `os.urandom` per batch of sends,
+  websockets' C `apply_mask`); a direct message is built, booked and sent inline in the
+  pacing loop (`_send_due`), the hot path of the send side;
 - latencies go to a per-interval histogram (`LatencyBook`), handed to locust once a
   second, not as one event per delivery;
 - past saturation the loop batches more per wake-up and the pacer drops a backlog of
@@ -22,7 +24,8 @@ reconnects with backoff (`reconnect_delay`) and says hello to itself before it s
 
 I/O-world neutral: the gevent glue (handshakes in greenlets, waiting in the hub, locust
 events) is injected as `Hooks` (`wsop.load.user`); tests drive a `Pool` with plain
-blocking hooks. Never imports the asyncio servers or `websockets`.
+blocking hooks. Never imports the asyncio servers (of `websockets`, only its C
+`speedups` helper, through `wsop.load.frames`).
 """
 
 from __future__ import annotations
@@ -69,7 +72,6 @@ HELLO_RETRY_S = 1.0  # a hello can be lost (e.g. presence not yet written): say 
 HELLO = '{"type":"direct","to":%d,"data":"hello","id":"hello"}'
 # data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
 _DIRECT = b'{"type":"direct","to":%d,"data":[%d,%d,%d,%d],"id":"%d"}'
-_TEAM = b'{"type":"team","teams":["%s"],"data":[%d,%d,%d,%d],"id":"%d"}'
 _random, _time_ns, _urandom = random.random, time.time_ns, os.urandom
 
 
@@ -397,16 +399,3 @@ class Pool(Wire):
         self.cursor = cursor
         self.pacer.take(n)
         return due > n
-
-    def _send_team(self, conn: Conn) -> None:
-        seq = conn.seq
-        conn.seq = seq + 1
-        ts = _time_ns() // 1000
-        tw, ti = self.plan.tenants_per_worker, conn.tenant_index
-        team = random.choice(conn.my_teams)
-        to = tuple(u * tw + ti for u in conn.members[team] & self.members[conn.tenant])
-        key = conn.key_base | seq
-        self.ledger.sent(key, to, ts / 1e6, True)  # booked before it can arrive
-        text = _TEAM % (team.encode(), self.index, conn.slot, seq, ts, seq)
-        if not self._write(conn, self.masker.frame(text)):
-            self.ledger.cancel(key)

@@ -2,15 +2,19 @@
 writes, bulk reads, and the reading of each frame into the ledger.
 
 Split from `wsop.load.pool` (the loop, pacing, connecting) to keep each module one
-concern; `Wire` is a mixin of `Pool` and uses its ledger, epoll and hooks. Never
-imports the asyncio servers or `websockets`.
+concern; `Wire` is a mixin of `Pool` and uses its ledger, epoll and hooks. A chat
+load's frames are read in place in the received bytes (`_read`: one regex per frame, no
+copy, no `FrameReader` call); anything else goes through `FrameReader` and `json`.
+Never imports the asyncio servers.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import ssl
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wsop.load.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
@@ -35,6 +39,8 @@ _FAST = re.compile(
 )
 _fast = _FAST.match
 _TEAMS = b'"teams":'
+# data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
+_TEAM = b'{"type":"team","teams":["%s"],"data":[%d,%d,%d,%d],"id":"%d"}'
 
 
 class Hooks(Protocol):
@@ -101,6 +107,8 @@ class Wire:
     latency: LatencyBook
     hooks: Hooks
     index: int
+    plan: Any
+    members: dict[str, set[int]]
     _index_b: bytes  # `index` as it appears in a payload
     _now_us: int
 
@@ -252,3 +260,17 @@ class Wire:
             if isinstance(seq, str) and seq.isdigit():
                 ledger.refused(conn.key_base | int(seq), code)
             self.hooks.fail("error", code)
+
+    def _send_team(self, conn: Conn) -> None:
+        """A team message (direct ones are built and sent inline in `Pool._send_due`)."""
+        seq = conn.seq
+        conn.seq = seq + 1
+        ts = time.time_ns() // 1000
+        tw, ti = self.plan.tenants_per_worker, conn.tenant_index
+        team = random.choice(conn.my_teams)
+        to = tuple(u * tw + ti for u in conn.members[team] & self.members[conn.tenant])
+        key = conn.key_base | seq
+        self.ledger.sent(key, to, ts / 1e6, True)  # booked before it can arrive
+        text = _TEAM % (team.encode(), self.index, conn.slot, seq, ts, seq)
+        if not self._write(conn, self.masker.frame(text)):
+            self.ledger.cancel(key)
