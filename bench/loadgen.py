@@ -15,7 +15,8 @@ more, and after 2 s of warm-up, a window of `--window` seconds is measured:
 
 - messages: what the sink accepted in the window (the same counter for everyone);
 - CPU: user + system seconds of the generator's whole process tree (/proc), same window;
-- µs/msg = CPU / messages; msgs per CPU-second = its inverse;
+- µs/msg = CPU / messages; msgs per CPU-second = its inverse; sys µs/msg: the kernel's
+  part of it (system time: the sockets' send and receive paths on loopback);
 - lost: wsop's ledger (delivered vs expected); Artillery and k6 check nothing ("-").
 
 Runs are interleaved ABBA (wsop, artillery, k6, k6, artillery, wsop at each rate) on a
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._loadgen_tools import ToolMissing, artillery_cmd, k6_cmd  # noqa: E402
-from wsop.load.procstat import tree_cpu_seconds  # noqa: E402
+from wsop.load.procstat import tree_cpu_seconds, tree_system_seconds  # noqa: E402
 from wsop.local.redis_binary import free_port  # noqa: E402
 
 PER_CONNECTION = 10.0
@@ -130,18 +131,22 @@ def measure(gen: str, args: argparse.Namespace, port: int, rate: float, work: Pa
             row["error"] = "never reached full connections"
         time.sleep(2.0)  # warm-up
         s0, c0, t0 = sink_stats(port), tree_cpu_seconds(proc.pid), time.monotonic()
-        seen = dict(c0)
+        k0 = tree_system_seconds(proc.pid)
+        seen, kseen = dict(c0), dict(k0)
         end = t0 + args.window
         while time.monotonic() < end:
             time.sleep(0.5)
             seen.update(tree_cpu_seconds(proc.pid))  # helpers that exit keep their last
+            kseen.update(tree_system_seconds(proc.pid))
         s1, t1 = sink_stats(port), time.monotonic()
         cpu = sum(v - c0.get(pid, 0.0) for pid, v in seen.items())
+        kernel = sum(v - k0.get(pid, 0.0) for pid, v in kseen.items())
         msgs = s1["messages"] - s0["messages"]
         row.update(
             achieved=round(msgs / (t1 - t0), 1),
             cpu_cores=round(cpu / (t1 - t0), 3),
             us_per_msg=round(cpu / msgs * 1e6, 1) if msgs else None,
+            sys_us_per_msg=round(kernel / msgs * 1e6, 1) if msgs else None,
             msgs_per_cpu_s=round(msgs / cpu) if cpu else None,
             sink_us_per_msg=round((s1["cpu_s"] - s0["cpu_s"]) / msgs * 1e6, 1) if msgs else None,
         )

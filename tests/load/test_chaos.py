@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from tests.conftest import run_wsop
 from wsop.errors import UsageError
 from wsop.load.chaos import Fault, parse_spec, reconnect_delay, windows
-from wsop.load.ledger import LOSS_CLASSES, Classes, Ledger, classify, message_key
+from wsop.load.ledger import Ledger, message_key
 from wsop.load.nemesis import Nemesis
 from wsop.load.profiles import make_plan
 from wsop.load.report import summary, verdict
-from wsop.load.tallies import merge_windows, percentiles
+from wsop.load.tallies import LOSS_CLASSES, Classes, classify, merge_windows, percentiles
 from wsop.local.redis_binary import free_port
 
 # -- the spec (pure) ---------------------------------------------------------------------

@@ -259,7 +259,7 @@ def test_pool_books_a_dropped_recipient_as_loss_and_brings_it_back(sink) -> None
     pool.stop()
     assert snap["sent"] > 500 and snap["team"] > 0
     assert snap["expected"] == snap["delivered"] + snap["lost"]
-    assert snap["lost"] > 0 and snap["lost_disconnected"] > 0  # the dropped recipient
+    assert snap["lost"] > 0 and snap["lost_disconnected"] > 0, snap  # the dropped recipient
     assert snap["silent_loss"] == 0 and snap["cross_tenant"] == 0 and snap["duplicates"] == 0
     assert snap["reconnects"] == 1 and snap["not_back"] == 0  # back after backoff + hello
     assert snap["acks_missing"] == 0

@@ -11,8 +11,8 @@ its frames here (`Masker`): websocket-client masks byte by byte in Python.
 Masking: RFC 6455 §5.3 wants every client frame masked with a fresh key from a strong
 source of entropy (a predictable key lets a hostile page poison proxies' caches). The
 keys come from `os.urandom`, 4 KiB at a time (one syscall per 1,024 frames), and the
-XOR is done on whole integers (`int.from_bytes`), not per byte: ~1 µs for a 100-byte
-chat frame.
+XOR is websockets' C `apply_mask` (websockets is a dependency; without its C speedups,
+an XOR on whole integers, `int.from_bytes`): ~0.1 µs for a 100-byte chat frame.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Masker:
 
     def _key(self) -> bytes:
         at = self._at
-        if at >= len(self._keys):
+        if at >= KEY_BATCH:
             self._keys, at = os.urandom(KEY_BATCH), 0
         self._at = at + 4
         return self._keys[at : at + 4]
@@ -46,23 +46,37 @@ class Masker:
     def frame(self, payload: bytes, opcode: int = 1) -> bytes:
         """One final, masked frame (text by default) carrying `payload`."""
         n = len(payload)
-        key = self._key()
+        at = self._at
+        if at >= KEY_BATCH:
+            self._keys, at = os.urandom(KEY_BATCH), 0
+        self._at = at + 4
+        key = self._keys[at : at + 4]
         if n < 126:
+            if opcode == OP_TEXT:
+                return TEXT_HEADS[n] + key + apply_mask(payload, key)
             head = bytes((0x80 | opcode, 0x80 | n))
         elif n < 65536:
             head = bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
         else:
             head = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
-        if not n:
-            return head + key
-        mask = int.from_bytes((key * (n // 4 + 1))[:n], "little")
-        return head + key + (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
+        return head + key + apply_mask(payload, key)
 
 
-def _unmask(payload: bytes, key: bytes) -> bytes:
+def _apply_mask(payload: bytes, key: bytes) -> bytes:
+    """XOR with the 4-byte `key` repeated, on whole integers (no C speedups at hand)."""
     n = len(payload)
+    if not n:
+        return b""
     mask = int.from_bytes((key * (n // 4 + 1))[:n], "big")
     return (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
+
+
+try:  # websockets' C helper (a dependency): ~10x cheaper than the integer XOR
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a platform without its wheel
+    apply_mask = _apply_mask
+
+TEXT_HEADS = [bytes((0x80 | OP_TEXT, 0x80 | n)) for n in range(126)]
 
 
 class FrameReader:
@@ -79,6 +93,7 @@ class FrameReader:
         self._frag_op: int | None = None
         self._frag: list[bytes] = []
         self.max_message = max_message
+        self.idle = True  # no frame or message half-read: the next bytes start a new frame
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """The messages completed by `data`. Works on the bytes as received (one copy per
@@ -126,10 +141,11 @@ class FrameReader:
             payload = data[pos + head : pos + head + n]
             pos += head + n
             if key:
-                payload = _unmask(payload, key)
+                payload = apply_mask(payload, key)
             self._frame(b0 & 0x80, opcode, payload, out)
         if pos < end:
             self._rest, self._have, self._need = [data[pos:]], end - pos, need
+        self.idle = not self._rest and self._frag_op is None
         return out
 
     def _frame(self, fin: int, opcode: int, payload: bytes, out: list) -> None:

@@ -35,63 +35,21 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-from pyroaring import BitMap64
+from wsop.load.arrivals import ROW_MAX as _ROW_MAX
+from wsop.load.arrivals import SEQ_BITS, SEQ_MASK, Arrivals
+from wsop.load.tallies import LOSS_CLASSES, Counters, classify, new_window
 
-from wsop.load.tallies import Counters, new_window
-
-SEQ_BITS = 32
-SEQ_MASK = (1 << SEQ_BITS) - 1
 AROUND_SEND_S = 1.0  # a drop this long before a send still explains its loss
 RECONNECT_SAMPLES = 5000  # per window and process: enough for a p99, bounded memory
 SILENT_EXAMPLES = 5  # per process: enough to start a server-side investigation
 SILENT_TRACKED = 100_000  # silent messages remembered to notice them arriving late
 _OPEN = math.inf
 
-LOSS_CLASSES = ("lost_disconnected", "lost_unacked", "reported_undelivered", "silent_loss")
-
 
 def message_key(slot: int, seq: int) -> int:
     return (slot << SEQ_BITS) | seq
-
-
-@dataclass(frozen=True)
-class Classes:
-    """Where the expected deliveries of one settled message went (they sum to expected)."""
-
-    delivered: int = 0
-    lost_disconnected: int = 0
-    lost_unacked: int = 0
-    reported_undelivered: int = 0
-    silent_loss: int = 0
-
-
-def classify(
-    expected: int,
-    arrived: int,
-    disconnected: int,
-    ack_undelivered: int | None,
-    sender_dropped: bool,
-) -> Classes:
-    """Classify one message's expected deliveries (see the module docstring).
-
-    `arrived`: expected recipients that got it; `disconnected`: lost recipients whose
-    connection dropped around it; `ack_undelivered`: the ack's count, None without ack.
-    """
-    lost = expected - arrived
-    gone = min(disconnected, lost)
-    rest = lost - gone
-    if not rest:
-        return Classes(arrived, gone)
-    if ack_undelivered is None:
-        if sender_dropped:
-            return Classes(arrived, gone, lost_unacked=rest)
-        return Classes(arrived, gone, silent_loss=rest)
-    reported = min(rest, max(0, ack_undelivered - gone))
-    return Classes(arrived, gone, reported_undelivered=reported, silent_loss=rest - reported)
 
 
 # entry fields: expected slots, arrived bit mask, ack (-1: none yet), window, sent at,
@@ -114,8 +72,10 @@ class Ledger:
         self.refused_codes: dict[str, int] = {}
         self.connect_errors: dict[str, int] = {}  # stable reason -> attempts
         self._pending: dict[int, list[Any]] = {}
-        self._order: deque[tuple[float, int]] = deque()  # (sent at, key), oldest first
-        self._seen: dict[int, BitMap64] = {}  # receiver slot -> keys it got
+        # (sent at, key), oldest first; the settled ones are below _head (dropped in bulk)
+        self._order: list[tuple[float, int]] = []
+        self._head = 0
+        self._arrivals = Arrivals()  # who got what, once the entries are settled
         self._settled_upto: dict[int, int] = {}  # sender slot -> highest settled seq
         self._drops: dict[int, list[list[float]]] = {}  # slot -> [[dropped, back], …]
         # key -> [window, slots, count] of settled messages with silent losses: a late
@@ -140,10 +100,11 @@ class Ledger:
         if not c.first_send:
             c.first_send = now
         c.last_send = now
-        start = self.run_started_at
-        window = bisect_right(self.edges, now - start) if start is not None and self.edges else 0
+        window = 0
+        if self.edges and self.run_started_at is not None:
+            window = bisect_right(self.edges, now - self.run_started_at)
         self.windows[window]["sent"] += 1
-        self._pending[key] = [recipients, 0, -1, window, now, int(team), 0]
+        self._pending[key] = [recipients, 0, -1, window, now, team, 0]
         self._order.append((now, key))
 
     def cancel(self, key: int) -> None:
@@ -187,19 +148,38 @@ class Ledger:
     # -- the receiver's side -----------------------------------------------------------
 
     def received(self, receiver: int, key: int, sent_ts: float | None = None) -> bool:
-        """Record an arrival; True only for an expected delivery seen for the first time."""
-        seen = self._seen.get(receiver)
-        if seen is None:
-            seen = self._seen[receiver] = BitMap64()
-        if key in seen:
+        """Record an arrival; True only for an expected delivery seen for the first time.
+
+        The common case (an expected recipient of a pending message, first arrival)
+        touches only the message's entry: its arrival bits tell a duplicate. What the
+        entry cannot tell (after settling, refused, unexpected recipients) goes through
+        the per-receiver bitmaps (`_received_rare`), which settling fills in bulk."""
+        entry = self._pending.get(key)
+        if entry is not None and not entry[_REFUSED]:
+            slots = entry[_SLOTS]
+            if receiver in slots and (key >> SEQ_BITS) % self.tenants == receiver % self.tenants:
+                bit = 1 << slots.index(receiver)
+                mask = entry[_MASK]
+                if mask & bit:
+                    self._count("duplicates", sent_ts)
+                    return False
+                entry[_MASK] = mask | bit
+                return True
+        return self._received_rare(receiver, key, entry, sent_ts)
+
+    def _received_rare(self, receiver: int, key: int, entry: Any, sent_ts: float | None) -> bool:
+        if self._arrivals.seen(receiver, key) or (
+            entry is not None
+            and receiver in entry[_SLOTS]
+            and entry[_MASK] >> entry[_SLOTS].index(receiver) & 1
+        ):
             self._count("duplicates", sent_ts)
             return False
-        seen.add(key)
+        self._arrivals.add(receiver, key)
         sender = key >> SEQ_BITS
         if sender % self.tenants != receiver % self.tenants:
             self._count("cross_tenant", sent_ts)
             return False
-        entry = self._pending.get(key)
         if entry is None:
             seq = key & SEQ_MASK
             if seq <= self._settled_upto.get(sender, -1):
@@ -207,12 +187,8 @@ class Ledger:
             else:
                 self.counters.unexpected += 1
             return False
-        slots = entry[_SLOTS]
-        if entry[_REFUSED] or receiver not in slots:
-            self.counters.surplus += 1
-            return False
-        entry[_MASK] |= 1 << slots.index(receiver)
-        return True
+        self.counters.surplus += 1  # refused, or not a recipient (else: the common case)
+        return False
 
     def _late(self, receiver: int, key: int, sent_ts: float | None) -> None:
         """After settling: already counted lost; if it was a silent loss, it was slow."""
@@ -264,29 +240,55 @@ class Ledger:
     def settle(self, now: float, everything: bool = False) -> None:
         """Close the books on messages older than the grace period (or on all of them)."""
         c, windows, order, pending = self.counters, self.windows, self._order, self._pending
-        upto = self._settled_upto
-        cutoff = now - self.grace_s
-        while order and (everything or order[0][0] <= cutoff):
-            _, key = order.popleft()
+        upto, arrivals, rows = self._settled_upto, self._arrivals, self._arrivals.rows
+        head = end = self._head
+        if everything:
+            end = len(order)
+        else:
+            cutoff, last = now - self.grace_s, len(order)
+            while end < last and order[end][0] <= cutoff:  # send order: stop at the first not due
+                end += 1
+        missing = done = 0
+        done_in = [0] * len(windows)  # fully delivered, by window: added up once, below
+        for _, key in order[head:end]:
             entry = pending.pop(key, None)
             if entry is None:
                 continue  # cancelled
             sender, seq = key >> SEQ_BITS, key & SEQ_MASK
             if seq > upto.get(sender, -1):
                 upto[sender] = seq
+            slots, mask = entry[_SLOTS], entry[_MASK]
+            if mask == 1 and len(slots) == 1:  # a direct message that arrived: remembered
+                row = rows.get(sender)  # by its sender's seq (`Arrivals.add_direct`, inline)
+                if row is not None and len(row) == seq and 0 <= slots[0] < _ROW_MAX:
+                    row.append(slots[0])
+                else:
+                    arrivals.add_direct(slots[0], key)
+            elif mask:  # the arrivals the entry recorded outlive it
+                for i, slot in enumerate(slots):
+                    if mask >> i & 1:
+                        arrivals.add(slot, key)
             if entry[_REFUSED]:
                 continue
             if entry[_ACK] < 0:
-                c.acks_missing += 1
-            n = len(entry[_SLOTS])
-            if entry[_MASK] == (1 << n) - 1:  # the common case: every delivery arrived
-                c.expected += n
-                c.delivered += n
-                w = windows[entry[_WIN]]
-                w["expected"] += n
-                w["delivered"] += n
+                missing += 1
+            n = len(slots)
+            if mask == (1 << n) - 1:  # the common case: every delivery arrived
+                done += n
+                done_in[entry[_WIN]] += n
             else:
                 self._settle_one(key, entry, now)
+        if end == len(order) or (end > 4096 and end * 2 > len(order)):
+            del order[:end]  # the settled part, in bulk
+            end = 0
+        self._head = end
+        c.acks_missing += missing
+        c.expected += done
+        c.delivered += done
+        for window, n in zip(windows, done_in, strict=True):
+            if n:
+                window["expected"] += n
+                window["delivered"] += n
         self._prune(now)
 
     def _settle_one(self, key: int, entry: list[Any], now: float) -> None:
@@ -347,7 +349,7 @@ class Ledger:
 
     def _prune(self, now: float) -> None:
         """Forget drops that ended before anything still pending was sent."""
-        oldest = self._order[0][0] if self._order else now
+        oldest = self._order[self._head][0] if self._head < len(self._order) else now
         floor = oldest - AROUND_SEND_S
         for slot in [s for s, d in self._drops.items() if d and d[0][1] < floor]:
             kept = [d for d in self._drops[slot] if d[1] >= floor]

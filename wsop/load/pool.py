@@ -9,7 +9,9 @@ hub's switching ate the CPU and the achieved rate *collapsed* (offered 9K, achie
   readable (or a send is due), reads every ready socket once (`recv` of up to 64 KiB,
   parsed by `FrameReader`) and then sends what came due (`Pacer`: one schedule at the
   worker's total rate, handed round-robin to the connections);
-- frames are built by `Masker` (fresh random mask per frame, XOR on whole integers);
+- frames are masked with a fresh random key each (one `os.urandom` per batch of sends,
+  websockets' C `apply_mask`); a direct message is built, booked and sent inline in the
+  pacing loop (`_send_due`), the hot path of the send side;
 - latencies go to a per-interval histogram (`LatencyBook`), handed to locust once a
   second, not as one event per delivery;
 - past saturation the loop batches more per wake-up and the pacer drops a backlog of
@@ -22,13 +24,15 @@ reconnects with backoff (`reconnect_delay`) and says hello to itself before it s
 
 I/O-world neutral: the gevent glue (handshakes in greenlets, waiting in the hub, locust
 events) is injected as `Hooks` (`wsop.load.user`); tests drive a `Pool` with plain
-blocking hooks. Never imports the asyncio servers or `websockets`.
+blocking hooks. Never imports the asyncio servers (of `websockets`, only its C
+`speedups` helper, through `wsop.load.frames`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import os
 import random
 import time
 from typing import Any
@@ -36,7 +40,7 @@ from typing import Any
 from gevent.monkey import get_original
 
 from wsop.load.chaos import reconnect_delay
-from wsop.load.frames import FrameReader, Masker
+from wsop.load.frames import TEXT_HEADS, FrameReader, Masker, apply_mask
 from wsop.load.latency import LatencyBook
 from wsop.load.layout import slot_identity, team_membership, worker_tenants
 from wsop.load.ledger import Ledger
@@ -49,6 +53,7 @@ from wsop.load.wire import (
     EPOLLIN,
     EPOLLOUT,
     OUT_CAP,
+    WOULD_BLOCK,
     Conn,
     Hooks,
     Wire,
@@ -65,6 +70,9 @@ SETTLE_EVERY_S = 1.0
 HELLO_TIMEOUT_S = 10.0  # connected but no round trip to self by then: reconnect
 HELLO_RETRY_S = 1.0  # a hello can be lost (e.g. presence not yet written): say it again
 HELLO = '{"type":"direct","to":%d,"data":"hello","id":"hello"}'
+# data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
+_DIRECT = b'{"type":"direct","to":%d,"data":[%d,%d,%d,%d],"id":"%d"}'
+_random, _time_ns, _urandom = random.random, time.time_ns, os.urandom
 
 
 class Pool(Wire):
@@ -72,6 +80,7 @@ class Pool(Wire):
 
     def __init__(self, plan: LoadPlan, index: int, hooks: Hooks) -> None:
         self.plan, self.index, self.hooks = plan, index, hooks
+        self._index_b = str(index).encode()
         edges = tuple(f["at_s"] for f in plan.extra.get("chaos", ()))
         self.ledger = Ledger(plan.grace_s, plan.tenants_per_worker, edges, index)
         self.tenants = worker_tenants(plan, index)
@@ -334,11 +343,16 @@ class Pool(Wire):
     # -- sending -----------------------------------------------------------------------
 
     def _send_due(self, now: float) -> bool:
+        """Send what came due (direct messages inline: this is the send path's hot loop)."""
         due = self.pacer.due(now)
         if not due:
             return False
         n = min(due, max(16, int(self.pacer.rate * BATCH_S)))
         conns, order, cursor, k = self.conns, self.order, self.cursor, len(self.order)
+        ledger, frame, write = self.ledger, self.masker.frame, self._write
+        members = self.member_list
+        index, tw, share = self.index, self.plan.tenants_per_worker, self.plan.team_share
+        keys, i = _urandom(4 * n), 0  # a fresh random mask per frame, drawn for the batch
         for _ in range(n):
             conn = conns[order[cursor]]
             cursor += 1
@@ -346,34 +360,42 @@ class Pool(Wire):
                 cursor = 0
             if not conn.ready:
                 self.away += 1
-            elif conn.out is not None and len(conn.out) > OUT_CAP:
+                continue
+            if conn.out is not None and len(conn.out) > OUT_CAP:
                 self.blocked += 1
-            else:
-                self._send_message(conn)
+                continue
+            if conn.my_teams and _random() < share:
+                self._send_team(conn)
+                continue
+            seq = conn.seq
+            conn.seq = seq + 1
+            ts = _time_ns() // 1000
+            pool = members[conn.tenant]
+            m = len(pool)
+            user = pool[int(_random() * m)]
+            if user == conn.user and m > 1:
+                user = pool[int(_random() * m)]
+            key = conn.key_base | seq
+            ledger.sent(key, (user * tw + conn.tenant_index,), ts / 1e6)  # before it can arrive
+            text = _DIRECT % (user, index, conn.slot, seq, ts, seq)
+            if conn.out is not None or len(text) > 125:
+                if not write(conn, frame(text)):
+                    ledger.cancel(key)
+                continue
+            mask = keys[i * 4 : i * 4 + 4]  # Masker.frame and _write, inline
+            i += 1
+            data = TEXT_HEADS[len(text)] + mask + apply_mask(text, mask)
+            try:
+                sent = conn.sock.send(data)
+            except WOULD_BLOCK:
+                sent = 0
+            except OSError:
+                ledger.cancel(key)
+                self._drop(conn, "send failed")
+                continue
+            if sent < len(data):
+                conn.out = bytearray(data[sent:])
+                self.ep.modify(conn.fd, EPOLLIN | EPOLLOUT)
         self.cursor = cursor
         self.pacer.take(n)
         return due > n
-
-    def _send_message(self, conn: Conn) -> None:
-        seq = conn.seq
-        conn.seq += 1
-        ts = time.time_ns() // 1000
-        data = f"[{self.index},{conn.slot},{seq},{ts}]"
-        tw, ti = self.plan.tenants_per_worker, conn.tenant_index
-        if conn.my_teams and random.random() < self.plan.team_share:
-            team = random.choice(conn.my_teams)
-            to = tuple(u * tw + ti for u in conn.members[team] & self.members[conn.tenant])
-            text = f'{{"type":"team","teams":["{team}"],"data":{data},"id":"{seq}"}}'
-            is_team = True
-        else:
-            pool = self.member_list[conn.tenant]
-            user = random.choice(pool)
-            if user == conn.user and len(pool) > 1:
-                user = random.choice(pool)
-            to = (user * tw + ti,)
-            text = f'{{"type":"direct","to":{user},"data":{data},"id":"{seq}"}}'
-            is_team = False
-        key = conn.key_base | seq
-        self.ledger.sent(key, to, ts / 1e6, is_team)  # booked before it can arrive
-        if not self._write(conn, self.masker.frame(text.encode())):
-            self.ledger.cancel(key)

@@ -34,6 +34,12 @@ def cpu_seconds(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def system_seconds(pid: int | str = "self") -> float:
+    """The kernel's part of `cpu_seconds` (syscalls: for a load generator, its sockets)."""
+    fields = _stat(pid)
+    return int(fields[12]) / _TICK if fields is not None else 0.0
+
+
 def children(pid: int) -> list[int]:
     """Every live descendant of `pid` (by parent links in /proc)."""
     parents: dict[int, list[int]] = {}
@@ -58,3 +64,8 @@ def tree_cpu_seconds(pid: int) -> dict[int, float]:
     that exited between samples still counts up to its last sample.
     """
     return {p: cpu_seconds(p) for p in (pid, *children(pid))}
+
+
+def tree_system_seconds(pid: int) -> dict[int, float]:
+    """`tree_cpu_seconds`, system time only."""
+    return {p: system_seconds(p) for p in (pid, *children(pid))}

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from wsop.load.chaos import Fault, windows
-from wsop.load.ledger import LOSS_CLASSES
-from wsop.load.tallies import WINDOW_FIELDS, new_window, percentiles
+from wsop.load.tallies import LOSS_CLASSES, WINDOW_FIELDS, new_window, percentiles
 
 SUMMARY_KEYS = (
     "profile", "target_rate", "sent", "expected_deliveries", "delivered", "lost",

@@ -1,5 +1,5 @@
-"""The ledger's tallies: the run's counters and the per-window counts, and how the
-master adds up those of every process. Pure.
+"""The ledger's tallies: the loss classes of a settled message, the run's counters and
+the per-window counts, and how the master adds up those of every process. Pure.
 
 A window is the stretch of the run between two faults (`wsop.load.chaos.windows`).
 Every process keeps one dict per window (`new_window`); the master adds them up field
@@ -114,3 +114,42 @@ def percentiles(values: list[float], qs: tuple[float, ...] = (0.5, 0.99)) -> dic
         else:
             out[key] = ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
     return out
+
+
+LOSS_CLASSES = ("lost_disconnected", "lost_unacked", "reported_undelivered", "silent_loss")
+
+
+@dataclass(frozen=True)
+class Classes:
+    """Where the expected deliveries of one settled message went (they sum to expected)."""
+
+    delivered: int = 0
+    lost_disconnected: int = 0
+    lost_unacked: int = 0
+    reported_undelivered: int = 0
+    silent_loss: int = 0
+
+
+def classify(
+    expected: int,
+    arrived: int,
+    disconnected: int,
+    ack_undelivered: int | None,
+    sender_dropped: bool,
+) -> Classes:
+    """Classify one message's expected deliveries (see `wsop.load.ledger`).
+
+    `arrived`: expected recipients that got it; `disconnected`: lost recipients whose
+    connection dropped around it; `ack_undelivered`: the ack's count, None without ack.
+    """
+    lost = expected - arrived
+    gone = min(disconnected, lost)
+    rest = lost - gone
+    if not rest:
+        return Classes(arrived, gone)
+    if ack_undelivered is None:
+        if sender_dropped:
+            return Classes(arrived, gone, lost_unacked=rest)
+        return Classes(arrived, gone, silent_loss=rest)
+    reported = min(rest, max(0, ack_undelivered - gone))
+    return Classes(arrived, gone, reported_undelivered=reported, silent_loss=rest - reported)

@@ -2,15 +2,19 @@
 writes, bulk reads, and the reading of each frame into the ledger.
 
 Split from `wsop.load.pool` (the loop, pacing, connecting) to keep each module one
-concern; `Wire` is a mixin of `Pool` and uses its ledger, epoll and hooks. Never
-imports the asyncio servers or `websockets`.
+concern; `Wire` is a mixin of `Pool` and uses its ledger, epoll and hooks. A chat
+load's frames are read in place in the received bytes (`_read`: one regex per frame, no
+copy, no `FrameReader` call); anything else goes through `FrameReader` and `json`.
+Never imports the asyncio servers.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import ssl
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wsop.load.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
@@ -23,14 +27,20 @@ if TYPE_CHECKING:
 EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = 0x001, 0x004, 0x008, 0x010
 RECV_BYTES = 65536  # not more: a larger bytes object is an mmap + munmap per recv (7x the cost)
 OUT_CAP = 1 << 20  # bytes queued on one connection (the stack is not reading): skip it
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _loads = json.loads
-# The stack's own layout of a delivery of ours and of an ack (`wsop.protocol`): read by
-# a regex in a third of the time of json.loads. Anything else (hellos, errors, another
-# key order) goes through json.loads, so this is a shortcut, never a different reading.
-_MESSAGE = re.compile(rb'\{"type":"message","from":-?\d+,"data":\[(\d+),(\d+),(\d+),(\d+)\],')
-_ACK = re.compile(rb'\{"type":"ack","id":"(\d+)","delivered":(\d+)(?:,"undelivered":(\d+))?\}')
-_message, _ack = _MESSAGE.match, _ACK.fullmatch
+# The stack's own layout of a delivery of ours and of an ack (`wsop.protocol`), read in
+# place in the received bytes by one regex (a third of the time of json.loads, and no
+# copy of the payload). Anything else (hellos, errors, another key order) goes through
+# json.loads, so this is a shortcut, never a different reading.
+_FAST = re.compile(
+    rb'\{"type":"(?:message","from":-?\d+,"data":\[(\d+),(\d+),(\d+),(\d+)\],'
+    rb'|ack","id":"(\d+)","delivered":(\d+)(?:,"undelivered":(\d+))?\}\Z)'
+)
+_fast = _FAST.match
+_TEAMS = b'"teams":'
+# data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
+_TEAM = b'{"type":"team","teams":["%s"],"data":[%d,%d,%d,%d],"id":"%d"}'
 
 
 class Hooks(Protocol):
@@ -97,6 +107,9 @@ class Wire:
     latency: LatencyBook
     hooks: Hooks
     index: int
+    plan: Any
+    members: dict[str, set[int]]
+    _index_b: bytes  # `index` as it appears in a payload
     _now_us: int
 
     def _drop(self, conn: Conn, reason: str = "connection closed by the stack") -> None:
@@ -113,7 +126,7 @@ class Wire:
             return True
         try:
             sent = conn.sock.send(frame)
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             sent = 0
         except OSError:
             self._drop(conn, "send failed")
@@ -129,7 +142,7 @@ class Wire:
             return
         try:
             sent = conn.sock.send(out)
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             return
         except OSError:
             self._drop(conn, "send failed")
@@ -142,49 +155,82 @@ class Wire:
     # -- receiving ---------------------------------------------------------------------
 
     def _read(self, conn: Conn) -> None:
+        """One recv; its complete, final, short text frames (all of a chat load) read in
+        place here, anything else (and an incomplete last frame) by `FrameReader`."""
         sock = conn.sock
         while sock is not None:
             try:
-                chunk = sock.recv(RECV_BYTES)
-            except _WOULD_BLOCK:
+                data = sock.recv(RECV_BYTES)
+            except WOULD_BLOCK:
                 return
             except OSError:
                 self._drop(conn)
                 return
-            if not chunk:
+            end = len(data)
+            if not end:
                 self._drop(conn)
                 return
-            try:
-                frames = conn.reader.feed(chunk)
-            except FrameError as exc:
-                self._drop(conn, f"bad frame: {exc}")
+            pos = 0
+            if conn.reader.idle:
+                while end - pos >= 2 and data[pos] == 0x81:
+                    n = data[pos + 1]
+                    start = pos + 2
+                    if n > 125 or start + n > end:
+                        break
+                    pos = start + n
+                    m = _fast(data, start, pos)
+                    if m is None:
+                        self._on_text(conn, data[start:pos])
+                        if conn.sock is not sock:
+                            return  # dropped while handling the batch
+                    elif m.lastindex == 4:  # a delivery
+                        worker, sender, seq, ts = m.group(1, 2, 3, 4)
+                        ts = int(ts)
+                        if worker != self._index_b and int(worker) != self.index:
+                            self.ledger.foreign(ts / 1e6)
+                        elif self.ledger.received(
+                            conn.slot, (int(sender) << SEQ_BITS) | int(seq), ts / 1e6
+                        ):
+                            kind = "team" if data.find(_TEAMS, m.end(), pos) >= 0 else "direct"
+                            self.latency.samples[kind].append(((self._now_us - ts) << 32) + n)
+                    else:
+                        self.ledger.acked(conn.key_base | int(m[5]), int(m[6]), int(m[7] or 0))
+            if pos < end and not self._slow_frames(conn, sock, data[pos:] if pos else data):
                 return
-            for opcode, payload in frames:
-                if opcode == OP_TEXT:
-                    self._on_text(conn, payload)
-                elif opcode == OP_CLOSE:
-                    self._drop(conn)
-                elif opcode == OP_PING:
-                    self._write(conn, self.masker.frame(payload, OP_PONG))
-                if conn.sock is not sock:
-                    return  # dropped while handling the batch
             if not (conn.tls and sock.pending()):
                 return  # TLS may hold decrypted bytes the fd does not signal
 
+    def _slow_frames(self, conn: Conn, sock: Any, data: bytes) -> bool:
+        """Bytes that are not whole short text frames; False if the connection dropped."""
+        try:
+            frames = conn.reader.feed(data)
+        except FrameError as exc:
+            self._drop(conn, f"bad frame: {exc}")
+            return False
+        for opcode, payload in frames:
+            if opcode == OP_TEXT:
+                self._on_text(conn, payload)
+            elif opcode == OP_CLOSE:
+                self._drop(conn)
+            elif opcode == OP_PING:
+                self._write(conn, self.masker.frame(payload, OP_PONG))
+            if conn.sock is not sock:
+                return False  # dropped while handling the batch
+        return True
+
     def _on_text(self, conn: Conn, raw: bytes) -> None:
         ledger = self.ledger
-        fast = _message(raw)
-        if fast is not None:
-            worker, slot, seq, ts = int(fast[1]), int(fast[2]), int(fast[3]), int(fast[4])
+        fast = _fast(raw)
+        if fast is not None:  # a frame that came through the FrameReader
+            if fast.lastindex != 4:
+                ledger.acked(conn.key_base | int(fast[5]), int(fast[6]), int(fast[7] or 0))
+                return
+            worker, sender, seq, ts = (int(x) for x in fast.group(1, 2, 3, 4))
             if worker != self.index:
                 ledger.foreign(ts / 1e6)
-            elif ledger.received(conn.slot, (slot << SEQ_BITS) | seq, ts / 1e6):
-                kind = "team" if b'"teams":' in raw else "direct"
+            elif ledger.received(conn.slot, (sender << SEQ_BITS) | seq, ts / 1e6):
+                kind = "team" if _TEAMS in raw else "direct"
                 self.latency.add(kind, self._now_us - ts, len(raw))
-            return
-        fast = _ack(raw)
-        if fast is not None:
-            ledger.acked(conn.key_base | int(fast[1]), int(fast[2]), int(fast[3] or 0))
             return
         try:
             obj = _loads(raw)
@@ -214,3 +260,17 @@ class Wire:
             if isinstance(seq, str) and seq.isdigit():
                 ledger.refused(conn.key_base | int(seq), code)
             self.hooks.fail("error", code)
+
+    def _send_team(self, conn: Conn) -> None:
+        """A team message (direct ones are built and sent inline in `Pool._send_due`)."""
+        seq = conn.seq
+        conn.seq = seq + 1
+        ts = time.time_ns() // 1000
+        tw, ti = self.plan.tenants_per_worker, conn.tenant_index
+        team = random.choice(conn.my_teams)
+        to = tuple(u * tw + ti for u in conn.members[team] & self.members[conn.tenant])
+        key = conn.key_base | seq
+        self.ledger.sent(key, to, ts / 1e6, True)  # booked before it can arrive
+        text = _TEAM % (team.encode(), self.index, conn.slot, seq, ts, seq)
+        if not self._write(conn, self.masker.frame(text)):
+            self.ledger.cancel(key)
