@@ -20,8 +20,11 @@ turn. Per client frame:
 No ACL, no auth (`?tenant=&user=`, like an `--insecure` stack), no Redis. `GET /stats`
 answers JSON counters (messages, delivered, undelivered, connections, the sink's CPU
 seconds), which is how the bench counts what a generator achieved. `GET
-/kick?tenant=T&user=U` aborts U's connections (no close frame), as a crashed pod would:
-the tests use it to check that the generator books the losses and comes back.
+/kick?tenant=T&user=U[&hold_ms=H]` aborts U's connections (no close frame), as a crashed
+pod would; with `hold_ms`, after H ms during which the sink still accepts and acks what
+is sent to U but writes nothing to U but its own acks (a pod that took its deliveries and
+died before writing them): the tests use it to check that the generator books the losses
+and comes back.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ def server_frame(payload: bytes, opcode: int = 1) -> bytes:
     return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
 
 
+def _is_ack(frame: bytes) -> bool:
+    """Whether a frame `server_frame` built (header 2 or 4 bytes: acks are small) is an ack."""
+    return frame.startswith(b'{"type":"ack"', 4 if frame[1] == 126 else 2)
+
+
 class Hub:
     def __init__(self, teams: dict[str, dict[str, frozenset[int]]] | None = None) -> None:
         self.teams = teams or {}
@@ -88,8 +96,11 @@ class Hub:
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
         for conn in dirty:
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.write(b"".join(conn.pending))
+            frames = conn.pending
+            if conn.held:  # /kick?hold_ms: deliveries taken, never written (lost in the crash)
+                frames = [f for f in frames if _is_ack(f)]
+            if frames and conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.write(b"".join(frames))
             conn.pending = []
 
 
@@ -101,6 +112,7 @@ class Conn(asyncio.Protocol):
         self.open = False
         self.key: tuple[str, int] | None = None
         self.pending: list[bytes] = []
+        self.held = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -145,9 +157,11 @@ class Conn(asyncio.Protocol):
         if url.path == "/kick":
             who = (query.get("tenant", [""])[0], int(query.get("user", ["-1"])[0]))
             victims = list(self.hub.users.get(who, ()))
+            hold_s = float(query.get("hold_ms", ["0"])[0]) / 1000
             for victim in victims:
                 if victim.transport is not None:
-                    victim.transport.abort()
+                    victim.held = hold_s > 0
+                    self.hub.loop.call_later(hold_s, victim.transport.abort)
             body = _dumps({"kicked": len(victims)}).encode()
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
                                  b"Connection: close\r\n\r\n%s" % (len(body), body))  # fmt: skip
