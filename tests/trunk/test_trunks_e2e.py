@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -86,6 +87,15 @@ def test_direct_and_team_messages_are_delivered_over_trunks(
     sent = sum(sidecar_trunks(stack, name)["data_out"] for name in stack.procs)
     writes = sum(sidecar_trunks(stack, name)["writes"] for name in stack.procs)
     assert writes < sent / 3, (writes, sent)
+    # the same counters on /metrics (the LB's with its own prefix)
+    lb_metrics = admin_get(f"http://127.0.0.1:{port}/metrics").decode()
+    assert f"wsop_lb_trunks_channels_opened_total {float(report['channels_opened'])}" in lb_metrics
+    assert f"wsop_lb_trunks_open {float(report['open'])}" in lb_metrics
+    for name in stack.procs:
+        counts = sidecar_trunks(stack, name)
+        scraped = admin_get(stack.procs[name].url + "/metrics").decode()
+        written = re.search(r"^wsop_trunks_writes_total (\S+)$", scraped, re.M)
+        assert written and float(written[1]) >= counts["writes"] > 0, scraped[-500:]
     for ws in (*users.values(), other):
         ws.close()
 

@@ -67,6 +67,7 @@ from wsop.shell import MembershipWatcher
 from wsop.tls import TlsSettings
 from wsop.tls import reload as reload_certificates
 from wsop.trunk import DEFAULT_PER_SIDECAR
+from wsop.trunk.metrics import TrunkCollector
 
 log = logging.getLogger("wsop.lb")
 
@@ -166,6 +167,8 @@ class LoadBalancer:
             if config.trunks
             else None
         )
+        if self.trunks is not None:
+            self.registry.register(TrunkCollector(self.trunks.stats, "wsop_lb"))
 
     # --- membership -------------------------------------------------------------------
     def set_members(self, members: Members) -> None:

@@ -46,6 +46,7 @@ from wsop.sidecar.router import Router
 from wsop.sidecar.trunks import SidecarTrunks
 from wsop.sidecar.upstream import UpstreamApps
 from wsop.tls import reload as reload_certificates
+from wsop.trunk.metrics import TrunkCollector
 
 log = logging.getLogger("wsop.sidecar")
 
@@ -80,6 +81,7 @@ class Sidecar:
         self._sessions: set[ClientSession] = set()
         self._peer_conns: set[ServerConnection] = set()
         self.trunks = SidecarTrunks()
+        self.metrics.registry.register(TrunkCollector(self.trunks.stats, "wsop"))
         self.presence = Presence(
             config.name, acl, config.timings, lambda: self.routing.keys(),
             lambda: self._sessions, self.metrics.registry,
