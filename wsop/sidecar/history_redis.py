@@ -201,7 +201,7 @@ class RedisHistory:
                 reset = ["1" if (call.tenant, u) in self._reset else "0" for u in call.users]
                 base = random.randrange(1, 1 << 40)
                 args = [call.frame, self.limits.max_messages, self.ttl_ms, base, *reset]
-                self._script(keys=streams, args=args, client=pipe)
+                await self._script(keys=streams, args=args, client=pipe)
                 spans.append(1)
             else:
                 stream = keys.history_key(call.tenant, call.user)
