@@ -8,15 +8,20 @@ from dataclasses import dataclass, field
 
 from wsop import protocol
 from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, TokenVerifier
-from wsop.checks import check_host, check_member_name, check_port, check_positive_int, check_seconds
+from wsop.checks import (
+    check_history_backend,
+    check_host,
+    check_member_name,
+    check_port,
+    check_positive_int,
+    check_seconds,
+)
 from wsop.errors import UsageError
 from wsop.quotas import Quotas
 from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
 from wsop.sidecar.history import HistoryLimits
 from wsop.sidecar.presence import PresenceTimings
 from wsop.tls import TlsSettings
-
-HISTORY_BACKENDS = ("memory", "redis", "off")
 
 
 @dataclass
@@ -65,10 +70,7 @@ class SidecarConfig:
         if self.upstream is not None and not self.upstream.startswith(("ws://", "wss://")):
             raise UsageError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r}")
         self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
-        if self.history not in HISTORY_BACKENDS:
-            raise UsageError(
-                f"history must be one of {', '.join(HISTORY_BACKENDS)}, got {self.history!r}"
-            )
+        check_history_backend(self.history)
         if not (isinstance(self.history_memory_mb, int) and self.history_memory_mb >= 1):
             raise UsageError(f"history memory must be ≥ 1 MiB, got {self.history_memory_mb}")
         self.history_limits = HistoryLimits(
