@@ -3,8 +3,10 @@ proof of completeness, hand-overs, and that nobody ever reads another user's log
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wsop import protocol
@@ -181,3 +183,87 @@ def test_replays_are_exact_or_refused(ops: list, max_messages: int, cap_kb: int)
     for owner in owners:
         owner.sweep(now + 1000)
         assert owner.bytes == 0 and owner.entries == 0
+
+
+# -- the replay a user gets: exactly what it may read now ------------------------------
+
+TEAMS = ("a", "b")
+USERS = (0, 1)
+
+send_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("direct"), st.sampled_from(("t1", "t2")), st.sampled_from(USERS)),
+        st.tuples(
+            st.just("team"),
+            st.sampled_from(("t1", "t2")),
+            st.lists(st.sampled_from(TEAMS), min_size=1, max_size=2, unique=True),
+        ),
+        st.tuples(
+            st.just("member"),
+            st.sampled_from(("t1", "t2")),
+            st.sampled_from(USERS),
+            st.sampled_from(TEAMS),
+            st.booleans(),
+        ),
+        st.tuples(st.just("replay"), st.sampled_from(("t1", "t2")), st.sampled_from(USERS)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(send_ops)
+@example([("direct", "t1", 0), ("team", "t1", ["a"]), ("member", "t1", 0, "a", False),
+          ("replay", "t1", 0)])  # fmt: skip
+def test_a_replay_is_exactly_what_the_user_may_read_now(ops: list) -> None:
+    """Messages recorded as the sidecar records them (a team message for the team's
+    members then), the user disconnected at any point (its offset then), and team
+    membership changing meanwhile: the filtered replay is exactly the user's direct
+    messages and the team messages to a team it is in *now*, in order, once each,
+    never another tenant's."""
+    from wsop.sidecar.recovery import still_readable, teams_in
+
+    h = MemoryHistory(HistoryLimits(max_messages=1000, max_age_s=1000))
+    members = {(t, u): set(TEAMS) for t in ("t1", "t2") for u in USERS}  # all, at first
+    seen: dict[tuple[str, int], list[tuple[str, str, str]]] = {k: [] for k in members}
+    # per user: (offset, frame, tenant) of everything recorded for it
+    anchor = {}  # each user's first message: the offset it reconnects with
+    count = 0
+    for op in ops:
+        kind, tenant = op[0], op[1]
+        if kind == "member":
+            _, _, user, team, on = op
+            (members[(tenant, user)].add if on else members[(tenant, user)].discard)(team)
+            continue
+        if kind == "replay":
+            user = op[2]
+            key = (tenant, user)
+            if key not in anchor:
+                continue
+            since = anchor[key]
+            replay = h.read(tenant, user, since, 0.0)
+            assert replay.ok
+            readable = {t: t in members[key] for t in teams_in(replay.entries)}
+            got = still_readable(replay.entries, readable)
+            mine = seen[key]
+            after = mine[[o for o, _, _ in mine].index(since) + 1 :]
+            expected = [
+                (o, f)
+                for o, f, _ in after
+                if (teams := json.loads(f).get("teams")) is None or set(teams) & members[key]
+            ]
+            assert got == expected
+            assert len({o for o, _ in got}) == len(got)  # no duplicates
+            assert all(f'"data":"{tenant}-' in f for _, f in got)  # never another tenant's
+            continue
+        count += 1
+        if kind == "direct":
+            recipients = [op[2]]
+            frame = protocol.encode_message(9, f"{tenant}-{count}", f"m{count}", 0)
+        else:
+            teams = op[2]
+            recipients = [u for u in USERS if members[(tenant, u)] & set(teams)]
+            frame = protocol.encode_message(9, f"{tenant}-{count}", f"m{count}", 0, teams)
+        for user, offset in zip(recipients, h.record(tenant, recipients, frame, 0.0), strict=True):
+            seen[(tenant, user)].append((offset, frame, tenant))
+            anchor.setdefault((tenant, user), offset)

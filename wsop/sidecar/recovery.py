@@ -64,6 +64,24 @@ def team_names(frame: str) -> list[str] | None:
     return teams if isinstance(teams, list) else None
 
 
+def teams_in(entries: list[tuple[str, str]]) -> list[str]:
+    """Every team the recorded messages went to (what a replay re-checks)."""
+    return sorted({t for _, frame in entries for t in team_names(frame) or ()})
+
+
+def still_readable(
+    entries: list[tuple[str, str]], readable: dict[str, bool]
+) -> list[tuple[str, str]]:
+    """The entries the user may read *now*: direct messages, and team messages to at
+    least one team it is still a member of (`readable`: team -> membership now)."""
+    kept = []
+    for entry in entries:
+        teams = team_names(entry[1])
+        if teams is None or any(readable.get(t) for t in teams):
+            kept.append(entry)
+    return kept
+
+
 class HistoryMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.recoveries = Counter(
@@ -159,14 +177,8 @@ class Recovery:
         replay = await self.store.read(tenant, session.ident.user, since)
         if not replay.ok or not replay.entries:
             return replay
-        teams_of = [team_names(frame) for _, frame in replay.entries]
-        distinct = sorted({t for teams in teams_of if teams for t in teams})
-        readable = await self.acl.readable(tenant, session.index, distinct)
-        kept = [
-            entry
-            for entry, teams in zip(replay.entries, teams_of, strict=True)
-            if teams is None or any(readable.get(t) for t in teams)
-        ]
+        readable = await self.acl.readable(tenant, session.index, teams_in(replay.entries))
+        kept = still_readable(replay.entries, readable)
         self.metrics.withheld.inc(len(replay.entries) - len(kept))
         replay.entries = kept
         return replay
