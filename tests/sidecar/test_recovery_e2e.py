@@ -84,6 +84,18 @@ def last_offset(ws: ClientConnection, data: str) -> str:
     return frame["offset"]
 
 
+def went_offline(lb: str, alice: int, bob: int) -> tuple[ClientConnection, str]:
+    """alice's connection, and the offset bob saw last (m0, from alice) before he left:
+    his presence is cleared by then (he is "recent" now, not online)."""
+    sender, b = client(lb, T, alice), client(lb, T, bob)
+    time.sleep(0.2)
+    assert acked(sender, protocol.encode_direct(bob, "m0", "0"))["delivered"] == 1
+    since = last_offset(b, "m0")
+    b.close()
+    time.sleep(0.3)
+    return sender, since
+
+
 BACKENDS = pytest.mark.parametrize("backend", ["memory", "redis"])
 
 
@@ -95,13 +107,7 @@ def test_missed_direct_and_team_messages_are_replayed_in_order_then_live_ones(
         bob, carol = owned_by(sidecars.procs, "s0", 1)[0], owned_by(sidecars.procs, "s1", 1)[0]
         alice = 900  # the sender
         seed_tenant(r, T, {"eng": {alice, bob, carol}, "ops": {alice, bob}})
-        sender = client(lb, T, alice)
-        b = client(lb, T, bob)
-        time.sleep(0.2)
-        assert acked(sender, protocol.encode_direct(bob, "m0", "0"))["delivered"] == 1
-        since = last_offset(b, "m0")
-        b.close()
-        time.sleep(0.3)  # its presence is cleared: bob is "recent" now, not online
+        sender, since = went_offline(lb, alice, bob)
         acks = [
             acked(sender, protocol.encode_direct(bob, "m1", "1")),
             acked(sender, protocol.encode_team(["eng"], "m2", "2")),
@@ -143,12 +149,7 @@ def test_a_team_message_is_not_replayed_to_a_user_removed_from_the_team(
         bob = owned_by(sidecars.procs, "s1", 1)[0]
         alice = 900
         seed_tenant(r, T, {"eng": {alice, bob}, "ops": {alice, bob}})
-        sender, b = client(lb, T, alice), client(lb, T, bob)
-        time.sleep(0.2)
-        acked(sender, protocol.encode_direct(bob, "m0", "0"))
-        since = last_offset(b, "m0")
-        b.close()
-        time.sleep(0.3)
+        sender, since = went_offline(lb, alice, bob)
         acked(sender, protocol.encode_team(["eng"], "secret of eng", "1"))
         acked(sender, protocol.encode_team(["ops"], "ops news", "2"))
         acked(sender, protocol.encode_direct(bob, "direct", "3"))
@@ -169,12 +170,7 @@ def test_refusals_exceeded_window_malformed_unknown_and_no_history(
     with stack(redis_url, tmp_path, extra=("--history-messages", "3")) as (sidecars, lb):
         bob, alice = 5, 900
         seed_tenant(r, T, {"eng": {alice, bob}})
-        sender, b = client(lb, T, alice), client(lb, T, bob)
-        time.sleep(0.2)
-        acked(sender, protocol.encode_direct(bob, "m0", "0"))
-        since = last_offset(b, "m0")
-        b.close()
-        time.sleep(0.3)
+        sender, since = went_offline(lb, alice, bob)
         for i in range(1, 5):  # 4 missed, 3 kept: m1 is gone
             acked(sender, protocol.encode_direct(bob, f"m{i}", str(i)))
         for offset, reason in (
@@ -217,7 +213,7 @@ def test_the_window_is_a_time_too(redis_url: str, r: redis.Redis, tmp_path: Path
         since = last_offset(b, "m0")
         b.close()
         acked(a, protocol.encode_direct(2, "m1", "1"))
-        time.sleep(1.5)  # offline longer than the window: it cannot vouch any more
+        time.sleep(3.0)  # offline longer than the window, and a sweep (1 s) since
         b = client(lb, T, 2, since=since)
         # (every entry aged out: the log itself is gone, and the epoch with it)
         assert recv_json(b) == {"type": "recovered", "ok": False, "reason": "unknown_offset"}
@@ -249,12 +245,7 @@ def test_a_moved_users_log_follows_it_to_its_new_owner_and_back(
         bob = next(u for u in owned_by(sidecars.procs, "s1", 50) if ring3.owner((T, u)) == "s2")
         alice = 900
         seed_tenant(r, T, {"eng": {alice, bob}})
-        sender, b = client(lb, T, alice), client(lb, T, bob)
-        time.sleep(0.2)
-        acked(sender, protocol.encode_direct(bob, "m0", "0"))
-        since = last_offset(b, "m0")
-        b.close()
-        time.sleep(0.3)
+        sender, since = went_offline(lb, alice, bob)
         acked(sender, protocol.encode_team(["eng"], "m1", "1"))  # recorded on s1
         sidecars.start("s2", tmp_path)
         sidecars.write_members()
@@ -295,12 +286,7 @@ def test_redis_history_survives_a_kill_9_of_the_owner(
         bob = owned_by(sidecars.procs, "s1", 1)[0]
         alice = next(u for u in owned_by(sidecars.procs, "s0", 5, start=900))
         seed_tenant(r, T, {"eng": {alice, bob}})
-        sender, b = client(lb, T, alice), client(lb, T, bob)
-        time.sleep(0.2)
-        acked(sender, protocol.encode_direct(bob, "m0", "0"))
-        since = last_offset(b, "m0")
-        b.close()
-        time.sleep(0.3)
+        sender, since = went_offline(lb, alice, bob)
         acked(sender, protocol.encode_team(["eng"], "m1", "1"))
         acked(sender, protocol.encode_direct(bob, "m2", "2"))
         dead = sidecars.procs.pop("s1")

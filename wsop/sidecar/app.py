@@ -36,15 +36,13 @@ from wsop.sidecar.api import SidecarApi
 from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
 from wsop.sidecar.config import SidecarConfig
 from wsop.sidecar.delivery import ACK_TIMEOUT_S, Delivery
-from wsop.sidecar.history_memory import MemoryStore
-from wsop.sidecar.history_redis import RedisHistory
+from wsop.sidecar.history_service import SidecarHistory
 from wsop.sidecar.messages import ClientMessages
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import Holding, PeerDecoder, PeerFormatError
 from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES
 from wsop.sidecar.presence import Presence
-from wsop.sidecar.recovery import HistoryMetrics, Recovery
 from wsop.sidecar.router import Router
 from wsop.sidecar.trunks import SidecarTrunks
 from wsop.sidecar.upstream import UpstreamApps
@@ -89,18 +87,10 @@ class Sidecar:
             config.name, acl, config.timings, lambda: self.routing.keys(),
             lambda: self._sessions, self.metrics.registry,
         )  # fmt: skip
-        self.history_metrics = HistoryMetrics(self.metrics.registry)
-        self.store = self._history_store()
-        self.delivery.history = self.store
-        if self.store is not None:  # offline users stay recipients for a window: recorded
-            acl.recent_window_s = config.history_age_s
-            self.presence.on_data_lost = lambda: self.store.data_lost(  # type: ignore[union-attr]
-                config.heartbeat_s + 1
-            )
-        if isinstance(self.store, MemoryStore):
-            self.delivery.on_history_item = self.store.on_item
-        self.metrics.before_render.append(self._history_numbers)
-        self.recovery = Recovery(self.store, acl, self.outbox, self.history_metrics, self._spawn)
+        self.history = SidecarHistory(
+            config, acl, self.router, self.delivery, self.presence, self.outbox, self.metrics,
+            self._spawn,
+        )  # fmt: skip
         self.messages = ClientMessages(
             config.max_frame_bytes, config.quotas, self.router, self.delivery, self.presence,
             self.outbox, self.metrics,
@@ -120,29 +110,6 @@ class Sidecar:
             if config.upstream
             else None
         )
-
-    def _history_store(self) -> MemoryStore | RedisHistory | None:
-        """The history `--history` names (None: off)."""
-        config = self.config
-        if config.history == "memory":
-            owner = self.router.owner
-            return MemoryStore(config.name, config.history_limits, owner, self.peers)
-        if config.history == "redis":
-            return RedisHistory(
-                self.acl.client, config.history_limits, self.history_metrics, self._spawn
-            )
-        return None
-
-    def _history_numbers(self) -> None:
-        """At each scrape: the history's own tallies onto its metrics."""
-        store, metrics = self.store, self.history_metrics
-        if isinstance(store, MemoryStore):
-            history = store.history
-            metrics.entries.set(history.entries)
-            metrics.bytes.set(history.bytes)
-            metrics.logs.set(len(history.logs))
-            metrics.sync(metrics.evicted, history.evicted)
-            metrics.sync(metrics.handovers, store.handovers)
 
     @classmethod
     def create(cls, config: SidecarConfig, redis_url: str, members: MembershipSource) -> Sidecar:
@@ -184,14 +151,8 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(watcher.run()))
         self._tasks.append(asyncio.create_task(self.delivery.expire_acks()))
         self._tasks.append(asyncio.create_task(self._keepalive()))
-        if isinstance(self.store, MemoryStore):
-            self._tasks.append(asyncio.create_task(self._sweep_history(self.store)))
+        self._tasks += [asyncio.create_task(task) for task in self.history.tasks()]
         return self._server.sockets[0].getsockname()[1]
-
-    async def _sweep_history(self, store: MemoryStore) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            store.sweep()
 
     async def _adopt(self, members: dict[str, str], placement: Any) -> None:
         """A new membership (its placement built off the loop by the watcher)."""
@@ -199,8 +160,7 @@ class Sidecar:
         changes = self.router.set_owner(placement)
         self.routing = dict(members)
         await self.peers.update(members)
-        if isinstance(self.store, MemoryStore):  # users with another owner now: their logs
-            self._spawn(self.store.hand_over(placement))
+        self.history.adopted(placement)  # (in-memory logs of users owned elsewhere now)
         for change in changes:
             self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
         log.info("membership now %s (%d registrations sent)", sorted(members), len(changes))
@@ -235,7 +195,7 @@ class Sidecar:
         for task in self._tasks:
             task.cancel()
         await self.presence.stop()
-        await self._hand_over_history()
+        await self.history.leaving(self.routing, self.placement_for)
         try:
             await self.acl.release(self.config.name)  # whatever a failed clear left behind
             await self.presence.drop()
@@ -250,14 +210,6 @@ class Sidecar:
             await asyncio.wait_for(self._server.wait_closed(), 3)
         except TimeoutError:
             log.warning("some connections did not close in time")
-
-    async def _hand_over_history(self) -> None:
-        """Leaving: the in-memory logs go to their owners on the ring without us."""
-        others = {n: u for n, u in self.routing.items() if n != self.config.name}
-        if not isinstance(self.store, MemoryStore) or not others or not self.store.history.logs:
-            return
-        placement = await asyncio.to_thread(self.placement_for, others)
-        await self.store.hand_over(placement)
 
     # -- HTTP and handshake (wsop/sidecar/admin.py) ---------------------------------------
 
@@ -332,7 +284,7 @@ class Sidecar:
         # see its sender online).
         first, change = self.router.connect(ident.tenant, ident.user, session, client.moved_from)
         if client.since is not None:  # (then, at once: its live frames wait for the replay)
-            self.recovery.start(session, client.since)
+            self.history.recovery.start(session, client.since)
         self._sessions.add(session)
         if app is not None and self.apps is not None:
             self.apps.attach(session, app)

@@ -26,10 +26,11 @@ import itertools
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from wsop.protocol import with_offset
 from wsop.sidecar.acks import AckBook, PendingAck
+from wsop.sidecar.history import Recorder
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import (
@@ -58,25 +59,6 @@ _RETRIES = itertools.count(1)
 
 Offsets = Sequence[str] | None
 """Each user's offset (parallel to a list of users; "" where none could be recorded)."""
-
-
-class Recorder(Protocol):
-    """The history as delivery sees it (`wsop.sidecar.recovery`)."""
-
-    sync: bool
-    """Records at once (`record_now`); else `record_later` answers when done."""
-    shared: bool
-    """Every sidecar reaches the same logs (Redis): a message its owner could not be
-    sent is recorded by whoever holds it."""
-
-    def record_now(self, tenant: str, users: Sequence[Any], frame: str) -> list[str]: ...
-
-    def record_later(
-        self, tenant: str, users: Sequence[Any], frame: str, then: Callable[[list[str]], None]
-    ) -> None: ...
-
-    def foreign(self, tenant: str, users: Sequence[Any]) -> None:
-        """Logs were written here for users another sidecar owns (membership in flux)."""
 
 
 class Delivery:
@@ -132,6 +114,9 @@ class Delivery:
                 reached += 1
             else:
                 refused += 1
+        return self._counted(reached, absent, refused, written)
+
+    def _counted(self, reached: int, absent: int, refused: int, written: int) -> tuple[int, int]:
         self.metrics.messages_out.inc(written)
         if absent:
             self.metrics.failed.labels("no_connection").inc(absent)
@@ -170,12 +155,7 @@ class Delivery:
                 reached += 1
             else:
                 refused += 1
-        self.metrics.messages_out.inc(written)
-        if absent:
-            self.metrics.failed.labels("no_connection").inc(absent)
-        if refused:
-            self.metrics.failed.labels("connection_closed").inc(refused)
-        return reached, absent + refused
+        return self._counted(reached, absent, refused, written)
 
     # -- dispatching -------------------------------------------------------------------
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import Counter, deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from wsop import protocol
 from wsop.errors import UsageError
@@ -112,6 +112,29 @@ class LogState:
     """(seq, age in seconds, frame), oldest first."""
     gone_seq: int = 0
     gone_age: float = 0.0
+
+
+class Recorder(Protocol):
+    """The history as `wsop.sidecar.delivery` sees it (both backends implement it)."""
+
+    sync: bool
+    """Records at once (`record_now`); else `record_later` answers when done."""
+    shared: bool
+    """Every sidecar reaches the same logs (Redis): a message its owner could not be
+    sent is recorded by whoever holds it."""
+
+    def record_now(self, tenant: str, users: Sequence[Hashable], frame: str) -> list[str]: ...
+
+    def record_later(
+        self,
+        tenant: str,
+        users: Sequence[Hashable],
+        frame: str,
+        then: Callable[[list[str]], None],
+    ) -> None: ...
+
+    def foreign(self, tenant: str, users: Sequence[Hashable]) -> None:
+        """Logs were written here for users another sidecar owns (membership in flux)."""
 
 
 _PROCESS: Final = secrets.token_hex(4)

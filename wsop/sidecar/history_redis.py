@@ -241,6 +241,12 @@ class RedisHistory:
         except Exception:  # a delivery's bug must not stop the history
             log.exception("delivering after a history record")
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Let the calls queued so far finish (their messages are delivered), then stop."""
+        deadline = time.monotonic() + timeout_s
+        while (self._queue or self._wake.is_set()) and time.monotonic() < deadline:
+            if self._worker is None or self._worker.done():
+                break
+            await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
