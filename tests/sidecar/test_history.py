@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import run_wsop
 from wsop import protocol
 from wsop.errors import UsageError
 from wsop.sidecar.history import HistoryLimits, MemoryHistory
@@ -116,6 +117,26 @@ def test_limits_are_checked() -> None:
     for bad in ({"max_messages": 0}, {"max_age_s": 0}, {"max_bytes": 10}):
         with pytest.raises(UsageError):
             HistoryLimits(**bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--history", "disk"), "--history must be one of memory, redis, off"),
+        (("--history-messages", "0"), "history messages must be 1-100000"),
+        (("--history-age", "0"), "history age must be 1-86400"),
+        (("--history-memory", "0"), "history memory must be"),
+    ],
+)
+def test_bad_history_flags_are_one_line_usage_errors(args, says) -> None:
+    done = run_wsop("sidecar", "--name", "s0", *args)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_wsop_up_refuses_an_unknown_history_before_starting_anything() -> None:
+    done = run_wsop("up", "--history", "disk", "--detach")
+    assert done.returncode == 2 and "--history must be one of" in done.stderr
 
 
 # -- a model: whatever happens, a replay is either refused or exactly right ------------
