@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ import redis
 from websockets.sync.client import ClientConnection
 
 from tests.stack_helpers import (
+    ADMIN_TOKEN,
     Sidecars,
     admin_get,
     client,
@@ -84,6 +86,17 @@ def last_offset(ws: ClientConnection, data: str) -> str:
     return frame["offset"]
 
 
+def publish(lb: str, body: dict) -> dict:
+    """POST /publish through the LB with the admin token: the ack."""
+    request = urllib.request.Request(
+        lb.replace("ws://", "http://") + "/publish",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.loads(response.read())
+
+
 def went_offline(lb: str, alice: int, bob: int) -> tuple[ClientConnection, str]:
     """alice's connection, and the offset bob saw last (m0, from alice) before he left:
     his presence is cleared by then (he is "recent" now, not online)."""
@@ -114,29 +127,30 @@ def test_missed_direct_and_team_messages_are_replayed_in_order_then_live_ones(
             acked(sender, protocol.encode_direct(carol, "not bob", "3")),
             acked(sender, protocol.encode_team(["ops", "eng"], "m4", "4")),
         ]
+        acks.append(publish(lb, {"tenant": T, "type": "direct", "to": bob, "data": "m5"}))
         # bob was not connected: reported undelivered, never silently counted
-        assert [a.get("undelivered", 0) for a in acks] == [1, 1, 1, 1]
+        assert [a.get("undelivered", 0) for a in acks] == [1, 1, 1, 1, 1]
         b = client(lb, T, bob, since=since)
         missed, recovered = messages_until_recovered(b)
-        assert [m["data"] for m in missed] == ["m1", "m2", "m4"]
-        assert recovered == {"type": "recovered", "ok": True, "count": 3}
+        assert [m["data"] for m in missed] == ["m1", "m2", "m4", "m5"]  # (m5: published)
+        assert recovered == {"type": "recovered", "ok": True, "count": 4}
         assert missed[1]["teams"] == ["eng"] and missed[0]["from"] == alice
         epochs = {protocol.parse_offset(m["offset"])[0] for m in missed}
         seqs = [protocol.parse_offset(m["offset"])[1] for m in missed]
-        assert epochs == {protocol.parse_offset(since)[0]} and seqs == [2, 3, 4]
-        assert acked(sender, protocol.encode_direct(bob, "m5", "5"))["delivered"] == 1
+        assert epochs == {protocol.parse_offset(since)[0]} and seqs == [2, 3, 4, 5]
+        assert acked(sender, protocol.encode_direct(bob, "m6", "6"))["delivered"] == 1
         live = recv_json(b)
-        assert live["data"] == "m5" and protocol.parse_offset(live["offset"])[1] == 5
+        assert live["data"] == "m6" and protocol.parse_offset(live["offset"])[1] == 6
         assert drain(b, 0.3) == []  # nothing twice
         # the same offset again (another tab, a retry): the same answer
         again = client(lb, T, bob, since=since)
         missed, recovered = messages_until_recovered(again)
-        assert [m["data"] for m in missed] == ["m1", "m2", "m4", "m5"] and recovered["ok"]
+        assert [m["data"] for m in missed] == ["m1", "m2", "m4", "m5", "m6"] and recovered["ok"]
         metrics = admin_get(f"{sidecars.procs['s0'].url}/metrics").decode()
         assert 'wsop_recoveries_total{result="ok"} 2.0' in metrics
         if backend == "redis":  # a stream per user, on the tenant's slot, bounded in time
             stream = f"history:{{{T}}}:{bob}"
-            assert r.xlen(stream) == 5 and 0 < r.pttl(stream) <= 120_000
+            assert r.xlen(stream) == 6 and 0 < r.pttl(stream) <= 120_000
         for ws in (sender, b, again):
             ws.close()
 
