@@ -20,6 +20,7 @@ a new epoch: what the stream missed can never be vouched for.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -27,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+import redis
 
 from wsop import protocol
 from wsop.acl import keys
@@ -67,6 +70,31 @@ return out
 """
 
 
+# A replay's read, in one script on the user's stream (so on a cluster it goes to that
+# stream's node; a pipelined TIME has no key to be routed by). KEYS: the stream. ARGV:
+# the client's entry ID, how many entries at most. Returns Redis time, the last entry,
+# the entries from the client's one on.
+READ_LUA = """
+return {
+  redis.call('TIME'),
+  redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1),
+  redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]),
+}
+"""
+
+
+def _entries(raw: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Stream entries as a script returns them ([id, [field, value, …]]) as (id, fields)."""
+    return [
+        (entry_id, {_text(k): v for k, v in zip(f[::2], f[1::2], strict=True)})
+        for entry_id, f in raw
+    ]
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -93,8 +121,8 @@ class _Read:
 
 def parse_read(replies: list[Any], since: tuple[str, int], limits: HistoryLimits,
                lost_before_ms: float) -> Replay:  # fmt: skip
-    """The replies of TIME, XREVRANGE (last entry) and XRANGE (from the client's
-    offset), as the memory backend would judge them (`MemoryHistory.read`)."""
+    """What READ_LUA found — Redis time, the last entry, the entries from the client's
+    one on — judged as the memory backend would (`MemoryHistory.read`)."""
     clock, last, found = replies
     now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
     epoch, seq = since
@@ -132,7 +160,9 @@ class RedisHistory:
         self.limits = limits
         self.metrics = metrics
         self._spawn = spawn
-        self._script = client.register_script(RECORD_LUA)
+        self._record_sha, self._read_sha = _sha(RECORD_LUA), _sha(READ_LUA)
+        self._loaded = False
+        """Our scripts are in every primary's script cache (as far as we know)."""
         self._queue: deque[_Record | _Read] = deque()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -192,7 +222,15 @@ class RedisHistory:
                     elif not call.done.done():
                         call.done.set_result(Replay(False, protocol.HISTORY_UNAVAILABLE))
 
-    async def _execute(self, calls: list[_Record | _Read]) -> None:
+    async def _execute(self, calls: list[_Record | _Read], retry: bool = True) -> None:
+        """One pipeline for `calls`. The record script goes as a plain EVALSHA (redis-py's
+        cluster pipeline refuses its script helper, as it does `.bitop()`; the generic
+        form routes by the first stream's slot — all of one tenant); a Redis that lost
+        its script cache (restart, failover) gets it again and the records run again."""
+        if not self._loaded:
+            for script in (RECORD_LUA, READ_LUA):  # (on every primary of a cluster)
+                await self.client.script_load(script)
+            self._loaded = True
         pipe = self.client.pipeline(transaction=False)
         spans: list[int] = []
         for call in calls:
@@ -201,16 +239,19 @@ class RedisHistory:
                 reset = ["1" if (call.tenant, u) in self._reset else "0" for u in call.users]
                 base = random.randrange(1, 1 << 40)
                 args = [call.frame, self.limits.max_messages, self.ttl_ms, base, *reset]
-                await self._script(keys=streams, args=args, client=pipe)
+                pipe.execute_command("EVALSHA", self._record_sha, len(streams), *streams, *args)
                 spans.append(1)
             else:
                 stream = keys.history_key(call.tenant, call.user)
                 epoch, seq = call.since
-                pipe.time()
-                pipe.xrevrange(stream, "+", "-", count=1)
-                pipe.xrange(stream, _id(epoch, seq), "+", count=self.limits.max_messages + 1)
-                spans.append(3)
+                count = self.limits.max_messages + 1
+                pipe.execute_command("EVALSHA", self._read_sha, 1, stream, _id(epoch, seq), count)
+                spans.append(1)
         replies = await pipe.execute(raise_on_error=False)
+        if retry and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            self._loaded = False
+            await self._execute(calls, retry=False)
+            return
         at = 0
         for call, span in zip(calls, spans, strict=True):
             mine, at = replies[at : at + span], at + span
@@ -226,7 +267,9 @@ class RedisHistory:
             elif not call.done.done():
                 replay = Replay(False, protocol.HISTORY_UNAVAILABLE)
                 if error is None:
-                    replay = parse_read(mine, call.since, self.limits, self.lost_before_ms)
+                    clock, last, found = mine[0]
+                    replies = [clock, _entries(last), _entries(found)]
+                    replay = parse_read(replies, call.since, self.limits, self.lost_before_ms)
                 call.done.set_result(replay)
 
     def _failed(self, call: _Record, why: object) -> None:
