@@ -95,6 +95,7 @@ class Counters:
     ack_delivered: int = 0
     deliveries: int = 0
     errors: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
     wrong_count: int = 0
     recording: bool = False
     ack_ns: list[int] = field(default_factory=list)
@@ -201,6 +202,8 @@ class Driver:
             client.window.release()
             if kind == "error":
                 c.errors += 1
+                code = str(obj.get("code"))
+                c.error_codes[code] = c.error_codes.get(code, 0) + 1
                 continue
             c.acks += 1
             delivered = obj.get("delivered", 1)
@@ -293,6 +296,7 @@ class Driver:
             "sent": c.sent,
             "acked": c.acks,
             "errors": c.errors,
+            "error_codes": dict(c.error_codes),
             "unacked": unacked,
             "ack_count_mismatch": c.wrong_count,
             "expected_deliveries": expected,

@@ -150,10 +150,10 @@ class Stack:
             raise RuntimeError(f"wsop {' '.join(args)} failed: {done.stderr.strip()[-800:]}")
         return json.loads(done.stdout)
 
-    def up(self, sidecars: int, redis_url: str) -> None:
+    def up(self, sidecars: int, redis_url: str, history: str = "memory") -> None:
         port = free_port()
         self.wsop("up", "--detach", "--insecure", "--sidecars", str(sidecars),
-                  "--port", str(port), "--redis", redis_url)  # fmt: skip
+                  "--port", str(port), "--redis", redis_url, "--history", history)  # fmt: skip
         doc = json.loads((self.state / "stack.json").read_text())
         self.lb_url, self.algo = doc["lb"]["url"], doc["algo"]
         self.pids = {"lb": doc["lb"]["pid"], **{s["name"]: s["pid"] for s in doc["sidecars"]}}
@@ -164,14 +164,14 @@ class Stack:
 
 
 @contextmanager
-def private_stack(sidecars: int, redis_url: str) -> Iterator[Stack]:
+def private_stack(sidecars: int, redis_url: str, history: str = "memory") -> Iterator[Stack]:
     """`wsop up` in a temp WSOP_STATE_DIR (never the developer's stack), `wsop down` after."""
     with tempfile.TemporaryDirectory(prefix="wsop-bench-stack-") as state:
         env = {k: v for k, v in os.environ.items() if k not in ("WSOP_SECRET", "WSOP_REDIS_URL")}
         env["WSOP_STATE_DIR"] = state
         stack = Stack(env, Path(state))
         try:
-            stack.up(sidecars, redis_url)
+            stack.up(sidecars, redis_url, history)
             yield stack
         finally:
             if (Path(state) / "stack.json").exists():

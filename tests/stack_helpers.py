@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from websockets.sync.client import ClientConnection, connect
@@ -126,8 +127,10 @@ class Sidecars:
             p.stop()
 
 
-def client(url: str, tenant: str, user: int | str) -> ClientConnection:
-    return connect(f"{url}/ws?tenant={tenant}&user={user}", open_timeout=5, legacy=True)
+def client(url: str, tenant: str, user: int | str, since: str | None = None) -> ClientConnection:
+    """A client of `tenant`/`user`; `since`: it reconnects with the last offset it saw."""
+    catch_up = f"&since={quote(since)}" if since is not None else ""
+    return connect(f"{url}/ws?tenant={tenant}&user={user}{catch_up}", open_timeout=5, legacy=True)
 
 
 def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
@@ -160,13 +163,18 @@ def seed_tenant(
 
 
 def start_lb(
-    peers: str, log: Path, env: dict[str, str] | None = None, extra: list[str] | None = None
+    peers: str | Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    extra: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A real `wsop lb` over fixed peers (insecure clients, rendezvous), healthy."""
+    """A real `wsop lb` (insecure clients, rendezvous), healthy: over fixed peers
+    ("s0=ws://…,s1=…"), or following a members file (a Path)."""
     port = free_port()
+    source = ["--members-file", str(peers)] if isinstance(peers, Path) else ["--peers", peers]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wsop.cli.main", "lb", "--port", str(port), "--peers", peers]
+            [sys.executable, "-m", "wsop.cli.main", "lb", "--port", str(port), *source]
             + ["--insecure", "--algo", "rendezvous", *(extra or [])],
             stdout=out,
             stderr=subprocess.STDOUT,

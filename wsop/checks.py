@@ -69,3 +69,13 @@ def check_host(host: object) -> str:
     if not isinstance(host, str) or not host or host != host.strip():
         raise UsageError(f"host must be an address or a name to listen on, got {host!r}")
     return host
+
+
+HISTORY_BACKENDS: Final = ("memory", "redis", "off")
+"""Where a sidecar keeps users' recent messages for `?since=` recovery (`--history`)."""
+
+
+def check_history_backend(value: object) -> str:
+    if value not in HISTORY_BACKENDS:
+        raise UsageError(f"--history must be one of {', '.join(HISTORY_BACKENDS)}, got {value!r}")
+    return str(value)

@@ -12,9 +12,10 @@ Client → stack (JSON text frames; see docs/protocol.md)::
 Stack → client (compact JSON, ASCII-only so a lone surrogate in user data can never
 make the frame unencodable)::
 
-    {"type":"message","from":U,"data":ANY,"id":"c1","ts":UNIX_MS[,"teams":[...]]}
+    {"type":"message","from":U,"data":ANY,"id":"c1","ts":UNIX_MS[,"teams":[...]][,"offset":"E:N"]}
     {"type":"ack","id":"c2","delivered":N}
     {"type":"error","id":"c2","code":"bad_request","message":"..."}
+    {"type":"recovered","ok":true,"count":N}   (after a reconnect with ?since=OFFSET)
 
 `id` is always present in server frames (`null` when the client sent none), so clients
 can read it without a key check. Unknown extra keys in client frames are ignored, which
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -326,6 +328,63 @@ def encode_ack(id: str | None, delivered: int, undelivered: int = 0) -> str:
 def encode_error(id: str | None, code: str, message: str) -> str:
     """An error frame; the connection stays open."""
     return _encode({"type": "error", "id": id, "code": code, "message": message})
+
+
+# -- recovery: offsets, `?since=`, `recovered` (docs/protocol.md, "Recovery") -------------
+#
+# An offset is "EPOCH:SEQ": SEQ counts one user's messages in the log that EPOCH names
+# (a log is one user's; its epoch is new whenever the history it indexed is lost). It is
+# opaque to clients: they keep the last one they saw and hand it back as `?since=`.
+
+OFFSET_MAX_CHARS: Final = 40
+_OFFSET_RE: Final = re.compile(r"([0-9a-z]{1,22}):([1-9][0-9]{0,15})")
+
+# Why a recovery failed (`{"type":"recovered","ok":false,"reason":…}`), a contract too.
+MALFORMED_OFFSET: Final = "malformed_offset"
+UNKNOWN_OFFSET: Final = "unknown_offset"
+WINDOW_EXCEEDED: Final = "window_exceeded"
+PRESENCE_LOST: Final = "presence_lost"
+HISTORY_UNAVAILABLE: Final = "unavailable"
+HISTORY_DISABLED: Final = "disabled"
+RECOVERY_REASONS: Final = frozenset(
+    {
+        MALFORMED_OFFSET,
+        UNKNOWN_OFFSET,
+        WINDOW_EXCEEDED,
+        PRESENCE_LOST,
+        HISTORY_UNAVAILABLE,
+        HISTORY_DISABLED,
+    }
+)
+
+
+def format_offset(epoch: str, seq: int) -> str:
+    return f"{epoch}:{seq}"
+
+
+def parse_offset(text: object) -> tuple[str, int] | None:
+    """(epoch, seq) of an offset we could have issued, else None (never raises)."""
+    if type(text) is not str or len(text) > OFFSET_MAX_CHARS:
+        return None
+    match = _OFFSET_RE.fullmatch(text)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+def with_offset(frame: str, offset: str) -> str:
+    """A message frame (`encode_message`: a compact JSON object) with its recipient's
+    offset as its last key. One concatenation per recipient: the frame itself is encoded
+    once for all of them, and an offset never needs escaping (`_OFFSET_RE`)."""
+    return f'{frame[:-1]},"offset":"{offset}"}}'
+
+
+def encode_recovered(ok: bool, count: int = 0, reason: str | None = None) -> str:
+    """The end of a replay: `count` missed messages were sent before it (ok), or the
+    history cannot prove it has every one of them (`reason`, one of RECOVERY_REASONS)."""
+    if ok:
+        return _encode({"type": "recovered", "ok": True, "count": count})
+    return _encode({"type": "recovered", "ok": False, "reason": reason})
 
 
 class CloseCode(IntEnum):

@@ -110,3 +110,39 @@ def test_a_big_frame_goes_in_pieces_no_larger_than_asked() -> None:
 def test_broken_pieces_raise_peer_format_error(raw) -> None:
     with pytest.raises(PeerFormatError):
         decode_batch(raw)
+
+
+def test_history_items_round_trip_in_one_piece_and_in_many() -> None:
+    from wsop.sidecar.peer_codec import LogEnd, LogEntry, ReplayAnswer, ReplayAsk
+
+    big = encode_message(1, "b" * 20_000, "m", 0)
+    items = [
+        Deliver("acme", [1, 2], 7, TO_HOLDER, big, ["e1:3", ""]),
+        Deliver("acme", [1], 0, TO_HOLDER, "{}", ["e1:4"]),
+        LogEntry("acme", 42, "9b1e0f3a", 2, 1530, big),
+        LogEntry("acme", "u-1", "9b1e0f3a", 3, 0, "{}"),
+        LogEnd("acme", 42, "9b1e0f3a", 3, 1, 2400),
+        ReplayAsk(5, "acme", "u-1", "9b1e0f3a:1"),
+        ReplayAnswer(5, None, "9b1e0f3a", 2, [("9b1e0f3a:2", big)]),
+        ReplayAnswer(6, "window_exceeded", None, 0, []),
+    ]
+    assert decode_batch(encode_batch([encode_item(i) for i in items])) == items
+    texts = [t for i in items for t in encode_pieces(i, 4096)]
+    assert len(texts) > len(items)
+    assert decode_batch(encode_batch(texts)) == items
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        '["d","acme",[1,2],0,"h",1,["a:1"]]',  # one offset for two users
+        '["d","acme",[1],0,"h",1,[7]]',
+        '["l","acme",1,"e",1]',
+        '["L","acme",1,"e"]',
+        '["R",1,null,"e",0,1]',  # payload is not a list of pairs
+        '["r",1,"acme"]',
+    ],
+)
+def test_malformed_history_items_are_refused(head: str) -> None:
+    with pytest.raises(PeerFormatError):
+        decode_batch(head + "\n{}")

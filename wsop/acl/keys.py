@@ -111,6 +111,19 @@ def presence_reap_key(sidecar: str) -> str:
     return f"{PRESENCE_TAG}:reap:{sidecar}"
 
 
+def recent_key(tenant: str, bucket: int) -> str:
+    """Bit u set ⇔ user u went offline during time bucket `bucket` (a history window
+    each): team messages are still routed to (and recorded for) users offline that
+    recently, so that they can recover them when they reconnect."""
+    return f"recent:{{{tenant}}}:{bucket}"
+
+
+def history_key(tenant: str, user: object) -> str:
+    """Stream of the messages recorded for one user (`--history redis`): entry IDs are
+    the user's offsets, MAXLEN and a TTL bound it (wsop/sidecar/history_redis.py)."""
+    return f"history:{{{tenant}}}:{user}"
+
+
 def connections_key(tenant: str, sidecar: str) -> str:
     """Hash: user bit index -> connections `sidecar` holds, and "*" -> all (quotas)."""
     return f"conns:{{{tenant}}}:{sidecar}"

@@ -63,6 +63,36 @@ class LiveAcl:
         self.string_tenants: set[str] = set()
         self._assert = client.register_script(ASSERT_LUA)
         self._presence_read = client.register_script(PRESENCE_READ_LUA)
+        self.recent_window_s: float | None = None
+        """With a history (recovery): users who went offline less than this long ago
+        still count as recipients of team messages (their owner records them)."""
+
+    # -- users offline since lately (recovery) ------------------------------------------
+
+    def _recent(self, tenant: str) -> list[str]:
+        """The recent bitmaps that count as online: buckets of one window each, the
+        current one (where a user going offline now is marked) and the two before it —
+        at least two windows back, so a clock skew below a window between sidecars never
+        drops a user who left less than a window ago."""
+        window = self.recent_window_s
+        assert window is not None
+        bucket = int(time.time() // window)
+        return [keys.recent_key(tenant, bucket - i) for i in range(3)]
+
+    def _recent_ttl_ms(self) -> int:
+        """A bucket outlives the last time it is read (three windows) by one window."""
+        assert self.recent_window_s is not None
+        return int(self.recent_window_s * 4 * 1000)
+
+    async def readable(self, tenant: str, index: int, teams: Sequence[str]) -> dict[str, bool]:
+        """Whether user `index` may read each team *now* (a replay re-checks access)."""
+        if not teams:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for team in teams:
+            pipe.getbit(keys.team_key(tenant, team), index)
+        bits = await pipe.execute()
+        return {team: bool(bit) for team, bit in zip(teams, bits, strict=True)}
 
     async def id_mode(self, tenant: str) -> IdMode:
         """The tenant's id mode; unknown tenants count as integer-id tenants, except those
@@ -97,14 +127,16 @@ class LiveAcl:
         if delta > 0 and (sidecar, tenant) not in self._presence_tenants:
             await self.client.sadd(keys.presence_tenants_key(sidecar), tenant)
             self._presence_tenants.add((sidecar, tenant))
-        await self._presence(
-            keys=[
-                keys.online_key(tenant),
-                keys.presence_key(tenant, sidecar),
-                keys.presence_holders_key(tenant),
-            ],
-            args=[index, delta],
-        )
+        script_keys = [
+            keys.online_key(tenant),
+            keys.presence_key(tenant, sidecar),
+            keys.presence_holders_key(tenant),
+        ]
+        args: list[int] = [index, delta]
+        if delta < 0 and self.recent_window_s is not None:
+            script_keys.append(self._recent(tenant)[0])
+            args.append(self._recent_ttl_ms())
+        await self._presence(keys=script_keys, args=args)
 
     async def count_connection(
         self,
@@ -136,16 +168,19 @@ class LiveAcl:
         tenants_key = keys.presence_tenants_key(sidecar)
         tenants = [t.decode() for t in await self.client.smembers(tenants_key)]
         for tenant in tenants:
-            await self._release(
-                keys=[
-                    keys.online_key(tenant),
-                    keys.presence_key(tenant, sidecar),
-                    keys.presence_holders_key(tenant),
-                    keys.temp_key(tenant, "release"),
-                    keys.connections_key(tenant, sidecar),
-                    keys.connection_counts_key(tenant),
-                ]
-            )
+            script_keys = [
+                keys.online_key(tenant),
+                keys.presence_key(tenant, sidecar),
+                keys.presence_holders_key(tenant),
+                keys.temp_key(tenant, "release"),
+                keys.connections_key(tenant, sidecar),
+                keys.connection_counts_key(tenant),
+            ]
+            args = []
+            if self.recent_window_s is not None:  # its users just lost their connection
+                script_keys.append(self._recent(tenant)[0])
+                args.append(self._recent_ttl_ms())
+            await self._release(keys=script_keys, args=args)
         await self.client.delete(tenants_key)
         self._presence_tenants = {p for p in self._presence_tenants if p[0] != sidecar}
         return len(tenants)
@@ -169,7 +204,8 @@ class LiveAcl:
         """
         pipe = self.client.pipeline(transaction=False)
         pipe.get(keys.presence_epoch_key())
-        queue_resolve(pipe, tenant, teams, True, sender=sender_index)
+        recent = self._recent(tenant) if self.recent_window_s is not None else ()
+        queue_resolve(pipe, tenant, teams, True, sender=sender_index, recent=recent)
         replies = await pipe.execute(raise_on_error=False)
         head, replies = replies[0], replies[1:]
         epoch = head.decode() if isinstance(head, bytes) else None

@@ -26,9 +26,15 @@ SCRATCH_TTL_MS = 60_000
 
 
 def queue_resolve(
-    pipe: Any, tenant: str, teams: Sequence[str], online_only: bool, sender: int | None = None
+    pipe: Any,
+    tenant: str,
+    teams: Sequence[str],
+    online_only: bool,
+    sender: int | None = None,
+    recent: Sequence[str] = (),
 ) -> None:
-    """Queue the commands on `pipe` (results are read by `parse_resolve`)."""
+    """Queue the commands on `pipe` (results are read by `parse_resolve`). `recent`:
+    bitmaps of users offline since lately, counted as online (recorded for recovery)."""
     meta = keys.meta_key(tenant)
     team_keys = [keys.team_key(tenant, t) for t in teams]
     scratch = keys.temp_key(tenant, "resolve")
@@ -41,7 +47,12 @@ def queue_resolve(
     # execute_command: redis-py's cluster pipeline blocks .bitop(), although every key
     # here is in one slot; the generic form routes by the destination key's slot.
     pipe.execute_command("BITOP", "OR", scratch, *team_keys)
-    if online_only:
+    if online_only and recent:
+        reachable = keys.temp_key(tenant, "reachable")
+        pipe.execute_command("BITOP", "OR", reachable, keys.online_key(tenant), *recent)
+        pipe.execute_command("BITOP", "AND", scratch, scratch, reachable)
+        pipe.delete(reachable)
+    elif online_only:
         pipe.execute_command("BITOP", "AND", scratch, scratch, keys.online_key(tenant))
     pipe.pexpire(scratch, SCRATCH_TTL_MS)
     pipe.getdel(scratch)

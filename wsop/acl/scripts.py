@@ -59,7 +59,8 @@ return out
 # Presence across sidecars: each sidecar keeps its own bitmap of the users it holds a
 # connection of (`presence:{T}:<sidecar>`); the online bit is the OR of them. A sidecar
 # that crashes or misses a decrement can therefore always be cleaned up (RELEASE_LUA)
-# without guessing counts. KEYS: online, mine, holders-set; ARGV: bit index, +1 | -1.
+# without guessing counts. KEYS: online, mine, holders-set[, recent]; ARGV: bit index,
+# +1 | -1[, recent ttl ms]. A user going offline is marked in the recent bitmap, when given.
 PRESENCE_LUA = """
 local idx = tonumber(ARGV[1])
 if tonumber(ARGV[2]) > 0 then
@@ -73,13 +74,19 @@ for _, other in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   if other ~= KEYS[2] and redis.call('GETBIT', other, idx) == 1 then return 1 end
 end
 redis.call('SETBIT', KEYS[1], idx, 0)
+if KEYS[4] then
+  redis.call('SETBIT', KEYS[4], idx, 1)
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
 return 0
 """
 
 # Drop one sidecar's presence in a tenant: clear the online bits only it was holding
 # (KEYS 5 and 6, when given: its connection counts and the tenant's set of them).
 # online &= NOT (mine AND NOT OR(others)); strings are padded before NOT so that bits
-# past a shorter operand are kept, not cleared. KEYS: online, mine, holders, scratch.
+# past a shorter operand are kept, not cleared. KEYS: online, mine, holders, scratch[,
+# conns, conn-counts[, recent]]; ARGV: [recent ttl ms]. The users it takes offline are
+# marked in the recent bitmap, when given (they lost their connection just now).
 RELEASE_LUA = """
 redis.call('SREM', KEYS[3], KEYS[2])
 if KEYS[5] then  -- and its connection counts (quotas): all of them go with it
@@ -99,6 +106,10 @@ if #others > 0 then
   redis.call('BITOP', 'AND', KEYS[4], KEYS[4], KEYS[2])
 else
   redis.call('BITOP', 'OR', KEYS[4], KEYS[2])
+end
+if KEYS[7] then
+  redis.call('BITOP', 'OR', KEYS[7], KEYS[7], KEYS[4])
+  redis.call('PEXPIRE', KEYS[7], ARGV[1])
 end
 pad(KEYS[4], n)
 redis.call('BITOP', 'NOT', KEYS[4], KEYS[4])

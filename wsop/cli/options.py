@@ -245,3 +245,27 @@ def tls_settings(certfile: str | None, keyfile: str | None, ca: str | None):
     from wsop.tls import TlsSettings
 
     return TlsSettings(certfile, keyfile, ca)
+
+
+# Recovery (wsop/sidecar/history.py): shared by `wsop sidecar` and `wsop up`.
+HistoryOpt = Annotated[
+    str,
+    typer.Option(
+        "--history",
+        help="Where users' recent messages are kept for ?since= recovery: memory (on the "
+        "user's owner), redis (Streams: survives a sidecar crash) or off.",
+    ),
+]
+HistoryMessagesOpt = Annotated[
+    int, typer.Option("--history-messages", help="Messages kept per user (history window).")
+]
+HistoryAgeOpt = Annotated[
+    float,
+    typer.Option(
+        "--history-age",
+        help="Seconds a message is kept, and how long a user may be offline and still recover.",
+    ),
+]
+HistoryMemoryOpt = Annotated[
+    int, typer.Option("--history-memory", help="MiB the in-memory history may use per sidecar.")
+]

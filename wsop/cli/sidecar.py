@@ -14,6 +14,10 @@ from wsop.cli.options import (
     AllowedOriginsOpt,
     CaOpt,
     CertfileOpt,
+    HistoryAgeOpt,
+    HistoryMemoryOpt,
+    HistoryMessagesOpt,
+    HistoryOpt,
     JwksOpt,
     JwtPublicKeyOpt,
     KeyfileOpt,
@@ -100,6 +104,10 @@ def sidecar_cmd(
     certfile: CertfileOpt = None,
     keyfile: KeyfileOpt = None,
     ca: CaOpt = None,
+    history: HistoryOpt = "memory",
+    history_messages: HistoryMessagesOpt = 100,
+    history_age: HistoryAgeOpt = 120.0,
+    history_memory: HistoryMemoryOpt = 256,
 ) -> None:
     """Hold client connections, keep presence, route direct and team messages."""
     from wsop.backend import connect
@@ -126,6 +134,10 @@ def sidecar_cmd(
         heartbeat_s=heartbeat,
         lease_s=lease,
         tls=tls_settings(certfile, keyfile, ca),
+        history=history,
+        history_messages=history_messages,
+        history_age_s=history_age,
+        history_memory_mb=history_memory,
         **token_checks("sidecar", insecure, jwt_public_key, jwks, leeway, max_token_lifetime),
     )
     server_secret(insecure, "sidecar", bool(jwt_public_key or jwks))  # required? warnings

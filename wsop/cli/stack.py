@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from wsop.cli.options import JsonOpt, QuotasFileOpt, RedisOpt
+from wsop.cli.options import HistoryOpt, JsonOpt, QuotasFileOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 
 SidecarsOpt = Annotated[int, typer.Option("--sidecars", help="Number of sidecar processes.")]
@@ -77,6 +77,7 @@ def up_cmd(
             "--tls", help="wss:// everywhere, with a certificate from a CA made for this stack."
         ),
     ] = False,
+    history: HistoryOpt = "memory",
     as_json: JsonOpt = False,
 ) -> None:
     """Start Redis (embedded by default), N sidecars and the LB on loopback."""
@@ -90,7 +91,7 @@ def up_cmd(
         )
     if detach:
         payload = {
-            **stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls).to_json(),
+            **stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls, history).to_json(),
             "detached": True,
         }
         emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))
@@ -98,7 +99,8 @@ def up_cmd(
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     started = False
     try:  # any way out of the foreground brings the stack down, even mid-start
-        payload = {**stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls).to_json()}
+        up = stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls, history)
+        payload = {**up.to_json()}
         started = True
         payload["detached"] = False
         emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wsop.checks import check_history_backend
 from wsop.errors import BackendUnavailable, UsageError, WsopError
 from wsop.local import stack_file, stack_proc
 from wsop.local.paths import StackNotRunning
@@ -106,6 +107,7 @@ def _start_sidecar(
         *("--redis", record.redis_url, "--algo", record.algo),
         *(["--insecure"] if record.insecure else []),
         *(["--quotas", record.quotas] if record.quotas else []),
+        *("--history", record.history),
         *_tls_flags(record),
     ]
     proc = stack_proc.spawn(name, argv, _child_env(record))
@@ -202,11 +204,13 @@ def up(
     redis_url: str | None = None,
     quotas: Path | None = None,
     tls: bool = False,
+    history: str = "memory",
 ) -> StackStatus:
     """Start Redis (embedded unless given), N sidecars and the LB; return once routable.
     `quotas`: a quotas file for every sidecar (checked here first). `tls`: wss:// all the
     way — the LB for clients, the sidecars for the LB and each other — with a certificate
-    for 127.0.0.1 and localhost from a CA made for this stack (`ca_file` in its record)."""
+    for 127.0.0.1 and localhost from a CA made for this stack (`ca_file` in its record).
+    `history`: every sidecar's `--history` (memory, redis or off)."""
     from wsop.auth import SECRET_ENV
     from wsop.local.embedded import resolve_url
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
@@ -220,6 +224,7 @@ def up(
         from wsop.quotas import Quotas
 
         Quotas.load(quotas)  # a bad file fails here, not in every sidecar
+    check_history_backend(history)
     with stack_file.locked():
         running = _running()
         if running is not None:
@@ -241,6 +246,7 @@ def up(
             lb=ProcRecord("lb", f"{scheme}://{stack_proc.HOST}:{port}", 0),
             quotas=str(quotas.resolve()) if quotas is not None else None,
             ca_file=_issue_certificates() if tls else None,
+            history=history,
         )
         children: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
         try:

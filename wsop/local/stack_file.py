@@ -93,6 +93,8 @@ class StackRecord:
     """The quotas file every sidecar of the stack is started with (absolute path)."""
     ca_file: str | None = None
     """TLS (`wsop up --tls`): the CA of the stack's certificate; its URLs are wss://."""
+    history: str = "memory"
+    """`wsop up --history`: every sidecar's `--history` (recovery backend)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +108,7 @@ class StackRecord:
             "sidecars": [s.to_json() for s in self.sidecars],
             "quotas": self.quotas,
             "ca_file": self.ca_file,
+            "history": self.history,
         }
 
     @classmethod
@@ -128,6 +131,7 @@ class StackRecord:
                 version=int(data.get("version", 1)),
                 quotas=data.get("quotas"),
                 ca_file=data.get("ca_file"),
+                history=str(data.get("history", "memory")),
             )
         except KeyError as exc:
             raise InputError(f"{where}: missing {exc.args[0]!r}") from None

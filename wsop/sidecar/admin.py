@@ -83,8 +83,11 @@ async def process_request(
             ident.user,
             time.time(),
         )
+        moved_from = signal.moved_from if signal else None
+        # `since` of a moved client is the one it connected with, long replayed: ignored
+        since = None if moved_from else query(request).get("since")
         conn.client = ClientHandshake(
-            ident, via_lb=signal is not None, moved_from=signal.moved_from if signal else None
+            ident, via_lb=signal is not None, moved_from=moved_from, since=since
         )
         return None
     if path == "/healthz":

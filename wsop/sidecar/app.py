@@ -36,6 +36,7 @@ from wsop.sidecar.api import SidecarApi
 from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
 from wsop.sidecar.config import SidecarConfig
 from wsop.sidecar.delivery import ACK_TIMEOUT_S, Delivery
+from wsop.sidecar.history_service import SidecarHistory
 from wsop.sidecar.messages import ClientMessages
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
@@ -85,6 +86,10 @@ class Sidecar:
         self.presence = Presence(
             config.name, acl, config.timings, lambda: self.routing.keys(),
             lambda: self._sessions, self.metrics.registry,
+        )  # fmt: skip
+        self.history = SidecarHistory(
+            config, acl, self.router, self.delivery, self.presence, self.outbox, self.metrics,
+            self._spawn,
         )  # fmt: skip
         self.messages = ClientMessages(
             config.max_frame_bytes, config.quotas, self.router, self.delivery, self.presence,
@@ -146,6 +151,7 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(watcher.run()))
         self._tasks.append(asyncio.create_task(self.delivery.expire_acks()))
         self._tasks.append(asyncio.create_task(self._keepalive()))
+        self._tasks += [asyncio.create_task(task) for task in self.history.tasks()]
         return self._server.sockets[0].getsockname()[1]
 
     async def _adopt(self, members: dict[str, str], placement: Any) -> None:
@@ -154,6 +160,7 @@ class Sidecar:
         changes = self.router.set_owner(placement)
         self.routing = dict(members)
         await self.peers.update(members)
+        self.history.adopted(placement)  # (in-memory logs of users owned elsewhere now)
         for change in changes:
             self.peers.send(change.owner, Holding(change.tenant, change.user, change.holding))
         log.info("membership now %s (%d registrations sent)", sorted(members), len(changes))
@@ -188,6 +195,7 @@ class Sidecar:
         for task in self._tasks:
             task.cancel()
         await self.presence.stop()
+        await self.history.leaving(self.routing, self.placement_for)
         try:
             await self.acl.release(self.config.name)  # whatever a failed clear left behind
             await self.presence.drop()
@@ -275,6 +283,8 @@ class Sidecar:
         # the client's own frames wait in the stash until then (a team message must
         # see its sender online).
         first, change = self.router.connect(ident.tenant, ident.user, session, client.moved_from)
+        if client.since is not None:  # (then, at once: its live frames wait for the replay)
+            self.history.recovery.start(session, client.since)
         self._sessions.add(session)
         if app is not None and self.apps is not None:
             self.apps.attach(session, app)

@@ -88,6 +88,7 @@ class ClientSession(FrameReader):
         "via_lb",
         "bucket",
         "counted",
+        "held",
     )
 
     def __init__(
@@ -116,6 +117,9 @@ class ClientSession(FrameReader):
         """Paces its messages (`messages_per_second`); None: no limit."""
         self.counted = False
         """It is counted in the tenant's connections (quotas): uncount it when it goes."""
+        self.held: list[tuple[str, bytes]] | None = None
+        """While it is replaying (`?since=`): the live frames that arrived meanwhile,
+        (offset, frame), sent after the replay (`wsop.sidecar.recovery`)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -311,6 +315,8 @@ class ClientHandshake:
     """The LB holds this client (its signed word said so): it may be moved."""
     moved_from: str | None = None
     """The LB is moving this client here from that sidecar."""
+    since: str | None = None
+    """`?since=`: the offset of the last message it saw (it reconnects to catch up)."""
     index: int | None = None
     """The user's bit position, once the tenant's directory gave one."""
     counted: bool = False

@@ -8,10 +8,18 @@ from dataclasses import dataclass, field
 
 from wsop import protocol
 from wsop.auth import DEFAULT_LEEWAY_S, DEFAULT_MAX_LIFETIME_S, TokenVerifier
-from wsop.checks import check_host, check_member_name, check_port, check_positive_int, check_seconds
+from wsop.checks import (
+    check_history_backend,
+    check_host,
+    check_member_name,
+    check_port,
+    check_positive_int,
+    check_seconds,
+)
 from wsop.errors import UsageError
 from wsop.quotas import Quotas
 from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
+from wsop.sidecar.history import HistoryLimits
 from wsop.sidecar.presence import PresenceTimings
 from wsop.tls import TlsSettings
 
@@ -43,6 +51,13 @@ class SidecarConfig:
     max_token_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
     tls: TlsSettings = field(default_factory=TlsSettings)
     """wss:// for clients and peers (`certfile`/`keyfile`), and the CA of wss:// peers."""
+    # recovery (wsop/sidecar/history.py): where each user's recent messages are kept
+    history: str = "memory"
+    """"memory" (on the user's owner), "redis" (Streams: survives a sidecar crash), "off"."""
+    history_messages: int = 100
+    history_age_s: float = 120.0
+    history_memory_mb: int = 256
+    """The in-memory backend's cap for the whole sidecar."""
 
     def __post_init__(self) -> None:
         """Refuse what `wsop sidecar` refuses (port 0: let the OS pick a free one)."""
@@ -55,6 +70,12 @@ class SidecarConfig:
         if self.upstream is not None and not self.upstream.startswith(("ws://", "wss://")):
             raise UsageError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r}")
         self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
+        check_history_backend(self.history)
+        if not (isinstance(self.history_memory_mb, int) and self.history_memory_mb >= 1):
+            raise UsageError(f"history memory must be ≥ 1 MiB, got {self.history_memory_mb}")
+        self.history_limits = HistoryLimits(
+            self.history_messages, self.history_age_s, self.history_memory_mb * 1024 * 1024
+        )
         self.token_verifier()  # key files readable, leeway and lifetime sane
 
     def token_verifier(self) -> TokenVerifier | None:

@@ -11,6 +11,12 @@ the ack's `undelivered`. The client side (sessions, parsing, the ACL) lives in `
 A message may be dispatched in several slices (a huge team is planned a slice at a
 time, so the event loop is never held for long): `begin` opens its ack, `dispatch`
 sends one slice, `end` lets the ack complete once every answer is in.
+
+With a history (`wsop.sidecar.recovery`), what this sidecar delivers *as the owner* —
+to its own connections, to holders, or to nobody (the user is offline) — is recorded
+first, and each recipient's frame carries its offset. The in-memory history records at
+once; Redis answers later, so the owner's part of a slice then waits for it (in order:
+one record at a time) while what goes to other owners leaves at once.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import asyncio
 import itertools
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final
 
+from wsop.protocol import with_offset
 from wsop.sidecar.acks import AckBook, PendingAck
+from wsop.sidecar.history import Recorder
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import (
@@ -46,7 +54,11 @@ RETRY_INTERVAL_S = 0.1
 MAX_USERS_PER_ITEM: Final = 4096
 """Users named in one forwarded item: keeps items (and the owner's planning of one) small."""
 PLANNING: Final = "~planning"  # pseudo-peer an ack waits on while slices are dispatched
+RECORDING: Final = "~history"  # pseudo-peer an ack waits on while Redis records
 _RETRIES = itertools.count(1)
+
+Offsets = Sequence[str] | None
+"""Each user's offset (parallel to a list of users; "" where none could be recorded)."""
 
 
 class Delivery:
@@ -61,8 +73,10 @@ class Delivery:
         metrics: SidecarMetrics,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         peer_ssl: ssl.SSLContext | None = None,
+        history: Recorder | None = None,
     ) -> None:
         self.name = name
+        self.history = history
         self.router = router
         self.outbox = outbox
         self.metrics = metrics
@@ -70,6 +84,7 @@ class Delivery:
         self.acks = AckBook()
         self.membership_changed_at = time.monotonic()
         self._spawn = spawn
+        self.on_history_item: Callable[[str, PeerItem], None] | None = None
 
     def membership_changed(self) -> None:
         """Start the grace in which unknown recipients are retried, not reported."""
@@ -77,9 +92,13 @@ class Delivery:
 
     # -- local writes ------------------------------------------------------------------
 
-    def deliver_local(self, tenant: str, users: Iterable[Any], frame: str) -> tuple[int, int]:
+    def deliver_local(
+        self, tenant: str, users: Iterable[Any], frame: str, offsets: Offsets = None
+    ) -> tuple[int, int]:
         """Write `frame` to every connection here of `users`: (users reached, users not
         reached — no connection here, or every one refused it: closing, or gone)."""
+        if offsets is not None:
+            return self._deliver_with_offsets(tenant, users, frame, offsets)
         data = frame.encode()
         reached = absent = refused = written = 0
         connections = self.router.connections
@@ -95,12 +114,48 @@ class Delivery:
                 reached += 1
             else:
                 refused += 1
+        return self._counted(reached, absent, refused, written)
+
+    def _counted(self, reached: int, absent: int, refused: int, written: int) -> tuple[int, int]:
         self.metrics.messages_out.inc(written)
         if absent:
             self.metrics.failed.labels("no_connection").inc(absent)
         if refused:
             self.metrics.failed.labels("connection_closed").inc(refused)
         return reached, absent + refused
+
+    def _deliver_with_offsets(
+        self, tenant: str, users: Iterable[Any], frame: str, offsets: Sequence[str]
+    ) -> tuple[int, int]:
+        """`deliver_local` with each user's own frame (its offset spliced in). A session
+        that is replaying (`held` is a list) queues it behind the replay instead."""
+        reached = absent = refused = written = 0
+        connections = self.router.connections
+        send = self.outbox.send_one
+        plain: bytes | None = None
+        for user, offset in zip(users, offsets, strict=True):
+            conns = connections(tenant, user)
+            if not conns:
+                absent += 1
+                continue
+            if offset:
+                data = with_offset(frame, offset).encode()
+            else:  # the history could not record it: delivered all the same
+                data = plain = plain or frame.encode()
+            took = 0
+            for conn in conns:
+                held = conn.held
+                if held is not None:
+                    held.append((offset, data))
+                    took += 1
+                elif send(conn, data):
+                    took += 1
+            written += took
+            if took:
+                reached += 1
+            else:
+                refused += 1
+        return self._counted(reached, absent, refused, written)
 
     # -- dispatching -------------------------------------------------------------------
 
@@ -109,9 +164,21 @@ class Delivery:
     ) -> list[str]:
         """Deliver what is ours, forward the rest; `pending` completes when all answered.
         Returns the peers the message was forwarded to (for backpressure)."""
-        if not plan.peers and not plan.holders and not (plan.unreachable and self.in_grace()):
+        history = self.history
+        if (
+            not plan.peers
+            and not plan.holders
+            and not (plan.unreachable and self.in_grace())
+            and (history is None or history.sync)
+        ):
             # the common local case: no bookkeeping at all
-            reached, refused = self.deliver_local(tenant, plan.local, frame)
+            offsets = None
+            if history is not None:
+                offsets = history.record_now(tenant, plan.local + plan.unreachable, frame)
+                if plan.foreign:
+                    history.foreign(tenant, plan.foreign)
+            local = None if offsets is None else offsets[: len(plan.local)]
+            reached, refused = self.deliver_local(tenant, plan.local, frame, local)
             pending.delivered += reached
             pending.undelivered += refused
             if plan.unreachable:
@@ -141,30 +208,75 @@ class Delivery:
         plan: DeliveryPlan,
         frame: str,
         mode: str,
+        offsets: dict[Any, str] | None = None,
     ) -> list[str]:
         """One slice of a message. Everything awaited is booked before it is sent: a link
         that is already down answers (as lost) synchronously."""
-        reached, refused = self.deliver_local(tenant, plan.local, frame)
-        pending.delivered += reached
-        pending.undelivered += refused
-        sent_to = self._to_holders(ack_id, pending, tenant, plan, frame)
+        history = self.history
+        sent_to: list[str] = []
+        if history is not None and offsets is None:
+            owned = plan.owned()
+            if plan.foreign:
+                history.foreign(tenant, plan.foreign)
+            if not history.sync and owned:
+                # Redis answers later: the owner's part waits (in order), the rest goes now
+                pending.expect(RECORDING, 0)
+
+                def recorded(recorded: list[str]) -> None:
+                    by_user = dict(zip(owned, recorded, strict=True))
+                    self._dispatch_owned(ack_id, pending, tenant, plan, frame, by_user)
+                    self.acks.settle(ack_id, RECORDING, 0, 0)
+
+                history.record_later(tenant, owned, frame, recorded)
+                sent_to = sorted(plan.holders)
+            elif owned:
+                by_user = dict(zip(owned, history.record_now(tenant, owned, frame), strict=True))
+                sent_to = self._dispatch_owned(ack_id, pending, tenant, plan, frame, by_user)
+        else:
+            sent_to = self._dispatch_owned(ack_id, pending, tenant, plan, frame, offsets)
         for owner, users in plan.peers.items():
             self.metrics.forwarded.inc(len(users))
             for chunk in _chunks(users):
                 pending.expect(owner, len(chunk))
                 self.peers.send(owner, Deliver(tenant, chunk, ack_id, mode, frame))
             sent_to.append(owner)
+        return sent_to
+
+    def _dispatch_owned(
+        self,
+        ack_id: int,
+        pending: PendingAck,
+        tenant: str,
+        plan: DeliveryPlan,
+        frame: str,
+        offsets: dict[Any, str] | None,
+    ) -> list[str]:
+        """The users this sidecar delivers as their owner: its connections, the holders
+        of the others, and the unreachable ones (retried within the grace)."""
+        local = None if offsets is None else [offsets[u] for u in plan.local]
+        reached, refused = self.deliver_local(tenant, plan.local, frame, local)
+        pending.delivered += reached
+        pending.undelivered += refused
+        sent_to = self._to_holders(ack_id, pending, tenant, plan, frame, offsets)
         if plan.unreachable:
             if self.in_grace():
                 retry = f"~retry{next(_RETRIES)}"
                 pending.expect(retry, len(plan.unreachable))
-                self._spawn(self._retry(tenant, plan.unreachable, frame, ack_id, pending, retry))
+                self._spawn(
+                    self._retry(tenant, plan.unreachable, frame, ack_id, pending, retry, offsets)
+                )
             else:
                 self._unreachable(pending, len(plan.unreachable))
         return sent_to
 
     def _to_holders(
-        self, ack_id: int, pending: PendingAck, tenant: str, plan: DeliveryPlan, frame: str
+        self,
+        ack_id: int,
+        pending: PendingAck,
+        tenant: str,
+        plan: DeliveryPlan,
+        frame: str,
+        offsets: dict[Any, str] | None = None,
     ) -> list[str]:
         """Forward to the holders of users' connections elsewhere. Each user is accounted
         once — by the first holder that has it, unless it was reached here already —
@@ -180,9 +292,11 @@ class Delivery:
             self.metrics.forwarded.inc(len(users))
             for chunk in _chunks(accounted):
                 pending.expect(holder, len(chunk))
-                self.peers.send(holder, Deliver(tenant, chunk, ack_id, TO_HOLDER, frame))
+                offs = None if offsets is None else [offsets[u] for u in chunk]
+                self.peers.send(holder, Deliver(tenant, chunk, ack_id, TO_HOLDER, frame, offs))
             for chunk in _chunks(copies):
-                self.peers.send(holder, Deliver(tenant, chunk, 0, TO_HOLDER, frame))
+                offs = None if offsets is None else [offsets[u] for u in chunk]
+                self.peers.send(holder, Deliver(tenant, chunk, 0, TO_HOLDER, frame, offs))
         return sorted(plan.holders)
 
     def _unreachable(self, pending: PendingAck, count: int) -> None:
@@ -200,34 +314,48 @@ class Delivery:
         ack_id: int,
         pending: PendingAck,
         retry: str,
+        offsets: dict[Any, str] | None = None,
     ) -> None:
         """Right after a membership change, holders re-register with their new owners a
-        few hundred ms late: retry users we know no connection of instead of dropping."""
+        few hundred ms late: retry users we know no connection of instead of dropping.
+        (Recorded already, when there is a history: the retry keeps their offsets.)"""
         missing = users
         deadline = time.monotonic() + RETRY_WINDOW_S
         while missing and time.monotonic() < deadline:
             await asyncio.sleep(RETRY_INTERVAL_S)
             plan = self.router.plan(tenant, missing, as_owner_only=True)
-            missing, plan.unreachable = plan.unreachable, []
-            self.dispatch(ack_id, pending, tenant, plan, frame, TO_OWNER_FINAL)
+            missing, plan.unreachable, plan.foreign = plan.unreachable, [], []
+            if offsets is None:
+                self.dispatch(ack_id, pending, tenant, plan, frame, TO_OWNER_FINAL)
+            else:
+                self._dispatch_owned(ack_id, pending, tenant, plan, frame, offsets)
         if missing:
             self.metrics.failed.labels("no_connection").inc(len(missing))
         self.acks.settle(ack_id, retry, 0, len(missing))
 
     # -- the peer side -----------------------------------------------------------------
 
-    def lost(self, peer: str, items: list[PeerItem]) -> None:
-        """Items a peer link could not carry: count them, and settle their acks."""
+    def lost(self, peer: str, items: list[PeerItem], maybe_sent: bool = False) -> None:
+        """Items a peer link could not carry: count them, and settle their acks. With a
+        shared history, messages that certainly never reached an owner are recorded here
+        for their users (the owner died: they can be recovered from its successor);
+        `maybe_sent` ones may have been recorded by the owner already, so they are not."""
+        history = self.history
         for item in items:
             if isinstance(item, Deliver):
                 self.metrics.failed.labels("peer_unavailable").inc(len(item.users))
                 self.metrics.peer_items_lost.labels("deliver").inc()
                 if item.ack:
                     self.acks.settle(item.ack, peer, 0, len(item.users))
+                shared = history is not None and history.shared
+                if shared and item.mode != TO_HOLDER and not maybe_sent:
+                    history.record_later(item.tenant, item.users, item.frame, _ignore)
             elif isinstance(item, Ack):  # the peer reports its users after its timeout
                 self.metrics.peer_items_lost.labels("ack").inc()
-            else:  # re-sent when the link comes back (`reregister`)
+            elif isinstance(item, Holding):  # re-sent when the link comes back (`reregister`)
                 self.metrics.peer_items_lost.labels("holding").inc()
+            else:  # a log on its way to its new owner, or a replay: recoveries fail honestly
+                self.metrics.peer_items_lost.labels("history").inc()
 
     def reregister(self, peer: str) -> None:
         """A link came back: tell `peer` again about every connection we hold of users it
@@ -249,7 +377,9 @@ class Delivery:
         """Handle one item from `peer`; returns the peers it was forwarded on to."""
         if isinstance(item, Deliver):
             if item.mode == TO_HOLDER:
-                reached, refused = self.deliver_local(item.tenant, item.users, item.frame)
+                reached, refused = self.deliver_local(
+                    item.tenant, item.users, item.frame, item.offsets
+                )
                 if item.ack:
                     self.peers.send(peer, Ack(item.ack, reached, refused))
                 return []
@@ -264,10 +394,16 @@ class Delivery:
             return self.execute(item.tenant, plan, item.frame, pending, TO_OWNER_FINAL)
         if isinstance(item, Ack):
             self.acks.settle(item.ack, peer, item.delivered, item.unreachable)
-        else:
+        elif isinstance(item, Holding):
             change = HolderChange(self.name, item.tenant, item.user, item.holding, item.replaces)
             self.router.holder(change, peer)
+        elif self.on_history_item is not None:  # logs handed over, replays asked/answered
+            self.on_history_item(peer, item)
         return []
+
+
+def _ignore(_: list[str]) -> None:
+    pass
 
 
 def _chunks(users: list[Any]) -> list[list[Any]]:

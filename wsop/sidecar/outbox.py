@@ -41,6 +41,14 @@ class Outbox:
             taken += 1
         return taken
 
+    def send_one(self, conn: Any, data: bytes) -> bool:
+        """`send_bytes` to one connection (a frame of its own: e.g. with its offset)."""
+        if conn.protocol.state is not State.OPEN or _sending_fragments(conn):
+            return False
+        conn.protocol.send_text(data)
+        self.mark(conn)
+        return True
+
     def mark(self, conn: Any) -> None:
         """Flush `conn` at the end of this pass (its protocol queued frames of its own)."""
         self._dirty.add(conn)

@@ -27,6 +27,22 @@ stream, so a `PeerDecoder` per link reassembles them)::
     …aaaa…                                           piece 2
     ["+"]
     …aaaa"}                                          piece 3
+
+History (`wsop.sidecar.history`): an owner forwarding to holders names each user's
+offset (a seventh element; the sixth, pieces, is then present even when 1); a log handed
+to a user's new owner travels as its entries, then its end; a sidecar that is not a
+reconnecting user's owner asks the owner for the replay::
+
+    ["d","acme",[17,42],7,"h",1,["3fa0c1d2:8","9b1e0f3a:2"]]
+    {"type":"message",...}
+    ["l","acme",42,"9b1e0f3a",2,1530,1]     an entry of acme/42's log: seq 2, 1530 ms
+    {"type":"message",...}                 old, in 1 piece
+    ["L","acme",42,"9b1e0f3a",3,1,2400]    its end: next seq 3, newest evicted seq 1
+    (empty line)                           (2400 ms old)
+    ["r",5,"acme",42,"9b1e0f3a:1"]         replay request 5 for acme/42 since that
+    (empty line)
+    ["R",5,1,null,"9b1e0f3a",2,1]          its answer: ok (1) or the reason, epoch, upto,
+    [["9b1e0f3a:2","{\"type\":…}"]]        pieces; payload: [offset, frame] pairs
 """
 
 from __future__ import annotations
@@ -61,6 +77,8 @@ class Deliver:
     ack: int
     mode: str
     frame: str
+    offsets: list[str] | None = None
+    """Each user's offset, set by its owner ("" where the history could not record)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,34 +96,105 @@ class Holding:
     replaces: str | None = None
 
 
-PeerItem = Deliver | Ack | Holding
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry of a log handed to the user's new owner (ages, not clock readings)."""
+
+    tenant: str
+    user: UserId
+    epoch: str
+    seq: int
+    age_ms: int
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogEnd:
+    """The end of a handed log: its next seq and its newest evicted entry."""
+
+    tenant: str
+    user: UserId
+    epoch: str
+    next_seq: int
+    gone_seq: int
+    gone_age_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayAsk:
+    request: int
+    tenant: str
+    user: UserId
+    since: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayAnswer:
+    request: int
+    reason: str | None
+    """None: ok."""
+    epoch: str | None
+    upto: int
+    entries: list[tuple[str, str]]
+
+
+PeerItem = Deliver | Ack | Holding | LogEntry | LogEnd | ReplayAsk | ReplayAnswer
+
+
+def _head_and_payload(item: PeerItem) -> tuple[list[object], str | None]:
+    """An item's header (without a piece count) and its payload (None: an empty line)."""
+    if isinstance(item, Deliver):
+        return ["d", item.tenant, item.users, item.ack, item.mode], item.frame
+    if isinstance(item, Ack):
+        return ["a", item.ack, item.delivered, item.unreachable], None
+    if isinstance(item, Holding):
+        head: list[object] = ["h", item.tenant, item.user, 1 if item.holding else 0]
+        if item.replaces:
+            head.append(item.replaces)
+        return head, None
+    if isinstance(item, LogEntry):
+        return ["l", item.tenant, item.user, item.epoch, item.seq, item.age_ms], item.frame
+    if isinstance(item, LogEnd):
+        return [
+            "L", item.tenant, item.user, item.epoch, item.next_seq, item.gone_seq,
+            item.gone_age_ms,
+        ], None  # fmt: skip
+    if isinstance(item, ReplayAsk):
+        return ["r", item.request, item.tenant, item.user, item.since], None
+    return ["R", item.request, item.reason, item.epoch, item.upto], _encode(item.entries)
+
+
+def _with_pieces(item: PeerItem, head: list[object], pieces: int) -> list[object]:
+    """The header with its piece count, where its kind keeps it (a plain `Deliver`
+    omits a count of 1; one with offsets carries them after the count)."""
+    if isinstance(item, Deliver):
+        if item.offsets is not None:
+            return [*head, pieces, item.offsets]
+        return [*head, pieces] if pieces > 1 else head
+    if isinstance(item, (LogEntry, ReplayAnswer)):
+        return [*head, pieces]
+    return head
 
 
 def encode_item(item: PeerItem) -> str:
     """Two lines for one item (joined into batches by `encode_batch`)."""
-    if isinstance(item, Deliver):
-        if "\n" in item.frame:
-            raise PeerFormatError("a forwarded frame must not contain a newline")
-        return _encode(["d", item.tenant, item.users, item.ack, item.mode]) + "\n" + item.frame
-    if isinstance(item, Ack):
-        return _encode(["a", item.ack, item.delivered, item.unreachable]) + "\n"
-    head: list[object] = ["h", item.tenant, item.user, 1 if item.holding else 0]
-    if item.replaces:
-        head.append(item.replaces)
-    return _encode(head) + "\n"
+    head, payload = _head_and_payload(item)
+    if payload is not None and "\n" in payload:
+        raise PeerFormatError("a forwarded frame must not contain a newline")
+    return _encode(_with_pieces(item, head, 1)) + "\n" + (payload or "")
 
 
 def encode_pieces(item: PeerItem, max_bytes: int) -> list[str]:
-    """`item` as one or more encoded items, none with a payload above `max_bytes` (only a
-    `Deliver` frame can be that long: it is split into pieces, see the module docstring)."""
-    if not isinstance(item, Deliver) or len(item.frame) <= max_bytes:
+    """`item` as one or more encoded items, none with a payload above `max_bytes` (only
+    a frame can be that long: it is split into pieces, see the module docstring)."""
+    head, payload = _head_and_payload(item)
+    if payload is None or len(payload) <= max_bytes:
         return [encode_item(item)]
-    if "\n" in item.frame:
+    if "\n" in payload:
         raise PeerFormatError("a forwarded frame must not contain a newline")
-    frame = item.frame
-    pieces = [frame[i : i + max_bytes] for i in range(0, len(frame), max_bytes)]
-    head = _encode(["d", item.tenant, item.users, item.ack, item.mode, len(pieces)])
-    return [head + "\n" + pieces[0], *(_CONTINUATION + piece for piece in pieces[1:])]
+    pieces = [payload[i : i + max_bytes] for i in range(0, len(payload), max_bytes)]
+    first = _encode(_with_pieces(item, head, len(pieces))) + "\n" + pieces[0]
+    return [first, *(_CONTINUATION + piece for piece in pieces[1:])]
 
 
 _CONTINUATION: Final = '["+"]\n'
@@ -115,11 +204,64 @@ def encode_batch(encoded_items: Sequence[str]) -> str:
     return "\n".join(encoded_items)
 
 
+def _deliver(head: list, payload: str) -> Deliver:
+    _, tenant, users, ack, mode, *rest = head
+    if not isinstance(users, list) or mode not in (TO_OWNER, TO_HOLDER, TO_OWNER_FINAL):
+        raise ValueError
+    offsets = rest[1] if len(rest) > 1 else None
+    if offsets is not None and (
+        type(offsets) is not list
+        or len(offsets) != len(users)
+        or not all(type(o) is str for o in offsets)
+    ):
+        raise ValueError
+    return Deliver(str(tenant), users, int(ack), mode, payload, offsets)
+
+
+def _entry(head: list, payload: str) -> LogEntry:
+    _, tenant, user, epoch, seq, age, _pieces = head
+    return LogEntry(str(tenant), user, str(epoch), int(seq), int(age), payload)
+
+
+def _answer(head: list, payload: str) -> ReplayAnswer:
+    _, request, reason, epoch, upto, _pieces = head
+    pairs = _decode(payload)
+    if type(pairs) is not list or not all(
+        type(p) is list and len(p) == 2 and all(type(x) is str for x in p) for p in pairs
+    ):
+        raise ValueError
+    return ReplayAnswer(
+        int(request), None if reason is None else str(reason),
+        None if epoch is None else str(epoch), int(upto), [(o, f) for o, f in pairs],
+    )  # fmt: skip
+
+
+_BUILDERS = {"d": (_deliver, 5), "l": (_entry, 6), "R": (_answer, 5)}
+"""Kinds with a payload: their builder and where their header keeps the piece count."""
+
+
+def _plain(head: list) -> PeerItem:
+    """An item without a payload."""
+    kind = head[0]
+    if kind == "a":
+        return Ack(int(head[1]), int(head[2]), int(head[3]))
+    if kind == "h":
+        replaces = str(head[4]) if len(head) > 4 else None
+        return Holding(str(head[1]), head[2], bool(head[3]), replaces)
+    if kind == "L":
+        _, tenant, user, epoch, next_seq, gone_seq, gone_age = head
+        return LogEnd(str(tenant), user, str(epoch), int(next_seq), int(gone_seq), int(gone_age))
+    if kind == "r":
+        _, request, tenant, user, since = head
+        return ReplayAsk(int(request), str(tenant), user, str(since))
+    raise ValueError
+
+
 class PeerDecoder:
     """Decodes the batches of one link, in order, reassembling frames sent in pieces."""
 
     def __init__(self) -> None:
-        self._head: tuple[str, list[UserId], int, str] | None = None
+        self._head: list | None = None
         self._pieces: list[str] = []
         self._left = 0
         self._size = 0
@@ -140,21 +282,14 @@ class PeerDecoder:
                 kind = head[0]
                 if self._left and kind != "+":
                     raise PeerFormatError(f"item {i // 2}: a frame's pieces were interrupted")
-                if kind == "d":
-                    item = self._deliver(head, lines[i + 1])
-                    if item is not None:
-                        items.append(item)
-                elif kind == "+":
+                if kind == "+":
                     item = self._piece(lines[i + 1])
-                    if item is not None:
-                        items.append(item)
-                elif kind == "a":
-                    items.append(Ack(int(head[1]), int(head[2]), int(head[3])))
-                elif kind == "h":
-                    replaces = str(head[4]) if len(head) > 4 else None
-                    items.append(Holding(str(head[1]), head[2], bool(head[3]), replaces))
+                elif kind in _BUILDERS:
+                    item = self._framed(head, lines[i + 1])
                 else:
-                    raise ValueError
+                    item = _plain(head)
+                if item is not None:
+                    items.append(item)
             except (ValueError, TypeError, IndexError, KeyError):
                 raise PeerFormatError(f"malformed peer header at item {i // 2}") from None
         return items
@@ -164,20 +299,19 @@ class PeerDecoder:
         """A frame is half-received (its remaining pieces are due in the next batches)."""
         return self._left > 0
 
-    def _deliver(self, head: list, payload: str) -> Deliver | None:
-        _, tenant, users, ack, mode, *rest = head
-        if not isinstance(users, list) or mode not in (TO_OWNER, TO_HOLDER, TO_OWNER_FINAL):
-            raise ValueError
-        if not rest:
-            return Deliver(str(tenant), users, int(ack), mode, payload)
-        (pieces,) = rest
-        if type(pieces) is not int or pieces < 2:
-            raise ValueError
-        self._head = (str(tenant), users, int(ack), mode)
+    def _framed(self, head: list, payload: str) -> PeerItem | None:
+        build, at = _BUILDERS[head[0]]
+        pieces = head[at] if len(head) > at else 1
+        plain_deliver = head[0] == "d" and len(head) == at + 1
+        if type(pieces) is not int or pieces < (2 if plain_deliver else 1):
+            raise ValueError  # (a count of 1 is written only before a Deliver's offsets)
+        if pieces == 1:
+            return build(head, payload)
+        self._head = head
         self._pieces, self._left, self._size = [payload], pieces - 1, len(payload)
         return None
 
-    def _piece(self, payload: str) -> Deliver | None:
+    def _piece(self, payload: str) -> PeerItem | None:
         if not self._left or self._head is None:
             raise PeerFormatError("a frame piece without its header")
         self._size += len(payload)
@@ -187,9 +321,9 @@ class PeerDecoder:
         self._left -= 1
         if self._left:
             return None
-        tenant, users, ack, mode = self._head
-        frame, self._pieces, self._head = "".join(self._pieces), [], None
-        return Deliver(tenant, users, ack, mode, frame)
+        head, frame = self._head, "".join(self._pieces)
+        self._pieces, self._head = [], None
+        return _BUILDERS[head[0]][0](head, frame)
 
 
 def decode_batch(raw: str | bytes) -> list[PeerItem]:

@@ -177,6 +177,8 @@ class Presence:
         self._reaping: asyncio.Task[None] | None = None
         self._settling: asyncio.Task[bool] | None = None
         self._logged_failure = 0.0
+        self.on_data_lost: Callable[[], None] | None = None
+        """Called when Redis is found to have lost its data (the recent bitmaps too)."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -232,6 +234,8 @@ class Presence:
             lost = beat.lease_lost and not first
             if beat.epoch == self.asserted and not lost and not beat.being_reaped:
                 return beat
+            if not first and beat.epoch != self.asserted and self.on_data_lost is not None:
+                self.on_data_lost()  # (before any await: the loss is at most a beat old)
             if beat.being_reaped or lost:
                 await self._wait_for_reaper()
             count = await self._reassert()

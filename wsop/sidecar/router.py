@@ -32,6 +32,17 @@ class DeliveryPlan:
     peers: dict[str, list[UserId]] = field(default_factory=lambda: defaultdict(list))
     holders: dict[str, list[UserId]] = field(default_factory=lambda: defaultdict(list))
     unreachable: list[UserId] = field(default_factory=list)
+    foreign: list[UserId] = field(default_factory=list)
+    """Users planned here as their owner although our placement names another (a peer
+    routed them to us while the two of us disagree about the membership)."""
+
+    def owned(self) -> list[UserId]:
+        """Every user this sidecar delivers as the owner (once each, in plan order)."""
+        if not self.holders:
+            return self.local + self.unreachable
+        seen = set(self.local)
+        extra = [u for users in self.holders.values() for u in users if u not in seen]
+        return self.local + list(dict.fromkeys(extra)) + self.unreachable
 
 
 @dataclass(frozen=True)
@@ -197,8 +208,10 @@ class Router:
             elif not holders:
                 if redirect and owner != self.name:
                     plan.peers[owner].append(user)
-                else:
-                    plan.unreachable.append(user)
+                    continue
+                plan.unreachable.append(user)
             for holder in holders or ():
                 plan.holders[holder].append(user)
+            if owner != self.name:
+                plan.foreign.append(user)
         return plan
