@@ -186,6 +186,8 @@ def test_refusals_and_exit_codes(standin_env: None, redis_url: str) -> None:
     assert result.returncode == 2 and "unknown algorithm" in result.stderr
     result = wsop("up", "--algo", "bounded", "--redis", redis_url)  # used to crash the sidecars
     assert result.returncode == 2 and "cannot route a stack" in result.stderr
+    result = wsop("up", "--trunks", "65", "--redis", redis_url)  # refused before any start
+    assert result.returncode == 2 and "--trunks must be 0..64" in result.stderr
 
     up(redis_url, "--insecure", sidecars=1)
     again = wsop("up", "--detach", "--port", str(free_port()), "--redis", redis_url)
@@ -241,11 +243,16 @@ async def _direct_until_delivered(a, data: str, tries: int = 20) -> dict:
     return ack
 
 
-def test_real_sidecar_end_to_end(redis_url: str) -> None:
-    """The launcher with the real `wsop sidecar`: a direct message through the LB."""
+@pytest.mark.parametrize("trunks", [None, "0"], ids=["default-trunks", "trunks-0"])
+def test_real_sidecar_end_to_end(redis_url: str, trunks: str | None) -> None:
+    """The launcher with the real `wsop sidecar`: a direct message through the LB, over
+    trunks (the default) and with `wsop up --trunks 0` (one sidecar leg per client)."""
     pytest.importorskip("wsop.sidecar.app")
-    started = up(redis_url, "--insecure", "--algo", "rendezvous")
+    flags = ["--trunks", trunks] if trunks is not None else []
+    started = up(redis_url, "--insecure", "--algo", "rendezvous", *flags)
     lb_url = started["lb"]["url"]
+    argv = Path(f"/proc/{started['lb']['pid']}/cmdline").read_bytes().split(b"\0")
+    assert (b"--trunks" in argv) == (trunks is not None)
 
     async def exchange() -> None:
         a = await connect(f"{lb_url}/ws?tenant=acme&user=1", proxy=None)

@@ -78,6 +78,15 @@ def up_cmd(
         ),
     ] = False,
     history: HistoryOpt = "memory",
+    trunks: Annotated[
+        int | None,
+        typer.Option(
+            "--trunks",
+            help="The LB's persistent connections per sidecar (0: one per client); "
+            "default: the LB's (2, or $WSOP_LB_TRUNKS).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start Redis (embedded by default), N sidecars and the LB on loopback."""
@@ -91,7 +100,9 @@ def up_cmd(
         )
     if detach:
         payload = {
-            **stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls, history).to_json(),
+            **stack.up(
+                sidecars, port, insecure, algo, redis_url, quotas, tls, history, trunks
+            ).to_json(),
             "detached": True,
         }
         emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))
@@ -99,7 +110,7 @@ def up_cmd(
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     started = False
     try:  # any way out of the foreground brings the stack down, even mid-start
-        up = stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls, history)
+        up = stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls, history, trunks)
         payload = {**up.to_json()}
         started = True
         payload["detached"] = False

@@ -41,7 +41,7 @@ from wsop.checks import (
     check_seconds,
 )
 from wsop.discovery import Members, MembershipSource
-from wsop.errors import UsageError, WsopError
+from wsop.errors import WsopError
 from wsop.httpadmin import (
     PROMETHEUS_CONTENT_TYPE,
     admin_refusal,
@@ -66,12 +66,10 @@ from wsop.ring.base import Placement
 from wsop.shell import MembershipWatcher
 from wsop.tls import TlsSettings
 from wsop.tls import reload as reload_certificates
-from wsop.trunk import DEFAULT_PER_SIDECAR
+from wsop.trunk import DEFAULT_PER_SIDECAR, check_trunks
 from wsop.trunk.metrics import TrunkCollector
 
 log = logging.getLogger("wsop.lb")
-
-MAX_TRUNKS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +126,7 @@ class LBConfig:
         check_seconds(self.open_timeout, "open_timeout", allow_zero=False)
         check_seconds(self.move_drain_s, "move_drain_s")
         check_positive_int(self.max_frame_bytes, "max_frame_bytes")
-        if not 0 <= self.trunks <= MAX_TRUNKS:
-            raise UsageError(f"--trunks must be 0..{MAX_TRUNKS}, got {self.trunks}")
+        check_trunks(self.trunks)
         self.token_verifier()  # key files readable, leeway and lifetime sane
 
     def token_verifier(self) -> TokenVerifier | None:

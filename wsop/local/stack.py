@@ -205,15 +205,18 @@ def up(
     quotas: Path | None = None,
     tls: bool = False,
     history: str = "memory",
+    trunks: int | None = None,
 ) -> StackStatus:
     """Start Redis (embedded unless given), N sidecars and the LB; return once routable.
     `quotas`: a quotas file for every sidecar (checked here first). `tls`: wss:// all the
     way — the LB for clients, the sidecars for the LB and each other — with a certificate
     for 127.0.0.1 and localhost from a CA made for this stack (`ca_file` in its record).
-    `history`: every sidecar's `--history` (memory, redis or off)."""
+    `history`: every sidecar's `--history` (memory, redis or off). `trunks`: the LB's
+    `--trunks` (None: its default, or `WSOP_LB_TRUNKS`)."""
     from wsop.auth import SECRET_ENV
     from wsop.local.embedded import resolve_url
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
+    from wsop.trunk import check_trunks
 
     _check_count(sidecars)
     if not 1 <= port <= 65535:
@@ -225,6 +228,8 @@ def up(
 
         Quotas.load(quotas)  # a bad file fails here, not in every sidecar
     check_history_backend(history)
+    if trunks is not None:
+        check_trunks(trunks)
     with stack_file.locked():
         running = _running()
         if running is not None:
@@ -259,6 +264,7 @@ def up(
                 *("--host", stack_proc.HOST, "--port", str(port), "--algo", algo),
                 *("--members-file", str(stack_file.members_path())),
                 *(["--insecure"] if insecure else []),
+                *(["--trunks", str(trunks)] if trunks is not None else []),
                 *_tls_flags(record),
             ]
             lb_proc = stack_proc.spawn("lb", argv, _child_env(record))

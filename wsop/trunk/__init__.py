@@ -15,3 +15,13 @@ DEFAULT_PER_SIDECAR = 2
 """`wsop lb --trunks` by default: 0.74× the CPU per team delivery and 0.85× per direct
 message of one connection per client, same throughput (docs/benchmarks.md, "LB ↔
 sidecar trunks")."""
+
+MAX_PER_SIDECAR = 64
+
+
+def check_trunks(n: int) -> None:
+    """Refuse a trunk count the LB would refuse, before anything starts (`wsop up` too)."""
+    from wsop.errors import UsageError
+
+    if not 0 <= n <= MAX_PER_SIDECAR:
+        raise UsageError(f"--trunks must be 0..{MAX_PER_SIDECAR}, got {n}")
