@@ -252,6 +252,7 @@ class Pool(Wire):
         if self.stopping or conn.sock is not None or conn.connecting:
             return
         conn.connecting = True
+        conn.since = conn.offset  # the URL asks for what came after it (`Hooks.connect`)
         self.hooks.connect(self, conn)
 
     def _retry(self, conn: Conn) -> None:
@@ -275,6 +276,7 @@ class Pool(Wire):
             return
         conn.sock, conn.fd, conn.tls = sock, sock.fileno(), tls
         conn.reader, conn.out = FrameReader(), None
+        conn.replaying = conn.since is not None  # until its `recovered` frame
         self.by_fd[conn.fd] = conn
         self.ep.register(conn.fd, EPOLLIN)
         self.hooks.event("connect", ms)

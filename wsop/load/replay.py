@@ -1,0 +1,47 @@
+"""Settled losses a `?since=` replay may still deliver (docs/loadtest.md, "Recovery").
+
+A user away during a fault misses messages; the ledger settles them after the grace
+period as `lost_disconnected` (or `reported_undelivered`, when the ack said so). With a
+history the user's reconnect replays them, possibly after that settling: then the loss
+was a late delivery. The ledger remembers, per settled message, which missing recipient
+was booked in which class, so a replayed arrival can move exactly that one delivery back
+(`take`), once. Bounded: the oldest are forgotten first. Pure.
+"""
+
+from __future__ import annotations
+
+TRACKED = 200_000  # settled messages remembered; past it a replay of the oldest stays late
+
+
+class Replayable:
+    def __init__(self, limit: int = TRACKED) -> None:
+        self.limit = limit
+        self._by_key: dict[int, tuple[int, dict[int, str]]] = {}  # key -> (window, slot -> class)
+
+    def remember(
+        self, key: int, window: int, away: list[int], present: list[int], reported: int
+    ) -> None:
+        """`away`: missing recipients booked lost_disconnected; the first `reported` of
+        `present` (missing, not away) were booked reported_undelivered."""
+        kinds = dict.fromkeys(away, "lost_disconnected")
+        kinds.update(dict.fromkeys(present[:reported], "reported_undelivered"))
+        if not kinds:
+            return
+        self._by_key[key] = (window, kinds)
+        if len(self._by_key) > self.limit:
+            del self._by_key[next(iter(self._by_key))]  # the oldest
+
+    def take(self, key: int, receiver: int) -> tuple[int, str] | None:
+        """(window, loss class) the replayed delivery of `key` to `receiver` was booked
+        in, now forgotten; None if it was not a remembered loss."""
+        entry = self._by_key.get(key)
+        if entry is None:
+            return None
+        window, kinds = entry
+        kind = kinds.pop(receiver, None)
+        if not kinds:
+            del self._by_key[key]
+        return None if kind is None else (window, kind)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
