@@ -59,6 +59,7 @@ def test_a_replay_after_settling_turns_a_disconnected_loss_into_a_late_delivery(
     assert not ledger.received(1, away, 106.0, replay=True)
     snap = ledger.snapshot()
     assert (snap["duplicates"], snap["delivered"], snap["recovered_messages"]) == (1, 2, 2)
+    assert snap["recovered_duplicates"] == 1
     _balanced(snap)
 
 
@@ -73,6 +74,7 @@ def test_a_replay_within_the_grace_period_is_an_ordinary_delivery() -> None:
     snap = ledger.snapshot()
     _balanced(snap)
     assert (snap["delivered"], snap["lost"], snap["duplicates"]) == (1, 0, 1)
+    assert snap["recovered_duplicates"] == 0  # the live copy was the duplicate
     assert (snap["recovered_messages"], snap["recovered_late"]) == (1, 0)
 
 
@@ -127,9 +129,7 @@ def test_the_wire_keeps_the_last_offset_and_books_the_replay() -> None:
     key = message_key(0, 0)
     pool.ledger.sent(key, (conn.slot,), 1.0)
     conn.replaying = True
-    frame = (
-        b'{"type":"message","from":0,"data":[0,0,0,1000000],"id":"0","ts":1,"offset":"e1:7"}'
-    )
+    frame = b'{"type":"message","from":0,"data":[0,0,0,1000000],"id":"0","ts":1,"offset":"e1:7"}'
     pool._on_text(conn, frame)
     assert conn.offset == b"e1:7"
     assert pool.ledger.counters.recovered_messages == 1
@@ -139,6 +139,34 @@ def test_the_wire_keeps_the_last_offset_and_books_the_replay() -> None:
     assert not conn.replaying and pool.ledger.counters.recovery_ok == 1
     pool._on_text(conn, b'{"type":"recovered","ok":false,"reason":"unavailable"}')
     assert pool.ledger.recovery_reasons == {"unavailable": 1}
+
+
+def test_the_fast_path_reads_the_offset_in_place() -> None:
+    """`Wire._read`'s regex path, on bytes as a socket delivers them."""
+    import socket
+
+    from wsop.load.pool import Pool
+    from wsop.load.profiles import make_plan
+
+    pool = Pool(make_plan("smoke", rate=10, connections=4, duration=4), 0, _NoHooks())
+    conn = pool.conns[2]
+    key = message_key(0, 5)
+    pool.ledger.sent(key, (conn.slot,), 1.0, team=True)
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        conn.sock, conn.replaying = ours, True
+        payload = (
+            b'{"type":"message","from":0,"data":[0,0,5,1000000],"id":"5","ts":1,'
+            b'"teams":["a"],"offset":"7f:12"}'
+        )
+        theirs.sendall(b"\x81" + bytes((len(payload),)) + payload)
+        pool._read(conn)
+        assert conn.offset == b"7f:12"
+        assert pool.ledger.counters.recovered_messages == 1
+    finally:
+        ours.close()
+        theirs.close()
 
 
 class _NoHooks:

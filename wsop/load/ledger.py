@@ -168,6 +168,8 @@ class Ledger:
                 mask = entry[_MASK]
                 if mask & bit:
                     self._count("duplicates", sent_ts)
+                    if replay:
+                        self._count("recovered_duplicates", sent_ts)
                     return False
                 entry[_MASK] = mask | bit
                 if replay:
@@ -184,6 +186,8 @@ class Ledger:
             and entry[_MASK] >> entry[_SLOTS].index(receiver) & 1
         ):
             self._count("duplicates", sent_ts)
+            if replay:
+                self._count("recovered_duplicates", sent_ts)
             return False
         self._arrivals.add(receiver, key)
         sender = key >> SEQ_BITS

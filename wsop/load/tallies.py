@@ -36,6 +36,7 @@ class Counters:
     silent_late: int = 0
     recovered_messages: int = 0  # deliveries that came as a `?since=` replay
     recovered_late: int = 0  # of them: after settling, turned a counted loss into a delivery
+    recovered_duplicates: int = 0  # replayed deliveries the user had already received
     recovery_ok: int = 0
     recovery_failed: int = 0
     unexpected: int = 0
@@ -77,8 +78,8 @@ class Counters:
 WINDOW_FIELDS = (
     "sent", "expected", "delivered", "lost", "silent_loss", "reported_undelivered",
     "lost_disconnected", "lost_unacked", "refused", "duplicates", "cross_tenant", "reconnects",
-    "late", "silent_late", "recovered_messages", "recovered_late", "recovery_ok",
-    "recovery_failed",
+    "late", "silent_late", "recovered_messages", "recovered_late", "recovered_duplicates",
+    "recovery_ok", "recovery_failed",
 )  # fmt: skip
 
 
