@@ -197,7 +197,7 @@ class Ledger:
         if entry is None:
             seq = key & SEQ_MASK
             if seq <= self._settled_upto.get(sender, -1):
-                if not (replay and self._recovered_late(receiver, key)):
+                if not (replay and self._replayable.deliver(key, receiver, self)):
                     self._late(receiver, key, sent_ts)
             else:
                 self.counters.unexpected += 1
@@ -214,31 +214,15 @@ class Ledger:
             self.counters.silent_late += 1
             self.windows[silent[0]]["silent_late"] += 1
 
-    def _recovered_late(self, receiver: int, key: int) -> bool:
-        """A replay delivered what settling booked lost: a delivery after all (late)."""
-        taken = self._replayable.take(key, receiver)
-        if taken is None:
-            return False
-        window, kind = taken
-        for tally in (self.counters.__dict__, self.windows[window]):
-            tally["lost"] -= 1
-            tally[kind] -= 1
-            tally["delivered"] += 1
-            tally["recovered_messages"] += 1
-            tally["recovered_late"] += 1
-        return True
-
     def recovered(self, slot: int, ok: bool, reason: str, now: float) -> None:
         """The `recovered` frame ending a `?since=` replay, in the window of the drop."""
         drops = self._drops.get(slot)
         window = self.windows[self.window_of(drops[-1][0] if drops else now)]
-        if ok:
-            self.counters.recovery_ok += 1
-            window["recovery_ok"] += 1
-            return
-        self.counters.recovery_failed += 1
-        window["recovery_failed"] += 1
-        self.recovery_reasons[reason] = self.recovery_reasons.get(reason, 0) + 1
+        name = "recovery_ok" if ok else "recovery_failed"
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+        window[name] += 1
+        if not ok:
+            self.recovery_reasons[reason] = self.recovery_reasons.get(reason, 0) + 1
 
     def foreign(self, sent_ts: float | None = None) -> None:
         """A message from another worker arrived: its tenants are never ours."""

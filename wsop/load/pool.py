@@ -20,7 +20,9 @@ hub's switching ate the CPU and the achieved rate *collapsed* (offered 9K, achie
 
 The accounting is the old one, unchanged: `Ledger` books every message before it
 leaves, ticks off every arrival, classifies every loss; a dropped connection
-reconnects with backoff (`reconnect_delay`) and says hello to itself before it sends.
+reconnects with backoff (`reconnect_delay`) and says hello to itself before it sends;
+it asks `?since=` the last offset it received, and the replay before `recovered` is
+booked as deliveries (`wsop.load.replay`, docs/loadtest.md "Recovery").
 
 I/O-world neutral: the gevent glue (handshakes in greenlets, waiting in the hub, locust
 events) is injected as `Hooks` (`wsop.load.user`); tests drive a `Pool` with plain

@@ -10,6 +10,8 @@ was booked in which class, so a replayed arrival can move exactly that one deliv
 
 from __future__ import annotations
 
+from typing import Any
+
 TRACKED = 200_000  # settled messages remembered; past it a replay of the oldest stays late
 
 
@@ -42,6 +44,21 @@ class Replayable:
         if not kinds:
             del self._by_key[key]
         return None if kind is None else (window, kind)
+
+    def deliver(self, key: int, receiver: int, ledger: Any) -> bool:
+        """A replay delivered what settling booked lost for `receiver`: move that one
+        delivery from its loss class to `delivered` in `ledger`'s counters and window."""
+        taken = self.take(key, receiver)
+        if taken is None:
+            return False
+        window, kind = taken
+        for tally in (ledger.counters.__dict__, ledger.windows[window]):
+            tally["lost"] -= 1
+            tally[kind] -= 1
+            tally["delivered"] += 1
+            tally["recovered_messages"] += 1
+            tally["recovered_late"] += 1
+        return True
 
     def __len__(self) -> int:
         return len(self._by_key)
