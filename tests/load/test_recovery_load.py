@@ -59,7 +59,9 @@ def test_a_replay_after_settling_turns_a_disconnected_loss_into_a_late_delivery(
     assert not ledger.received(1, away, 106.0, replay=True)
     snap = ledger.snapshot()
     assert (snap["duplicates"], snap["delivered"], snap["recovered_messages"]) == (1, 2, 2)
-    assert snap["recovered_duplicates"] == 1
+    assert (snap["recovered_duplicates"], snap["live_after_replay"]) == (1, 0)
+    assert not ledger.received(1, away, 106.0)  # and live once more: after a replay
+    assert ledger.snapshot()["live_after_replay"] == 1
     _balanced(snap)
 
 
@@ -74,7 +76,8 @@ def test_a_replay_within_the_grace_period_is_an_ordinary_delivery() -> None:
     snap = ledger.snapshot()
     _balanced(snap)
     assert (snap["delivered"], snap["lost"], snap["duplicates"]) == (1, 0, 1)
-    assert snap["recovered_duplicates"] == 0  # the live copy was the duplicate
+    # the live copy was the duplicate, of a message the replay had delivered
+    assert (snap["recovered_duplicates"], snap["live_after_replay"]) == (0, 1)
     assert (snap["recovered_messages"], snap["recovered_late"]) == (1, 0)
 
 

@@ -167,13 +167,12 @@ class Ledger:
                 bit = 1 << slots.index(receiver)
                 mask = entry[_MASK]
                 if mask & bit:
-                    self._count("duplicates", sent_ts)
-                    if replay:
-                        self._count("recovered_duplicates", sent_ts)
+                    self._duplicate(receiver, key, sent_ts, replay)
                     return False
                 entry[_MASK] = mask | bit
                 if replay:
                     self._count("recovered_messages", sent_ts)
+                    self._replayable.arrived(receiver, key)
                 return True
         return self._received_rare(receiver, key, entry, sent_ts, replay)
 
@@ -185,9 +184,7 @@ class Ledger:
             and receiver in entry[_SLOTS]
             and entry[_MASK] >> entry[_SLOTS].index(receiver) & 1
         ):
-            self._count("duplicates", sent_ts)
-            if replay:
-                self._count("recovered_duplicates", sent_ts)
+            self._duplicate(receiver, key, sent_ts, replay)
             return False
         self._arrivals.add(receiver, key)
         sender = key >> SEQ_BITS
@@ -204,6 +201,12 @@ class Ledger:
             return False
         self.counters.surplus += 1  # refused, or not a recipient (else: the common case)
         return False
+
+    def _duplicate(self, receiver: int, key: int, sent_ts: float | None, replay: bool) -> None:
+        self._count("duplicates", sent_ts)
+        kind = self._replayable.duplicate(receiver, key, replay)
+        if kind:
+            self._count(kind, sent_ts)
 
     def _late(self, receiver: int, key: int, sent_ts: float | None) -> None:
         """After settling: already counted lost; if it was a silent loss, it was slow."""

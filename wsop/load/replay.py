@@ -6,6 +6,11 @@ history the user's reconnect replays them, possibly after that settling: then th
 was a late delivery. The ledger remembers, per settled message, which missing recipient
 was booked in which class, so a replayed arrival can move exactly that one delivery back
 (`take`), once. Bounded: the oldest are forgotten first. Pure.
+
+It also remembers which deliveries came by replay, to name a duplicate that involves
+one: the replay re-sent what the user had (`recovered_duplicates`), or a live copy
+followed the replay that already delivered it (`live_after_replay`; the protocol says
+the stack leaves those out).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ class Replayable:
     def __init__(self, limit: int = TRACKED) -> None:
         self.limit = limit
         self._by_key: dict[int, tuple[int, dict[int, str]]] = {}  # key -> (window, slot -> class)
+        self._replayed: dict[tuple[int, int], None] = {}  # (receiver, key), oldest first
 
     def remember(
         self, key: int, window: int, away: list[int], present: list[int], reported: int
@@ -32,6 +38,18 @@ class Replayable:
         self._by_key[key] = (window, kinds)
         if len(self._by_key) > self.limit:
             del self._by_key[next(iter(self._by_key))]  # the oldest
+
+    def arrived(self, receiver: int, key: int) -> None:
+        """A replayed delivery of `key` to `receiver` was booked."""
+        self._replayed[(receiver, key)] = None
+        if len(self._replayed) > self.limit:
+            del self._replayed[next(iter(self._replayed))]
+
+    def duplicate(self, receiver: int, key: int, replay: bool) -> str | None:
+        """The counter naming a duplicate delivery that involves a replay, if it does."""
+        if replay:
+            return "recovered_duplicates"
+        return "live_after_replay" if (receiver, key) in self._replayed else None
 
     def take(self, key: int, receiver: int) -> tuple[int, str] | None:
         """(window, loss class) the replayed delivery of `key` to `receiver` was booked
@@ -52,6 +70,7 @@ class Replayable:
         if taken is None:
             return False
         window, kind = taken
+        self.arrived(receiver, key)
         for tally in (ledger.counters.__dict__, ledger.windows[window]):
             tally["lost"] -= 1
             tally[kind] -= 1

@@ -108,6 +108,7 @@ def summary(
         "recovered_messages": c.get("recovered_messages", 0),
         "recovered_late": c.get("recovered_late", 0),
         "recovered_duplicates": c.get("recovered_duplicates", 0),
+        "live_after_replay": c.get("live_after_replay", 0),
         "recovery_ok": c.get("recovery_ok", 0),
         "recovery_failed": c.get("recovery_failed", 0),
         "recovery_reasons": results.get("recovery_reasons", {}),

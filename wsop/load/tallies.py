@@ -37,6 +37,7 @@ class Counters:
     recovered_messages: int = 0  # deliveries that came as a `?since=` replay
     recovered_late: int = 0  # of them: after settling, turned a counted loss into a delivery
     recovered_duplicates: int = 0  # replayed deliveries the user had already received
+    live_after_replay: int = 0  # live deliveries of a message the replay had delivered
     recovery_ok: int = 0
     recovery_failed: int = 0
     unexpected: int = 0
@@ -79,7 +80,7 @@ WINDOW_FIELDS = (
     "sent", "expected", "delivered", "lost", "silent_loss", "reported_undelivered",
     "lost_disconnected", "lost_unacked", "refused", "duplicates", "cross_tenant", "reconnects",
     "late", "silent_late", "recovered_messages", "recovered_late", "recovered_duplicates",
-    "recovery_ok", "recovery_failed",
+    "live_after_replay", "recovery_ok", "recovery_failed",
 )  # fmt: skip
 
 
