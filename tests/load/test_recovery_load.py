@@ -207,3 +207,12 @@ def test_kill_sidecar_with_a_redis_history_loses_nothing_silently(
     assert sum(w["recovered_messages"] for w in out["windows"]) == out["recovered_messages"]
     assert out["silent_loss"] == 0, (out["windows"], out["silent_examples"])
     assert result.returncode == 0, result.stderr
+
+
+def test_a_bad_history_is_a_one_line_usage_error_before_anything_starts() -> None:
+    result = run_wsop("loadtest", "--local", "--history", "disk", "--duration", "3")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: --history must be one of memory, redis, off, got 'disk'"], lines
+    assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
