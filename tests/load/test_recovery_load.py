@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.conftest import run_wsop
 from wsop.load.ledger import Ledger, message_key
@@ -175,14 +172,6 @@ def test_the_fast_path_reads_the_offset_in_place() -> None:
 class _NoHooks:
     def fail(self, name: str, reason: str, ms: float = 0.0) -> None:
         pass
-
-
-@pytest.fixture
-def stack_and_redis_stopped() -> Iterator[None]:
-    yield
-    if (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists():
-        run_wsop("down")
-    run_wsop("redis", "stop")
 
 
 def test_kill_sidecar_with_a_redis_history_loses_nothing_silently(
