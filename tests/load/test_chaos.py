@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -428,15 +427,6 @@ def test_chaos_bad_input_exits_2_before_anything_starts() -> None:
     line = _one_line_error(run_wsop("loadtest", "--local", "--chaos", "nuke@1s"), 2)
     assert "unknown action 'nuke'" in line
     assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
-
-
-@pytest.fixture
-def stack_and_redis_stopped() -> Iterator[None]:
-    """Whatever the run left (its stack, the embedded Redis it restarted) is stopped."""
-    yield
-    if (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists():
-        run_wsop("down")
-    run_wsop("redis", "stop")
 
 
 def test_restart_redis_refuses_a_redis_it_does_not_own(

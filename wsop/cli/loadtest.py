@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wsop.checks import check_history_backend
 from wsop.cli.options import JsonOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
@@ -177,6 +178,13 @@ def loadtest_cmd(
     sidecars: Annotated[
         int, typer.Option("--sidecars", help="Sidecars if --local starts a stack.")
     ] = 2,
+    history: Annotated[
+        str,
+        typer.Option(
+            "--history",
+            help="The sidecars' --history (memory, redis or off) if --local starts a stack.",
+        ),
+    ] = "memory",
     master: Annotated[bool, typer.Option("--master", help="Run only the master.")] = False,
     worker: Annotated[bool, typer.Option("--worker", help="Run only a worker.")] = False,
     master_host: Annotated[str, typer.Option("--master-host", help="Master to join.")] = "",
@@ -207,6 +215,7 @@ def loadtest_cmd(
         raise typer.Exit(runner.run_worker(master_host, master_port, {}))
     if local == (target is not None):
         raise UsageError("pass exactly one of --local or --target URL")
+    check_history_backend(history)
     if not 0 < min_rate_ratio <= 1:
         raise UsageError(f"--min-rate-ratio is a fraction in (0, 1], got {min_rate_ratio}")
     if master:
@@ -231,7 +240,7 @@ def loadtest_cmd(
     scratch: Path | None = None
     env: dict[str, str] = {}
     if local:
-        stack = localstack.ensure(sidecars, redis_url)
+        stack = localstack.ensure(sidecars, redis_url, history)
         target, redis_url = stack.url, stack.redis_url
         if stack.secret:
             env["WSOP_SECRET"] = stack.secret

@@ -39,6 +39,7 @@ from typing import Any
 
 from wsop.load.arrivals import ROW_MAX as _ROW_MAX
 from wsop.load.arrivals import SEQ_BITS, SEQ_MASK, Arrivals
+from wsop.load.replay import Replayable
 from wsop.load.tallies import LOSS_CLASSES, Counters, classify, new_window
 
 AROUND_SEND_S = 1.0  # a drop this long before a send still explains its loss
@@ -71,6 +72,8 @@ class Ledger:
         self.windows = [new_window() for _ in range(len(self.edges) + 1)]
         self.refused_codes: dict[str, int] = {}
         self.connect_errors: dict[str, int] = {}  # stable reason -> attempts
+        self.recovery_reasons: dict[str, int] = {}  # `recovered` ok:false reason -> count
+        self._replayable = Replayable()  # settled losses a replay may still deliver
         self._pending: dict[int, list[Any]] = {}
         # (sent at, key), oldest first; the settled ones are below _head (dropped in bulk)
         self._order: list[tuple[float, int]] = []
@@ -147,8 +150,11 @@ class Ledger:
 
     # -- the receiver's side -----------------------------------------------------------
 
-    def received(self, receiver: int, key: int, sent_ts: float | None = None) -> bool:
+    def received(
+        self, receiver: int, key: int, sent_ts: float | None = None, replay: bool = False
+    ) -> bool:
         """Record an arrival; True only for an expected delivery seen for the first time.
+        `replay`: it came before the `recovered` frame of a `?since=` reconnect.
 
         The common case (an expected recipient of a pending message, first arrival)
         touches only the message's entry: its arrival bits tell a duplicate. What the
@@ -161,19 +167,24 @@ class Ledger:
                 bit = 1 << slots.index(receiver)
                 mask = entry[_MASK]
                 if mask & bit:
-                    self._count("duplicates", sent_ts)
+                    self._duplicate(receiver, key, sent_ts, replay)
                     return False
                 entry[_MASK] = mask | bit
+                if replay:
+                    self._count("recovered_messages", sent_ts)
+                    self._replayable.arrived(receiver, key)
                 return True
-        return self._received_rare(receiver, key, entry, sent_ts)
+        return self._received_rare(receiver, key, entry, sent_ts, replay)
 
-    def _received_rare(self, receiver: int, key: int, entry: Any, sent_ts: float | None) -> bool:
+    def _received_rare(
+        self, receiver: int, key: int, entry: Any, sent_ts: float | None, replay: bool = False
+    ) -> bool:
         if self._arrivals.seen(receiver, key) or (
             entry is not None
             and receiver in entry[_SLOTS]
             and entry[_MASK] >> entry[_SLOTS].index(receiver) & 1
         ):
-            self._count("duplicates", sent_ts)
+            self._duplicate(receiver, key, sent_ts, replay)
             return False
         self._arrivals.add(receiver, key)
         sender = key >> SEQ_BITS
@@ -183,12 +194,19 @@ class Ledger:
         if entry is None:
             seq = key & SEQ_MASK
             if seq <= self._settled_upto.get(sender, -1):
-                self._late(receiver, key, sent_ts)
+                if not (replay and self._replayable.deliver(key, receiver, self)):
+                    self._late(receiver, key, sent_ts)
             else:
                 self.counters.unexpected += 1
             return False
         self.counters.surplus += 1  # refused, or not a recipient (else: the common case)
         return False
+
+    def _duplicate(self, receiver: int, key: int, sent_ts: float | None, replay: bool) -> None:
+        self._count("duplicates", sent_ts)
+        kind = self._replayable.duplicate(receiver, key, replay)
+        if kind:
+            self._count(kind, sent_ts)
 
     def _late(self, receiver: int, key: int, sent_ts: float | None) -> None:
         """After settling: already counted lost; if it was a silent loss, it was slow."""
@@ -198,6 +216,16 @@ class Ledger:
             silent[2] -= 1
             self.counters.silent_late += 1
             self.windows[silent[0]]["silent_late"] += 1
+
+    def recovered(self, slot: int, ok: bool, reason: str, now: float) -> None:
+        """The `recovered` frame ending a `?since=` replay, in the window of the drop."""
+        drops = self._drops.get(slot)
+        window = self.windows[self.window_of(drops[-1][0] if drops else now)]
+        name = "recovery_ok" if ok else "recovery_failed"
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+        window[name] += 1
+        if not ok:
+            self.recovery_reasons[reason] = self.recovery_reasons.get(reason, 0) + 1
 
     def foreign(self, sent_ts: float | None = None) -> None:
         """A message from another worker arrived: its tenants are never ours."""
@@ -323,11 +351,12 @@ class Ledger:
             if n:
                 setattr(c, name, getattr(c, name) + n)
                 w[name] += n
+        lost_slots = [s for i, s in enumerate(slots) if not mask >> i & 1]
+        away_slots = [s for s in lost_slots if self.was_away(s, since, now)] if away else []
+        missing = [s for s in lost_slots if s not in away_slots]
+        self._replayable.remember(key, window, away_slots, missing, classes.reported_undelivered)
         if not classes.silent_loss:
             return
-        missing = [
-            s for i, s in enumerate(slots) if not mask >> i & 1 and not self.was_away(s, since, now)
-        ]
         self._silent[key] = [window, missing, classes.silent_loss]
         if len(self._silent) > SILENT_TRACKED:
             del self._silent[next(iter(self._silent))]  # the oldest
@@ -366,6 +395,7 @@ class Ledger:
             **c.to_json(),
             "refused_codes": dict(self.refused_codes),
             "connect_errors": dict(self.connect_errors),
+            "recovery_reasons": dict(self.recovery_reasons),
             "silent_examples": list(self.silent_examples),
             "windows": [dict(w, reconnect_ms=list(w["reconnect_ms"])) for w in self.windows],
         }

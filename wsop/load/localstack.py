@@ -29,8 +29,9 @@ class LocalStack:
             stack.down()
 
 
-def ensure(sidecars: int = 2, redis_url: str | None = None) -> LocalStack:
-    """The running local stack, or a new insecure one on a free port."""
+def ensure(sidecars: int = 2, redis_url: str | None = None, history: str = "memory") -> LocalStack:
+    """The running local stack, or a new insecure one on a free port (its sidecars with
+    `--history history`; a running stack keeps its own)."""
     from wsop.local import stack, stack_file
     from wsop.local.redis_binary import free_port
 
@@ -38,7 +39,13 @@ def ensure(sidecars: int = 2, redis_url: str | None = None) -> LocalStack:
     try:
         stack.status()
     except stack.StackNotRunning:
-        stack.up(sidecars=sidecars, port=free_port(), insecure=True, redis_url=redis_url)
+        stack.up(
+            sidecars=sidecars,
+            port=free_port(),
+            insecure=True,
+            redis_url=redis_url,
+            history=history,
+        )
         started = True
     record = stack_file.load()
     if record is None:

@@ -20,7 +20,9 @@ hub's switching ate the CPU and the achieved rate *collapsed* (offered 9K, achie
 
 The accounting is the old one, unchanged: `Ledger` books every message before it
 leaves, ticks off every arrival, classifies every loss; a dropped connection
-reconnects with backoff (`reconnect_delay`) and says hello to itself before it sends.
+reconnects with backoff (`reconnect_delay`) and says hello to itself before it sends;
+it asks `?since=` the last offset it received, and the replay before `recovered` is
+booked as deliveries (`wsop.load.replay`, docs/loadtest.md "Recovery").
 
 I/O-world neutral: the gevent glue (handshakes in greenlets, waiting in the hub, locust
 events) is injected as `Hooks` (`wsop.load.user`); tests drive a `Pool` with plain
@@ -252,6 +254,7 @@ class Pool(Wire):
         if self.stopping or conn.sock is not None or conn.connecting:
             return
         conn.connecting = True
+        conn.since = conn.offset  # the URL asks for what came after it (`Hooks.connect`)
         self.hooks.connect(self, conn)
 
     def _retry(self, conn: Conn) -> None:
@@ -275,6 +278,7 @@ class Pool(Wire):
             return
         conn.sock, conn.fd, conn.tls = sock, sock.fileno(), tls
         conn.reader, conn.out = FrameReader(), None
+        conn.replaying = conn.since is not None  # until its `recovered` frame
         self.by_fd[conn.fd] = conn
         self.ep.register(conn.fd, EPOLLIN)
         self.hooks.event("connect", ms)

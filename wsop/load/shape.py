@@ -192,6 +192,7 @@ class WsopShape(LoadTestShape):
             "windows": merge_windows(snapshots),
             "refused_codes": merge_codes(snapshots),
             "connect_errors": merge_codes(snapshots, "connect_errors"),
+            "recovery_reasons": merge_codes(snapshots, "recovery_reasons"),
             "silent_examples": [e for s in snapshots for e in s.get("silent_examples", ())][:10],
             "generators": [s["generator"] for s in snapshots if s.get("generator")],
             "run_started_at": self.run_started_at or None,

@@ -34,6 +34,12 @@ class Counters:
     surplus: int = 0
     late: int = 0
     silent_late: int = 0
+    recovered_messages: int = 0  # deliveries that came as a `?since=` replay
+    recovered_late: int = 0  # of them: after settling, turned a counted loss into a delivery
+    recovered_duplicates: int = 0  # replayed deliveries the user had already received
+    live_after_replay: int = 0  # live deliveries of a message the replay had delivered
+    recovery_ok: int = 0
+    recovery_failed: int = 0
     unexpected: int = 0
     pending: int = 0
     acks: int = 0
@@ -73,7 +79,8 @@ class Counters:
 WINDOW_FIELDS = (
     "sent", "expected", "delivered", "lost", "silent_loss", "reported_undelivered",
     "lost_disconnected", "lost_unacked", "refused", "duplicates", "cross_tenant", "reconnects",
-    "late", "silent_late",
+    "late", "silent_late", "recovered_messages", "recovered_late", "recovered_duplicates",
+    "live_after_replay", "recovery_ok", "recovery_failed",
 )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from wsop.load.failures import stable_reason
 from wsop.load.latency import LatencyBook, flush
 from wsop.load.pool import Conn, Pool
 from wsop.load.profiles import LoadPlan
+from wsop.load.wire import since_query
 
 CONNECT_TIMEOUT_S = 10.0
 _RawSocket = get_original("socket", "socket")
@@ -68,8 +69,8 @@ class GeventHooks:
 
             ttl = int(plan.duration + 3600)
             token = mint_token(self.secret, conn.tenant, conn.user, ttl_s=ttl)
-            return f"{base}/ws?token={token}"
-        return f"{base}/ws?tenant={conn.tenant}&user={conn.user}"
+            return f"{base}/ws?token={token}{since_query(conn)}"
+        return f"{base}/ws?tenant={conn.tenant}&user={conn.user}{since_query(conn)}"
 
     def connect(self, pool: Pool, conn: Conn) -> None:
         gevent.spawn(self._handshake, pool, conn)

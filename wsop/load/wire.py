@@ -16,6 +16,7 @@ import re
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 from wsop.load.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
 from wsop.load.latency import LatencyBook
@@ -39,6 +40,7 @@ _FAST = re.compile(
 )
 _fast = _FAST.match
 _TEAMS = b'"teams":'
+_OFFSET = b',"offset":"'  # a delivery's last key (`wsop.protocol.with_offset`)
 # data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
 _TEAM = b'{"type":"team","teams":["%s"],"data":[%d,%d,%d,%d],"id":"%d"}'
 
@@ -72,7 +74,8 @@ class Conn:
     __slots__ = (
         "slot", "tenant", "user", "tenant_index", "key_base", "my_teams", "members",
         "sock", "fd", "tls", "reader", "out", "seq", "ready", "joined", "attempt",
-        "connecting", "first_try", "spawned", "hello_next", "hello_deadline",
+        "connecting", "first_try", "spawned", "hello_next", "hello_deadline", "offset",
+        "since", "replaying",
     )  # fmt: skip
 
     def __init__(self, slot: int, tenant: str, user: int, tenants: int) -> None:
@@ -91,6 +94,18 @@ class Conn:
         self.attempt = -1  # the very first connect goes at once
         self.first_try: float | None = None
         self.hello_next = self.hello_deadline = 0.0
+        # recovery: the last offset received; the one this connection asked `since`; and
+        # whether the replay (frames before `recovered`) is still coming
+        self.offset: bytes | None = None
+        self.since: bytes | None = None
+        self.replaying = False
+
+
+def since_query(conn: Conn) -> str:
+    """`&since=<offset>` when `conn` reconnects after a delivery with an offset, else ""."""
+    if conn.since is None:
+        return ""
+    return "&since=" + quote(conn.since.decode("ascii", "replace"), safe="")
 
 
 def share(connections: int, workers: int, index: int) -> int:
@@ -186,10 +201,16 @@ class Wire:
                     elif m.lastindex == 4:  # a delivery
                         worker, sender, seq, ts = m.group(1, 2, 3, 4)
                         ts = int(ts)
+                        at = data.find(_OFFSET, m.end(), pos)
+                        if at >= 0:
+                            conn.offset = data[at + 11 : pos - 2]
                         if worker != self._index_b and int(worker) != self.index:
                             self.ledger.foreign(ts / 1e6)
                         elif self.ledger.received(
-                            conn.slot, (int(sender) << SEQ_BITS) | int(seq), ts / 1e6
+                            conn.slot,
+                            (int(sender) << SEQ_BITS) | int(seq),
+                            ts / 1e6,
+                            conn.replaying,
                         ):
                             kind = "team" if data.find(_TEAMS, m.end(), pos) >= 0 else "direct"
                             self.latency.samples[kind].append(((self._now_us - ts) << 32) + n)
@@ -226,9 +247,12 @@ class Wire:
                 ledger.acked(conn.key_base | int(fast[5]), int(fast[6]), int(fast[7] or 0))
                 return
             worker, sender, seq, ts = (int(x) for x in fast.group(1, 2, 3, 4))
+            at = raw.find(_OFFSET, fast.end())
+            if at >= 0:
+                conn.offset = raw[at + 11 : -2]
             if worker != self.index:
                 ledger.foreign(ts / 1e6)
-            elif ledger.received(conn.slot, (sender << SEQ_BITS) | seq, ts / 1e6):
+            elif ledger.received(conn.slot, (sender << SEQ_BITS) | seq, ts / 1e6, conn.replaying):
                 kind = "team" if _TEAMS in raw else "direct"
                 self.latency.add(kind, self._now_us - ts, len(raw))
             return
@@ -240,11 +264,14 @@ class Wire:
             self.hooks.fail("error", "malformed frame from the stack")
             return
         if kind == "message":
-            data = obj.get("data")
+            data, offset = obj.get("data"), obj.get("offset")
+            if isinstance(offset, str):
+                conn.offset = offset.encode()
             if type(data) is list and len(data) == 4:
+                key = (data[1] << SEQ_BITS) | data[2]
                 if data[0] != self.index:
                     ledger.foreign(data[3] / 1e6)  # another worker's tenants: never ours
-                elif ledger.received(conn.slot, (data[1] << SEQ_BITS) | data[2], data[3] / 1e6):
+                elif ledger.received(conn.slot, key, data[3] / 1e6, conn.replaying):
                     kind = "team" if "teams" in obj else "direct"
                     self.latency.add(kind, self._now_us - data[3], len(raw))
             elif data == "hello" and obj.get("from") == conn.user:
@@ -254,6 +281,12 @@ class Wire:
             if isinstance(seq, str) and seq.isdigit():
                 ledger.acked(conn.key_base | int(seq), obj.get("delivered", 0),
                              obj.get("undelivered", 0))  # fmt: skip
+        elif kind == "recovered":
+            conn.replaying = False
+            reason = obj.get("reason")
+            ledger.recovered(conn.slot, obj.get("ok") is True, str(reason), time.time())
+            if obj.get("ok") is not True:
+                self.hooks.fail("recovered", str(reason))
         elif kind == "error":
             ledger.counters.errors += 1
             seq, code = obj.get("id"), str(obj.get("code"))
