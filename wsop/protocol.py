@@ -372,6 +372,13 @@ def parse_offset(text: object) -> tuple[str, int] | None:
     return match.group(1), int(match.group(2))
 
 
+def offset_within(offset: str, epoch: str, upto: int) -> bool:
+    """Whether `offset` is at or before `upto` of the log `epoch`: a frame a replay that
+    ended there already carried (so sending it live again would be a duplicate)."""
+    parsed = parse_offset(offset)
+    return parsed is not None and parsed[0] == epoch and parsed[1] <= upto
+
+
 def with_offset(frame: str, offset: str) -> str:
     """A message frame (`encode_message`: a compact JSON object) with its recipient's
     offset as its last key. One concatenation per recipient: the frame itself is encoded

@@ -288,3 +288,16 @@ def test_a_replay_is_exactly_what_the_user_may_read_now(ops: list) -> None:
         for user, offset in zip(recipients, h.record(tenant, recipients, frame, 0.0), strict=True):
             seen[(tenant, user)].append((offset, frame, tenant))
             anchor.setdefault((tenant, user), offset)
+
+
+def test_a_live_frame_a_replay_carried_is_not_sent_again() -> None:
+    """The Redis history records, then delivers: a message recorded before a replay's
+    read but delivered after the replay ended came twice (loadtest: 12-25 duplicates per
+    kill-sidecar run). A session remembers where its replay ended; deliveries at or
+    before it are left out, later ones and other epochs go through."""
+    from wsop.protocol import offset_within
+
+    assert offset_within("e1:7", "e1", 7) and offset_within("e1:3", "e1", 7)
+    assert not offset_within("e1:8", "e1", 7)
+    assert not offset_within("e2:3", "e1", 7)  # another log: never assumed carried
+    assert not offset_within("garbage", "e1", 7) and not offset_within("", "e1", 7)
