@@ -223,8 +223,13 @@ class Delivery:
                 pending.expect(RECORDING, 0)
 
                 def recorded(recorded: list[str]) -> None:
-                    by_user = dict(zip(owned, recorded, strict=True))
-                    self._dispatch_owned(ack_id, pending, tenant, plan, frame, by_user)
+                    try:
+                        by_user = dict(zip(owned, recorded, strict=True))
+                        self._dispatch_owned(ack_id, pending, tenant, plan, frame, by_user)
+                    except Exception:  # a bug: the ack still says who was not reached
+                        self.metrics.failed.labels("internal_error").inc(len(owned))
+                        self.acks.settle(ack_id, RECORDING, 0, len(owned))
+                        raise
                     self.acks.settle(ack_id, RECORDING, 0, 0)
 
                 history.record_later(tenant, owned, frame, recorded)

@@ -268,8 +268,8 @@ class RedisHistory:
                 replay = Replay(False, protocol.HISTORY_UNAVAILABLE)
                 if error is None:
                     clock, last, found = mine[0]
-                    replies = [clock, _entries(last), _entries(found)]
-                    replay = parse_read(replies, call.since, self.limits, self.lost_before_ms)
+                    read = [clock, _entries(last), _entries(found)]
+                    replay = parse_read(read, call.since, self.limits, self.lost_before_ms)
                 call.done.set_result(replay)
 
     def _failed(self, call: _Record, why: object) -> None:
