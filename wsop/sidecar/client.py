@@ -89,6 +89,7 @@ class ClientSession(FrameReader):
         "bucket",
         "counted",
         "held",
+        "replayed",
     )
 
     def __init__(
@@ -117,6 +118,8 @@ class ClientSession(FrameReader):
         """Paces its messages (`messages_per_second`); None: no limit."""
         self.counted = False
         """It is counted in the tenant's connections (quotas): uncount it when it goes."""
+        self.replayed: tuple[str, int] | None = None
+        """(epoch, seq) its replay ended at: live frames at or before it are not sent."""
         self.held: list[tuple[str, bytes]] | None = None
         """While it is replaying (`?since=`): the live frames that arrived meanwhile,
         (offset, frame), sent after the replay (`wsop.sidecar.recovery`)."""

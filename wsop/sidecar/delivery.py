@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final
 
-from wsop.protocol import with_offset
+from wsop.protocol import offset_within, with_offset
 from wsop.sidecar.acks import AckBook, PendingAck
 from wsop.sidecar.history import Recorder
 from wsop.sidecar.metrics import SidecarMetrics
@@ -148,6 +148,8 @@ class Delivery:
                 if held is not None:
                     held.append((offset, data))
                     took += 1
+                elif (done := conn.replayed) is not None and offset_within(offset, *done):
+                    took += 1  # its replay carried it already
                 elif send(conn, data):
                     took += 1
             written += took

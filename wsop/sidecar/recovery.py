@@ -54,6 +54,7 @@ class Session(Protocol):
     ident: Any
     index: int
     held: list[tuple[str, bytes]] | None
+    replayed: tuple[str, int] | None
 
 
 def team_names(frame: str) -> list[str] | None:
@@ -199,6 +200,11 @@ class Recovery:
         for offset, data in held:
             if not (replay.ok and _replayed(offset, replay)):
                 send(session, data)
+        if replay.ok and replay.entries:
+            # A message recorded before the read but delivered after this (the Redis
+            # history records, then delivers): the replay carried it, live it would come
+            # twice. Deliveries check this mark (`Delivery._deliver_with_offsets`).
+            session.replayed = (replay.epoch, replay.upto)
 
 
 def _replayed(offset: str, replay: Replay) -> bool:
