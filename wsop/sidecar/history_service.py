@@ -70,8 +70,8 @@ class SidecarHistory:
             metrics.entries.set(history.entries)
             metrics.bytes.set(history.bytes)
             metrics.logs.set(len(history.logs))
-            metrics.sync(metrics.evicted, history.evicted)
-            metrics.sync(metrics.handovers, store.handovers)
+            metrics.evicted.sync(history.evicted)
+            metrics.handovers.sync(store.handovers)
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
         """What runs as long as the sidecar: the in-memory sweep (age, stray logs)."""

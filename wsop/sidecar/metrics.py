@@ -7,7 +7,7 @@ and costs ~0.25 µs, a few per message on a path that has ~15 µs in all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -33,6 +33,24 @@ class LazyCounter:
         if value != self._synced:
             self._child.inc(value - self._synced)
             self._synced = value
+
+
+class TalliedCounter:
+    """A labelled counter fed from running tallies (label -> count) that a pure core
+    keeps without prometheus (the history's evictions, its hand-overs): each label is
+    a `LazyCounter` whose value is the tally's, synced at each scrape."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._by_label: dict[str, LazyCounter] = {}
+
+    def sync(self, counts: Mapping[str, int]) -> None:
+        for label, value in counts.items():
+            lazy = self._by_label.get(label)
+            if lazy is None:
+                lazy = self._by_label[label] = LazyCounter(self._counter.labels(label))
+            lazy.value = value
+            lazy.sync()
 
 
 class SidecarMetrics:

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from wsop import protocol
 from wsop.acl.live import LiveAcl
 from wsop.sidecar.history import Replay
+from wsop.sidecar.metrics import TalliedCounter
 from wsop.sidecar.outbox import Outbox
 
 log = logging.getLogger("wsop.sidecar.recovery")
@@ -99,17 +100,21 @@ class HistoryMetrics:
             "Team messages left out of a replay: the user is no longer in any of its teams",
             registry=registry,
         )
-        self.evicted = Counter(
-            "wsop_history_evicted",
-            "History entries evicted, by reason (count, age, memory)",
-            ["reason"],
-            registry=registry,
+        self.evicted = TalliedCounter(
+            Counter(
+                "wsop_history_evicted",
+                "History entries evicted, by reason (count, age, memory)",
+                ["reason"],
+                registry=registry,
+            )
         )
-        self.handovers = Counter(
-            "wsop_history_handovers",
-            "User logs handed to a new owner (sent) or received (installed, merged, empty)",
-            ["result"],
-            registry=registry,
+        self.handovers = TalliedCounter(
+            Counter(
+                "wsop_history_handovers",
+                "User logs handed to a new owner (sent) or received (installed, merged, empty)",
+                ["result"],
+                registry=registry,
+            )
         )
         self.record_failures = Counter(
             "wsop_history_record_failures",
@@ -125,15 +130,6 @@ class HistoryMetrics:
             registry=registry,
         )
         self.logs = Gauge("wsop_history_logs", "User logs held in memory", registry=registry)
-        self._synced: dict[tuple[Counter, str], int] = {}
-
-    def sync(self, counter: Counter, counts: dict[str, int]) -> None:
-        """Add what `counts` (a running tally kept off the metric) gained since."""
-        for label, value in counts.items():
-            last = self._synced.get((counter, label), 0)
-            if value > last:
-                counter.labels(label).inc(value - last)
-                self._synced[(counter, label)] = value
 
 
 class Recovery:
