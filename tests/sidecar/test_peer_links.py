@@ -48,3 +48,27 @@ def test_parked_answers_expire(monkeypatch: pytest.MonkeyPatch) -> None:
         return got
 
     assert asyncio.run(scenario()) == []
+
+
+def test_what_waits_for_an_unreachable_peer_is_lost_at_once_when_it_leaves() -> None:
+    """A killed peer's link fails to dial; when the membership drops the peer, what
+    waits for it is handed back now (to be re-routed), not after the link's give-up."""
+
+    async def scenario() -> tuple[list[PeerItem], list[PeerItem]]:
+        lost: list[PeerItem] = []
+        links = PeerLinks("s0", None, lambda peer, items: lost.extend(items))
+        await links.update({"s0": "ws://127.0.0.1:9", "s1": "ws://127.0.0.1:9"})
+        deliver = Deliver("t", [1], 5, TO_OWNER, "{}")
+        links.send("s1", deliver)
+        for _ in range(100):  # until its first dial failed
+            if links._links["s1"].unreachable:
+                break
+            await asyncio.sleep(0.02)
+        before = list(lost)
+        await links.update({"s0": "ws://127.0.0.1:9"})
+        after = list(lost)
+        await links.close()
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert before == [] and after == [Deliver("t", [1], 5, TO_OWNER, "{}")]

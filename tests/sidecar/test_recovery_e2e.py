@@ -320,6 +320,40 @@ def test_redis_history_survives_a_kill_9_of_the_owner(
         b.close()
 
 
+def test_a_message_waiting_for_a_killed_owner_reaches_its_user_after_the_reconnect(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    """A direct message sent while the sender's sidecar still names the killed owner
+    waits on a link that cannot dial. When the membership drops the owner it goes to the
+    new owner at once, which records and delivers it: the user who reconnected gets it
+    once (in the replay or live). (It used to wait out the link's 3 s, then be recorded
+    only: a user whose replay was read meanwhile never got it — about 60 deliveries
+    booked lost_disconnected per kill-sidecar load test.)"""
+    extra = ("--history", "redis")
+    with stack(redis_url, tmp_path, extra=extra) as (sidecars, lb):
+        bob = owned_by(sidecars.procs, "s1", 1)[0]
+        alice = next(u for u in owned_by(sidecars.procs, "s0", 5, start=900))
+        seed_tenant(r, T, {"eng": {alice, bob}})
+        sender, b = client(lb, T, alice), client(lb, T, bob)
+        time.sleep(0.2)
+        assert acked(sender, protocol.encode_direct(bob, "m0", "0"))["delivered"] == 1
+        since = last_offset(b, "m0")
+        dead = sidecars.procs.pop("s1")
+        dead.proc.kill()
+        dead.proc.wait()
+        sender.send(protocol.encode_direct(bob, "m1", "1"))  # s0 still names s1 its owner
+        time.sleep(0.5)  # (s0's link to s1 fails to dial meanwhile)
+        sidecars.write_members()
+        wait_for_membership(sidecars, {"s0"})
+        b = client(lb, T, bob, since=since)
+        missed, recovered = messages_until_recovered(b)
+        assert recovered["ok"], recovered
+        live = [m for m in drain(b, wait=3.0) if m["type"] == "message"]
+        assert [m["data"] for m in missed + live] == ["m1"], (missed, live)
+        sender.close()
+        b.close()
+
+
 @pytest.mark.cluster
 def test_redis_history_on_a_redis_cluster(tmp_path: Path) -> None:
     """--history redis on a real 3-master Cluster: the record script and the replay's

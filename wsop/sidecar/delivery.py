@@ -344,9 +344,9 @@ class Delivery:
 
     def lost(self, peer: str, items: list[PeerItem], maybe_sent: bool = False) -> None:
         """Items a peer link could not carry: count them, and settle their acks. With a
-        shared history, messages that certainly never reached an owner are recorded here
-        for their users (the owner died: they can be recovered from its successor);
-        `maybe_sent` ones may have been recorded by the owner already, so they are not."""
+        shared history, messages that certainly never reached an owner go to the users'
+        owner by the membership now (`_reroute`); `maybe_sent` ones may have been
+        recorded by the owner already, so they are not."""
         history = self.history
         for item in items:
             if isinstance(item, Deliver):
@@ -356,13 +356,29 @@ class Delivery:
                     self.acks.settle(item.ack, peer, 0, len(item.users))
                 shared = history is not None and history.shared
                 if shared and item.mode != TO_HOLDER and not maybe_sent:
-                    history.record_later(item.tenant, item.users, item.frame, _ignore)
+                    self._reroute(peer, item)
             elif isinstance(item, Ack):  # the peer reports its users after its timeout
                 self.metrics.peer_items_lost.labels("ack").inc()
             elif isinstance(item, Holding):  # re-sent when the link comes back (`reregister`)
                 self.metrics.peer_items_lost.labels("holding").inc()
             else:  # a log on its way to its new owner, or a replay: recoveries fail honestly
                 self.metrics.peer_items_lost.labels("history").inc()
+
+    def _reroute(self, peer: str, item: Deliver) -> None:
+        """A message its owner never got (the owner died; its link gave up): the owner
+        by our membership now records it and delivers it — to users who reconnected
+        meanwhile, live after their replay, with its offset. Once: if the membership
+        still names the lost peer, or this was a second try, it is only recorded (a
+        later replay has it). Nobody is acked again: the sender's ack already counted
+        these recipients undelivered."""
+        assert self.history is not None
+        if item.mode == TO_OWNER:
+            plan = self.router.plan(item.tenant, item.users)
+            if peer not in plan.peers:
+                pending = PendingAck(None, None, time.perf_counter(), done=_ignore)
+                self.execute(item.tenant, plan, item.frame, pending, TO_OWNER_FINAL)
+                return
+        self.history.record_later(item.tenant, item.users, item.frame, _ignore)
 
     def reregister(self, peer: str) -> None:
         """A link came back: tell `peer` again about every connection we hold of users it
@@ -409,7 +425,7 @@ class Delivery:
         return []
 
 
-def _ignore(_: list[str]) -> None:
+def _ignore(_: object) -> None:
     pass
 
 

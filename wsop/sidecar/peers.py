@@ -101,6 +101,8 @@ class PeerLink:
         self._closing = False
         self.lingering_until: float | None = None
         """Set while the peer is out of the membership (the link is closed after it)."""
+        self.failing_since: float | None = None
+        """When dialling it started to fail (loop time); None while it connects."""
         self._task = asyncio.create_task(self._run(), name=f"peer-{peer}")
 
     # -- feeding the queue -------------------------------------------------------------
@@ -122,6 +124,11 @@ class PeerLink:
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    @property
+    def unreachable(self) -> bool:
+        """The connection broke and no dial has succeeded since."""
+        return self.failing_since is not None
 
     @property
     def congested(self) -> bool:
@@ -201,7 +208,6 @@ class PeerLink:
 
     async def _run(self) -> None:
         ws: ClientConnection | None = None
-        failing_since: float | None = None
         dialled_before = False
         loop = asyncio.get_running_loop()
         while not self._closing:
@@ -214,7 +220,7 @@ class PeerLink:
                     ws = await self._dial()
                     self._drop_orphan_pieces()
                     self._ws = ws
-                    failing_since = None
+                    self.failing_since = None
                     if dialled_before and self._on_connected is not None:
                         self._on_connected(self.peer)
                     dialled_before = True
@@ -235,13 +241,13 @@ class PeerLink:
             except (OSError, TimeoutError, WebSocketException) as exc:
                 ws = self._ws = None
                 now = loop.time()
-                failing_since = failing_since or now
-                if now - failing_since >= GIVE_UP_AFTER_S:
-                    self._give_up(f"unreachable ({exc})")
-                    failing_since = None
+                self.failing_since = self.failing_since or now
+                if now - self.failing_since >= GIVE_UP_AFTER_S:
+                    self.give_up(f"unreachable ({exc})")
+                    self.failing_since = None
                 await asyncio.sleep(0.1)
 
-    def _give_up(self, why: str) -> None:
+    def give_up(self, why: str) -> None:
         lost = [item for _, item in self._queue if item is not None]
         self._queue.clear()
         self._shrink(self.queued_bytes)
@@ -269,7 +275,7 @@ class PeerLink:
                 self._task.result()
         if self._ws is not None:
             self._ws.transport.abort()
-        self._give_up("closed")
+        self.give_up("closed")
         self._ready.set()
 
 
@@ -307,6 +313,8 @@ class PeerLinks:
                 await self._drop(name)
             elif link.lingering_until is None:
                 link.lingering_until = now + LINGER_S
+                if link.unreachable:  # (killed): what waits for it goes elsewhere now
+                    link.give_up("left the membership while unreachable")
         for name, url in wanted.items():
             if name not in self._links:
                 self._links[name] = PeerLink(
