@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from wsop.sidecar.outbox import Outbox
+from wsop.sidecar.outbox import Outbox, text_frame
 
 
 class FakeProtocol:
+    side = None  # not a websockets server protocol: frames go through `send_text`
+
     def __init__(self, state: State = State.OPEN) -> None:
         self.state = state
         self.pending: list[bytes] = []
@@ -46,3 +54,43 @@ def test_one_write_per_connection_per_pass() -> None:
     assert a.writes == [[b"m1", b"ack", b"m2"]]
     assert b.writes == [[b"m1", b"m2"], [b"next pass"]]
     assert closed.writes == [] and closed.protocol.pending == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_text_frame_is_what_websockets_serialises(size: int) -> None:
+    data = b"x" * size
+    assert text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+
+
+class RealConn:
+    """A websockets server protocol in OPEN state, as a sidecar session holds one."""
+
+    def __init__(self, deflate: bool = False) -> None:
+        self.protocol = ServerProtocol()
+        self.protocol.state = State.OPEN
+        if deflate:
+            self.protocol.extensions = [PerMessageDeflate(False, False, 15, 15)]
+        self.send_in_progress = None
+
+    def send_data(self) -> None:
+        pass
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=5), st.booleans())
+def test_queued_bytes_are_those_send_text_would_queue(texts: list[str], deflate: bool) -> None:
+    """The outbox builds frames itself where that changes nothing on the wire: a plain
+    server protocol; an extended one (here: permessage-deflate) gets `send_text`."""
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        box, ours, theirs = Outbox(), RealConn(deflate), RealConn(deflate)
+        for i, text in enumerate(texts):
+            data = text.encode()
+            if i % 2:
+                box.send_bytes([ours], data)
+            else:
+                box.send_one(ours, data)
+            theirs.protocol.send_text(data)
+        return ours.protocol.data_to_send(), theirs.protocol.data_to_send()
+
+    ours, theirs = asyncio.run(scenario())
+    assert b"".join(ours) == b"".join(theirs)

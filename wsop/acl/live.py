@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from wsop.acl import bitmap, keys
+from wsop.acl.batch import PipelineBatch
 from wsop.acl.pipeline import parse_resolve, queue_resolve
 from wsop.acl.presence import UserPresence, user_presence
 from wsop.acl.scripts import (
@@ -48,6 +50,10 @@ class TeamResolution:
         return self.users, self.forbidden
 
 
+def _epoch(pipe: Any) -> None:
+    pipe.get(keys.presence_epoch_key())
+
+
 class LiveAcl:
     def __init__(self, client, max_users: int | None = None) -> None:
         self.client = client
@@ -58,6 +64,8 @@ class LiveAcl:
         self._presence_tenants: set[tuple[str, str]] = set()
         self._directory = client.register_script(DIRECTORY_LUA)
         self._modes: dict[str, tuple[float, IdMode]] = {}
+        self._resolutions = PipelineBatch(client, head=_epoch)
+        """Team messages resolved in one pass share a pipeline, and its epoch read."""
         # Tenants seen with string ids: remembered even when Redis lost the tenant's meta,
         # so their connections can be re-asserted through the directory (`assert_held`).
         self.string_tenants: set[str] = set()
@@ -202,12 +210,12 @@ class LiveAcl:
         An unknown tenant is returned (`not_found`), not raised, so the caller sees the
         epoch even then (a Redis that lost its data has lost the tenant's meta too).
         """
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(keys.presence_epoch_key())
         recent = self._recent(tenant) if self.recent_window_s is not None else ()
-        queue_resolve(pipe, tenant, teams, True, sender=sender_index, recent=recent)
-        replies = await pipe.execute(raise_on_error=False)
-        head, replies = replies[0], replies[1:]
+
+        def queue(pipe: Any) -> None:
+            queue_resolve(pipe, tenant, teams, True, sender=sender_index, recent=recent)
+
+        (head,), replies = await self._resolutions.run(queue)
         epoch = head.decode() if isinstance(head, bytes) else None
         try:
             raw = parse_resolve(tenant, teams, replies, sender=sender_index)

@@ -10,6 +10,7 @@ so `delivered` in the ack is a real count, and anything not delivered is counted
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -54,6 +55,8 @@ log = logging.getLogger("wsop.sidecar")
 PRESENCE_RETRIES = 5
 PING_INTERVAL_S = 30.0
 _CONTROL_MARKS = ("\x00", b"\x00")
+OWNER_CACHE = 1 << 16
+"""Owners remembered per membership (~150 B each): users looked up, most recent first."""
 MOVE_QUIET_S = 0.5
 """After the LB says a client moved away, its old connection stays open at least this
 long (deliveries already on their way), and until its open acks are answered."""
@@ -122,7 +125,10 @@ class Sidecar:
         """The owner function over `members` (this sidecar alone when there are none)."""
         if not members:
             return lambda key: self.config.name
-        return build(self.config.algo, sorted(members)).owner
+        # memoised: every delivery asks, and hashing a key costs more than a lookup
+        return functools.lru_cache(maxsize=OWNER_CACHE)(
+            build(self.config.algo, sorted(members)).owner
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 

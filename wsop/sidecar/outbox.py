@@ -7,6 +7,12 @@ sidecar's CPU in profiles. Here frames are framed into each connection's protoco
 buffer at once and flushed by one callback at the end of the pass, so the kernel sees
 one write per connection instead of one per frame. Order is preserved: any direct
 `await conn.send(...)` flushes the pending frames first, in sequence.
+
+The frame itself is built here, not by websockets' `send_text`, whenever that would give
+the same bytes (a server's frames are unmasked, and ours negotiate no extension): one
+header and one concatenation instead of a `Frame` and its general `serialize` — and one
+frame for every recipient of a shared payload. Anything else (a client-side or
+extended protocol, a fragmented send in progress) goes through `send_text`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from websockets.protocol import State
+from websockets.protocol import SERVER, State
+
+OPEN = State.OPEN
 
 log = logging.getLogger("wsop.sidecar")
 
@@ -33,19 +41,29 @@ class Outbox:
     def send_bytes(self, conns: Iterable[Any], data: bytes) -> int:
         """`send` for a frame already encoded (one encode for many recipients)."""
         taken = 0
+        frame: bytes | None = None
         for conn in conns:
-            if conn.protocol.state is not State.OPEN or _sending_fragments(conn):
+            protocol = conn.protocol
+            if protocol.state is not OPEN or _sending_fragments(conn):
                 continue
-            conn.protocol.send_text(data)
+            if _plain(protocol):
+                frame = frame or text_frame(data)
+                protocol.writes.append(frame)
+            else:
+                protocol.send_text(data)
             self.mark(conn)
             taken += 1
         return taken
 
     def send_one(self, conn: Any, data: bytes) -> bool:
         """`send_bytes` to one connection (a frame of its own: e.g. with its offset)."""
-        if conn.protocol.state is not State.OPEN or _sending_fragments(conn):
+        protocol = conn.protocol
+        if protocol.state is not OPEN or _sending_fragments(conn):
             return False
-        conn.protocol.send_text(data)
+        if _plain(protocol):
+            protocol.writes.append(text_frame(data))
+        else:
+            protocol.send_text(data)
         self.mark(conn)
         return True
 
@@ -64,6 +82,27 @@ class Outbox:
                 conn.send_data()
             except Exception as exc:  # a connection dying mid-write: its handler cleans up
                 log.debug("write to a closing connection failed: %s", exc)
+
+
+def text_frame(data: bytes) -> bytes:
+    """A final, unmasked text frame: what `send_text` queues on a plain server protocol."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + data
+    return b"\x81\x7f" + n.to_bytes(8, "big") + data
+
+
+def _plain(protocol: Any) -> bool:
+    """`send_text` would queue exactly `text_frame(data)` (a fragmented message it
+    would refuse: `_sending_fragments` already left those out)."""
+    return (
+        protocol.side is SERVER
+        and not protocol.extensions
+        and not protocol.debug
+        and not protocol.expect_continuation_frame
+    )
 
 
 def _sending_fragments(conn: Any) -> bool:
