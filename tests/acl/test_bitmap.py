@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,3 +38,15 @@ def test_encode_rows_trims_each_row(rows: list[set[int]]) -> None:
         matrix[i, sorted(row)] = True
     for data, row in zip(bitmap.encode_rows(matrix), rows, strict=True):
         assert data == bitmap.encode(sorted(row))
+
+
+@given(st.sets(st.integers(min_value=0, max_value=8 * bitmap.SMALL_BYTES + 200)))
+def test_decode_list_is_decode_on_both_sides_of_its_small_path(ids: set[int]) -> None:
+    data = bitmap.encode(sorted(ids))
+    assert bitmap.decode_list(data) == bitmap.decode(data).tolist() == sorted(ids)
+
+
+@pytest.mark.parametrize("ids", [range(81), range(0, 1024, 3), range(5, 1030, 100)])
+def test_decode_list_past_its_small_path(ids: range) -> None:
+    data = bitmap.encode(list(ids))
+    assert bitmap.decode_list(data) == list(ids)

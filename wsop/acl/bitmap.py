@@ -68,6 +68,30 @@ def decode(data: bytes | None) -> IdArray:
     return out
 
 
+SMALL_BYTES = 128
+SMALL_IDS = 80
+"""Bitmaps up to `SMALL_BYTES` long with at most `SMALL_IDS` ids set decode faster in
+plain Python than through numpy's fixed cost per call (4 vs 12 µs for a 50-member
+team, the common team message); each id costs Python more, so past that numpy."""
+
+
+def decode_list(data: bytes | None) -> list[int]:
+    """`decode(data).tolist()`, for a result the caller wants as Python ints."""
+    if not data or len(data) > SMALL_BYTES:
+        return decode(data).tolist()
+    bits = int.from_bytes(data, "big")
+    if bits.bit_count() > SMALL_IDS:
+        return decode(data).tolist()
+    top = len(data) * 8 - 1  # Redis numbers bits from the most significant end
+    out = []
+    while bits:
+        low = bits & -bits
+        out.append(top - (low.bit_length() - 1))
+        bits ^= low
+    out.reverse()
+    return out
+
+
 def count(data: bytes | None) -> int:
     """Number of set bits (what BITCOUNT would say), computed locally."""
     if not data:

@@ -225,7 +225,7 @@ class LiveAcl:
             raise BackendError(f"cannot resolve teams of {tenant!r}: {exc}") from None
         if raw.forbidden_team is not None:
             return TeamResolution(None, teams[raw.forbidden_team], epoch)
-        indices = bitmap.decode(raw.bits).tolist()
+        indices = bitmap.decode_list(raw.bits)
         if raw.id_mode is IdMode.STRING:
             return TeamResolution(await self.names_for(tenant, indices), None, epoch)
         return TeamResolution(indices, None, epoch)
