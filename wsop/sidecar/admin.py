@@ -221,3 +221,25 @@ def connections_report(sidecar: Sidecar) -> dict[str, Any]:
         "users": users,
         "trunks": sidecar.trunks.report(),
     }
+
+
+async def identify(
+    sidecar: Sidecar, conn: ServerConnection, client: ClientHandshake
+) -> Response | None:
+    """The client's exact identity (wsop/names.py: the tenant's id mode says who this
+    is) and its bit index — or the refusal, before the 101."""
+    ident = client.identity
+    try:
+        mode = await sidecar.acl.id_mode(ident.tenant)
+        user = protocol.normalize_user_id(ident.user, mode)
+        index = None if user is None else await sidecar.acl.bit_index(ident.tenant, user)
+    except redis.RedisError as exc:
+        return text_response(conn, 503, f"presence store unavailable: {exc}"[:200])
+    if user is None:
+        why = f"user id {ident.user!r} is not valid in {mode} tenant {ident.tenant!r}"
+        return text_response(conn, 403, f"{why}: it must be {mode.rule}")
+    if index is None:
+        return text_response(conn, 403, "user id not valid for this tenant")
+    client.identity = Identity(ident.tenant, user)
+    client.index = index
+    return None

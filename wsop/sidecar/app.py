@@ -10,7 +10,6 @@ so `delivered` in the ack is a real count, and anything not delivered is counted
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -27,10 +26,9 @@ from wsop.acl.live import LiveAcl
 from wsop.auth import Identity
 from wsop.discovery import MembershipSource
 from wsop.errors import UsageError
-from wsop.httpadmin import origins_option, select_subprotocol, text_response
+from wsop.httpadmin import origins_option, select_subprotocol
 from wsop.protocol import CloseCode
 from wsop.quotas import TokenBucket
-from wsop.ring import build
 from wsop.shell import MembershipWatcher
 from wsop.sidecar import admin
 from wsop.sidecar.api import SidecarApi
@@ -44,7 +42,7 @@ from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import Holding, PeerDecoder, PeerFormatError
 from wsop.sidecar.peers import PEER_MAX_FRAME_BYTES
 from wsop.sidecar.presence import Presence
-from wsop.sidecar.router import Router
+from wsop.sidecar.router import Owner, Router, placement
 from wsop.sidecar.trunks import SidecarTrunks
 from wsop.sidecar.upstream import UpstreamApps
 from wsop.tls import reload as reload_certificates
@@ -55,8 +53,6 @@ log = logging.getLogger("wsop.sidecar")
 PRESENCE_RETRIES = 5
 PING_INTERVAL_S = 30.0
 _CONTROL_MARKS = ("\x00", b"\x00")
-OWNER_CACHE = 1 << 16
-"""Owners remembered per membership (~150 B each): users looked up, most recent first."""
 MOVE_QUIET_S = 0.5
 """After the LB says a client moved away, its old connection stays open at least this
 long (deliveries already on their way), and until its open acks are answered."""
@@ -121,14 +117,8 @@ class Sidecar:
 
         return cls(config, LiveAcl(connect_async(redis_url)), members)
 
-    def placement_for(self, members: dict[str, str]):
-        """The owner function over `members` (this sidecar alone when there are none)."""
-        if not members:
-            return lambda key: self.config.name
-        # memoised: every delivery asks, and hashing a key costs more than a lookup
-        return functools.lru_cache(maxsize=OWNER_CACHE)(
-            build(self.config.algo, sorted(members)).owner
-        )
+    def placement_for(self, members: dict[str, str]) -> Owner:
+        return placement(self.config.algo, members, self.config.name)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -232,21 +222,9 @@ class Sidecar:
         client = conn.client
         if response is not None or client is None:
             return response
-        ident = client.identity
-        try:
-            # exact identities (wsop/names.py): the tenant's id mode says who this is
-            mode = await self.acl.id_mode(ident.tenant)
-            user = protocol.normalize_user_id(ident.user, mode)
-            index = None if user is None else await self.acl.bit_index(ident.tenant, user)
-        except redis.RedisError as exc:
-            return text_response(conn, 503, f"presence store unavailable: {exc}"[:200])
-        if user is None:
-            why = f"user id {ident.user!r} is not valid in {mode} tenant {ident.tenant!r}"
-            return text_response(conn, 403, f"{why}: it must be {mode.rule}")
-        if index is None:
-            return text_response(conn, 403, "user id not valid for this tenant")
-        client.identity = Identity(ident.tenant, user)
-        client.index = index
+        refusal = await admin.identify(self, conn, client)
+        if refusal is not None:
+            return refusal
         conn.protocol.max_message_size = self.config.max_frame_bytes
         return None
 

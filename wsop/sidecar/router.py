@@ -10,9 +10,12 @@ each connection gets each message exactly once.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+
+from wsop.ring import build
 
 UserId = int | str
 UserKey = tuple[str, UserId]
@@ -43,6 +46,19 @@ class DeliveryPlan:
         seen = set(self.local)
         extra = [u for users in self.holders.values() for u in users if u not in seen]
         return self.local + list(dict.fromkeys(extra)) + self.unreachable
+
+
+OWNER_CACHE = 1 << 16
+"""Owners remembered per membership (~150 B each): users looked up, most recent first."""
+
+
+def placement(algo: str, members: Iterable[str], me: str) -> Owner:
+    """The owner function over `members` (`me` alone when there are none), memoised:
+    every delivery asks, and hashing a key costs more than a lookup."""
+    names = sorted(members)
+    if not names:
+        return lambda key: me
+    return functools.lru_cache(maxsize=OWNER_CACHE)(build(algo, names).owner)
 
 
 @dataclass(frozen=True)
