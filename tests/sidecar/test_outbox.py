@@ -94,3 +94,31 @@ def test_queued_bytes_are_those_send_text_would_queue(texts: list[str], deflate:
 
     ours, theirs = asyncio.run(scenario())
     assert b"".join(ours) == b"".join(theirs)
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_a_coalescing_transport_is_written_at_once_unless_frames_wait_ahead() -> None:
+    """On a trunk channel (which sends every channel's bytes in one write at the end of
+    the pass) a frame goes straight to the transport — but never ahead of frames the
+    protocol still holds (a pong, or a frame queued before the session was attached)."""
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        box, conn = Outbox(), RealConn()
+        conn.transport = Recording()  # type: ignore[attr-defined]
+        conn.coalescing = True  # type: ignore[attr-defined]
+        box.send_one(conn, b"now")
+        assert conn.transport.written == [text_frame(b"now")]  # type: ignore[attr-defined]
+        conn.protocol.send_text(b"waiting")  # (a frame the protocol queued itself)
+        box.send_bytes([conn], b"behind")
+        return conn.transport.written, conn.protocol.data_to_send()  # type: ignore[attr-defined]
+
+    written, queued = asyncio.run(scenario())
+    assert written == [text_frame(b"now")]
+    assert queued == [text_frame(b"waiting"), text_frame(b"behind")]

@@ -43,6 +43,7 @@ from wsop.protocol import CloseCode
 from wsop.quotas import TokenBucket
 from wsop.sidecar.framing import FrameReader
 from wsop.sidecar.outbox import Outbox
+from wsop.trunk.channel import Channel
 
 log = logging.getLogger("wsop.sidecar")
 
@@ -90,6 +91,7 @@ class ClientSession(FrameReader):
         "counted",
         "held",
         "replayed",
+        "coalescing",
     )
 
     def __init__(
@@ -112,6 +114,9 @@ class ClientSession(FrameReader):
         self._slow_timer: asyncio.TimerHandle | None = None
         self.open = True
         """The socket is still ours (until `connection_lost`)."""
+        self.coalescing = False
+        """Open on a transport that coalesces writes itself (a trunk channel): the
+        outbox writes to it at once instead of queueing behind the protocol."""
         self.via_lb = via_lb
         """An LB holds this client (it said so in the handshake): it can be moved."""
         self.bucket: TokenBucket | None = None
@@ -130,6 +135,7 @@ class ClientSession(FrameReader):
         self.transport = cast(asyncio.Transport, transport)
         if not transport.is_closing():  # a client gone right after its 101: uvloop raises
             self.transport.set_write_buffer_limits(high=WRITE_HIGH)
+            self.coalescing = isinstance(transport, Channel)
 
     def pause_writing(self) -> None:
         """The client is not reading as fast as it is sent to: give it `SLOW_CLIENT_S`."""
@@ -166,7 +172,7 @@ class ClientSession(FrameReader):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.open:
             return
-        self.open = False
+        self.open = self.coalescing = False
         self.protocol.receive_eof()  # state → CLOSED: the outbox stops writing here
         self.protocol.data_to_send()
         for timer in (self._close_timer, self._slow_timer):

@@ -48,10 +48,10 @@ class Outbox:
                 continue
             if _plain(protocol):
                 frame = frame or text_frame(data)
-                protocol.writes.append(frame)
+                self._queue(conn, protocol, frame)
             else:
                 protocol.send_text(data)
-            self.mark(conn)
+                self.mark(conn)
             taken += 1
         return taken
 
@@ -61,11 +61,21 @@ class Outbox:
         if protocol.state is not OPEN or _sending_fragments(conn):
             return False
         if _plain(protocol):
-            protocol.writes.append(text_frame(data))
+            self._queue(conn, protocol, text_frame(data))
         else:
             protocol.send_text(data)
-        self.mark(conn)
+            self.mark(conn)
         return True
+
+    def _queue(self, conn: Any, protocol: Any, frame: bytes) -> None:
+        """Straight to a transport that coalesces its writes itself (`coalescing`: a trunk
+        channel, sent with every other channel's in one socket write at the end of the
+        pass) when nothing waits in the protocol ahead of it; else behind what waits."""
+        if protocol.writes or not getattr(conn, "coalescing", False):
+            protocol.writes.append(frame)
+            self.mark(conn)
+        else:
+            conn.transport.write(frame)
 
     def mark(self, conn: Any) -> None:
         """Flush `conn` at the end of this pass (its protocol queued frames of its own)."""
