@@ -188,10 +188,10 @@ def encode_pieces(item: PeerItem, max_bytes: int) -> list[str]:
     """`item` as one or more encoded items, none with a payload above `max_bytes` (only
     a frame can be that long: it is split into pieces, see the module docstring)."""
     head, payload = _head_and_payload(item)
-    if payload is None or len(payload) <= max_bytes:
-        return [encode_item(item)]
-    if "\n" in payload:
+    if payload is not None and "\n" in payload:
         raise PeerFormatError("a forwarded frame must not contain a newline")
+    if payload is None or len(payload) <= max_bytes:
+        return [_encode(_with_pieces(item, head, 1)) + "\n" + (payload or "")]
     pieces = [payload[i : i + max_bytes] for i in range(0, len(payload), max_bytes)]
     first = _encode(_with_pieces(item, head, len(pieces))) + "\n" + pieces[0]
     return [first, *(_CONTINUATION + piece for piece in pieces[1:])]
