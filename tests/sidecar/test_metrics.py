@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter as Tally
 
-from prometheus_client import CollectorRegistry, Counter
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from wsop.sidecar.metrics import TalliedCounter
+from wsop.sidecar.metrics import LazyHistogram, TalliedCounter
 
 
 def test_a_tallied_counter_adds_what_each_label_gained_since_the_last_scrape() -> None:
@@ -25,3 +28,27 @@ def test_a_tallied_counter_adds_what_each_label_gained_since_the_last_scrape() -
     tally["count"] += 1
     counter.sync(tally)
     assert value("age") == 5 and value("count") == 1
+
+
+@given(st.lists(st.floats(min_value=0, max_value=10, allow_nan=False), max_size=40))
+def test_a_lazy_histogram_renders_what_a_prometheus_histogram_does(values: list[float]) -> None:
+    buckets = (0.001, 0.01, 0.1, 1, 5)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    lazy = LazyHistogram("wsop_h_seconds", "h", buckets, ours)
+    plain = Histogram("wsop_h_seconds", "h", buckets=buckets, registry=theirs)
+    for value in values:
+        lazy.observe(value)
+        plain.observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict:
+        found = {}
+        for metric in registry.collect():
+            for s in metric.samples:
+                if not s.name.endswith("_created"):
+                    found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return found
+
+    got, want = samples(ours), samples(theirs)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert math.isclose(got[key], value, abs_tol=1e-9), key
