@@ -16,6 +16,7 @@ acks alone would let Socket.IO run ahead). What never completes is reported as l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from _stack_driver import (
     wind_down,
 )
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 MSG, ACK, ERR, PING, OTHER = range(5)
 
@@ -244,20 +246,22 @@ class Driver:
 
     async def _windowed(self, conn: Conn, make: FrameMaker) -> None:
         assert conn.window is not None
-        while True:
-            await conn.window.acquire()
-            await self._send(conn, make)
+        with contextlib.suppress(ConnectionClosed):  # (the run is being torn down)
+            while True:
+                await conn.window.acquire()
+                await self._send(conn, make)
 
     async def _paced(self, senders: list[Conn], make: FrameMaker, rate: float) -> None:
         """`rate` messages/s in all, round-robin over the senders, whatever comes back."""
         started, sent, turn = time.perf_counter(), 0, 0
-        while True:
-            due = int((time.perf_counter() - started) * rate) - sent
-            for _ in range(due):
-                await self._send(senders[turn % len(senders)], make)
-                turn += 1
-            sent += max(0, due)
-            await asyncio.sleep(0.002)
+        with contextlib.suppress(ConnectionClosed):  # (the run is being torn down)
+            while True:
+                due = int((time.perf_counter() - started) * rate) - sent
+                for _ in range(due):
+                    await self._send(senders[turn % len(senders)], make)
+                    turn += 1
+                sent += max(0, due)
+                await asyncio.sleep(0.002)
 
     async def phase(
         self,

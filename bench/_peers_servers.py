@@ -175,7 +175,8 @@ def socketio_nodes(redis_url: str, workdir: Path, count: int = 2) -> Iterator[li
         servers = []
         for i in range(count):
             name, port = f"n{i}", free_port()
-            argv = [node, str(PEERS_DIR / "server.js"), "--name", name, "--port", str(port),
+            argv = [node, "--expose-gc", str(PEERS_DIR / "server.js"), "--name", name,
+                    "--port", str(port),
                     "--redis", redis_url]  # fmt: skip
             proc = stack.enter_context(
                 _spawned(argv, workdir / f"{name}.log", port, f"Socket.IO node {name}")

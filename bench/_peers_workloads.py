@@ -11,7 +11,9 @@ same sidecars would receive every message twice.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +59,8 @@ class Profile:
 
 
 FULL = Profile("full", 0.5, 2.5, 5000, rounds=2)
-QUICK = Profile("quick", 0.2, 0.6, 300, prime_s=0.5, idle_settle_s=0.5)
+QUICK = Profile("quick", 0.2, 0.6, 1000, prime_s=0.5, idle_settle_s=0.5)
+"""(1,000 idle connections: with fewer, node's RSS moves by more than they take.)"""
 
 
 @dataclass
@@ -74,6 +77,8 @@ class System:
     """wsop: (tenant, user) → sidecar; Socket.IO: None (the session id says where)."""
     tag: str = ""
     """Appended to every tenant name: keeps wsop systems on the same sidecars apart."""
+    collectable: tuple[int, ...] = ()
+    """Processes that collect their garbage on SIGUSR2 (node), before RSS readings."""
 
     def tenant(self, base: str) -> str:
         return f"{base}{self.tag}"
@@ -186,6 +191,26 @@ async def wait_team_online(r: redis.Redis, tenant: str, timeout: float = 30.0) -
         await asyncio.sleep(0.05)
 
 
+async def settled_rss(
+    pids: dict[str, int], collectable: tuple[int, ...] = (), timeout_s: float = 10.0
+) -> dict[str, int]:
+    """Each process's RSS after a full garbage collection where one can be asked for
+    (`collectable`), once it holds still (two readings 0.25 s apart within 1%): V8
+    handing back its start-up heap mid-row (it did on a busy machine: -120 KB "per
+    connection") would otherwise make the connections look like they freed memory."""
+    for pid in collectable:
+        os.kill(pid, signal.SIGUSR2)
+    last = {k: proc_rss_bytes(pid) for k, pid in pids.items()}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        now = {k: proc_rss_bytes(pid) for k, pid in pids.items()}
+        if all(abs(now[k] - last[k]) <= 0.01 * last[k] for k in pids):
+            return now
+        last = now
+    return last
+
+
 async def idle_memory(p: Profile, system: System) -> dict[str, Any]:
     """RSS of every server process before and after `n` idle connections, per connection.
 
@@ -196,12 +221,13 @@ async def idle_memory(p: Profile, system: System) -> dict[str, Any]:
     users = list(range(n))
     await close_clients(await connect_users(system, tenant, users[:100]))
     await asyncio.sleep(p.idle_settle_s)
-    before = {k: proc_rss_bytes(pid) for k, pid in system.pids.items() if k in system.servers}
+    pids = {k: pid for k, pid in system.pids.items() if k in system.servers}
+    before = await settled_rss(pids, system.collectable)
     started = time.perf_counter()
     conns = await connect_users(system, tenant, users)
     open_s = time.perf_counter() - started
     await asyncio.sleep(p.idle_settle_s)
-    after = {k: proc_rss_bytes(system.pids[k]) for k in before}
+    after = await settled_rss(pids, system.collectable)
     await close_clients(conns)
     return {
         "connections": n,

@@ -115,7 +115,8 @@ async def run(p: Profile, status: Status) -> dict[str, Any]:
         wsop = System("wsop", Wsop, ws.lb_url, {**ws.pids, "redis": redis_w, "driver": me},
                       [*ws.pids, "redis"], placement.owner)  # fmt: skip
         sio_pids = {"haproxy": hap.pid, **{n.name: n.pid for n in nodes}, "redis": redis_s}
-        sio = System("socket.io", SocketIO, hap.url, {**sio_pids, "driver": me}, list(sio_pids))
+        sio = System("socket.io", SocketIO, hap.url, {**sio_pids, "driver": me}, list(sio_pids),
+                     collectable=tuple(n.pid for n in nodes))  # fmt: skip
         relay_pids = {"haproxy": relay.pid, **ws.sidecar_pids, "redis": redis_w}
         hap_relay = System(HAPROXY_RELAY, Wsop, relay.url, {**relay_pids, "driver": me},
                            list(relay_pids), placement.owner)  # fmt: skip
