@@ -178,26 +178,34 @@ def _with_pieces(item: PeerItem, head: list[object], pieces: int) -> list[object
 
 def encode_item(item: PeerItem) -> str:
     """Two lines for one item (joined into batches by `encode_batch`)."""
-    head, payload = _head_and_payload(item)
-    if payload is not None and "\n" in payload:
-        raise PeerFormatError("a forwarded frame must not contain a newline")
-    return _encode(_with_pieces(item, head, 1)) + "\n" + (payload or "")
+    head, payload = _parts(item)
+    return _whole(item, head, payload)
 
 
 def encode_pieces(item: PeerItem, max_bytes: int) -> list[str]:
     """`item` as one or more encoded items, none with a payload above `max_bytes` (only
     a frame can be that long: it is split into pieces, see the module docstring)."""
-    head, payload = _head_and_payload(item)
-    if payload is not None and "\n" in payload:
-        raise PeerFormatError("a forwarded frame must not contain a newline")
+    head, payload = _parts(item)
     if payload is None or len(payload) <= max_bytes:
-        return [_encode(_with_pieces(item, head, 1)) + "\n" + (payload or "")]
+        return [_whole(item, head, payload)]
     pieces = [payload[i : i + max_bytes] for i in range(0, len(payload), max_bytes)]
     first = _encode(_with_pieces(item, head, len(pieces))) + "\n" + pieces[0]
     return [first, *(_CONTINUATION + piece for piece in pieces[1:])]
 
 
 _CONTINUATION: Final = '["+"]\n'
+
+
+def _parts(item: PeerItem) -> tuple[list, str | None]:
+    head, payload = _head_and_payload(item)
+    if payload is not None and "\n" in payload:
+        raise PeerFormatError("a forwarded frame must not contain a newline")
+    return head, payload
+
+
+def _whole(item: PeerItem, head: list, payload: str | None) -> str:
+    """The item in one piece: its head line, then its payload line."""
+    return _encode(_with_pieces(item, head, 1)) + "\n" + (payload or "")
 
 
 def encode_batch(encoded_items: Sequence[str]) -> str:
