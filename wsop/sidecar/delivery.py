@@ -1,8 +1,8 @@
 """Delivery: the router's decisions (`wsop.sidecar.router`, pure) carried out.
 
-Local writes through the outbox, forwarding to owners and holders over the peer links,
-retries of unknown recipients within the grace after a membership change, and acks that
-wait until every sidecar a message went to has answered. A recipient counts as
+Local writes (`wsop.sidecar.local_writes`), forwarding to owners and holders over the
+peer links, retries of unknown recipients within the grace after a membership change,
+and acks that wait until every sidecar a message went to has answered. A recipient counts as
 delivered only when the sidecar holding its connection wrote the frame to it — here, or
 confirmed by that holder's answer — so `delivered` is a real count, and whatever could
 not be delivered is counted (`wsop_deliveries_failed_total{reason}`) and reported in
@@ -25,12 +25,12 @@ import asyncio
 import itertools
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from wsop.protocol import offset_within, with_offset
 from wsop.sidecar.acks import AckBook, PendingAck
 from wsop.sidecar.history import Recorder
+from wsop.sidecar.local_writes import LocalWrites
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.peer_codec import (
@@ -57,9 +57,6 @@ PLANNING: Final = "~planning"  # pseudo-peer an ack waits on while slices are di
 RECORDING: Final = "~history"  # pseudo-peer an ack waits on while Redis records
 _RETRIES = itertools.count(1)
 
-Offsets = Sequence[str] | None
-"""Each user's offset (parallel to a list of users; "" where none could be recorded)."""
-
 
 class Delivery:
     """Owns the peer links and the ack book of one sidecar named `name`."""
@@ -82,6 +79,7 @@ class Delivery:
         self.metrics = metrics
         self.peers = PeerLinks(name, admin_token, self.lost, self.reregister, peer_ssl)
         self.acks = AckBook()
+        self.deliver_local = LocalWrites(router, outbox, metrics).deliver
         self.membership_changed_at = time.monotonic()
         self._spawn = spawn
         self.on_history_item: Callable[[str, PeerItem], None] | None = None
@@ -89,75 +87,6 @@ class Delivery:
     def membership_changed(self) -> None:
         """Start the grace in which unknown recipients are retried, not reported."""
         self.membership_changed_at = time.monotonic()
-
-    # -- local writes ------------------------------------------------------------------
-
-    def deliver_local(
-        self, tenant: str, users: Iterable[Any], frame: str, offsets: Offsets = None
-    ) -> tuple[int, int]:
-        """Write `frame` to every connection here of `users`: (users reached, users not
-        reached — no connection here, or every one refused it: closing, or gone)."""
-        if offsets is not None:
-            return self._deliver_with_offsets(tenant, users, frame, offsets)
-        data = frame.encode()
-        reached = absent = refused = written = 0
-        connections = self.router.connections
-        send = self.outbox.send_bytes
-        for user in users:
-            conns = connections(tenant, user)
-            if not conns:
-                absent += 1
-                continue
-            took = send(conns, data)
-            written += took
-            if took:
-                reached += 1
-            else:
-                refused += 1
-        return self._counted(reached, absent, refused, written)
-
-    def _counted(self, reached: int, absent: int, refused: int, written: int) -> tuple[int, int]:
-        self.metrics.messages_out.inc(written)
-        if absent:
-            self.metrics.failed.labels("no_connection").inc(absent)
-        if refused:
-            self.metrics.failed.labels("connection_closed").inc(refused)
-        return reached, absent + refused
-
-    def _deliver_with_offsets(
-        self, tenant: str, users: Iterable[Any], frame: str, offsets: Sequence[str]
-    ) -> tuple[int, int]:
-        """`deliver_local` with each user's own frame (its offset spliced in). A session
-        that is replaying (`held` is a list) queues it behind the replay instead."""
-        reached = absent = refused = written = 0
-        connections = self.router.connections
-        send = self.outbox.send_one
-        plain: bytes | None = None
-        for user, offset in zip(users, offsets, strict=True):
-            conns = connections(tenant, user)
-            if not conns:
-                absent += 1
-                continue
-            if offset:
-                data = with_offset(frame, offset).encode()
-            else:  # the history could not record it: delivered all the same
-                data = plain = plain or frame.encode()
-            took = 0
-            for conn in conns:
-                held = conn.held
-                if held is not None:
-                    held.append((offset, data))
-                    took += 1
-                elif (done := conn.replayed) is not None and offset_within(offset, *done):
-                    took += 1  # its replay carried it already
-                elif send(conn, data):
-                    took += 1
-            written += took
-            if took:
-                reached += 1
-            else:
-                refused += 1
-        return self._counted(reached, absent, refused, written)
 
     # -- dispatching -------------------------------------------------------------------
 

@@ -199,7 +199,7 @@ class Recovery:
         if replay.ok and replay.entries:
             # A message recorded before the read but delivered after this (the Redis
             # history records, then delivers): the replay carried it, live it would come
-            # twice. Deliveries check this mark (`Delivery._deliver_with_offsets`).
+            # twice. Deliveries check this mark (`LocalWrites._deliver_with_offsets`).
             session.replayed = (replay.epoch, replay.upto)
 
 
