@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from wsop.discovery import Members, MembershipSource
 from wsop.errors import BackendUnavailable, WsopError
+from wsop.gcpolicy import SERVER_YOUNG, quiet_gc
 
 P = TypeVar("P")
 
@@ -62,6 +63,7 @@ def run(make: Callable[[], Server]) -> None:
             port = await server.start()
         except OSError as exc:
             raise BackendUnavailable(f"cannot listen: {exc.strerror or exc}") from None
+        quiet_gc(SERVER_YOUNG)  # everything built so far lives as long as the server
         print(server.banner(port), file=sys.stderr, flush=True)
         await stop.wait()
         await server.stop()

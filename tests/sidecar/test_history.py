@@ -166,13 +166,17 @@ def test_replays_are_exact_or_refused(ops: list, max_messages: int, cap_kb: int)
     now, counter = 0.0, 0
     for op in ops:
         if op[0] == "record":
+            # one message: each owner records it once for all the recipients it owns
+            # (one body shared by their entries, as a team message is)
+            counter += 1
+            body = f"m{counter}" + "p" * 5000
             users = sorted(set(op[1]))
-            for user in users:  # a message is recorded by each recipient's owner
-                counter += 1
-                body = f"{user}-{counter}" + "p" * 5000
-                (offset,) = owners[where[user]].record("t", [user], body, now)
-                issued.append((user, offset))
-                model[user].append((offset, body, now))
+            for side in (0, 1):
+                held = [u for u in users if where[u] == side]
+                offsets = owners[side].record("t", held, body, now)
+                for user, offset in zip(held, offsets, strict=True):
+                    issued.append((user, offset))
+                    model[user].append((offset, body, now))
         elif op[0] == "wait":
             now += op[1]
             for owner in owners:

@@ -30,6 +30,7 @@ from gevent.hub import Waiter, get_hub
 from gevent.monkey import get_original
 from locust import User, constant, task
 
+from wsop.gcpolicy import WORKER_YOUNG, quiet_gc
 from wsop.load.failures import stable_reason
 from wsop.load.latency import LatencyBook, flush
 from wsop.load.pool import Conn, Pool
@@ -144,26 +145,8 @@ def context(environment: Any) -> Pool:
         hooks = GeventHooks(environment, os.environ.get("WSOP_SECRET") or None)
         _pool = Pool(plan, index, hooks)
         hooks.watch(_pool.ep.fileno())
-        quiet_gc()
+        quiet_gc(WORKER_YOUNG)
     return _pool
-
-
-GC_YOUNG = 100_000  # container allocations between two young collections (default 700)
-
-
-def quiet_gc() -> None:
-    """Keep the collector off the ledger's hot path.
-
-    Each message books a few containers that live for the grace period (seconds), so
-    with the default thresholds nearly all of them survive the young collections and
-    are scanned again and again in the old ones: ~3% of the worker. Everything alive at
-    the start (locust, gevent, the plan) is frozen out of the scans, and the young
-    generation is collected every 100,000 allocations, by which time most of the
-    ledger's entries are settled and freed by reference counting."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, 10, 10)
 
 
 def current_context() -> Pool | None:

@@ -167,16 +167,21 @@ class MemoryHistory:
     # -- recording -----------------------------------------------------------------------
 
     def record(self, tenant: str, users: Sequence[Hashable], frame: str, now: float) -> list[str]:
-        """Append `frame` to each user's log; their offsets, in order."""
+        """Append `frame` to each user's log; their offsets, in order.
+
+        This runs once per recipient of every message, so the count bound's eviction
+        (every append of a full log) is `_drop_head` inlined, tallied once per call."""
         if not users:
             return []
+        count = len(users)
         body = Body(frame)
-        body.refs = len(users)
-        self.bytes += len(frame) + BODY_BYTES + ENTRY_BYTES * len(users)
-        self.entries += len(users)
-        offsets = []
+        body.refs = count
+        self.bytes += len(frame) + BODY_BYTES + ENTRY_BYTES * count
+        self.entries += count
+        offsets: list[str] = []
         max_messages = self.limits.max_messages
         logs, fifo_append, add = self.logs, self._fifo.append, offsets.append
+        evicted = 0
         for user in users:
             key = (tenant, user)
             log = logs.get(key)
@@ -190,8 +195,16 @@ class MemoryHistory:
             entries.append(entry)
             fifo_append(entry)
             add(f"{log.epoch}:{seq}")
-            if len(entries) > max_messages:
-                self._drop_head(log, "count")
+            if len(entries) > max_messages:  # (never empties the log: one was just added)
+                gone_seq, gone_at, gone, _ = entries.pop(0)
+                log.gone_seq, log.gone_at = gone_seq, gone_at
+                gone.refs -= 1
+                if not gone.refs:
+                    self.bytes -= len(gone.frame) + BODY_BYTES
+                evicted += 1
+        if evicted:
+            self.entries -= evicted
+            self.evicted["count"] += evicted
         if self.bytes > self.limits.max_bytes:
             self.sweep(now)
         return offsets
