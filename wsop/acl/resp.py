@@ -1,0 +1,243 @@
+"""A lean pipelined Redis connection for the hottest round trip: team resolutions.
+
+Every team message costs its sender's sidecar one pipeline of about nine commands
+(`wsop.acl.pipeline.queue_resolve`, plus the presence epoch). Through redis-py's asyncio
+pipeline that round trip costs ~120 µs of CPU — a pipeline object, per-command packing
+and response callbacks, a pooled connection, a timeout context, the retry wrapper —
+against ~27 µs for the same bytes written on one asyncio protocol and read back with
+hiredis (the same machine, one client, 3,000 round trips). In bench/peers.py's team row
+that difference was most of what wsop's sidecars spent beyond Socket.IO's node
+processes.
+
+`LeanRedis` keeps one connection and pipelines every batch on it in order (Redis
+answers in order, so replies are matched by count). It speaks RESP2 to a plain Redis
+(TCP or a Unix socket, with AUTH and SELECT as the URL says); anything else — a cluster,
+TLS, a credential provider, RESP3 — gets None from `for_client` and stays on redis-py.
+What redis-py's pool was given for a restart is kept: a dropped connection is dialled
+again and the batch retried (a resolution is read-only but for its scratch key, so a
+retry is harmless), three attempts with a short backoff, then `redis.ConnectionError`.
+Error replies are redis-py's exception instances (its own parser's mapping), so callers
+check them exactly as before; one that means the server is not serving (LOADING after
+a restart) counts as a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from typing import Any
+
+import hiredis
+import redis
+from redis._parsers.base import BaseParser
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+
+ATTEMPTS = 3
+BACKOFF_S = (0.01, 0.05)
+
+
+def pack(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP (an array of bulk strings), as redis-py's encoder would
+    give it: str as UTF-8, int and float as their text."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int | float) and not isinstance(arg, bool):
+            data = repr(arg).encode()
+        else:
+            raise redis.DataError(f"invalid argument {arg!r}: bytes, str, int or float")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class LeanPipe:
+    """Collects commands under the names of redis-py's pipeline methods that the
+    resolution uses, so the same `queue` functions fill either kind."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def execute_command(self, *args: Any) -> None:
+        self.parts.append(pack(args))
+
+    def exists(self, *names: Any) -> None:
+        self.execute_command("EXISTS", *names)
+
+    def getbit(self, name: Any, offset: int) -> None:
+        self.execute_command("GETBIT", name, offset)
+
+    def pexpire(self, name: Any, ms: int) -> None:
+        self.execute_command("PEXPIRE", name, ms)
+
+    def getdel(self, name: Any) -> None:
+        self.execute_command("GETDEL", name)
+
+    def get(self, name: Any) -> None:
+        self.execute_command("GET", name)
+
+    def hget(self, name: Any, key: Any) -> None:
+        self.execute_command("HGET", name, key)
+
+    def delete(self, *names: Any) -> None:
+        self.execute_command("DEL", *names)
+
+
+class _Link(asyncio.Protocol):
+    """One connection: batches written in order, replies handed back in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(
+            protocolError=redis.exceptions.InvalidResponse, replyError=BaseParser.parse_error
+        )
+        self.waiting: deque[tuple[int, list[Any], asyncio.Future[list[Any]]]] = deque()
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, data: bytes, count: int) -> asyncio.Future[list[Any]]:
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if self.lost is not None or self.transport is None or self.transport.is_closing():
+            done.set_exception(redis.ConnectionError("connection to Redis lost"))
+            return done
+        self.waiting.append((count, [], done))
+        self.transport.write(data)
+        return done
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiting = self.reader, self.waiting
+        reader.feed(data)
+        while waiting:
+            try:
+                reply = reader.gets()
+            except Exception as exc:  # not RESP: nothing more on this connection is usable
+                self._fail(redis.ConnectionError(f"bad reply from Redis: {exc}"))
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            if reply is False:
+                return
+            count, replies, done = waiting[0]
+            replies.append(reply)
+            if len(replies) == count:
+                waiting.popleft()
+                if not done.done():
+                    done.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(redis.ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self.lost = exc
+        while self.waiting:
+            _, _, done = self.waiting.popleft()
+            if not done.done():
+                done.set_exception(exc)
+
+
+class LeanRedis:
+    """Pipelines batches of commands on one connection (see the module docstring)."""
+
+    def __init__(self, kwargs: dict[str, Any], unix: bool) -> None:
+        self._kwargs = kwargs
+        self._unix = unix
+        self._link: _Link | None = None
+        self._connecting: asyncio.Future[_Link] | None = None
+
+    @classmethod
+    def for_client(cls, client: Any) -> LeanRedis | None:
+        """A lean twin of redis-py's `client` when it is a plain RESP2 client, else None."""
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:  # a cluster client
+            return None
+        kind = pool.connection_class
+        kwargs = pool.connection_kwargs
+        if kind not in (Connection, UnixDomainSocketConnection):
+            return None  # TLS, or something we do not know
+        if kwargs.get("credential_provider") or kwargs.get("protocol") not in (None, 2, "2"):
+            return None
+        return cls(dict(kwargs), kind is UnixDomainSocketConnection)
+
+    async def execute(self, pipe: LeanPipe) -> list[Any]:
+        """Every command's reply, in order; error replies as exception instances."""
+        data, count = b"".join(pipe.parts), len(pipe.parts)
+        for attempt in range(ATTEMPTS):
+            try:
+                link = self._link
+                if link is None or link.lost is not None:
+                    link = await self._connect()
+                replies = await link.send(data, count)
+            except (OSError, redis.ConnectionError) as exc:
+                self._drop()
+                if attempt + 1 == ATTEMPTS:
+                    if isinstance(exc, redis.ConnectionError):
+                        raise
+                    raise redis.ConnectionError(f"cannot reach Redis: {exc}") from None
+                await asyncio.sleep(random.uniform(*BACKOFF_S) * (attempt + 1))
+                continue
+            for reply in replies:
+                if isinstance(reply, redis.ConnectionError):  # LOADING: not serving yet
+                    self._drop()
+                    if attempt + 1 == ATTEMPTS:
+                        raise reply
+                    break
+            else:
+                return replies
+            await asyncio.sleep(random.uniform(*BACKOFF_S) * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        link, self._link = self._link, None
+        if link is not None and link.transport is not None:
+            link.transport.abort()
+
+    async def _connect(self) -> _Link:
+        """One dial at a time: batches that find no connection wait for the same one."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._dial())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done():
+                self._connecting = None
+
+    async def _dial(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        kw = self._kwargs
+        timeout = kw.get("socket_connect_timeout") or 5
+        if self._unix:
+            dial = loop.create_unix_connection(_Link, kw["path"])
+        else:
+            dial = loop.create_connection(_Link, kw.get("host", "localhost"), kw.get("port", 6379))
+        _, link = await asyncio.wait_for(dial, timeout)
+        setup: list[tuple[Any, ...]] = []
+        if kw.get("password") is not None:
+            user = kw.get("username")
+            setup.append(("AUTH", user, kw["password"]) if user else ("AUTH", kw["password"]))
+        if kw.get("db"):
+            setup.append(("SELECT", kw["db"]))
+        if setup:
+            replies = await asyncio.wait_for(
+                link.send(b"".join(pack(c) for c in setup), len(setup)), timeout
+            )
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    assert link.transport is not None
+                    link.transport.abort()
+                    raise redis.ConnectionError(f"Redis refused the connection setup: {reply}")
+        self._link = link
+        return link
