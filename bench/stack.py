@@ -151,9 +151,15 @@ class Stack:
         return json.loads(done.stdout)
 
     def up(self, sidecars: int, redis_url: str, history: str = "memory") -> None:
+        """A benchmark measures capacity, so the per-connection message quota (1,000/s by
+        default, burst 2,000) is lifted: once the sidecars got faster, row (b)'s local
+        pairs outran it and had messages refused `rate_limited`."""
         port = free_port()
+        quotas = self.state / "bench-quotas.json"
+        quotas.write_text(json.dumps({"default": {"messages_per_second": 0}}))
         self.wsop("up", "--detach", "--insecure", "--sidecars", str(sidecars),
-                  "--port", str(port), "--redis", redis_url, "--history", history)  # fmt: skip
+                  "--port", str(port), "--redis", redis_url, "--history", history,
+                  "--quotas", str(quotas))  # fmt: skip
         doc = json.loads((self.state / "stack.json").read_text())
         self.lb_url, self.algo = doc["lb"]["url"], doc["algo"]
         self.pids = {"lb": doc["lb"]["pid"], **{s["name"]: s["pid"] for s in doc["sidecars"]}}
