@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from wsop.protocol import offset_within, with_offset
+from wsop.recovery_wire import offset_within, with_offset
 from wsop.sidecar.metrics import SidecarMetrics
 from wsop.sidecar.outbox import Outbox
 from wsop.sidecar.router import Router
