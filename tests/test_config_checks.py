@@ -14,7 +14,7 @@ from wsop.checks import check_member_name
 from wsop.discovery import StaticMembership, parse_peers, parse_registry
 from wsop.errors import UsageError
 from wsop.k8s.discovery import pod_state
-from wsop.lb.server import LBConfig
+from wsop.lb.config import LBConfig
 from wsop.sidecar import SidecarConfig
 
 NOWHERE = "redis://127.0.0.1:1"  # never reached: the flags are refused before any I/O

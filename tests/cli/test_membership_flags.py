@@ -46,7 +46,7 @@ def test_servers_refuse_bounded_as_a_routing_algorithm(command: str) -> None:
 
 
 def test_server_configs_refuse_bounded_too() -> None:
-    from wsop.lb.server import LBConfig
+    from wsop.lb.config import LBConfig
     from wsop.sidecar import SidecarConfig
 
     with pytest.raises(UsageError, match="cannot route"):

@@ -8,7 +8,8 @@
 boundary (the rebalancer's seam); see docs/stack.md.
 """
 
+from wsop.lb.config import LBConfig
 from wsop.lb.relay import Relay, RelayClosed
-from wsop.lb.server import LBConfig, LoadBalancer, run
+from wsop.lb.server import LoadBalancer, run
 
 __all__ = ["LBConfig", "LoadBalancer", "Relay", "RelayClosed", "run"]
