@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import machine_note, private_redis, raise_fd_limit  # noqa: E402
-from wsop.fuzz.campaign import Config, run_on_new_stack  # noqa: E402
+from wsop.fuzz.campaign import run_on_new_stack  # noqa: E402
+from wsop.fuzz.report import Config  # noqa: E402
 
 
 def main() -> int:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wsop.fuzz.campaign import Config, run_on_new_stack
+from wsop.fuzz.campaign import run_on_new_stack
+from wsop.fuzz.report import Config
 
 FRAMES = 100_000
 
