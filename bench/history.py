@@ -27,9 +27,10 @@ from typing import Any
 
 import redis
 from _common import machine_note, private_redis, raise_fd_limit
+from _private_stack import private_stack
 from rich.console import Console
 from rich.table import Table
-from stack import FULL, QUICK, Profile, bench_direct, bench_team, private_stack
+from stack import FULL, QUICK, Profile, bench_direct, bench_team
 
 COMMAND = ".venv/bin/python bench/history.py"
 BACKENDS = ("off", "memory", "redis")

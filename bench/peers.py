@@ -74,7 +74,7 @@ from _peers_workloads import (
     idle_memory,
     team_rows,
 )
-from stack import private_stack, seed_team
+from _private_stack import private_stack, seed_team
 
 from wsop.ring import build
 

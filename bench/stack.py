@@ -33,11 +33,10 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +46,19 @@ from _common import (
     private_redis,
     proc_rss_bytes,
     raise_fd_limit,
-    stop_pids,
 )
+from _private_stack import Stack, private_stack, seed_team
 from _stack_driver import Client, Driver, close_clients, open_clients
+from _stack_report import print_report, targets
 from rich.console import Console
-from rich.table import Table
 
 from wsop import protocol
-from wsop.acl import bitmap, seed
-from wsop.acl.dataset import TenantData
-from wsop.acl.store import TenantStore
 from wsop.ring import build
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = ".venv/bin/python bench/stack.py"
 DIRECT_TENANT, TEAM_TENANT, IDLE_TENANT = "bench-dm", "bench-team", "bench-idle"
 TEAM, TEAM_SIZE = "fan50", 50
-TARGET_MSGS_PER_CPU_S = 30_000
-TARGET_LB_SHARE = 0.20
-TARGET_BYTES_PER_CONN = 20 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,81 +122,6 @@ def echo_server() -> Iterator[tuple[str, int]]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-@dataclass
-class Stack:
-    """A private `wsop up` stack: its members file, read back for urls and pids."""
-
-    env: dict[str, str]
-    state: Path
-    lb_url: str = ""
-    algo: str = ""
-    pids: dict[str, int] = field(default_factory=dict)
-
-    def wsop(self, *args: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [sys.executable, "-m", "wsop.cli.main", *args, "--json"],
-            capture_output=True, text=True, env=self.env, cwd=ROOT, timeout=120,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"wsop {' '.join(args)} failed: {done.stderr.strip()[-800:]}")
-        return json.loads(done.stdout)
-
-    def up(self, sidecars: int, redis_url: str, history: str = "memory") -> None:
-        """A benchmark measures capacity, so the per-connection message quota (1,000/s by
-        default, burst 2,000) is lifted: once the sidecars got faster, row (b)'s local
-        pairs outran it and had messages refused `rate_limited`."""
-        port = free_port()
-        quotas = self.state / "bench-quotas.json"
-        quotas.write_text(json.dumps({"default": {"messages_per_second": 0}}))
-        self.wsop("up", "--detach", "--insecure", "--sidecars", str(sidecars),
-                  "--port", str(port), "--redis", redis_url, "--history", history,
-                  "--quotas", str(quotas))  # fmt: skip
-        doc = json.loads((self.state / "stack.json").read_text())
-        self.lb_url, self.algo = doc["lb"]["url"], doc["algo"]
-        self.pids = {"lb": doc["lb"]["pid"], **{s["name"]: s["pid"] for s in doc["sidecars"]}}
-
-    @property
-    def sidecar_pids(self) -> dict[str, int]:
-        return {k: v for k, v in self.pids.items() if k != "lb"}
-
-
-@contextmanager
-def private_stack(sidecars: int, redis_url: str, history: str = "memory") -> Iterator[Stack]:
-    """`wsop up` in a temp WSOP_STATE_DIR (never the developer's stack), `wsop down` after."""
-    with tempfile.TemporaryDirectory(prefix="wsop-bench-stack-") as state:
-        env = {k: v for k, v in os.environ.items() if k not in ("WSOP_SECRET", "WSOP_REDIS_URL")}
-        env["WSOP_STATE_DIR"] = state
-        stack = Stack(env, Path(state))
-        try:
-            stack.up(sidecars, redis_url, history)
-            yield stack
-        finally:
-            if (Path(state) / "stack.json").exists():
-                try:
-                    stack.wsop("down")
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    print(f"warning: {exc}; stopping the stack's pids directly", file=sys.stderr)
-                    stop_pids(list(stack.pids.values()))
-
-
-def free_port() -> int:
-    from wsop.local.redis_binary import free_port as pick
-
-    return pick()
-
-
-def seed_team(r: redis.Redis, tenant: str, team: str, members: range) -> None:
-    """One tenant with one team, as `wsop seed` writes it (staged, then swapped in)."""
-    data = TenantData(
-        tenant=tenant,
-        teams={team: bitmap.encode(list(members))},
-        online=b"",
-        memberships=len(members),
-        online_count=0,
-    )
-    seed.seed(TenantStore(r), [data], True)
 
 
 # --- what the clients send ----------------------------------------------------------
@@ -380,110 +298,6 @@ async def bench_idle(stack: Stack, p: Profile) -> dict[str, Any]:
         "bytes_per_conn": {k: v / n for k, v in delta.items()},
         "total_bytes_per_conn": sum(delta.values()) / n,
     }
-
-
-# --- report ---------------------------------------------------------------------------
-
-
-def targets(rows: list[dict[str, Any]], idle: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    direct = next(r for r in rows if r["row"].startswith("(b)"))
-    team = next(r for r in rows if r["row"].startswith("(c)"))
-    out = [
-        (
-            f"(b) ≥ {TARGET_MSGS_PER_CPU_S:,} msgs per sidecar CPU-s",
-            f"{direct['msgs_per_server_cpu_s']:,.0f}",
-            direct["msgs_per_server_cpu_s"] >= TARGET_MSGS_PER_CPU_S,
-        ),
-        (
-            f"(c) ≥ {TARGET_MSGS_PER_CPU_S:,} deliveries per sidecar CPU-s",
-            f"{team['deliveries_per_server_cpu_s']:,.0f}",
-            team["deliveries_per_server_cpu_s"] >= TARGET_MSGS_PER_CPU_S,
-        ),
-    ]
-    for r in (direct, team):
-        out.append(
-            (
-                f"{r['row'][:3]} LB CPU ≤ {TARGET_LB_SHARE:.0%} of sidecars' per message",
-                f"{r['lb_share_of_sidecars']:.0%}",
-                r["lb_share_of_sidecars"] <= TARGET_LB_SHARE,
-            )
-        )
-    out.append(
-        (
-            f"≤ {TARGET_BYTES_PER_CONN // 1024} KB (LB + sidecars) per idle connection",
-            f"{idle['total_bytes_per_conn'] / 1024:,.1f} KB at {idle['connections']:,}",
-            idle["total_bytes_per_conn"] <= TARGET_BYTES_PER_CONN,
-        )
-    )
-    for r in rows:
-        lost = r["ledger"]["lost"] + r["ledger"]["unacked"] + r["ledger"]["errors"]
-        out.append((f"{r['row'][:3]} nothing lost, no errors", str(lost), lost == 0))
-    return out
-
-
-def _ms(pair: dict[str, float | None]) -> str:
-    return " / ".join("—" if v is None else f"{v:.2f}" for v in pair.values())
-
-
-def _num(v: float | None, fmt: str = ",.0f") -> str:
-    return "—" if v is None else format(v, fmt)
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{v:.0%}"
-
-
-def print_report(console: Console, doc: dict[str, Any]) -> None:
-    console.print(f"[bold]wsop stack benchmark[/] ({doc['profile']})")
-    console.print(f"reproduce: [cyan]{doc['command']}[/]")
-    console.print(f"machine: {doc['machine']} (driver, LB, sidecars and Redis share it)")
-    console.print(
-        "latency: send → receive at the recipient (one clock: the driver holds both ends); "
-        "ack = send → ack at the sender; 'unloaded' = one sender, 1 in flight\n"
-    )
-    t = Table(title="Throughput and latency (p50 / p99 ms)")
-    for col in ("row", "load", "msgs/s", "deliv/s", "loaded", "ack loaded", "unloaded",
-                "ack unloaded"):  # fmt: skip
-        t.add_column(col, justify="left" if col in ("row", "load") else "right")
-    for r in doc["rows"]:
-        t.add_row(
-            r["row"], r["settings"], _num(r["msgs_per_s"]), _num(r["deliveries_per_s"]),
-            _ms(r["latency_loaded_ms"]), _ms(r["ack_latency_loaded_ms"]),
-            _ms(r["latency_unloaded_ms"]), _ms(r["ack_latency_unloaded_ms"]),
-        )  # fmt: skip
-    console.print(t)
-    c = Table(title="CPU per message (server = echo process for (a), both sidecars for (b)/(c))")
-    for col in ("row", "server µs/msg", "msgs/server CPU-s", "deliv/server CPU-s",
-                "LB µs/msg", "LB % of sidecars", "Redis µs/msg", "syscalls/msg server, LB",
-                "kernel % server, LB", "cores used"):  # fmt: skip
-        c.add_column(col, justify="left" if col in ("row", "cores used") else "right")
-    for r in doc["rows"]:
-        share = r["lb_share_of_sidecars"]
-        c.add_row(
-            r["row"], _num(r["server_us_per_msg"], ".1f"), _num(r["msgs_per_server_cpu_s"]),
-            _num(r["deliveries_per_server_cpu_s"]), _num(r["lb_us_per_msg"], ".1f"),
-            "—" if share is None else f"{share:.0%}", _num(r["redis_us_per_msg"], ".1f"),
-            f"{_num(r['server_syscalls_per_msg'], '.1f')}, {_num(r['lb_syscalls_per_msg'], '.1f')}",
-            f"{_pct(r['server_kernel_share'])}, {_pct(r['lb_kernel_share'])}",
-            " ".join(f"{k} {v:.2f}" for k, v in r["cores_used"].items()),
-        )  # fmt: skip
-    console.print(c)
-    idle = doc["idle"]
-    per = ", ".join(f"{k} {v / 1024:,.1f} KB" for k, v in idle["bytes_per_conn"].items())
-    console.print(
-        f"idle connections: {idle['connections']:,} opened via the LB in "
-        f"{idle['open_seconds']} s; RSS per connection {idle['total_bytes_per_conn'] / 1024:,.1f}"
-        f" KB ({per}); the bare echo server: "
-        f"{doc['rows'][0]['idle_bytes_per_conn'] / 1024:,.1f} KB per connection"
-    )
-    for r in doc["rows"]:
-        console.print(f"ledger {r['row'][:3]}: {r['ledger']}")
-    tgt = Table(title="Targets")
-    for col in ("target", "measured", "verdict"):
-        tgt.add_column(col)
-    for name, measured, ok in doc["targets_tuples"]:
-        tgt.add_row(name, measured, "[green]pass[/]" if ok else "[red]FAIL[/]")
-    console.print(tgt)
 
 
 async def run(p: Profile, quiet: bool) -> dict[str, Any]:

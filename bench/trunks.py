@@ -25,9 +25,10 @@ from dataclasses import replace
 from typing import Any
 
 from _common import machine_note, private_redis, raise_fd_limit
+from _private_stack import private_stack
 from rich.console import Console
 from rich.table import Table
-from stack import FULL, QUICK, TEAM_SIZE, Profile, bench_direct, bench_team, private_stack
+from stack import FULL, QUICK, TEAM_SIZE, Profile, bench_direct, bench_team
 
 COMMAND = ".venv/bin/python bench/trunks.py"
 TRUNKS_ENV = "WSOP_LB_TRUNKS"
