@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from wsop.acl import bitmap
 from wsop.acl.pipeline import parse_resolve, queue_resolve
-from wsop.acl.resp import LeanPipe, LeanRedis, pack
+from wsop.acl.resp import LeanPipe, LeanRedis, _Link, pack
 from wsop.backend import connect_async
 from wsop.local.redis_binary import free_port, start_server
 
@@ -206,3 +206,54 @@ def test_a_cluster_or_tls_client_keeps_redis_py() -> None:
     tls = redis.asyncio.Redis.from_url("rediss://127.0.0.1:1/0")
     assert LeanRedis.for_client(tls) is None
     assert LeanRedis.for_client(redis.asyncio.Redis.from_url("unix:///tmp/x.sock")) is not None
+
+
+def test_connections_killed_mid_traffic_are_redialled_and_every_batch_answered(
+    redis_url: str,
+) -> None:
+    """Redis drops the connection under batches in flight (CLIENT KILL, as a failover
+    or a `timeout` would): they are retried on a new connection and each gets its own
+    replies (that a late failure on the old one leaves the new one alone: below)."""
+
+    async def scenario() -> tuple[list[bool], int]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        killer = redis.asyncio.Redis.from_url(redis_url)
+        lean = LeanRedis.for_client(client)
+        assert lean is not None
+        kills = 0
+
+        async def one(n: int) -> bool:
+            await asyncio.sleep(random.random() / 50)
+            pipe = LeanPipe()
+            pipe.execute_command("ECHO", f"m{n}")
+            pipe.execute_command("ECHO", f"n{n}")
+            return await lean.execute(pipe) == [f"m{n}".encode(), f"n{n}".encode()]
+
+        async def kill() -> None:
+            nonlocal kills
+            for _ in range(3):
+                await asyncio.sleep(random.random() / 50)
+                kills += await killer.client_kill_filter(_type="normal", skipme=True)
+
+        results: list[bool] = []
+        for _ in range(5):
+            *batch, _ = await asyncio.gather(*(one(n) for n in range(100)), kill())
+            results += batch
+        lean.close()
+        await client.aclose()
+        await killer.aclose()
+        return results, kills
+
+    results, kills = asyncio.run(scenario())
+    assert kills > 0
+    assert all(results), results.count(False)
+
+
+def test_forgetting_an_old_link_leaves_the_new_one_alone() -> None:
+    lean = LeanRedis({"host": "127.0.0.1", "port": 1}, unix=False)
+    old, new = _Link(), _Link()
+    lean._link = new
+    lean._forget(old)
+    assert lean._link is new
+    lean._forget(new)
+    assert lean._link is None

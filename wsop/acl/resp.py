@@ -171,49 +171,47 @@ class LeanRedis:
     async def execute(self, pipe: LeanPipe) -> list[Any]:
         """Every command's reply, in order; error replies as exception instances."""
         data, count = b"".join(pipe.parts), len(pipe.parts)
-        for attempt in range(ATTEMPTS):
+        for attempt in range(1, ATTEMPTS + 1):
+            link = self._link
             try:
-                link = self._link
                 if link is None or link.lost is not None:
                     link = await self._connect()
                 replies = await link.send(data, count)
             except (OSError, redis.ConnectionError) as exc:
-                self._drop()
-                if attempt + 1 == ATTEMPTS:
+                self._forget(link)
+                if attempt == ATTEMPTS:
                     if isinstance(exc, redis.ConnectionError):
                         raise
                     raise redis.ConnectionError(f"cannot reach Redis: {exc}") from None
-                await asyncio.sleep(random.uniform(*BACKOFF_S) * (attempt + 1))
-                continue
-            for reply in replies:
-                if isinstance(reply, redis.ConnectionError):  # LOADING: not serving yet
-                    self._drop()
-                    if attempt + 1 == ATTEMPTS:
-                        raise reply
-                    break
             else:
-                return replies
-            await asyncio.sleep(random.uniform(*BACKOFF_S) * (attempt + 1))
+                loading = next((r for r in replies if isinstance(r, redis.ConnectionError)), None)
+                if loading is None:
+                    return replies
+                if attempt == ATTEMPTS:  # LOADING (a restarted Redis): not serving yet
+                    raise loading
+            await asyncio.sleep(random.uniform(*BACKOFF_S) * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        self._drop()
+        self._forget(self._link)
 
-    def _drop(self) -> None:
-        link, self._link = self._link, None
-        if link is not None and link.transport is not None:
+    def _forget(self, link: _Link | None) -> None:
+        """Drop `link` — only it: batches that failed on an old connection must not close
+        the new one another batch has dialled meanwhile."""
+        if link is None:
+            return
+        if self._link is link:
+            self._link = None
+        if link.transport is not None:
             link.transport.abort()
 
     async def _connect(self) -> _Link:
-        """One dial at a time: batches that find no connection wait for the same one."""
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._dial())
+        """One dial at a time: batches that find no connection wait for the same one (a
+        finished dial is never reused: it is only asked for when its link is gone)."""
         connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done():
-                self._connecting = None
+        if connecting is None or connecting.done():
+            connecting = self._connecting = asyncio.ensure_future(self._dial())
+        return await asyncio.shield(connecting)
 
     async def _dial(self) -> _Link:
         loop = asyncio.get_running_loop()
@@ -224,6 +222,18 @@ class LeanRedis:
         else:
             dial = loop.create_connection(_Link, kw.get("host", "localhost"), kw.get("port", 6379))
         _, link = await asyncio.wait_for(dial, timeout)
+        try:
+            await self._setup(link, timeout)
+        except BaseException:
+            assert link.transport is not None
+            link.transport.abort()
+            raise
+        self._link = link
+        return link
+
+    async def _setup(self, link: _Link, timeout: float) -> None:
+        """AUTH and SELECT as the URL says, before the link carries anything else."""
+        kw = self._kwargs
         setup: list[tuple[Any, ...]] = []
         if kw.get("password") is not None:
             user = kw.get("username")
@@ -236,8 +246,4 @@ class LeanRedis:
             )
             for reply in replies:
                 if isinstance(reply, Exception):
-                    assert link.transport is not None
-                    link.transport.abort()
                     raise redis.ConnectionError(f"Redis refused the connection setup: {reply}")
-        self._link = link
-        return link
