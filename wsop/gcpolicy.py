@@ -9,7 +9,12 @@ the ring, locust and gevent). Measured: 6–10% of a sidecar's CPU under team fa
 (bench/peers.py, team row), ~3% of a load worker. Everything alive once the process is
 ready is frozen out of the scans (`gc.freeze`), and the young generation is collected
 less often, by which time most of those containers were freed by reference counting.
-Cycles are still collected; they just wait a little longer.
+Cycles are still collected; they just wait a little longer — which has a price where
+connections open in bursts: the handshakes' cyclic garbage waits for the next young
+collection, ~0.5 KB more RSS per idle connection in bench/peers.py's idle row (11.2–11.4
+KB against 10.6–10.8 with CPython's 700 and the same freeze), for ~3% less CPU per
+team delivery than that (paired runs after the lean resolution connection; before it,
+the collector's share was larger).
 """
 
 from __future__ import annotations
