@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from wsop.acl.resp import LeanPipe, LeanRedis
+from wsop.acl.resp import LeanRedis
 
 Queue = Callable[[Any], None]
 """Adds one caller's commands to the pipeline it is given."""
@@ -31,7 +31,8 @@ Queue = Callable[[Any], None]
 class PipelineBatch:
     def __init__(self, client: Any, head: Queue | None = None) -> None:
         self.client = client
-        self._lean = LeanRedis.for_client(client)
+        self._pipes: Any = LeanRedis.for_client(client) or client
+        """What pipelines come from: the lean connection where it applies, else redis-py."""
         self._head = head
         self._calls: list[tuple[Queue, asyncio.Future[tuple[list[Any], list[Any]]]]] = []
         self._scheduled = False
@@ -55,8 +56,7 @@ class PipelineBatch:
         task.add_done_callback(self._running.discard)
 
     async def _execute(self, calls: list[tuple[Queue, asyncio.Future[Any]]]) -> None:
-        lean = self._lean
-        pipe: Any = LeanPipe() if lean is not None else self.client.pipeline(transaction=False)
+        pipe = self._pipes.pipeline(transaction=False)
         if self._head is not None:
             self._head(pipe)
         heads = len(pipe)
@@ -74,10 +74,7 @@ class PipelineBatch:
         if all(span is None for span in spans):
             return
         try:
-            if lean is not None:
-                replies = await lean.execute(pipe)
-            else:
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             for _, done in calls:
                 if not done.done():

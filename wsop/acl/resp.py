@@ -17,8 +17,10 @@ What redis-py's pool was given for a restart is kept: a dropped connection is di
 again and the batch retried (a resolution is read-only but for its scratch key, so a
 retry is harmless), three attempts with a short backoff, then `redis.ConnectionError`.
 Error replies are redis-py's exception instances (its own parser's mapping), so callers
-check them exactly as before; one that means the server is not serving (LOADING after
-a restart) counts as a dropped connection.
+check them exactly as before; one that means the server is not serving yet (LOADING
+after a restart) has the batch retried too, on the same connection. Arguments are
+encoded by redis-py's own `Encoder`, and `LeanRedis.pipeline()` hands out pipes with
+redis-py's `execute(raise_on_error=False)`, so a caller treats both alike.
 """
 
 from __future__ import annotations
@@ -31,25 +33,20 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
+from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 ATTEMPTS = 3
 BACKOFF_S = (0.01, 0.05)
+_encode = Encoder("utf-8", "strict", False).encode  # (wsop's keys and arguments are ASCII)
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP (an array of bulk strings), as redis-py's encoder would
-    give it: str as UTF-8, int and float as their text."""
+    """One command in RESP (an array of bulk strings), each argument as redis-py's
+    encoder gives it (str as UTF-8, int and float as their text, anything else refused)."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int | float) and not isinstance(arg, bool):
-            data = repr(arg).encode()
-        else:
-            raise redis.DataError(f"invalid argument {arg!r}: bytes, str, int or float")
+        data = _encode(arg)
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -58,13 +55,19 @@ class LeanPipe:
     """Collects commands under the names of redis-py's pipeline methods that the
     resolution uses, so the same `queue` functions fill either kind."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("parts", "_redis")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: LeanRedis | None = None) -> None:
         self.parts: list[bytes] = []
+        self._redis = owner
 
     def __len__(self) -> int:
         return len(self.parts)
+
+    async def execute(self, raise_on_error: bool = False) -> list[Any]:
+        """As redis-py's pipeline with `raise_on_error=False` (the only way it is used)."""
+        assert self._redis is not None and not raise_on_error
+        return await self._redis.execute(self)
 
     def execute_command(self, *args: Any) -> None:
         self.parts.append(pack(args))
@@ -167,6 +170,11 @@ class LeanRedis:
         if kwargs.get("credential_provider") or kwargs.get("protocol") not in (None, 2, "2"):
             return None
         return cls(dict(kwargs), kind is UnixDomainSocketConnection)
+
+    def pipeline(self, transaction: bool = False) -> LeanPipe:
+        """A pipe that runs on this connection (never a MULTI transaction)."""
+        assert not transaction
+        return LeanPipe(self)
 
     async def execute(self, pipe: LeanPipe) -> list[Any]:
         """Every command's reply, in order; error replies as exception instances."""
