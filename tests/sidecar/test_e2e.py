@@ -14,7 +14,15 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.stack_helpers import Sidecars, admin_get, client, drain, recv_json, seed_tenant
+from tests.stack_helpers import (
+    Sidecars,
+    admin_get,
+    client,
+    drain,
+    drain_all,
+    recv_json,
+    seed_tenant,
+)
 from wsop.ring import build
 
 
@@ -63,10 +71,8 @@ def test_direct_team_multitab_cross_sidecar_and_isolation(
 
     a3.send('{"type":"team","teams":["eng"],"data":{"x":1},"id":"t1"}')
     expected = {id(a1), id(a2_tab1), id(a2_tab2), id(a3)}
-    got_by = {}
-    for ws in everyone:
-        for frame in drain(ws, 0.5):
-            got_by.setdefault(id(ws), []).append(frame)
+    arrived = zip(everyone, drain_all(everyone, 0.5), strict=True)
+    got_by = {id(ws): got for ws, got in arrived if got}
     ack = [f for f in got_by.pop(id(a3)) if f["type"] == "ack"]
     assert ack == [{"type": "ack", "id": "t1", "delivered": 3}]
     for ws_id, frames in got_by.items():
@@ -77,7 +83,7 @@ def test_direct_team_multitab_cross_sidecar_and_isolation(
     a4.send('{"type":"team","teams":["eng"],"data":1,"id":"t2"}')
     err = recv_json(a4)
     assert err["type"] == "error" and err["code"] == "forbidden" and err["id"] == "t2"
-    assert all(drain(ws, 0.2) == [] for ws in everyone)
+    assert drain_all(everyone, 0.2) == [[] for _ in everyone]
 
     for ws in everyone:
         ws.close()

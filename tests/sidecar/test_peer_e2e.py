@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.stack_helpers import Sidecars, client, drain, recv_json, seed_tenant
+from tests.stack_helpers import Sidecars, client, drain, drain_all, recv_json, seed_tenant
 from wsop.ring import build
 
 
@@ -112,8 +112,8 @@ def test_a_huge_team_crosses_the_peer_link_with_an_exact_ack(
     ack = frames_until(sender, lambda f: any(x["type"] == "ack" for x in f), timeout=8)[-1]
     assert ack["delivered"] == len(connected) + 1  # the sender is a member too
     assert ack["delivered"] + ack.get("undelivered", 0) == len(members)
-    for ws in receivers:
-        assert [f["data"] for f in drain(ws, 0.3)] == ["hello all"]
+    for ws, got in zip(receivers, drain_all(receivers, 0.3), strict=True):
+        assert [f["data"] for f in got] == ["hello all"]
         ws.close()
     assert [f["data"] for f in drain(sender, 0.3) if f["type"] == "message"] in (
         [],  # (it may have arrived before the ack)

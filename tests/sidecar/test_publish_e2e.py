@@ -22,6 +22,7 @@ from tests.stack_helpers import (
     ADMIN_TOKEN,
     client,
     drain,
+    drain_all,
     recv_json,
     seed_tenant,
     sidecars_behind_lb,
@@ -93,8 +94,7 @@ def publish_token(tenant: str, sender: str | None = "bot") -> str:
 
 
 def quiet(*conns: ClientConnection) -> None:
-    for ws in conns:
-        assert drain(ws, 0.3) == []
+    assert drain_all(conns, 0.3) == [[] for _ in conns]
 
 
 def test_a_publish_reaches_the_named_users_of_its_tenant_only(stack: Stack) -> None:

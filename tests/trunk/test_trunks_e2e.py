@@ -21,6 +21,7 @@ from tests.stack_helpers import (
     admin_get,
     client,
     drain,
+    drain_all,
     recv_json,
     seed_tenant,
     sidecars_behind_lb,
@@ -67,7 +68,7 @@ def test_direct_and_team_messages_are_delivered_over_trunks(
     assert recv_json(users[7])["data"] == "hi"
     for i in range(20):
         users[3].send(json.dumps({"type": "team", "teams": ["eng"], "data": i, "id": f"t{i}"}))
-    frames = {u: drain(ws, 0.5) for u, ws in users.items()}
+    frames = dict(zip(users, drain_all(users.values(), 0.5), strict=True))
     acks = [f for f in frames[3] if f["type"] == "ack"]
     assert sorted(a["id"] for a in acks) == sorted(f"t{i}" for i in range(20))
     assert all(a["delivered"] == 40 and "undelivered" not in a for a in acks), acks[:3]
