@@ -62,6 +62,8 @@ def test_a_pod_whose_name_is_not_a_label_is_not_a_member():
         ({"max_frame_bytes": -1}, "max_frame_bytes"),
         ({"max_frame_bytes": 0}, "max_frame_bytes"),
         ({"close_window_s": float("nan")}, "close_window_s"),
+        ({"slow_client_s": 0}, "--slow-client"),
+        ({"slow_client_s": float("inf")}, "--slow-client"),
         ({"upstream": "http://127.0.0.1:3001"}, "ws://"),
         ({"host": ""}, "host"),
         ({"leeway_s": -1}, "--leeway"),

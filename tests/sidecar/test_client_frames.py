@@ -21,7 +21,7 @@ from websockets.utils import apply_mask
 from tests.fakes import FakeTransport as Transport
 from tests.sidecar.test_client_session import server_frames
 from wsop.auth import Identity
-from wsop.sidecar.client import ClientSession
+from wsop.sidecar.client import SLOW_CLIENT_S, ClientSession
 from wsop.sidecar.outbox import Outbox
 
 CONT, TEXT, BINARY, PING, PONG_OP = 0x0, 0x1, 0x2, 0x9, 0xA
@@ -57,6 +57,8 @@ class Recorder:
         self.kinds.append(type(data))
         self.messages.append(data.encode() if isinstance(data, str) else bytes(data))
         return None
+
+    slow_client_s = SLOW_CLIENT_S
 
     def client_gone(self, session: ClientSession) -> None:
         self.gone += 1

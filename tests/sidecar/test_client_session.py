@@ -15,7 +15,7 @@ from websockets.server import ServerProtocol
 from tests.fakes import FakeTransport as Transport
 from wsop.auth import Identity
 from wsop.sidecar import client as client_module
-from wsop.sidecar.client import ClientSession
+from wsop.sidecar.client import SLOW_CLIENT_S, ClientSession
 from wsop.sidecar.outbox import Outbox
 
 
@@ -42,6 +42,8 @@ class Owner:
     async def _slow(self, session: ClientSession, data: bytes) -> None:
         await self.release.wait()
         self.handled.append(data)
+
+    slow_client_s = SLOW_CLIENT_S
 
     def client_gone(self, session: ClientSession) -> None:
         self.gone += 1
@@ -259,7 +261,7 @@ def test_fast_and_full_parsers_hand_over_at_frame_boundaries() -> None:
 def test_a_client_that_stops_reading_is_closed_after_the_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(client_module, "SLOW_CLIENT_S", 0.05)
+    monkeypatch.setattr(Owner, "slow_client_s", 0.05)  # the owner says how long (--slow-client)
     monkeypatch.setattr(client_module, "CLOSE_TIMEOUT_S", 0.05)
 
     async def scenario() -> tuple[Transport, Owner, Transport, Owner]:

@@ -15,6 +15,7 @@ import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.stack_helpers import (
+    Proc,
     Sidecars,
     admin_get,
     client,
@@ -24,6 +25,7 @@ from tests.stack_helpers import (
     seed_tenant,
 )
 from wsop.ring import build
+from wsop.sidecar.client import SLOW_CLIENT_S
 
 
 @pytest.fixture
@@ -251,15 +253,26 @@ def test_oversize_frame_closes_with_1009_and_others_are_unharmed(
 
 
 def test_a_client_that_stops_reading_is_closed_and_others_are_unharmed(
-    sidecars: Sidecars, r: redis.Redis
+    redis_url: str, tmp_path: Path, r: redis.Redis
 ) -> None:
     """Messages to a client that never reads pile up in the sidecar only until the
-    slow-client grace (10 s) ends: then it is closed and counted."""
+    slow-client grace (`--slow-client 2`: 2 s, not the default 10) ends: then it is
+    closed and counted."""
+    seed_tenant(r, "A", {"eng": {1, 2}})
+    sidecars = Sidecars(redis_url, tmp_path / "members.json", {})
+    sidecars.write_members()
+    proc = sidecars.start("solo", tmp_path, ["--slow-client", "2"])
+    sidecars.write_members()
+    try:
+        _stop_reading_then_closed(proc)
+    finally:
+        sidecars.stop_all()
+
+
+def _stop_reading_then_closed(proc: Proc) -> None:
     import base64
     import socket
 
-    seed_tenant(r, "A", {"eng": {1, 2}})
-    proc = sidecars.procs["s0"]
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.connect(("127.0.0.1", proc.port))
@@ -277,14 +290,16 @@ def test_a_client_that_stops_reading_is_closed_and_others_are_unharmed(
     for i in range(150):  # ~9 MB: more than the socket buffers and the 1 MiB mark
         sender.send(f'{{"type":"direct","to":2,"data":"{blob}","id":"{i}"}}')
         assert recv_json(sender)["type"] == "ack"
+    filled = time.monotonic()  # (the grace began while the buffer filled)
     metrics_url = proc.url.replace("ws://", "http://") + "/metrics"
-    deadline = time.monotonic() + 20
+    deadline = filled + 20
     closed = 0.0
     while time.monotonic() < deadline and not closed:
-        time.sleep(0.5)
+        time.sleep(0.25)
         text = admin_get(metrics_url).decode()
         closed = metric_sum(text, "wsop_slow_clients_closed_total")
     assert closed == 1
+    assert time.monotonic() - filled < SLOW_CLIENT_S / 2  # the flag, not the default, decided
     sender.send('{"type":"direct","to":1,"data":"still fine","id":"z"}')
     assert {f["type"] for f in (recv_json(sender), recv_json(sender))} == {"ack", "message"}
     sender.close()

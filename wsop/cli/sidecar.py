@@ -91,6 +91,14 @@ def sidecar_cmd(
             "a killed sidecar's users are offline within lease + heartbeat.",
         ),
     ] = 10.0,
+    slow_client: Annotated[
+        float,
+        typer.Option(
+            "--slow-client",
+            help="Seconds a client may keep over 1 MiB of its messages unread before it is "
+            "closed (1008, counted in wsop_slow_clients_closed_total).",
+        ),
+    ] = 10.0,
     quotas: QuotasFileOpt = None,
     max_connections_per_user: PerUserOpt = DEFAULT_CONNECTIONS_PER_USER,
     max_connections_per_tenant: PerTenantOpt = 0,
@@ -133,6 +141,7 @@ def sidecar_cmd(
         quotas=limits,
         heartbeat_s=heartbeat,
         lease_s=lease,
+        slow_client_s=slow_client,
         tls=tls_settings(certfile, keyfile, ca),
         history=history,
         history_messages=history_messages,

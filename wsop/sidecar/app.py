@@ -70,6 +70,7 @@ class Sidecar:
         once its placement is built and adopted, which takes a moment after it is read."""
         self.router = Router(config.name, self.placement_for(self.routing))
         self.outbox = Outbox()
+        self.slow_client_s = config.slow_client_s
         self._server_ssl = config.tls.server_context()
         self.delivery = Delivery(
             config.name, config.admin_token, self.router, self.outbox, self.metrics, self._spawn,

@@ -53,14 +53,17 @@ CLOSE_TIMEOUT_S: Final = 2.0
 WRITE_HIGH: Final = 1024 * 1024
 """Unsent bytes above which a client counts as not keeping up (`pause_writing`)."""
 SLOW_CLIENT_S: Final = 10.0
-"""A client that stays above `WRITE_HIGH` this long is closed: its unread messages
-would otherwise pile up in the sidecar's memory without bound."""
+"""By default, a client that stays above `WRITE_HIGH` this long is closed (the owner's
+`slow_client_s`, `wsop sidecar --slow-client`): its unread messages would otherwise
+pile up in the sidecar's memory without bound."""
 
 
 class SessionOwner(Protocol):
     """What a session needs from the sidecar."""
 
     outbox: Outbox
+    slow_client_s: float
+    """Seconds over `WRITE_HIGH` before `client_too_slow` (default `SLOW_CLIENT_S`)."""
 
     def client_frame(
         self, session: ClientSession, data: str | bytes
@@ -138,10 +141,10 @@ class ClientSession(FrameReader):
             self.coalescing = isinstance(transport, Channel)
 
     def pause_writing(self) -> None:
-        """The client is not reading as fast as it is sent to: give it `SLOW_CLIENT_S`."""
+        """The client is not reading as fast as it is sent to: give it `slow_client_s`."""
         if self._slow_timer is None and self.open:
             loop = asyncio.get_running_loop()
-            self._slow_timer = loop.call_later(SLOW_CLIENT_S, self._too_slow)
+            self._slow_timer = loop.call_later(self._owner.slow_client_s, self._too_slow)
 
     def resume_writing(self) -> None:
         if self._slow_timer is not None:

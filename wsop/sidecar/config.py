@@ -35,6 +35,8 @@ class SidecarConfig:
     admin_token: str | None = None
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     close_window_s: float = 2.0
+    slow_client_s: float = 10.0
+    """How long a client may keep over 1 MiB of its messages unread before it is closed."""
     upstream: str | None = None
     allowed_origins: tuple[str, ...] | None = None
     """Browser origins admitted (`Origin` header); None admits any (see docs/security.md)."""
@@ -67,6 +69,7 @@ class SidecarConfig:
         check_port(self.port)
         check_positive_int(self.max_frame_bytes, "max_frame_bytes")
         check_seconds(self.close_window_s, "close_window_s")
+        check_seconds(self.slow_client_s, "--slow-client", allow_zero=False)
         if self.upstream is not None and not self.upstream.startswith(("ws://", "wss://")):
             raise UsageError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r}")
         self.timings = PresenceTimings(self.heartbeat_s, self.lease_s, self.presence_wait_s)
