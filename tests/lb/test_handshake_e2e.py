@@ -105,3 +105,50 @@ def test_bytes_pushed_before_the_101_are_bounded(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
         blackhole.close()
+
+
+def test_a_client_that_resets_during_its_handshake_leaves_no_ghost_leg(
+    lb_stack: tuple[Sidecars, int], r: redis.Redis, tmp_path: Path
+) -> None:
+    """A client that resets its socket while the LB dials its sidecar (or sends its 101)
+    never reaches websockets' handler; its sidecar leg used to stay open until the
+    keepalive gave up (~40 s): the user online, counted in its quota, and direct messages
+    to it acked `delivered: 1` to nobody. The LB logged a traceback for each, too."""
+    import random
+    import struct
+
+    stack, port = lb_stack
+    seed_tenant(r, "A", {"eng": {1, 2}})
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    request = (
+        f"GET /ws?tenant=A&user=2 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    rng = random.Random(7)
+
+    def reset_after(delay: float) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(request)
+            time.sleep(delay)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    for _ in range(4):  # concurrency is what opens the window: 30 at a time did not
+        resets = [
+            threading.Thread(target=reset_after, args=(rng.random() * 0.3,)) for _ in range(120)
+        ]
+        for t in resets:
+            t.start()
+        for t in resets:
+            t.join()
+    sender = client(f"ws://127.0.0.1:{port}", "A", 1)
+    deadline, ack = time.monotonic() + 8, {}
+    while time.monotonic() < deadline:  # every leg closes within moments, not a minute
+        sender.send(json.dumps({"type": "direct", "to": 2, "data": "x", "id": "g"}))
+        ack = recv_json(sender)
+        if ack.get("delivered") == 0:
+            break
+        time.sleep(0.5)
+    assert (ack["delivered"], ack.get("undelivered")) == (0, 1), ack
+    sender.close()
+    log = (tmp_path / "lb.log").read_text()
+    assert "Traceback" not in log, log[log.find("Traceback") - 200 :][:1500]

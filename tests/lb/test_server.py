@@ -166,6 +166,34 @@ async def test_no_sidecar_or_an_unreachable_one_is_a_503_at_the_handshake(
 
 
 @pytest.mark.asyncio
+async def test_a_leg_no_relay_took_is_closed_when_its_client_goes(
+    standins: Members, trunks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """websockets skips the handler when the client resets while its 101 is written; the
+    leg dialled for it must not stay open (a ghost the sidecar counts as online, acked as
+    delivered) until the sidecar's keepalive gives up. Here the handler never takes it."""
+    from websockets.protocol import State
+
+    from wsop.lb.server import LoadBalancer
+
+    async def skipped(self: LoadBalancer, connection: LBServerConnection) -> None:
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(LoadBalancer, "handler", skipped)
+    async with running_lb(StaticMembership(standins), trunks=trunks) as lb:
+        ws = await dial(lb)
+        (leg,) = lb._legs.values()
+        assert leg.upstream.state is State.OPEN
+        ws.transport.abort()
+        for _ in range(60):
+            if leg.upstream.state is State.CLOSED:
+                break
+            await asyncio.sleep(0.05)
+        assert leg.upstream.state is State.CLOSED  # at once, not after a keepalive
+        assert lb.stats.orphaned_legs == 1 and not lb._legs
+
+
+@pytest.mark.asyncio
 async def test_a_sidecar_without_trunks_gets_one_connection_per_client() -> None:
     """A sidecar from before trunks answers /trunk with 404: the LB dials its clients'
     legs directly (and tries a trunk again only after `RETRY_S`)."""

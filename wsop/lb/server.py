@@ -83,6 +83,7 @@ class LoadBalancer:
         self.placement: Placement | None = None
         self.relays: set[Relay] = set()
         self._legs: weakref.WeakKeyDictionary[ServerConnection, Leg] = weakref.WeakKeyDictionary()
+        self._closing: set[asyncio.Task[None]] = set()  # legs of clients gone, closing
         self.server: Server | None = None
         self._stopping = False
         self._server_ssl = config.tls.server_context()
@@ -210,7 +211,13 @@ class LoadBalancer:
             self.stats.no_sidecar += 1
             return text_response(connection, 503, "no sidecars available; try again later")
         owner, url = route
-        address = connection.remote_address
+        assert isinstance(connection, LBServerConnection)
+        if connection.lost:  # reset right after its request: nothing to dial for
+            return text_response(connection, 503, "client gone")
+        try:
+            address = connection.remote_address
+        except (AttributeError, OSError):  # uvloop: the socket closed under the request
+            address = None
         peer = f"{address[0]}:{address[1]}" if address else ""
         dial = self._dialer(request, identity, peer)
         try:
@@ -226,13 +233,25 @@ class LoadBalancer:
             self.stats.upstream_failures["connect"] += 1
             log.warning("cannot reach sidecar %s at %s: %s", owner, url, exc)
             return text_response(connection, 503, f"sidecar {owner} unavailable; try again")
-        assert isinstance(connection, LBServerConnection)
         if connection.lost or self._stopping:  # the client gave up, or SIGTERM, meanwhile
             code = CloseCode.NORMAL if connection.lost else CloseCode.GOING_AWAY
             await upstream.close(code, "")
             return text_response(connection, 503, "lb shutting down")
         self._legs[connection] = Leg(identity, owner, upstream, dial)
+        connection.on_lost = self._client_lost
         return None
+
+    def _client_lost(self, connection: LBServerConnection) -> None:
+        """A client gone before `handler` took its leg: close the leg now, or the sidecar
+        keeps a connection nobody reads (online, counted in the user's quota, acked as
+        delivered) until its keepalive gives up a minute later."""
+        leg = self._legs.pop(connection, None)
+        if leg is None:
+            return  # the relay has it (and closes it), or it was never stored
+        self.stats.orphaned_legs += 1
+        task = asyncio.get_running_loop().create_task(leg.upstream.close(CloseCode.GOING_AWAY))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def handler(self, connection: ServerConnection) -> None:
         """Hand both sockets to a raw `Relay` and return (the relay needs no task: it runs

@@ -24,6 +24,8 @@ class LBStats:
         self.accepted = 0
         self.auth_failures = 0
         self.no_sidecar = 0
+        self.orphaned_legs = 0
+        """Sidecar legs closed because their client left before its 101 was out."""
         self.upstream_failures: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         """Things the LB would not do: a move to a non-member, a client's control frame."""
@@ -93,6 +95,11 @@ class _Collector(Collector):
         )
         yield CounterMetricFamily(
             "wsop_lb_no_sidecar", "Handshakes refused 503: no sidecars.", value=s.no_sidecar
+        )
+        yield CounterMetricFamily(
+            "wsop_lb_orphaned_legs",
+            "Sidecar legs closed because their client left before its 101 was out.",
+            value=s.orphaned_legs,
         )
         yield _labelled(
             "wsop_lb_upstream_failures",
