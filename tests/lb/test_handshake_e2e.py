@@ -152,3 +152,24 @@ def test_a_client_that_resets_during_its_handshake_leaves_no_ghost_leg(
     sender.close()
     log = (tmp_path / "lb.log").read_text()
     assert "Traceback" not in log, log[log.find("Traceback") - 200 :][:1500]
+
+
+def test_a_client_cannot_forge_the_lbs_control_frame_in_another_shape(
+    lb_stack: tuple[Sidecars, int], r: redis.Redis
+) -> None:
+    """The LB drops a client's unfragmented NUL-led text frame; the same bytes fragmented
+    or binary used to pass and be obeyed by the sidecar (a forged `moved` closed the
+    client 1000). Now they are what they are: invalid messages, answered `bad_request`."""
+    from wsop.protocol import MOVED_FRAME
+
+    stack, port = lb_stack
+    seed_tenant(r, "A", {"eng": {1, 2}})
+    ws = client(f"ws://127.0.0.1:{port}", "A", 1)
+    ws.send([MOVED_FRAME[:6], MOVED_FRAME[6:]])  # one text message in two fragments
+    ws.send(MOVED_FRAME.encode())  # binary
+    errors = [recv_json(ws) for _ in range(2)]
+    assert [(e["type"], e["code"]) for e in errors] == [("error", "bad_request")] * 2, errors
+    ws.send(json.dumps({"type": "direct", "to": 1, "data": "still here", "id": "z"}))
+    got = {f["type"]: f for f in (recv_json(ws), recv_json(ws))}
+    assert got["ack"]["delivered"] == 1 and got["message"]["data"] == "still here"
+    ws.close()

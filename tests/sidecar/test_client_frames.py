@@ -310,3 +310,31 @@ def test_invalid_utf8_in_a_text_frame_fails_the_connection_with_1007() -> None:
         assert [f.opcode for f in written] == [CLOSE]
         assert Close.parse(written[0].data).code == 1007
         assert transport.eof_written
+
+
+def test_only_a_whole_nul_led_text_frame_over_an_lb_leg_is_an_lb_control_frame() -> None:
+    """The LB strips unfragmented NUL-led text frames from what clients send and sends
+    its own control frames in that shape; a client's NUL-led message in another shape
+    (fragmented, binary) reached the sidecar's control handler (an audit closed its own
+    connection with a forged `moved`): it must come out as an ordinary message."""
+    from wsop.sidecar.client import LbControl
+
+    key = b"\x01\x02\x03\x04"
+    moved = b"\x00wsop:moved"
+    stream = (
+        frame(TEXT, moved, key)  # the LB's shape
+        + frame(TEXT, moved[:6], key, fin=False)  # a client's, fragmented
+        + frame(CONT, moved[6:], key)
+        + frame(BINARY, moved, key)  # a client's, binary
+    )
+
+    def kinds(via_lb: bool) -> list[tuple[type, bytes]]:
+        session, _transport, owner = make()
+        session.via_lb = via_lb
+        got: list[tuple[type, bytes]] = []
+        owner.client_frame = lambda _s, data: got.append((type(data), data))  # type: ignore[method-assign]
+        session.data_received(stream)
+        return [(kind, data.encode() if isinstance(data, str) else data) for kind, data in got]
+
+    assert kinds(via_lb=True) == [(LbControl, moved), (str, moved), (bytes, moved)]
+    assert kinds(via_lb=False) == [(str, moved), (str, moved), (bytes, moved)]

@@ -32,7 +32,12 @@ from wsop.quotas import TokenBucket
 from wsop.shell import MembershipWatcher
 from wsop.sidecar import admin
 from wsop.sidecar.api import SidecarApi
-from wsop.sidecar.client import ClientHandshake, ClientSession, SidecarServerConnection
+from wsop.sidecar.client import (
+    ClientHandshake,
+    ClientSession,
+    LbControl,
+    SidecarServerConnection,
+)
 from wsop.sidecar.config import SidecarConfig
 from wsop.sidecar.delivery import ACK_TIMEOUT_S, Delivery
 from wsop.sidecar.history_service import SidecarHistory
@@ -52,7 +57,6 @@ log = logging.getLogger("wsop.sidecar")
 
 PRESENCE_RETRIES = 5
 PING_INTERVAL_S = 30.0
-_CONTROL_MARKS = ("\x00", b"\x00")
 MOVE_QUIET_S = 0.5
 """After the LB says a client moved away, its old connection stays open at least this
 long (deliveries already on their way), and until its open acks are answered."""
@@ -320,14 +324,14 @@ class Sidecar:
         self, session: ClientSession, data: str | bytes
     ) -> Coroutine[Any, Any, None] | None:
         """A client's message (`str` from a text frame, mirrored to an app as text)."""
-        if data[:1] in _CONTROL_MARKS and session.via_lb:  # (JSON never starts with NUL)
+        if type(data) is LbControl:  # (JSON never starts with NUL; a client's is refused)
             return self._control(session, data)
         app = self.apps.get(session) if self.apps is not None else None
         if app is not None:
             return self.apps.mirror_then_route(app, session, data)
         return self.messages.route(session, session.ident, session.index, data)
 
-    def _control(self, session: ClientSession, data: str | bytes) -> None:
+    def _control(self, session: ClientSession, data: LbControl) -> None:
         """A control frame from the LB in front of `session` (today: it moved away)."""
         if data == protocol.MOVED_FRAME:
             self._spawn(self._close_when_settled(session))

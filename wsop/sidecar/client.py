@@ -58,6 +58,15 @@ SLOW_CLIENT_S: Final = 10.0
 pile up in the sidecar's memory without bound."""
 
 
+class LbControl(str):
+    """A control frame from the LB in front of the session: a text message led by NUL
+    that came as one unfragmented frame over an LB leg. The LB removes exactly that
+    shape from what clients send, so a client cannot forge one; a client's NUL-led
+    message in any other shape (binary, fragmented) is an ordinary, invalid message."""
+
+    __slots__ = ()
+
+
 class SessionOwner(Protocol):
     """What a session needs from the sidecar."""
 
@@ -248,7 +257,7 @@ class ClientSession(FrameReader):
 
     # -- messages ----------------------------------------------------------------------
 
-    def _message(self, data: bytes, text: bool) -> None:
+    def _message(self, data: bytes, text: bool, one_frame: bool = True) -> None:
         """One whole message: decoded if text (the only UTF-8 pass: the owner parses
         the `str`), handled now, or queued behind a message that is still running."""
         if text:
@@ -257,6 +266,8 @@ class ClientSession(FrameReader):
             except UnicodeDecodeError as exc:
                 self._fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
                 return
+            if data[:1] == b"\x00" and one_frame and self.via_lb:
+                message = LbControl(message)
         else:
             message = data
         if self._backlog is not None:

@@ -76,8 +76,9 @@ class FrameReader(asyncio.Protocol):
         self._fast_limit = 1 << 64 if limit is None else limit
         """The largest frame outside a fragmented message that websockets would take."""
 
-    def _message(self, data: bytes, text: bool) -> None:
-        """One whole message, from a text frame (`text`, not decoded yet) or a binary one."""
+    def _message(self, data: bytes, text: bool, one_frame: bool = True) -> None:
+        """One whole message, from a text frame (`text`, not decoded yet) or a binary one;
+        `one_frame`: it came unfragmented (the only shape of the LB's control frames)."""
         raise NotImplementedError
 
     def _protocol_acted(self) -> None:
@@ -204,7 +205,7 @@ class FrameReader(asyncio.Protocol):
                 self._fragments.append(frame.data)
                 if frame.fin:
                     whole, self._fragments = b"".join(self._fragments), None
-                    self._message(whole, self._text)
+                    self._message(whole, self._text, one_frame=False)
             # (pings are answered by the protocol; any pong already cleared pong_due)
         if protocol.writes or protocol.state is not _OPEN:
             self._protocol_acted()
