@@ -19,6 +19,8 @@ class FakeTransport:
         self.protocol: asyncio.Protocol | None = None
         self.strict = strict
         """Fail a write after close (the LB must never write to a closed side)."""
+        self.buffered = 0
+        """What `get_write_buffer_size` says (a test sets it: nothing is really queued)."""
 
     @property
     def closing(self) -> bool:
@@ -37,6 +39,9 @@ class FakeTransport:
 
     def can_write_eof(self) -> bool:
         return True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def write_eof(self) -> None:
         assert not (self.strict and self.closing), "write_eof after close"

@@ -283,6 +283,27 @@ def test_a_client_that_stops_reading_is_closed_after_the_grace(
     assert slow_transport.high == client_module.WRITE_HIGH
 
 
+def test_a_client_past_the_write_cap_is_closed_before_its_grace_ends() -> None:
+    """The grace bounds how long a client may not read, the cap how much: an audit's ping
+    flood that read nothing grew a sidecar by 150 MB within the 10 s grace."""
+
+    async def scenario() -> tuple[Transport, Owner, Transport, Owner]:
+        flood, flood_transport, flood_owner = make()  # the default grace: 10 s
+        flood.pause_writing()
+        flood_transport.buffered = client_module.WRITE_CAP + 1
+        slow, slow_transport, slow_owner = make()
+        slow.pause_writing()
+        slow_transport.buffered = client_module.WRITE_CAP  # at the cap: the grace decides
+        await asyncio.sleep(3 * client_module.CAP_CHECK_S)
+        return flood_transport, flood_owner, slow_transport, slow_owner
+
+    flood_transport, flood_owner, slow_transport, slow_owner = asyncio.run(scenario())
+    assert flood_owner.too_slow == 1
+    close = server_frames(flood_transport.written)[-1]
+    assert close.opcode is CLOSE and Close.parse(close.data).code == 1008
+    assert slow_owner.too_slow == 0 and slow_transport.written == b""
+
+
 def test_the_session_does_not_keep_the_handshakes_connection_alive() -> None:
     """websockets binds `select_subprotocol` to the protocol as a closure over its asyncio
     connection (as `serve(select_subprotocol=…)` does); a session that kept it would keep

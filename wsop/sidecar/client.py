@@ -52,6 +52,11 @@ BACKLOG_PAUSE: Final = 64
 CLOSE_TIMEOUT_S: Final = 2.0
 WRITE_HIGH: Final = 1024 * 1024
 """Unsent bytes above which a client counts as not keeping up (`pause_writing`)."""
+WRITE_CAP: Final = 16 * WRITE_HIGH
+"""Unsent bytes at which a client that is not keeping up is closed at once, grace or not:
+what it makes the sidecar write (pongs to a ping flood, acks, deliveries) must not grow
+the process without bound while the grace runs (an audit's ping flood: +150 MB in 10 s)."""
+CAP_CHECK_S: Final = 0.1
 SLOW_CLIENT_S: Final = 10.0
 """By default, a client that stays above `WRITE_HIGH` this long is closed (the owner's
 `slow_client_s`, `wsop sidecar --slow-client`): its unread messages would otherwise
@@ -97,6 +102,7 @@ class ClientSession(FrameReader):
         "_close_timer",
         "_paused",
         "_slow_timer",
+        "_cap_timer",
         "open",
         "via_lb",
         "bucket",
@@ -124,6 +130,7 @@ class ClientSession(FrameReader):
         self._close_timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._slow_timer: asyncio.TimerHandle | None = None
+        self._cap_timer: asyncio.TimerHandle | None = None
         self.open = True
         """The socket is still ours (until `connection_lost`)."""
         self.coalescing = False
@@ -154,11 +161,27 @@ class ClientSession(FrameReader):
         if self._slow_timer is None and self.open:
             loop = asyncio.get_running_loop()
             self._slow_timer = loop.call_later(self._owner.slow_client_s, self._too_slow)
+            self._cap_timer = loop.call_later(CAP_CHECK_S, self._check_cap)
 
     def resume_writing(self) -> None:
         if self._slow_timer is not None:
             self._slow_timer.cancel()
             self._slow_timer = None
+        if self._cap_timer is not None:
+            self._cap_timer.cancel()
+            self._cap_timer = None
+
+    def _check_cap(self) -> None:
+        """While the grace runs: past `WRITE_CAP` unsent, the client is too slow now."""
+        self._cap_timer = None
+        transport = self.transport
+        if self._slow_timer is None or not self.open or transport is None:
+            return
+        if transport.get_write_buffer_size() > WRITE_CAP:
+            self._slow_timer.cancel()
+            self._too_slow()
+            return
+        self._cap_timer = asyncio.get_running_loop().call_later(CAP_CHECK_S, self._check_cap)
 
     def _too_slow(self) -> None:
         self._slow_timer = None
