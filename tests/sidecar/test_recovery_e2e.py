@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from websockets.sync.client import ClientConnection
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
 from tests.stack_helpers import (
     ADMIN_TOKEN,
@@ -218,6 +219,10 @@ def test_no_history_says_so(redis_url: str, r: redis.Redis, tmp_path: Path) -> N
         assert "offset" not in recv_json(b)  # no history, no offsets
         a.close()
         b.close()
+        with pytest.raises(InvalidStatus) as twice:  # which offset? neither: a 400
+            connect(f"{lb}/ws?tenant={T}&user=3&since=abc:1&since=abc:2", open_timeout=5)
+        assert twice.value.response.status_code == 400
+        assert b"?since= at most once" in twice.value.response.body
 
 
 def test_the_window_is_a_time_too(redis_url: str, r: redis.Redis, tmp_path: Path) -> None:

@@ -84,8 +84,11 @@ async def process_request(
             time.time(),
         )
         moved_from = signal.moved_from if signal else None
+        offsets = httpapi.query_params(request.path).get("since", [])
+        if len(offsets) > 1:  # which one did it mean? (like a credential given twice)
+            return text_response(conn, 400, "give ?since= at most once")
         # `since` of a moved client is the one it connected with, long replayed: ignored
-        since = None if moved_from else query(request).get("since")
+        since = None if moved_from or not offsets else offsets[0]
         conn.client = ClientHandshake(
             ident, via_lb=signal is not None, moved_from=moved_from, since=since
         )
