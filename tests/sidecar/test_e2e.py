@@ -306,6 +306,22 @@ def _stop_reading_then_closed(proc: Proc) -> None:
     raw.close()
 
 
+def test_a_direct_message_to_an_id_no_user_can_have_is_a_bad_request(
+    sidecars: Sidecars, r: redis.Redis
+) -> None:
+    """Ids are < max_users (2^24 by default): the handshake refuses the others with 403,
+    and a message to one was acked `undelivered: 1` as if someone could be offline there."""
+    seed_tenant(r, "A", {"eng": {1}})
+    a = client(sidecars.procs["s0"].url, "A", 1)
+    for to in (1 << 24, 1 << 53):
+        a.send(json.dumps({"type": "direct", "to": to, "data": "x", "id": f"n{to}"}))
+        err = recv_json(a)
+        assert (err["type"], err["code"], err["id"]) == ("error", "bad_request", f"n{to}"), err
+    a.send('{"type":"direct","to":1,"data":"fine","id":"ok"}')
+    assert {f["type"] for f in (recv_json(a), recv_json(a))} == {"ack", "message"}
+    a.close()
+
+
 def test_drain_with_no_other_sidecar_is_refused(redis_url: str, tmp_path: Path) -> None:
     stack = Sidecars(redis_url, tmp_path / "members.json", {})
     stack.write_members()

@@ -79,6 +79,11 @@ class ClientMessages:
             return None
         if isinstance(msg, protocol.TeamMessage):
             return self._team(conn, ident, index, msg, started)
+        if type(msg.to) is int and msg.to >= self.presence.acl.max_users:
+            # no user of the tenant can have it (as at the handshake: docs/protocol.md)
+            why = f"no user id ≥ {self.presence.acl.max_users} (max_users)"
+            self._error(conn, msg.id, protocol.BAD_REQUEST, why)
+            return None
         self.metrics.in_direct.inc()
         frame = protocol.encode_message(ident.user, msg.data, msg.id, int(time.time() * 1000))
         pending = PendingAck(conn, msg.id, started, done=self._done)
