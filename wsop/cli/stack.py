@@ -98,6 +98,7 @@ def up_cmd(
             "tenant and user.[/]",
             highlight=False,
         )
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     if detach:
         payload = {
             **stack.up(
@@ -107,7 +108,6 @@ def up_cmd(
         }
         emit(payload, as_json, _render(payload, "wsop stack is up", hint=True))
         return
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     started = False
     try:  # any way out of the foreground brings the stack down, even mid-start
         up = stack.up(sidecars, port, insecure, algo, redis_url, quotas, tls, history, trunks)
@@ -141,6 +141,7 @@ def scale_cmd(sidecars: SidecarsOpt, as_json: JsonOpt = False) -> None:
     """Add sidecars (s{k}) or stop the highest-numbered ones; the LB follows."""
     from wsop.local import stack
 
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop what it started, like Ctrl-C
     payload = stack.scale(sidecars).to_json()
     emit(payload, as_json, _render(payload, f"scaled to {sidecars} sidecars"))
 

@@ -256,7 +256,9 @@ def up(
         children: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
         try:
             taken = {port}
-            children = [_start_sidecar(record, f"s{i}", taken) for i in range(sidecars)]
+            for i in range(sidecars):  # appended as started: an interrupt stops them all
+                with stack_proc.interrupts_deferred():
+                    children.append(_start_sidecar(record, f"s{i}", taken))
             record = record.with_sidecars([r for r, _ in children])
             stack_file.save(record)
             argv = [
@@ -267,15 +269,17 @@ def up(
                 *(["--trunks", str(trunks)] if trunks is not None else []),
                 *_tls_flags(record),
             ]
-            lb_proc = stack_proc.spawn("lb", argv, _child_env(record))
-            record = replace(record, lb=replace(record.lb, pid=lb_proc.pid))
-            children.append((record.lb, lb_proc))
+            with stack_proc.interrupts_deferred():
+                lb_proc = stack_proc.spawn("lb", argv, _child_env(record))
+                record = replace(record, lb=replace(record.lb, pid=lb_proc.pid))
+                children.append((record.lb, lb_proc))
             stack_file.save(record)
             stack_proc.wait_healthy(children, ca=record.ca_file)
             _wait_lb_members(record)
         except BaseException:
-            stack_proc.terminate([r for r, _ in children], timeout=5)
-            stack_file.remove()
+            with stack_proc.interrupts_deferred():  # a second Ctrl-C must not cut it short
+                stack_proc.terminate([r for r, _ in children], timeout=5)
+                stack_file.remove()
             raise
         return _status(record)
 
@@ -294,10 +298,12 @@ def scale(sidecars: int) -> StackStatus:
             new: list[tuple[ProcRecord, subprocess.Popen[bytes]]] = []
             try:
                 for name in names:
-                    new.append(_start_sidecar(record, name, taken))
+                    with stack_proc.interrupts_deferred():
+                        new.append(_start_sidecar(record, name, taken))
                 stack_proc.wait_healthy(new, ca=record.ca_file)
             except BaseException:
-                stack_proc.terminate([r for r, _ in new], timeout=5)
+                with stack_proc.interrupts_deferred():
+                    stack_proc.terminate([r for r, _ in new], timeout=5)
                 raise
             record = record.with_sidecars([*current, *(r for r, _ in new)])
             stack_file.save(record)

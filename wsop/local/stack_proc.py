@@ -16,8 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,29 @@ def spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[b
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then deliver the first one.
+
+    A child is ours to stop only once its pid is in a list the caller cleans up from:
+    an interrupt between `Popen` returning (or inside it, after the fork) and that
+    append would orphan it. Spawn-and-record, and the clean-up itself, run in here.
+    Outside the main thread (where signal handlers cannot be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def log_tail(name: str, lines: int = 6) -> str:

@@ -1,0 +1,114 @@
+"""The local stack's launchers leave nothing running when they fail or are interrupted:
+every process `up`/`scale` started is stopped (or recorded for `wsop down`), whatever
+the moment the interrupt lands."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, kill_matching
+from wsop.local import stack
+from wsop.local.redis_binary import free_port
+
+SLEEPER = shlex.join([sys.executable, "-c", "import time; time.sleep(120)"])
+"""A sidecar that starts and never answers /healthz: start-up waits until interrupted."""
+
+
+def state() -> Path:
+    return Path(os.environ["WSOP_STATE_DIR"])
+
+
+def stack_pids() -> list[int]:
+    """Live (not zombie) processes whose command line names this test's members file."""
+    needle = str(state() / "stack.json").encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle not in (proc / "cmdline").read_bytes():
+                continue
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+        except OSError:
+            continue
+        found.append(int(proc.name))
+    return found
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftovers() -> Iterator[None]:
+    yield
+    kill_matching(str(state()))
+
+
+def test_interrupt_between_spawn_and_record_stops_every_sidecar(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """SIGINT right after the third sidecar's Popen returned (before `up` recorded it):
+    all three are stopped, none is left for nobody to stop."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    monkeypatch.setenv("WSOP_SIDECAR_CMD", SLEEPER)
+    real = stack._start_sidecar
+    calls = []
+
+    def start_then_interrupt(*args, **kwargs):
+        started = real(*args, **kwargs)
+        calls.append(started)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the interrupt lands here, before the caller keeps the pid
+        return started
+
+    monkeypatch.setattr(stack, "_start_sidecar", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        stack.up(sidecars=5, port=free_port(), insecure=True, redis_url=redis_url)
+    assert len(calls) == 3
+    assert wait_for(lambda: not stack_pids()), f"left running: {stack_pids()}"
+    assert not (state() / "stack.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_detached_up_interrupted_during_start_up_leaves_nothing(
+    sig: signal.Signals, redis_url: str
+) -> None:
+    """`wsop up --detach` stopped (Ctrl-C or SIGTERM) while its sidecars start: exit 130,
+    one line, and no process of its state dir survives."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsop.cli.main", "up", "--detach", "--sidecars", "3",
+         "--port", str(free_port()), "--redis", redis_url, "--insecure", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WSOP_SIDECAR_CMD": SLEEPER},
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: len(stack_pids()) >= 2), "the sidecars never started"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert err.strip() == "error: interrupted"
+        assert wait_for(lambda: not stack_pids(), 5), f"left running: {stack_pids()}"
+        assert not (state() / "stack.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
