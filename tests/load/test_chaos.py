@@ -54,6 +54,7 @@ def test_spec_parses_every_action_sorted_by_time() -> None:
         ("scale@5s", "scale needs a sidecar count"),
         ("scale=0@5s", "scale needs a sidecar count"),
         ("scale=x@5s", "scale needs a sidecar count"),
+        ("scale=65@5s", "scale is at most 64 on the local stack"),
         ("drain=2@5s", "drain takes no argument"),
         ("rebalance@soon", "not a number of seconds"),
         ("rebalance@-1s", "0 s or later"),

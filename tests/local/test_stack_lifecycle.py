@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, kill_matching
+from tests.conftest import ROOT, kill_matching, run_wsop
 from wsop.local import stack
+from wsop.local.limits import MAX_SIDECARS
 from wsop.local.redis_binary import free_port
 
 SLEEPER = shlex.join([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -112,3 +113,23 @@ def test_detached_up_interrupted_during_start_up_leaves_nothing(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("up", "--detach", "--sidecars", "100000"),
+        ("up", "--sidecars", "65"),
+        ("scale", "--sidecars", "65"),
+        ("loadtest", "--local", "--sidecars", "65", "--duration", "5"),
+        ("loadtest", "--local", "--duration", "5", "--chaos", "scale=100000@1s"),
+    ],
+)
+def test_more_sidecars_than_the_cap_is_a_usage_error(args: tuple[str, ...]) -> None:
+    """Past MAX_SIDECARS: exit 2, one line, before a single process is started."""
+    result = run_wsop(*args, "--json")
+    assert result.returncode == 2, result.stderr
+    assert f"at most {MAX_SIDECARS} on the local stack" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not stack_pids() and not (state() / "stack.json").exists()
+    assert not (state() / "redis").exists()  # not even the embedded Redis

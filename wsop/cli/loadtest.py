@@ -23,6 +23,7 @@ from wsop.cli.options import JsonOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
 from wsop.load.failures import no_one_connected
+from wsop.local.limits import check_sidecar_count
 
 
 def _live(as_json: bool):
@@ -216,6 +217,7 @@ def loadtest_cmd(
     if local == (target is not None):
         raise UsageError("pass exactly one of --local or --target URL")
     check_history_backend(history)
+    check_sidecar_count(sidecars)  # before anything starts (as `wsop up` does)
     if not 0 < min_rate_ratio <= 1:
         raise UsageError(f"--min-rate-ratio is a fraction in (0, 1], got {min_rate_ratio}")
     if master:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from wsop.errors import UsageError
+from wsop.local.limits import check_sidecar_count
 
 ACTIONS = ("kill-sidecar", "restart-redis", "scale", "rebalance", "drain")
 ACTION_HELP = "kill-sidecar, restart-redis, scale=N, rebalance, drain"
@@ -89,6 +90,7 @@ def _action(item: str, raw: str) -> tuple[str, int | None]:
         raise UsageError(
             f"--chaos item {item!r}: scale needs a sidecar count of 1 or more, e.g. scale=4@30s"
         )
+    check_sidecar_count(count, f"--chaos item {item!r}: scale")
     return name, count
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from wsop.checks import check_history_backend
 from wsop.errors import BackendUnavailable, UsageError, WsopError
 from wsop.local import stack_file, stack_proc
+from wsop.local.limits import check_sidecar_count
 from wsop.local.paths import StackNotRunning
 from wsop.local.redis_binary import free_port
 from wsop.local.stack_file import ProcRecord, StackRecord, sidecar_index
@@ -188,11 +189,6 @@ def _status(record: StackRecord, connections: bool = True) -> StackStatus:
     )
 
 
-def _check_count(sidecars: int) -> None:
-    if sidecars < 1:
-        raise UsageError(f"--sidecars must be at least 1, got {sidecars}")
-
-
 # --- the operations -------------------------------------------------------------------
 
 
@@ -218,7 +214,7 @@ def up(
     from wsop.ring import DEFAULT_ALGORITHM, check_routing_algorithm
     from wsop.trunk import check_trunks
 
-    _check_count(sidecars)
+    check_sidecar_count(sidecars)
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be 1-65535, got {port}")
     algo = algo or DEFAULT_ALGORITHM
@@ -286,7 +282,7 @@ def up(
 
 def scale(sidecars: int) -> StackStatus:
     """Add sidecars s{k} (lowest free k) or stop the highest-numbered ones."""
-    _check_count(sidecars)
+    check_sidecar_count(sidecars)
     with stack_file.locked():
         record = _require_running()
         current = sorted(record.sidecars, key=lambda s: (sidecar_index(s.name), s.name))
