@@ -4,6 +4,7 @@ the moment the interrupt lands."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, kill_matching, run_wsop
-from wsop.local import stack
+from wsop.errors import BackendUnavailable
+from wsop.local import stack, stack_proc
 from wsop.local.limits import MAX_SIDECARS
 from wsop.local.redis_binary import free_port
 
@@ -133,3 +135,61 @@ def test_more_sidecars_than_the_cap_is_a_usage_error(args: tuple[str, ...]) -> N
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not stack_pids() and not (state() / "stack.json").exists()
     assert not (state() / "redis").exists()  # not even the embedded Redis
+
+
+STANDIN = shlex.join([sys.executable, str(ROOT / "tests" / "standin_sidecar.py")])
+
+
+def recorded() -> dict:
+    return json.loads((state() / "stack.json").read_text())
+
+
+def test_scale_with_a_dead_sidecar_says_so_and_changes_nothing(redis_url: str) -> None:
+    """s0 killed behind the stack's back: `scale` names it, starts nothing, records
+    nothing (it used to wait 30 s, say the LB "did not pick up ['s0','s1','s2'] (it sees
+    ['s0','s1','s2'])" and leave s2 running and recorded)."""
+    env = {"WSOP_SIDECAR_CMD": STANDIN}
+    up = run_wsop(
+        "up", "--detach", "--sidecars", "2", "--port", str(free_port()), "--redis", redis_url,
+        "--insecure", "--json", env=env,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    s0 = recorded()["sidecars"][0]
+    os.kill(s0["pid"], signal.SIGKILL)
+    assert wait_for(lambda: len(stack_pids()) == 2)  # the LB and s1
+    began = time.monotonic()
+    result = run_wsop("scale", "--sidecars", "3", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: s0 (pid {s0['pid']}) of the local stack is not running, so no new "
+        "membership can settle; nothing was changed (restart the stack: `wsop down`, "
+        "then `wsop up`)"
+    )
+    assert time.monotonic() - began < 10
+    assert [s["name"] for s in recorded()["sidecars"]] == ["s0", "s1"]
+    assert len(stack_pids()) == 2
+    assert run_wsop("down", env=env).returncode == 0
+
+
+def test_scale_up_that_does_not_settle_is_rolled_back(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """Sidecars added to a membership that never settles are dropped from the file again
+    and stopped, and the error says so."""
+    monkeypatch.setenv("WSOP_SIDECAR_CMD", STANDIN)
+    stack.up(sidecars=1, port=free_port(), insecure=True, redis_url=redis_url)
+    try:
+        real = stack_proc.wait_members
+
+        def never_with_s1(record, timeout: float = 30.0) -> None:
+            if "s1" in {s.name for s in record.sidecars}:
+                raise BackendUnavailable("the LB sees ['s0']")
+            real(record, timeout)
+
+        monkeypatch.setattr(stack_proc, "wait_members", never_with_s1)
+        with pytest.raises(BackendUnavailable, match=r"the LB sees \['s0'\]; stopped s1 again"):
+            stack.scale(2)
+        assert [s["name"] for s in recorded()["sidecars"]] == ["s0"]
+        assert wait_for(lambda: len(stack_pids()) == 2, 5)  # the LB and s0, not s1
+    finally:
+        stack.down()

@@ -84,7 +84,7 @@ def _join(record: StackRecord, name: str) -> tuple[StackRecord, ProcRecord]:
     joined = new[0][0]
     record = record.with_sidecars([*record.sidecars, joined])
     stack_file.save(record)
-    stack._wait_lb_members(record)
+    stack_proc.wait_members(record)
     return record, joined
 
 
@@ -128,7 +128,7 @@ def roll_sidecar(
         victim = pick_victim(record, name)
         replacement = next_name(record, {victim.name, *avoid})
         record = _without(record, victim)
-        stack._wait_lb_members(record)
+        stack_proc.wait_members(record)
         out: dict[str, Any] = {"victim": victim.name, "replacement": replacement}
         onto = sorted(names(record))
         try:

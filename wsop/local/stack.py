@@ -135,39 +135,6 @@ def _tls_flags(record: StackRecord) -> list[str]:
     ]
 
 
-def _wait_lb_members(record: StackRecord, timeout: float = 30.0) -> None:
-    """Block until the LB and every sidecar route over exactly the recorded sidecars."""
-    want = {s.name for s in record.sidecars}
-    deadline = time.monotonic() + timeout
-    seen: set[str] | None = None
-    while time.monotonic() < deadline:
-        payload = stack_proc.admin_get(
-            record.lb, "/connections", record.admin_token, record.ca_file
-        )
-        if isinstance(payload, dict):
-            seen = {s["name"] for s in payload.get("sidecars", []) if s.get("url")}
-            if seen == want and _sidecars_see(record, want):
-                return
-        time.sleep(0.05)
-    raise BackendUnavailable(
-        f"the LB and sidecars did not pick up the membership {sorted(want)} within "
-        f"{timeout:.0f} s "
-        f"(it sees {sorted(seen) if seen is not None else 'nothing'}; "
-        f"log: {stack_file.logs_dir() / 'lb.log'})"
-    )
-
-
-def _sidecars_see(record: StackRecord, want: set[str]) -> bool:
-    """Every sidecar routes over `want` too (else a first message could go astray)."""
-    for sidecar in record.sidecars:
-        health = stack_proc.admin_get(sidecar, "/healthz", record.admin_token, record.ca_file)
-        if not isinstance(health, dict):
-            return False
-        if "members" in health and set(health["members"]) != want:
-            return False
-    return True
-
-
 def _status(record: StackRecord, connections: bool = True) -> StackStatus:
     def one(role: str, proc: ProcRecord) -> MemberStatus:
         is_alive = stack_proc.alive(proc)
@@ -271,7 +238,7 @@ def up(
                 children.append((record.lb, lb_proc))
             stack_file.save(record)
             stack_proc.wait_healthy(children, ca=record.ca_file)
-            _wait_lb_members(record)
+            stack_proc.wait_members(record)
         except BaseException:
             with stack_proc.interrupts_deferred():  # a second Ctrl-C must not cut it short
                 stack_proc.terminate([r for r, _ in children], timeout=5)
@@ -280,13 +247,30 @@ def up(
         return _status(record)
 
 
+def _require_alive(procs: list[ProcRecord]) -> None:
+    """Refuse a scale whose new membership could never settle: a process it keeps is
+    dead (`kill -9`, a crash), so it would answer no /healthz, and waiting 30 s for it
+    would end in a failure that left the new sidecars half-added."""
+    dead = [p for p in procs if not stack_proc.alive(p)]
+    if dead:
+        names = ", ".join(f"{p.name} (pid {p.pid})" for p in dead)
+        raise BackendUnavailable(
+            f"{names} of the local stack {'is' if len(dead) == 1 else 'are'} not running, "
+            "so no new membership can settle; nothing was changed (restart the stack: "
+            "`wsop down`, then `wsop up`)"
+        )
+
+
 def scale(sidecars: int) -> StackStatus:
-    """Add sidecars s{k} (lowest free k) or stop the highest-numbered ones."""
+    """Add sidecars s{k} (lowest free k) or stop the highest-numbered ones. Either the
+    new membership settles or nothing changes: a dead kept process refuses it up front,
+    and sidecars added to a membership that does not settle are removed and stopped."""
     check_sidecar_count(sidecars)
     with stack_file.locked():
         record = _require_running()
         current = sorted(record.sidecars, key=lambda s: (sidecar_index(s.name), s.name))
         if sidecars > len(current):
+            _require_alive([record.lb, *current])
             used = {sidecar_index(s.name) for s in current}
             free = (k for k in range(sidecars + len(used) + 1) if k not in used)
             names = [f"s{next(free)}" for _ in range(sidecars - len(current))]
@@ -301,15 +285,25 @@ def scale(sidecars: int) -> StackStatus:
                 with stack_proc.interrupts_deferred():
                     stack_proc.terminate([r for r, _ in new], timeout=5)
                 raise
-            record = record.with_sidecars([*current, *(r for r, _ in new)])
+            before, record = record, record.with_sidecars([*current, *(r for r, _ in new)])
             stack_file.save(record)
-            _wait_lb_members(record)
+            try:
+                stack_proc.wait_members(record)
+            except BaseException as exc:
+                with stack_proc.interrupts_deferred():  # back to the membership before
+                    stack_file.save(replace(before, version=record.version + 1))
+                    stack_proc.terminate([r for r, _ in new], timeout=5)
+                if isinstance(exc, BackendUnavailable):
+                    added = ", ".join(r.name for r, _ in new)
+                    raise BackendUnavailable(f"{exc}; stopped {added} again") from None
+                raise
         elif sidecars < len(current):
             keep, drop = current[:sidecars], current[sidecars:]
+            _require_alive(keep)
             record = record.with_sidecars(keep)
             stack_file.save(record)
             if stack_proc.alive(record.lb):
-                _wait_lb_members(record)
+                stack_proc.wait_members(record)
                 _drain(record, drop)
             stack_proc.terminate(drop)
         return _status(record)

@@ -200,3 +200,45 @@ def terminate(records: Iterable[ProcRecord], timeout: float = 10.0) -> list[str]
 def admin_get(record: ProcRecord, path: str, token: str, ca: str | None = None) -> Any:
     """GET an admin endpoint; None when the process does not answer (or refuses)."""
     return adminclient.get_json(f"{record.http}{path}", token, timeout=2.0, ca=ca)
+
+
+def wait_members(record: StackRecord, timeout: float = 30.0) -> None:
+    """Block until the LB and every sidecar route over exactly the recorded sidecars
+    (a client connecting right after `up`/`scale` returns is routed, not refused).
+
+    On timeout the error says who disagrees and how (the LB's view, a sidecar that sees
+    another membership, one that does not answer and whether its process is gone):
+    "the LB sees X" alone would contradict the membership it is waiting for."""
+    want = {s.name for s in record.sidecars}
+    deadline = time.monotonic() + timeout
+    while problems := _membership_problems(record, want):
+        if time.monotonic() >= deadline:
+            raise BackendUnavailable(
+                f"the stack did not pick up the membership {sorted(want)} within "
+                f"{timeout:.0f} s: {'; '.join(problems)} (logs: {logs_dir()})"
+            )
+        time.sleep(0.05)
+
+
+def _membership_problems(record: StackRecord, want: set[str]) -> list[str]:
+    """Why the stack does not route over `want` yet (empty: it does)."""
+    payload = admin_get(record.lb, "/connections", record.admin_token, record.ca_file)
+    if not isinstance(payload, dict):
+        return [_silent(record.lb)]
+    seen = {s["name"] for s in payload.get("sidecars", []) if s.get("url")}
+    if seen != want:
+        return [f"the LB sees {sorted(seen)}"]
+    problems = []
+    for sidecar in record.sidecars:
+        health = admin_get(sidecar, "/healthz", record.admin_token, record.ca_file)
+        if not isinstance(health, dict):
+            problems.append(_silent(sidecar))
+        elif "members" in health and set(health["members"]) != want:
+            problems.append(f"{sidecar.name} sees {sorted(health['members'])}")
+    return problems
+
+
+def _silent(proc: ProcRecord) -> str:
+    if alive(proc):
+        return f"{proc.name} does not answer {proc.http}/healthz"
+    return f"{proc.name} is not running (pid {proc.pid})"
