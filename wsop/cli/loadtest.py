@@ -7,6 +7,7 @@ process is never monkey-patched by gevent) → `summary` → table or `--json`. 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from wsop.cli.options import JsonOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
 from wsop.load.failures import no_one_connected
+from wsop.load.staging import staged_dir
 from wsop.local.limits import check_sidecar_count
 
 
@@ -246,60 +248,61 @@ def loadtest_cmd(
         target, redis_url = stack.url, stack.redis_url
         if stack.secret:
             env["WSOP_SECRET"] = stack.secret
-    try:
-        if local or redis_url:
-            localstack.seed(plan, redis_url)
-        elif not as_json:
-            err_console.print(f"assuming the target is seeded: {plan.seed_command()}")
-        if report is not None:
-            report.mkdir(parents=True, exist_ok=True)
-        work = report or Path(tempfile.mkdtemp(prefix="wsop-loadtest-"))
-        scratch = None if report else work  # removed once read, unless an error names it
-        if faults:
-            from wsop.load.nemesis import Nemesis
-
-            assert stack is not None
-            if any(f.action == "restart-redis" for f in faults):
-                from wsop.local.faults import check_restartable
-
-                check_restartable(stack.redis_url)
-            (work / "status.json").unlink(missing_ok=True)
-            nemesis = Nemesis(faults, work / "status.json", plan, stack.redis_url)
-            nemesis.start()
-        show, close = _live(as_json)
-        assert target is not None
-        spec = runner.RunSpec(
-            target=target,
-            plan=plan,
-            workers=0 if master else workers,
-            master_only=master,
-            master_bind=master_bind if master else "127.0.0.1",
-            master_port=master_port if master else _free_port(workers),
-            report_dir=report,
-            work_dir=work,
-            env=env,
-            on_status=show,
-        )
+    # --report: written beside DIR and moved into place once complete (wsop.load.staging)
+    staging = staged_dir(report) if report is not None else contextlib.nullcontext(None)
+    with staging as stage:
         try:
-            results = runner.run(spec)
-        except WsopError as exc:
-            if scratch is not None and str(scratch) not in str(exc):
-                shutil.rmtree(scratch, ignore_errors=True)
-            raise
+            if local or redis_url:
+                localstack.seed(plan, redis_url)
+            elif not as_json:
+                err_console.print(f"assuming the target is seeded: {plan.seed_command()}")
+            work = stage or Path(tempfile.mkdtemp(prefix="wsop-loadtest-"))
+            scratch = None if stage else work  # removed once read, unless an error names it
+            if faults:
+                from wsop.load.nemesis import Nemesis
+
+                assert stack is not None
+                if any(f.action == "restart-redis" for f in faults):
+                    from wsop.local.faults import check_restartable
+
+                    check_restartable(stack.redis_url)
+                (work / "status.json").unlink(missing_ok=True)
+                nemesis = Nemesis(faults, work / "status.json", plan, stack.redis_url)
+                nemesis.start()
+            show, close = _live(as_json)
+            assert target is not None
+            spec = runner.RunSpec(
+                target=target,
+                plan=plan,
+                workers=0 if master else workers,
+                master_only=master,
+                master_bind=master_bind if master else "127.0.0.1",
+                master_port=master_port if master else _free_port(workers),
+                report_dir=stage,
+                work_dir=work,
+                env=env,
+                on_status=show,
+            )
+            try:
+                results = runner.run(spec)
+            except WsopError as exc:
+                if scratch is not None and str(scratch) not in str(exc):
+                    shutil.rmtree(scratch, ignore_errors=True)
+                raise
+            finally:
+                close()
         finally:
-            close()
-    finally:
-        if nemesis is not None:
-            records = nemesis.stop()  # before the stack goes: a fault may be mid-way
-        if stack is not None:
-            stack.stop()
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
-    result = reporting.summary(results, target, records)
-    if report is not None:
-        result["report_dir"] = str(report)
-        result["plot"] = str(reporting.plot(results, report / "loadtest.png", records))
-        reporting.annotate_html(report / "report.html", result)
+            if nemesis is not None:
+                records = nemesis.stop()  # before the stack goes: a fault may be mid-way
+            if stack is not None:
+                stack.stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        result = reporting.summary(results, target, records)
+        if report is not None and stage is not None:
+            reporting.plot(results, stage / "loadtest.png", records)
+            result["report_dir"], result["plot"] = str(report), str(report / "loadtest.png")
+            reporting.annotate_html(stage / "report.html", result)
     emit(result, as_json, _render(result))
     reasons = reporting.verdict(result, allow_loss, min_rate_ratio, chaos=bool(faults))
     has_secret = bool(env.get("WSOP_SECRET") or os.environ.get("WSOP_SECRET"))
