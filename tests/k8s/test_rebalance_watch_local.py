@@ -145,3 +145,35 @@ def test_scale_up_is_rebalanced_without_anyone_running_a_command(redis_url: str)
         for ws in clients.values():
             ws.close()
         run_wsop("down", env=env, timeout=60)
+
+
+def test_a_closed_stdout_ends_the_watch_quietly_and_at_once(redis_url: str) -> None:
+    """`wsop rebalance --local --watch --json | head -1`: the lease thread's next line hit
+    a closed pipe (a BrokenPipeError traceback in thread rebalancer-lease) and the watch
+    ran on until the main thread's next write. Now it ends within a second or two, with
+    the quiet exit of every command whose reader went away."""
+    standin = f"{sys.executable} {ROOT / 'tests' / 'standin_sidecar.py'}"
+    env = {"WSOP_SIDECAR_CMD": standin}
+    wsop_json(
+        "up", "--detach", "--sidecars", "2", "--port", str(free_port()), "--redis", redis_url,
+        "--insecure", env=env,
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsop.cli.main", "rebalance", "--local", "--watch", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **env}, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())["event"] == "started"
+        proc.stdout.close()  # what `head -1` does after its line
+        began = time.monotonic()
+        code = proc.wait(timeout=10)
+        assert time.monotonic() - began < 3
+        assert code == 1
+        assert proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        run_wsop("down", env=env)

@@ -6,7 +6,8 @@ EndpointSlices through the API's watch, or the members file), the elector (a Lea
 Kubernetes, none locally) and the metrics port. One line per run on stderr; `--json`
 prints one JSON document per event on stdout instead (JSON lines: `event` is `run`,
 `error` or `leader`). SIGTERM or SIGINT: finish the move in flight, release the Lease,
-exit 0.
+exit 0. A `--json` reader that goes away (`| head -1`) ends the watch the same way,
+quietly, with the exit of every command whose stdout closed (`wsop.cli.app`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import socket
+import stat
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +77,9 @@ def run_watch(
 ) -> None:
     """Run the watch loop in the foreground until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    report = _json_line if as_json else _log_line
     holder: list[WatchRebalancer] = []
+    stdout = _Stdout(lambda: holder[0].stop())
+    report = stdout.write if as_json else _log_line
     source = source_factory(lambda reason: holder[0].notify(reason))
     loop = WatchRebalancer(make_fleet, source, elector, config, report)
     holder.append(loop)
@@ -92,6 +97,8 @@ def run_watch(
         "rate": config.rate,
     }
     report(started)
+    if as_json:
+        stdout.watch()
 
     def stop(signum: int, frame: object) -> None:
         loop.stop()
@@ -99,7 +106,52 @@ def run_watch(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
     loop.run()
+    if stdout.gone.is_set():
+        raise BrokenPipeError  # wsop.cli.app: stdout to /dev/null, the usual quiet exit
     report({"event": "stopped", "runs": loop.runs})
+
+
+class _Stdout:
+    """`--json` lines come from several threads (the lease thread reports `leader`): a
+    reader that went away must stop the watch at once, not end one thread with a
+    traceback while the others run on until their own next write fails. `watch` also
+    notices it between writes, which may be minutes apart."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.gone = threading.Event()
+        self._stop = stop
+        self._lock = threading.Lock()
+
+    def write(self, doc: dict[str, Any]) -> None:
+        with self._lock:
+            if self.gone.is_set():
+                return
+            try:
+                _json_line(doc)
+            except BrokenPipeError:
+                self._went_away()
+
+    def _went_away(self) -> None:
+        self.gone.set()
+        self._stop()
+
+    def watch(self) -> None:
+        """On a pipe, a thread that waits for the reader to close it (POLLERR)."""
+        try:
+            fd = sys.stdout.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return
+        except (OSError, ValueError):
+            return
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked: POLLERR/POLLHUP come anyway
+
+        def wait() -> None:
+            while not self.gone.is_set():
+                if poller.poll(500):
+                    self._went_away()
+
+        threading.Thread(target=wait, name="rebalancer-stdout", daemon=True).start()
 
 
 def _json_line(doc: dict[str, Any]) -> None:
