@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_matching
 from wsop.errors import WsopError
 from wsop.load.staging import staged_dir
 
@@ -55,9 +55,13 @@ def test_an_error_naming_a_staged_file_keeps_it(tmp_path: Path) -> None:
     assert not (tmp_path / "rep").exists()
 
 
-def test_an_interrupted_loadtest_leaves_no_report(tmp_path: Path, stack_and_redis_stopped) -> None:
-    """Ctrl-C mid-run: exit 130, no `rep/` (it had locust's CSVs, its log and a status.json
-    but no report.html or results.json), no staging directory, nothing running."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_loadtest_leaves_no_report(
+    tmp_path: Path, sig: signal.Signals, stack_and_redis_stopped: None
+) -> None:
+    """Ctrl-C (or SIGTERM, which killed it outright) mid-run: exit 130, no `rep/` (it had
+    locust's CSVs, its log and a status.json but no report.html or results.json), no
+    staging directory, no stack left running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "wsop.cli.main", "loadtest", "--local", "--duration", "20",
          "--rate", "20", "--connections", "10", "--report", str(tmp_path / "rep"), "--json"],
@@ -73,12 +77,14 @@ def test_an_interrupted_loadtest_leaves_no_report(tmp_path: Path, stack_and_redi
             time.sleep(0.1)
         assert mid_run(), "the run never started"
         time.sleep(1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         assert "Traceback" not in err
         assert list(tmp_path.iterdir()) == []
-        assert not (Path(os.environ["WSOP_STATE_DIR"]) / "stack.json").exists()
+        state = Path(os.environ["WSOP_STATE_DIR"])
+        assert not (state / "stack.json").exists()
+        assert not kill_matching(str(state / "stack.json"))  # no LB or sidecar survived
     finally:
         if proc.poll() is None:
             proc.kill()

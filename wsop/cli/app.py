@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -64,6 +65,18 @@ def _stdout_gone() -> typer.Exit:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return typer.Exit(1)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, `timeout`, a supervisor) clean up like Ctrl-C: it raises
+    KeyboardInterrupt in the main thread, so every `finally` of a command that started
+    processes runs and it exits 130 "interrupted" (SIGTERM's default killed it outright,
+    leaving its stack, locust and half-written files behind)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def _backend_error(exc: BaseException) -> WsopError | None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wsop.checks import check_history_backend
+from wsop.cli.app import interrupt_on_sigterm
 from wsop.cli.options import JsonOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError, WsopError
@@ -212,6 +213,7 @@ def loadtest_cmd(
     from wsop.load.chaos import parse_spec
     from wsop.load.profiles import make_plan
 
+    interrupt_on_sigterm()  # a stack, locust and a staged report to clean up, as on Ctrl-C
     if worker:
         if not master_host:
             raise UsageError("--worker needs --master-host")

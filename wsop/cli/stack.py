@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from wsop.cli.app import interrupt_on_sigterm
 from wsop.cli.options import HistoryOpt, JsonOpt, QuotasFileOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
 
@@ -98,7 +99,7 @@ def up_cmd(
             "tenant and user.[/]",
             highlight=False,
         )
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
+    interrupt_on_sigterm()
     if detach:
         payload = {
             **stack.up(
@@ -133,15 +134,11 @@ def up_cmd(
                     err_console.print("stack stopped", highlight=False)
 
 
-def _raise_interrupt(*_: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def scale_cmd(sidecars: SidecarsOpt, as_json: JsonOpt = False) -> None:
     """Add sidecars (s{k}) or stop the highest-numbered ones; the LB follows."""
     from wsop.local import stack
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop what it started, like Ctrl-C
+    interrupt_on_sigterm()
     payload = stack.scale(sidecars).to_json()
     emit(payload, as_json, _render(payload, f"scaled to {sidecars} sidecars"))
 
