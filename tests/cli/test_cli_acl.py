@@ -214,6 +214,8 @@ def test_unreachable_redis_names_the_url() -> None:
 def test_bad_synthetic_flags() -> None:
     assert_clean_error(invoke("seed", "synthetic", "--online", "2"), 2, "--online is a fraction")
     assert_clean_error(invoke("seed", "synthetic", "--users", "0"), 2, "--users must be")
+    res = invoke("seed", "synthetic", "--seed", "-1", "--redis", "redis://127.0.0.1:9")
+    assert_clean_error(res, 2, "--seed must be a non-negative integer")
 
 
 def test_subprocess_json_and_error(redis_url: str, members: Path) -> None:

@@ -43,6 +43,10 @@ class SyntheticSpec:
             raise UsageError(f"--team-size must be between 0 and --users ({self.users})")
         if not 0.0 <= self.online <= 1.0:
             raise UsageError("--online is a fraction between 0 and 1")
+        # numpy's SeedSequence takes only non-negative entropy: refuse here, before
+        # anything is written, rather than fail mid-seed with its ValueError
+        if self.seed < 0:
+            raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
 
     def tenant_names(self) -> list[str]:
         return [f"{self.tenant_prefix}{i}" for i in range(self.tenants)]
