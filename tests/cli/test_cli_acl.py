@@ -304,3 +304,15 @@ def test_online_list_and_count_errors(redis_url: str, r: redis.Redis) -> None:
     for command in ("list", "count"):
         res = invoke("online", command, "--tenant", "acme", "--redis", redis_url)
         assert_clean_error(res, 1, "WRONGTYPE")
+
+
+@pytest.mark.parametrize("command", [("redis", "start"), ("seed", "synthetic"), ("up",)])
+@pytest.mark.parametrize("where", ["a-file", "/proc/x", "/proc"])
+def test_unusable_state_dir_is_named(tmp_path: Path, command: tuple[str, ...], where: str) -> None:
+    """WSOP_STATE_DIR naming a file, a path under /proc or a directory that takes no
+    files is the user's setting: one line naming it, exit 2 (was an internal error)."""
+    state = str(write(tmp_path / "a-file", "")) if where == "a-file" else where
+    done = run_wsop(*command, env={"WSOP_STATE_DIR": state, "WSOP_REDIS_URL": ""})
+    assert done.returncode == 2, done.stderr
+    assert f"WSOP_STATE_DIR={state!r} is not a usable state directory" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

@@ -21,7 +21,7 @@ import redis
 
 from wsop.errors import BackendUnavailable
 from wsop.local.filelock import exclusive
-from wsop.local.paths import state_dir
+from wsop.local.paths import ensure_state_dir, state_dir
 from wsop.local.redis_binary import free_port, start_server
 
 
@@ -48,6 +48,7 @@ def _paths() -> tuple[Path, Path, Path]:
 def _locked() -> Iterator[None]:
     """Serialise start/stop so two commands started together share one server."""
     _, lock_path, _ = _paths()
+    ensure_state_dir()
     with exclusive(lock_path):
         yield
 

@@ -25,7 +25,7 @@ from typing import Any
 from wsop.discovery import normalize_url
 from wsop.errors import InputError
 from wsop.local.filelock import exclusive
-from wsop.local.paths import StackNotRunning, state_dir
+from wsop.local.paths import StackNotRunning, ensure_state_dir, state_dir
 
 _INDEX = re.compile(r"^s(\d+)$")
 
@@ -149,7 +149,7 @@ def load(path: Path | None = None) -> StackRecord | None:
     path = path or members_path()
     try:
         text = path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a state dir that is a file: none)
         return None
     try:
         data = json.loads(text)
@@ -189,5 +189,5 @@ def remove(path: Path | None = None) -> None:
 @contextmanager
 def locked() -> Iterator[None]:
     """Serialise up/scale/down: two launchers must not both edit the members file."""
-    with exclusive(state_dir() / "stack.lock"):
+    with exclusive(ensure_state_dir() / "stack.lock"):
         yield
