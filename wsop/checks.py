@@ -42,6 +42,44 @@ def check_member_name(name: object, what: str = "sidecar name") -> str:
     return name
 
 
+HOST_LABEL_RE: Final = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
+MAX_DNS_NAME_CHARS: Final = 253
+DNS_NAME_RULE: Final = (
+    "a DNS name (RFC 1123): dot-separated labels of 1-63 ASCII letters, digits and '-', "
+    "at most 253 characters (an internationalised name in its xn-- form)"
+)
+
+
+def check_dns_name(name: object, what: str = "DNS name", wildcard: bool = False) -> str:
+    """A host name as a certificate's SAN or a resolver takes it (RFC 1123).
+
+    A name that is not one ("bad name!", "é.com", a control character) would
+    otherwise reach the certificate builder and fail there with its own ValueError,
+    or worse, be accepted into a certificate no client can match. `wildcard` allows
+    one leading "*." (a certificate may name "*.example.com").
+    """
+    text = name if isinstance(name, str) else ""
+    if wildcard and text.startswith("*."):
+        text = text[2:]
+    labels = text.split(".")
+    ok = (
+        0 < len(text) <= MAX_DNS_NAME_CHARS
+        and all(len(label) <= MAX_LABEL_CHARS for label in labels)
+        and all(HOST_LABEL_RE.fullmatch(label) for label in labels)
+    )
+    if not ok:
+        raise UsageError(f"invalid {what} {name!r}: use {DNS_NAME_RULE}")
+    return name  # type: ignore[return-value]
+
+
+def check_int_range(value: object, what: str, low: int, high: int) -> int:
+    """An integer within [low, high]: the upper bound keeps a typo (`--days 99999999`)
+    from reaching a library that overflows on it."""
+    if type(value) is not int or not low <= value <= high:
+        raise UsageError(f"{what} must be an integer from {low:,} to {high:,}, got {value!r}")
+    return value
+
+
 def check_port(port: object, what: str = "port") -> int:
     """A TCP port to listen on: 1-65535, or 0 for "let the OS pick a free one" (the
     server then prints the port it got)."""

@@ -23,9 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from wsop.checks import check_dns_name, check_int_range
 from wsop.errors import InputError, UsageError
 
 CA_DAYS = 3650
+MAX_DAYS = 36500
+"""Longest validity `issue` accepts (100 years): beyond it a date overflows (year 9999)."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,7 @@ def issue(
 ) -> Issued:
     """Write a new CA and a serving certificate for `names` (DNS names or IP addresses)
     into `directory`: ca.crt, ca.key, tls.crt, tls.key (keys 0600). `label` names them."""
-    if days < 1:
-        raise UsageError(f"--days must be ≥ 1, got {days}")
+    check_int_range(days, "--days", 1, MAX_DAYS)
     now = now or dt.datetime.now(dt.UTC)
     dns: list[str] = []
     ips: list[str] = []
@@ -75,7 +77,7 @@ def issue(
         try:
             ips.append(str(ipaddress.ip_address(extra)))
         except ValueError:
-            dns.append(extra)
+            dns.append(check_dns_name(extra, "certificate name (--name)", wildcard=True))
     start = now - dt.timedelta(minutes=5)  # tolerate a little clock skew
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name(f"wsop CA ({label})")

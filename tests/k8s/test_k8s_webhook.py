@@ -346,6 +346,40 @@ def test_certs_command_writes_a_ca_and_a_serving_certificate(tmp_path):
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--days", "99999999"], "--days must be an integer from 1 to 36,500"),
+        (["--days", "0"], "--days must be an integer from 1 to 36,500"),
+        (["--service", ""], "invalid --service ''"),
+        (["--name", "é.com"], "invalid certificate name (--name) 'é.com'"),
+        (["--name", "bad name!"], "invalid certificate name (--name) 'bad name!'"),
+        (["--name", "a\x01b.com"], "invalid certificate name (--name)"),
+        (["--namespace", "x; touch /tmp/PWN"], "invalid --namespace 'x; touch /tmp/PWN'"),
+    ],
+)
+def test_certs_bad_names_and_days_are_exit_2(tmp_path, args, message):
+    """Names checked as RFC 1123 before they reach the certificate builder (its
+    OverflowError/ValueError were internal errors) or the printed kubectl command."""
+    out = tmp_path / "c"
+    result = runner.invoke(app, ["webhook", "certs", "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_certs_accept_wildcards_ips_and_mixed_case(tmp_path):
+    names = ["--name", "*.example.com", "--name", "10.0.0.1", "--name", "Foo.example"]
+    result = runner.invoke(app, ["webhook", "certs", "--out", str(tmp_path), *names, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "*.example.com" in json.loads(result.stdout)["dns_names"]
+
+
+def test_manifests_bad_namespace_is_exit_2():
+    result = runner.invoke(app, ["manifests", "-n", "x; y"])
+    assert result.exit_code == 2 and "invalid --namespace 'x; y'" in result.stderr
+
+
 # --- manifests --webhook --------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from wsop.checks import check_member_name
 from wsop.cli.options import JsonOpt
 from wsop.cli.output import err_console
 from wsop.errors import InputError, UsageError
@@ -37,6 +38,8 @@ def settings_from_flags(
         raise UsageError("--image must not be empty")
     if algo not in PLACEMENTS:
         raise UsageError(f"unknown --algo {algo!r}; choose one of: {', '.join(PLACEMENTS)}")
+    if namespace is not None:  # goes into every object and the kubectl lines we print
+        check_member_name(namespace, "--namespace")
     return Settings(
         namespace=namespace, image=image, sidecar_port=port, algo=algo, lb_tls_secret=lb_tls_secret
     )

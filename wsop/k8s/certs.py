@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography import x509
 
 from wsop import tls
+from wsop.checks import check_member_name
 from wsop.errors import InputError
 from wsop.tls import Issued
 
@@ -43,7 +44,13 @@ def issue(
     extra_names: tuple[str, ...] = (),
     now: dt.datetime | None = None,
 ) -> Issued:
-    """Write a new CA and a serving certificate for `service.namespace.svc` into `directory`."""
+    """Write a new CA and a serving certificate for `service.namespace.svc` into `directory`.
+
+    Both are Kubernetes object names, DNS labels (RFC 1123): checked here because they
+    become certificate names and are echoed into the `kubectl` command printed next.
+    """
+    check_member_name(service, "--service")
+    check_member_name(namespace, "--namespace")
     names = service_names(service, namespace) + list(extra_names)
     return tls.issue(directory, names, f"webhook {namespace}", days, now)
 
