@@ -265,6 +265,48 @@ def test_malformed_yaml_exits_2_with_the_parser_line(tmp_path):
     assert result.stdout == ""
 
 
+ENABLED_META = '{name: d, labels: {ws.operator/enabled: "true"}}'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "kind: Deployment\nmetadata: 3\n",
+            "document 1 (a Deployment): metadata must be a mapping",
+        ),
+        ("kind: Deployment\nmetadata: {labels: 7}\n", "labels must be a mapping, got int"),
+        (
+            f"kind: Deployment\nmetadata: {ENABLED_META}\n"
+            "spec: {template: {spec: {containers: [{name: a, ports: 5}]}}}\n",
+            "Deployment d: container 'a': ports must be a list, got int",
+        ),
+        (
+            f"kind: Deployment\nmetadata: {ENABLED_META}\n"
+            "spec: {template: {spec: {containers: [{name: a, volumeMounts: 5}]}}}\n",
+            "container 'a': volumeMounts must be a list, got int",
+        ),
+        ("a: &a [*a]\n", "document 1: a YAML alias refers to its own anchor"),
+        ("x: 1\n---\nb: &b {c: *b}\n", "document 2: a YAML alias refers to its own anchor"),
+    ],
+)
+def test_malformed_objects_exit_2_naming_the_field(tmp_path, text, message):
+    """Wrong shapes and self-referencing anchors were AttributeError, TypeError and
+    RecursionError internal errors."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = wsop("inject", str(bad))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_a_shared_anchor_is_not_a_cycle(tmp_path):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("a: &a [1]\nb: *a\nc: *a\n")
+    assert wsop("inject", str(ok)).exit_code == 0
+
+
 def test_missing_file_exits_2(tmp_path):
     result = wsop("inject", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2

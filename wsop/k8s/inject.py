@@ -50,7 +50,26 @@ def load_all(text: str, source: str) -> list[Any]:
                 f"{problem}"
             ) from None
         raise InputError(f"{source}: invalid YAML: {problem}") from None
-    return [d for d in docs if d is not None]
+    documents = [d for d in docs if d is not None]
+    for i, doc in enumerate(documents):
+        _check_acyclic(doc, f"{source}: document {i + 1}")
+    return documents
+
+
+def _check_acyclic(doc: Any, where: str) -> None:
+    """Refuse a document that contains itself (`a: &a [*a]`): YAML anchors may build a
+    cycle, which no Kubernetes object is and which copying or dumping it would chase
+    until RecursionError. Shared sub-objects (an anchor used twice) are fine."""
+    stack: list[tuple[Any, frozenset[int]]] = [(doc, frozenset())]
+    while stack:
+        node, above = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if id(node) in above:
+            raise InputError(f"{where}: a YAML alias refers to its own anchor (a cycle)")
+        children = node.values() if isinstance(node, dict) else node
+        inner = above | {id(node)}
+        stack.extend((child, inner) for child in children)
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -71,10 +90,12 @@ def dump_all(documents: list[Any]) -> str:
     )
 
 
-def enabled(doc: Any) -> bool:
+def enabled(doc: Any, where: str = "<stdin>") -> bool:
+    """Whether `doc` is a Deployment asking for the sidecar; a Deployment whose metadata
+    or labels are not mappings is refused here, naming the document."""
     if not isinstance(doc, dict) or doc.get("kind") != "Deployment":
         return False
-    labels = (doc.get("metadata") or {}).get("labels") or {}
+    labels = _mapping(_mapping(doc, "metadata", where, create=False), "labels", where, False)
     return str(labels.get(ENABLED_LABEL)).lower() == "true"
 
 
@@ -83,10 +104,10 @@ def inject(text: str, settings: Settings, source: str = "<stdin>") -> InjectResu
     docs = load_all(text, source)
     result = InjectResult(documents=[])
     for i, doc in enumerate(docs):
-        if not enabled(doc):
+        if not enabled(doc, f"{source}: document {i + 1} (a Deployment)"):
             result.documents.append(doc)
             continue
-        name = str((doc.get("metadata") or {}).get("name") or f"document {i + 1}")
+        name = str(doc["metadata"].get("name") or f"document {i + 1}")
         updated = inject_deployment(doc, settings, f"{source}: Deployment {name}", result.notes)
         (result.injected if updated != doc else result.unchanged).append(name)
         result.documents.append(updated)
@@ -130,7 +151,7 @@ def inject_pod(
     for c in containers:
         if not isinstance(c, dict) or c.get("name") == SIDECAR_CONTAINER:
             continue
-        for port in c.get("ports") or []:
+        for port in _list(c, "ports", f"{where}: container {c.get('name')!r}"):
             if isinstance(port, dict) and port.get("containerPort") == settings.sidecar_port:
                 raise InputError(
                     f"{where}: container {c.get('name')!r} already uses port "
@@ -139,7 +160,7 @@ def inject_pod(
     kept = [
         c for c in containers if not (isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER)
     ]
-    token_mount = _service_account_mount(kept)
+    token_mount = _service_account_mount(kept, where)
     if token_mount is not None:
         sidecar["volumeMounts"] = [token_mount]
     spec["containers"] = [*kept, sidecar]
@@ -156,7 +177,7 @@ def inject_pod(
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def _service_account_mount(containers: list[Any]) -> dict[str, Any] | None:
+def _service_account_mount(containers: list[Any], where: str) -> dict[str, Any] | None:
     """The API token mount an app container already has (a Pod at admission time).
 
     The ServiceAccount admission plugin mounts the token into every container *before*
@@ -165,16 +186,32 @@ def _service_account_mount(containers: list[Any]) -> dict[str, Any] | None:
     plugin adds it to every container, the sidecar included, when the pod is created.
     """
     for c in containers:
-        for mount in (c.get("volumeMounts") or []) if isinstance(c, dict) else []:
+        if not isinstance(c, dict):
+            continue
+        for mount in _list(c, "volumeMounts", f"{where}: container {c.get('name')!r}"):
             if isinstance(mount, dict) and mount.get("mountPath") == SERVICE_ACCOUNT_PATH:
                 return {k: mount[k] for k in ("name", "mountPath", "readOnly") if k in mount}
     return None
 
 
-def _mapping(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = parent.setdefault(key, {})
+def _mapping(parent: dict[str, Any], key: str, where: str, create: bool = True) -> dict[str, Any]:
+    """`parent[key]` as a mapping (an absent or null one: an empty one, added to `parent`
+    when `create`); anything else is the input's error, named."""
+    value = parent.get(key)
     if value is None:
-        value = parent[key] = {}
+        value = {}
+        if create:
+            parent[key] = value
     if not isinstance(value, dict):
         raise InputError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(parent: dict[str, Any], key: str, where: str) -> list[Any]:
+    """`parent[key]` as a list (absent or null: empty); anything else is refused."""
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {key} must be a list, got {type(value).__name__}")
     return value
