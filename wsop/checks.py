@@ -103,6 +103,15 @@ def check_seconds(value: object, what: str, allow_zero: bool = True) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def check_rate(value: object, what: str) -> float:
+    """A finite rate per second >= 0 (0: no limit). NaN compares false with everything,
+    so a NaN limit would never limit; inf would print as Infinity in --json."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0:  # type: ignore[operator]
+        raise UsageError(f"{what} must be a finite number >= 0 (0: no limit), got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def check_host(host: object) -> str:
     if not isinstance(host, str) or not host or host != host.strip():
         raise UsageError(f"host must be an address or a name to listen on, got {host!r}")

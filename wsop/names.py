@@ -43,6 +43,15 @@ from wsop.errors import UsageError
 TENANT_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TEAM_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
+
+def check_tenant(tenant: str) -> str:
+    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
+        raise UsageError(
+            f"invalid tenant name {tenant!r}: use 1-64 characters of letters, digits, '_', '.', '-'"
+        )
+    return tenant
+
+
 DEFAULT_MAX_USERS = 1 << 24
 MAX_STRING_ID_CHARS: Final = 256
 # Integer ids are bit offsets; the ACL layer enforces its own (smaller) max_users. This

@@ -26,12 +26,14 @@ Pure: parsing, validation and the bucket; the sidecar applies them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
 from wsop.errors import InputError, UsageError
+from wsop.names import check_tenant
 
 DEFAULT_CONNECTIONS_PER_USER: Final = 32
 DEFAULT_MESSAGES_PER_SECOND: Final = 1000.0
@@ -53,7 +55,10 @@ class Limits:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            # finite too: JSON's 1e400 is inf (int(inf) overflows below) and YAML's .nan
+            # compares false with everything, so a NaN rate would never limit anything
+            number = not isinstance(value, bool) and isinstance(value, int | float)
+            if not number or not math.isfinite(value) or value < 0:
                 raise UsageError(f"quota {f.name} must be a number >= 0 (0: none), got {value!r}")
             if f.name not in _RATES and value != int(value):
                 raise UsageError(f"quota {f.name} must be a whole number, got {value!r}")
@@ -63,7 +68,10 @@ class Limits:
         if unknown:
             known = ", ".join(f.name for f in fields(self))
             raise InputError(f"{where}: unknown quota(s) {', '.join(sorted(unknown))}; {known}")
-        return replace(self, **overrides)
+        try:
+            return replace(self, **overrides)
+        except UsageError as exc:
+            raise InputError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,11 @@ class Quotas:
             raise InputError(f"{where}: expected an object with 'default' and/or 'tenants'")
         default = (base or Limits()).merged(_object(data.get("default", {}), where), where)
         tenants = _object(data.get("tenants", {}), where)
+        for name in tenants:  # the name a connection's token carries: same rule as there
+            try:  # (a YAML key `7:` is the int 7: tenant "7", as before)
+                check_tenant(str(name) if type(name) is int else name)
+            except UsageError as exc:
+                raise InputError(f"{where}: {exc}") from None
         per_tenant = {
             str(name): default.merged(_object(limits, f"{where}: {name}"), f"{where}: {name}")
             for name, limits in tenants.items()

@@ -41,6 +41,10 @@ def test_a_quotas_document_overrides_the_defaults_per_tenant(tmp_path: Path) -> 
         ({"tenants": {"a": {"max_recipients": -1}}}, ">= 0"),
         ({"tenants": {"a": {"max_recipients": 1.5}}}, "whole number"),
         ({"default": {"messages_per_second": True}}, ">= 0"),
+        ({"default": {"connections_per_user": float("inf")}}, "q.json: quota connections_per"),
+        ({"default": {"messages_per_second": float("nan")}}, "got nan"),
+        ({"tenants": {"a{b": {}}}, "q.json: invalid tenant name 'a{b'"),
+        ({"tenants": {"": {}}}, "invalid tenant name ''"),
     ],
 )
 def test_bad_quotas_are_refused_with_a_reason(doc, error: str) -> None:
@@ -144,6 +148,39 @@ def test_bad_quota_flags_are_usage_errors(tmp_path: Path, redis_url: str) -> Non
         assert "Traceback" not in done.stderr
     done = run_wsop("up", "--detach", "--insecure", "--quotas", str(bad), "--redis", redis_url)
     assert done.returncode == 2 and "unknown quota" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("q.json", '{"default":{"connections_per_user":1e400}}', "quota connections_per_user"),
+        ("q.json", '{"default":{"messages_per_second":NaN}}', "got nan"),
+        ("q.yaml", "default: {messages_per_second: .nan}\n", "got nan"),
+        ("q.json", '{"tenants":{"a{b":{}}}', "invalid tenant name 'a{b'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["sidecar", "up"])
+def test_non_finite_quotas_and_bad_tenants_are_usage_errors(
+    tmp_path: Path, command: str, name: str, text: str, message: str
+) -> None:
+    """1e400 (JSON's inf) was an OverflowError internal error; NaN and `a{b` were taken."""
+    path = tmp_path / name
+    path.write_text(text)
+    extra = ["--name", "s0", "--peers", "s0=ws://h:1"] if command == "sidecar" else ["--detach"]
+    done = run_wsop(command, *extra, "--insecure", "--redis", "redis://127.0.0.1:9",
+                    "--quotas", str(path))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"{path}: " in done.stderr and message in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr  # (+ --insecure's warning)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_non_finite_rate_flags_are_usage_errors(value: str) -> None:
+    flags = ["--name", "s0", "--peers", "s0=ws://h:1", "--insecure", "--redis", "redis://h:9"]
+    done = run_wsop("sidecar", *flags, "--max-messages-per-second", value)
+    assert done.returncode == 2, done.stderr
+    assert "--max-messages-per-second must be a finite number >= 0" in done.stderr
 
 
 def test_a_refused_handshake_leaves_no_count_and_tenant_labels_are_bounded(

@@ -11,15 +11,9 @@ from __future__ import annotations
 import uuid
 
 from wsop.errors import UsageError
-from wsop.names import TEAM_RE, TENANT_RE
+from wsop.names import TEAM_RE, check_tenant
 
-
-def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
-        raise UsageError(
-            f"invalid tenant name {tenant!r}: use 1-64 characters of letters, digits, '_', '.', '-'"
-        )
-    return tenant
+__all__ = ["check_team", "check_tenant"]  # check_tenant lives in wsop.names (quotas use it)
 
 
 def check_team(team: str) -> str:

@@ -211,9 +211,13 @@ def build_quotas(
 ):
     """The stack's `Quotas`: the flags are the defaults a quotas file overrides per
     tenant (and may override for everyone in its "default" section)."""
+    from wsop.checks import check_rate
     from wsop.quotas import DEFAULT_PUBLISHES_PER_SECOND, Limits, Quotas
 
     publishes = DEFAULT_PUBLISHES_PER_SECOND if publish_rate is None else publish_rate
+    # named by flag here: Limits would refuse them too, but as "quota …" (a file's words)
+    check_rate(rate, "--max-messages-per-second")
+    check_rate(publishes, "--max-publishes-per-second")
     base = Limits(per_user, per_tenant, rate, recipients, publishes)
     return Quotas.load(path, base) if path is not None else Quotas(base)
 
