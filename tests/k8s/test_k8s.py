@@ -440,6 +440,22 @@ def test_missing_kubeconfig_or_context_is_a_usage_error(tmp_path):
     assert "context 'other' not found" in result.stderr and "(contexts: test)" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["garbage: [\n", "[]\n", "5\n", "contexts: 5\n", "contexts: [{name: a, context: 5}]\n"
+     "current-context: a\n"],
+)  # fmt: skip
+def test_a_malformed_kubeconfig_is_one_line_exit_2(tmp_path, text):
+    """Broken YAML was a multi-line ParserError, wrong shapes TypeError/AttributeError."""
+    config = tmp_path / "kc"
+    config.write_text(text)
+    args = ["rebalance", "-n", NS, "--selector", "app=y", "--kubeconfig", str(config)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"kubeconfig {config}" in result.stderr and "internal error" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_no_kubeconfig_anywhere(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
@@ -149,6 +150,28 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:200]
 
 
+# The kubernetes client parses a kubeconfig with PyYAML and walks it without checking
+# shapes: broken YAML is a (multi-line) YAMLError, a list or a number where it expects a
+# mapping a TypeError/AttributeError/KeyError. All of them mean "this file is not a
+# kubeconfig": the user's input, one line, exit 2.
+BAD_KUBECONFIG = (
+    ConfigException,
+    OSError,
+    ValueError,
+    yaml.YAMLError,
+    TypeError,
+    AttributeError,
+    KeyError,
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, yaml.YAMLError | TypeError | AttributeError | KeyError):
+        return f"not a valid kubeconfig ({text})"
+    return text
+
+
 def _default_kubeconfig() -> str | None:
     env = os.environ.get("KUBECONFIG")
     if env:
@@ -182,8 +205,8 @@ def connect(
         raise UsageError(f"kubeconfig not found: {path}")
     try:
         contexts, current = k8s_config.list_kube_config_contexts(path)
-    except (ConfigException, OSError, ValueError) as exc:
-        raise UsageError(f"kubeconfig {path}: {exc}") from None
+    except BAD_KUBECONFIG as exc:
+        raise UsageError(f"kubeconfig {path}: {_one_line(exc)}") from None
     names = [c["name"] for c in contexts or []]
     chosen = context or (current or {}).get("name")
     if context is not None and context not in names:
@@ -197,8 +220,8 @@ def connect(
         k8s_config.load_kube_config(
             config_file=path, context=chosen, client_configuration=cfg, persist_config=False
         )
-    except (ConfigException, OSError, ValueError) as exc:
-        raise UsageError(f"kubeconfig {path}, context {chosen!r}: {exc}") from None
+    except BAD_KUBECONFIG as exc:
+        raise UsageError(f"kubeconfig {path}, context {chosen!r}: {_one_line(exc)}") from None
     return _cluster(cfg, chosen, timeout)
 
 
