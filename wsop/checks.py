@@ -112,6 +112,27 @@ def check_rate(value: object, what: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def check_url(url: object, what: str, schemes: tuple[str, ...]) -> str:
+    """A server URL `scheme://host[:port][/path]` whose host and port http.client can use.
+
+    Checked where the user gives it: http.client would otherwise raise InvalidURL
+    ("nonnumeric port") at the first request, an internal error naming no flag.
+    """
+    from urllib.parse import urlsplit
+
+    form = f"{what} must be a URL {schemes[0]}://host[:port] ({', '.join(schemes)}), got {url!r}"
+    if not isinstance(url, str) or any(c.isspace() or not c.isprintable() for c in url):
+        raise UsageError(form)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or out of 0-65535
+    except ValueError as exc:
+        raise UsageError(f"{form} ({exc})") from None
+    if parts.scheme not in schemes or not parts.hostname or port == 0:
+        raise UsageError(form)
+    return url
+
+
 def check_host(host: object) -> str:
     if not isinstance(host, str) or not host or host != host.strip():
         raise UsageError(f"host must be an address or a name to listen on, got {host!r}")

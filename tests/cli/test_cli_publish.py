@@ -111,6 +111,8 @@ def test_token_from_the_environment_and_the_admin_token(lb: str) -> None:
         (("--to", "1", "--data", "NaN"), "--data is not JSON"),
         (("--to", "1", "--data", "1", "--token", "t", "--sender", "x"), "--sender"),
         (("--to", "1", "--data", "1", "--url", "ftp://x"), "--url"),
+        (("--to", "1", "--data", "1", "--url", "http://:bad"), "--url must be a URL http://"),
+        (("--to", "1", "--data", "1", "--url", "ws://[::1"), "--url must be a URL http://"),
         (("--to", "1"), "--data"),
     ],
 )

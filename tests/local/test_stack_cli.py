@@ -364,7 +364,9 @@ def test_servers_without_a_secret_say_how_to_run(command: tuple[str, ...]) -> No
     [
         ((), 2, "give exactly one of --url URL or --local NAME"),
         (("--url", "http://127.0.0.1:1", "--local", "s0"), 2, "give exactly one of"),
-        (("--url", "127.0.0.1:9"), 2, "--url must be an http:// URL"),
+        (("--url", "127.0.0.1:9"), 2, "--url must be a URL http://host[:port]"),
+        (("--url", "http://:bad"), 2, "--url must be a URL http://host[:port]"),
+        (("--url", "http://h:99999"), 2, "Port out of range"),
         (("--local", "s0", "--wait", "-1"), 2, "--wait must be ≥ 0"),
         (("--local", "s0"), 1, NO_STACK),
         (("--url", f"http://127.0.0.1:{free_port()}"), 1, "cannot reach the sidecar at"),

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from wsop.checks import check_url
 from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, err_console
 from wsop.errors import UsageError
@@ -66,8 +67,7 @@ def drain_cmd(
         base, token, ca = _local_target(local)
     else:
         assert url is not None
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--url must be an http:// URL, got {url!r}")
+        check_url(url, "--url", ("http", "https"))
         base, token, ca = url, os.environ.get("WSOP_ADMIN_TOKEN") or None, None
     targets = [n for n in to.split(",") if n] if to is not None else None
 

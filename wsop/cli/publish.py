@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from wsop.checks import check_url
 from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit
 from wsop.errors import UsageError, WsopError
@@ -126,8 +127,7 @@ def _target(url: str | None, ca: str | None) -> tuple[str, str | None]:
     from wsop.adminclient import http_base
 
     if url is not None:
-        if not url.startswith(("http://", "https://", "ws://", "wss://")):
-            raise UsageError(f"--url must be http(s):// or ws(s)://host:port, got {url!r}")
+        check_url(url, "--url", ("http", "https", "ws", "wss"))
         return http_base(url.removesuffix("/publish")), ca
     from wsop.local.paths import StackNotRunning
     from wsop.local.stack_proc import running_record
