@@ -11,7 +11,9 @@ from typing import Union
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
+from wsop.checks import redact_url
 from wsop.errors import BackendUnavailable, UsageError
 
 RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 - used at runtime in isinstance
@@ -26,33 +28,68 @@ def connect(url: str | None = None, *, check: bool = True) -> RedisClient:
     """A client for `url` that has answered PING (unless `check` is off).
 
     Unreachable servers fail here with the URL in the message, not deep inside a
-    command with a socket error.
+    command with a socket error. A URL that cannot be one (a port that is not a number,
+    `?socket_timeout=abc`) is the user's typo: exit 2 "malformed Redis URL", not "cannot
+    reach". Messages show the URL with its password redacted.
     """
     from wsop.local.embedded import resolve_url  # (the embedded default lives there)
 
     target = resolve_url(url)
+    shown = redact_url(target)
     scheme, sep, rest = target.partition("://")
     if not sep:
-        raise UsageError(f"not a Redis URL: {target!r} (expected redis://host:port)")
+        raise UsageError(f"not a Redis URL: {shown!r} (expected redis://host:port)")
+    if scheme not in CLUSTER_SCHEMES and scheme not in PLAIN_SCHEMES:
+        raise UsageError(
+            f"unsupported Redis URL scheme {scheme!r} in {shown!r} "
+            "(use redis://, rediss://, unix:// or redis+cluster://)"
+        )
+    _check_url_form(target, shown)
     try:
-        if scheme in CLUSTER_SCHEMES:
+        if scheme in CLUSTER_SCHEMES:  # (connects to a node at once)
             client: RedisClient = RedisCluster.from_url(
                 f"{CLUSTER_SCHEMES[scheme]}://{rest}", socket_timeout=10
             )
-        elif scheme in PLAIN_SCHEMES:
-            client = redis.Redis.from_url(target, socket_timeout=30)
         else:
-            raise UsageError(
-                f"unsupported Redis URL scheme {scheme!r} in {target!r} "
-                "(use redis://, rediss://, unix:// or redis+cluster://)"
-            )
-        if check:
+            client = redis.Redis.from_url(target, socket_timeout=30)
+    except (ValueError, IndexError, TypeError) as exc:  # redis-py parsing the URL
+        raise UsageError(f"malformed Redis URL {shown!r}: {_reason(exc)}") from None
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        raise BackendUnavailable(f"cannot reach Redis at {shown}: {_reason(exc)}") from None
+    if check:
+        try:
             client.ping()
-    except UsageError:
-        raise
-    except (redis.RedisError, OSError, ValueError, IndexError) as exc:
-        raise BackendUnavailable(f"cannot reach Redis at {target}: {_reason(exc)}") from exc
+        except redis.ResponseError as exc:
+            if "DB index is out of range" in str(exc):
+                raise UsageError(
+                    f"malformed Redis URL {shown!r}: this server has no such database ({exc})"
+                ) from None
+            raise BackendUnavailable(f"cannot reach Redis at {shown}: {_reason(exc)}") from None
+        except (redis.RedisError, RedisClusterException, OSError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot reach Redis at {shown}: {_reason(exc)}") from None
     return client
+
+
+def _check_url_form(target: str, shown: str) -> None:
+    """Host, port and database number as redis-py would read them, refused here with
+    the reason: redis-py silently takes `/abc` as database 0, and its URL errors were
+    reported as an unreachable server."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(target)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"malformed Redis URL {shown!r}: {exc}") from None
+    if parts.scheme == "unix":
+        return
+    if port == 0:
+        raise UsageError(f"malformed Redis URL {shown!r}: port 0")
+    db = parts.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise UsageError(f"malformed Redis URL {shown!r}: database {db!r} is not a number")
+    if db and "+cluster" in parts.scheme and int(db) != 0:
+        raise UsageError(f"malformed Redis URL {shown!r}: a Redis Cluster has database 0 only")
 
 
 def _reason(exc: BaseException) -> str:
@@ -84,4 +121,4 @@ def connect_async(url: str):
             retry_on_error=[redis.ConnectionError],
         )
         return aioredis.Redis(connection_pool=pool)
-    raise UsageError(f"unsupported Redis URL {url!r}")
+    raise UsageError(f"unsupported Redis URL {redact_url(url)!r}")

@@ -133,6 +133,18 @@ def check_url(url: object, what: str, schemes: tuple[str, ...]) -> str:
     return url
 
 
+def redact_url(url: str) -> str:
+    """`url` with its password shown as `***` (`redis://user:***@host/0`): for every
+    message that names a URL the user gave, so an error or a status line pasted into a
+    ticket does not carry the credential."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 def check_host(host: object) -> str:
     if not isinstance(host, str) or not host or host != host.strip():
         raise UsageError(f"host must be an address or a name to listen on, got {host!r}")

@@ -211,6 +211,46 @@ def test_unreachable_redis_names_the_url() -> None:
     assert_clean_error(res, 1, "cannot reach Redis at redis://127.0.0.1:9")
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://:badport", "Port could not be cast"),
+        ("redis://127.0.0.1:99999", "Port out of range"),
+        ("redis://[::1", "Invalid IPv6 URL"),
+        ("redis://127.0.0.1:6379/abc", "database 'abc' is not a number"),
+        ("redis://127.0.0.1:6379/?socket_timeout=abc", "socket_timeout"),
+        ("redis+cluster://127.0.0.1:1/3", "database 0 only"),
+        ("redis://u:pw@[::1", "Invalid IPv6 URL"),
+    ],
+)
+def test_malformed_redis_url_is_a_usage_error(url: str, reason: str) -> None:
+    """These were "cannot reach Redis" (exit 1): a typo in the URL is not an outage."""
+    res = invoke("resolve", "--tenant", "a", "--team", "b", "--redis", url)
+    assert_clean_error(res, 2, "malformed Redis URL")
+    assert reason in res.stderr and ":pw@" not in res.stderr
+
+
+def test_a_database_the_server_lacks_is_a_usage_error(redis_url: str) -> None:
+    url = redis_url.rsplit("/", 1)[0] + "/99999"
+    res = invoke("resolve", "--tenant", "a", "--team", "b", "--redis", url)
+    assert_clean_error(res, 2, "this server has no such database")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:pw@127.0.0.1:9/0", "cannot reach Redis at redis://user:***@127.0.0.1:9/0"),
+        ("redis://:pw@127.0.0.1:9", "cannot reach Redis at redis://:***@127.0.0.1:9"),
+        ("redis+cluster://127.0.0.1:9", "cannot reach Redis at redis+cluster://127.0.0.1:9"),
+    ],
+)
+def test_unreachable_redis_is_one_runtime_line_without_the_password(url: str, shown: str) -> None:
+    """The cluster's RedisClusterException was an internal error; passwords were shown."""
+    res = invoke("resolve", "--tenant", "a", "--team", "b", "--redis", url)
+    assert_clean_error(res, 1, shown)
+    assert "pw" not in res.stderr and "internal error" not in res.stderr
+
+
 def test_bad_synthetic_flags() -> None:
     assert_clean_error(invoke("seed", "synthetic", "--online", "2"), 2, "--online is a fraction")
     assert_clean_error(invoke("seed", "synthetic", "--users", "0"), 2, "--users must be")

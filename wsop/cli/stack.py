@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from wsop.checks import redact_url
 from wsop.cli.app import interrupt_on_sigterm
 from wsop.cli.options import HistoryOpt, JsonOpt, QuotasFileOpt, RedisOpt
 from wsop.cli.output import emit, err_console, titled_table
@@ -49,7 +50,7 @@ def _render(payload: dict[str, Any], title: str, hint: bool = False) -> Any:
         console.print(table)
         mode = "[bold red]INSECURE (?tenant=&user= trusted)[/]" if payload["insecure"] else "JWT"
         console.print(
-            f"algo {payload['algo']} · auth {mode} · redis {payload['redis_url']}\n"
+            f"algo {payload['algo']} · auth {mode} · redis {redact_url(payload['redis_url'])}\n"
             f"members file {payload['members_file']}"
             + (f"\nTLS: clients trust {payload['ca_file']}" if payload.get("ca_file") else ""),
             highlight=False,

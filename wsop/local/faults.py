@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from wsop.checks import redact_url
 from wsop.errors import BackendUnavailable, UsageError, WsopError
 from wsop.local import embedded, stack, stack_file, stack_proc
 from wsop.local.stack_file import ProcRecord, StackRecord, sidecar_index
@@ -162,7 +163,7 @@ def check_restartable(redis_url: str) -> None:
     if not (current.running and _same_server(current.url, redis_url)):
         raise UsageError(
             "restart-redis needs the local stack on the embedded Redis (this one uses "
-            f"{redis_url}); start it without --redis, or leave restart-redis out"
+            f"{redact_url(redis_url)}); start it without --redis, or leave restart-redis out"
         )
 
 
