@@ -114,6 +114,13 @@ def test_token_from_the_environment_and_the_admin_token(lb: str) -> None:
         (("--to", "1", "--data", "1", "--url", "http://:bad"), "--url must be a URL http://"),
         (("--to", "1", "--data", "1", "--url", "ws://[::1"), "--url must be a URL http://"),
         (("--to", "1"), "--data"),
+        # what the stack would refuse with 400, refused before sending (exit 2)
+        (("--to", "-1", "--data", "1"), "--to: 'to' must be"),
+        (("--to", "", "--data", "1"), "--to: 'to' must be"),
+        (("--team", "", "--data", "1"), "--team: team names match"),
+        (("--team", "x y", "--data", "1"), "--team: team names match"),
+        (("--to", "1", "--id", "x" * 129, "--data", "1"), "--id: id must be a string of at"),
+        (("--to", "1", "--data", "1e999"), "--data is not JSON: number out of range"),
     ],
 )
 def test_usage_errors_exit_2(args: tuple[str, ...], needle: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 import typer
@@ -24,12 +25,21 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: json reads inf, which the stack refuses
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
 def parse_data(text: str) -> Any:
-    """`--data`: one JSON value (strict: no NaN/Infinity, which the stack refuses)."""
+    """`--data`: one JSON value (strict: no NaN/Infinity, nor a number too large to be
+    finite, which the stack refuses)."""
     try:
-        return json.loads(text, parse_constant=_constant)
+        return json.loads(text, parse_constant=_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
-        raise UsageError(f"--data is not JSON: {exc} (quote a string: --data '\"hi\"')") from None
+        hint = "" if "out of range" in str(exc) else " (quote a string: --data '\"hi\"')"
+        raise UsageError(f"--data is not JSON: {exc}{hint}") from None
 
 
 def publish_cmd(
@@ -95,6 +105,7 @@ def publish_cmd(
     body["data"] = parse_data(data)
     if msg_id is not None:
         body["id"] = msg_id
+    _check_body(body)
     base, ca_file = _target(url, ca)
     credential = token or publish_credential(tenant, sender)
     reply = adminclient.post_json(f"{base}/publish", body, credential, ca=ca_file)
@@ -119,6 +130,24 @@ def publish_cmd(
         )
 
     emit(answer, as_json, render)
+
+
+def _check_body(body: dict[str, Any]) -> None:
+    """What the stack would refuse with 400, refused here (exit 2) by the very rules it
+    applies (`wsop.protocol`): a tenant, `to`, team names, the id's length. `to` is read
+    without the tenant's id mode, which only the stack knows: "007" still goes out."""
+    from wsop.names import check_tenant
+    from wsop.protocol import ProtocolError, message_from_object
+
+    check_tenant(body["tenant"])
+    try:
+        message_from_object({k: v for k, v in body.items() if k != "tenant"})
+    except ProtocolError as exc:
+        flag = {"direct": "--to", "team": "--team"}[body["type"]]
+        if exc.message.startswith("id "):
+            flag = "--id"
+        reason = exc.message.removeprefix(f"{body['type']}: ")
+        raise UsageError(f"{flag}: {reason}") from None
 
 
 def _target(url: str | None, ca: str | None) -> tuple[str, str | None]:
