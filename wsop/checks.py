@@ -145,6 +145,17 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+def check_number(value: object, what: str, positive: bool = False) -> float:
+    """A finite number >= 0 (> 0 when `positive`): a rate, a ratio, an epsilon. NaN
+    passes every `<` test and inf prints as Infinity in --json, so both are refused."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
+        raise UsageError(
+            f"{what} must be a finite number {'>' if positive else '>='} 0, got {value!r}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
 def check_host(host: object) -> str:
     if not isinstance(host, str) or not host or host != host.strip():
         raise UsageError(f"host must be an address or a name to listen on, got {host!r}")

@@ -470,7 +470,10 @@ def test_no_kubeconfig_anywhere(tmp_path, monkeypatch):
         ([], "exactly one of --local or --namespace"),
         (["--local", "-n", NS], "exactly one of --local or --namespace"),
         (["--local", "--selector", "a=b"], "need --namespace"),
-        (["-n", NS, "--rate", "0"], "--rate must be > 0"),
+        (["-n", NS, "--rate", "0"], "--rate (moves per second) must be a finite number > 0"),
+        (["--local", "--rate", "inf"], "--rate (moves per second) must be a finite number > 0"),
+        (["--local", "--rate", "nan"], "--rate (moves per second) must be a finite number > 0"),
+        (["--local", "--epsilon", "inf"], "--epsilon must be a finite number >= 0"),
         (["-n", NS, "--max-moves", "-1"], "--max-moves"),
     ],
 )

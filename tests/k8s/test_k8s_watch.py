@@ -424,8 +424,15 @@ def test_stop_reason_reaches_the_executor():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--local", "--watch", "--debounce", "-1"], "--debounce must be ≥ 0"),
-        (["--local", "--watch", "--resync", "0"], "--resync must be > 0"),
+        (["--local", "--watch", "--debounce", "-1"], "--debounce must be a number of seconds >= 0"),
+        (["--local", "--watch", "--resync", "0"], "--resync must be a number of seconds > 0"),
+        # non-finite: NaN passed `< 0` and printed as NaN in --json, inf never fired
+        (["--local", "--watch", "--debounce", "nan"], "--debounce must be a number of seconds"),
+        (["--local", "--watch", "--debounce", "inf"], "--debounce must be a number of seconds"),
+        (["--local", "--watch", "--max-delay", "inf"], "--max-delay must be a number of seconds"),
+        (["--local", "--watch", "--retry", "nan"], "--retry must be a number of seconds"),
+        (["--local", "--watch", "--resync", "inf"], "--resync must be a number of seconds"),
+        (["-n", NS, "--watch", "--lease-duration", "nan"], "--lease-duration must be a number"),
         (["--local", "--watch", "--metrics-port", "70000"], "--metrics-port must be 0–65535"),
         (["-n", NS, "--watch", "--lease-duration", "1"], "--lease-duration must be ≥ 3"),
     ],

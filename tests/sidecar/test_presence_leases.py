@@ -35,7 +35,9 @@ from wsop.sidecar.presence import Presence, PresenceTimings, ReapGate, check_tim
 def test_timings_are_validated_and_the_default_bound_is_within_15_s() -> None:
     assert PresenceTimings().reap_bound_s == 12.0
     check_timings(0.3, 0.7, 1)
-    for bad in [(0, 10, 5), (2, -1, 5), (2, 10, 0), (2, 4, 5), (2, 3.9, 5)]:
+    inf, nan = float("inf"), float("nan")  # (lease inf passed: "> 2 x heartbeat")
+    for bad in [(0, 10, 5), (2, -1, 5), (2, 10, 0), (2, 4, 5), (2, 3.9, 5), (2, inf, 5),
+                (nan, 10, 5), (2, 10, inf)]:  # fmt: skip
         with pytest.raises(UsageError):
             check_timings(*bad)
     with pytest.raises(UsageError, match="more than twice the heartbeat"):

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wsop.checks import check_url
+from wsop.checks import check_seconds, check_url
 from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, err_console
 from wsop.errors import UsageError
@@ -61,8 +61,7 @@ def drain_cmd(
 
     if (url is None) == (local is None):
         raise UsageError("give exactly one of --url URL or --local NAME")
-    if wait < 0:
-        raise UsageError("--wait must be ≥ 0")
+    check_seconds(wait, "--wait")  # (nan and inf too: the wait loop never ended)
     if local is not None:
         base, token, ca = _local_target(local)
     else:

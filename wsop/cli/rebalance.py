@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from wsop.checks import check_number
 from wsop.cli.options import JsonOpt
 from wsop.cli.output import emit, err_console, titled_table
 from wsop.errors import UsageError
@@ -139,8 +140,8 @@ def rebalance_cmd(
         )
     if max_moves is not None and max_moves < 0:
         raise UsageError(f"--max-moves must be ≥ 0, got {max_moves}")
-    if not rate > 0:
-        raise UsageError(f"--rate must be > 0 moves per second, got {rate}")
+    check_number(rate, "--rate (moves per second)", positive=True)
+    check_number(epsilon, "--epsilon")
     if watch:
         from wsop.cli.rebalance_watch import WatchFlags
 

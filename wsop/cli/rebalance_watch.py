@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wsop.checks import check_seconds
 from wsop.cli.output import err_console
 from wsop.errors import UsageError
 from wsop.k8s.operator import WatchConfig, WatchRebalancer
@@ -45,15 +46,12 @@ class WatchFlags:
 
 
 def check(flags: WatchFlags) -> None:
-    for name, value in (
-        ("--debounce", flags.debounce),
-        ("--resync", flags.resync),
-        ("--retry", flags.retry),
-    ):
-        if value < 0:
-            raise UsageError(f"{name} must be ≥ 0 seconds, got {value}")
-    if flags.resync == 0:
-        raise UsageError("--resync must be > 0 seconds")
+    # finite: NaN passed every `< 0` test (and printed as NaN in --json), inf never fired
+    check_seconds(flags.debounce, "--debounce")
+    check_seconds(flags.max_delay, "--max-delay")
+    check_seconds(flags.resync, "--resync", allow_zero=False)
+    check_seconds(flags.retry, "--retry")
+    check_seconds(flags.lease_duration, "--lease-duration")
     if flags.metrics_port is not None and not 0 <= flags.metrics_port <= 65535:
         raise UsageError(f"--metrics-port must be 0–65535, got {flags.metrics_port}")
     if flags.lease_duration < 3:

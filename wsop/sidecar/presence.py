@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from wsop.acl.leases import Beat, LeaseStore, waiting_for
 from wsop.acl.live import LiveAcl, UserId
 from wsop.auth import Identity
+from wsop.checks import check_seconds
 from wsop.errors import UsageError
 
 log = logging.getLogger("wsop.sidecar.presence")
@@ -45,8 +46,7 @@ LOG_EVERY_S = 30.0
 def check_timings(heartbeat_s: float, lease_s: float, wait_s: float) -> None:
     """Refuse settings under which a live sidecar could be taken for dead."""
     for flag, value in (("heartbeat", heartbeat_s), ("lease", lease_s), ("wait", wait_s)):
-        if not value > 0:
-            raise UsageError(f"presence {flag} must be > 0 seconds, got {value}")
+        check_seconds(value, f"presence {flag}", allow_zero=False)  # (finite: inf, nan too)
     if not lease_s > 2 * heartbeat_s:
         raise UsageError(
             f"presence lease ({lease_s} s) must be more than twice the heartbeat "
