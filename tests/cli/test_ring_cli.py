@@ -119,11 +119,20 @@ BAD_INPUTS = [
     (["show", "--nodes", "a=-2,b"], "> 0"),
     (["show", "--nodes", "a=heavy,b"], "not a number"),
     (["show", "--nodes", "a,b", "--algo", "nope"], "unknown algorithm"),
-    (["show", "--nodes", "a,b", "--keys", "0"], "positive"),
-    (["diff", "--nodes", "a,b", "--to", "a,b,c", "--keys", "-5"], "positive"),
+    (["show", "--nodes", "a,b", "--keys", "0"], "--keys must be an integer from 1 to 10,000,000"),
+    (["diff", "--nodes", "a,b", "--to", "a,b,c", "--keys", "-5"], "--keys must be an integer"),
     (["diff", "--nodes", "a,b"], "--to"),
     (["locate", "--nodes", "a,b", "--algo", "bounded", "1"], "live loads"),
     (["show"], "no nodes"),
+    # a sane ceiling: 300 M keys ate GBs
+    (["show", "--nodes", "a,b", "--keys", "300000000"], "--keys must be an integer from 1"),
+    (["diff", "--nodes", "a", "--to", "a,b", "--keys", "10000001"], "--keys must be an integer"),
+    # what `wsop token` and `resolve` refuse, refused here too
+    (["locate", "--nodes", "a,b", "--tenant", "a{b", "1"], "invalid tenant name 'a{b'"),
+    (["locate", "--nodes", "a,b", "--tenant", "", "1"], "invalid tenant name ''"),
+    (["locate", "--nodes", "a,b", "--", ""], "bad user id ''"),
+    (["locate", "--nodes", "a,b", "--", "-1"], "bad user id '-1'"),
+    (["locate", "--nodes", "a,b", "a\x01"], "bad user id 'a\\x01'"),
 ]
 
 
