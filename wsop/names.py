@@ -150,7 +150,8 @@ def parse_int_id(raw: object, max_users: int) -> int:
         bare = text.strip().lstrip("+-")
         if not (bare.isascii() and bare.isdigit()):
             raise UsageError(
-                f"user id {raw!r} is not an integer (use --string-ids for UUID-style ids)"
+                f"user id {raw!r} is not an integer (a tenant's ids are integers unless it "
+                "was seeded with `wsop seed load --string-ids`)"
             )
         if text.strip().startswith("-"):
             raise UsageError(f"user id {text.strip()} is negative")

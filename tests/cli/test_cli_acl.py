@@ -103,6 +103,13 @@ def test_online_add_remove(redis_url: str, members: Path) -> None:
     assert json.loads(res.stdout)["recipients"] == [1]
 
 
+def test_online_add_of_a_string_id_names_a_real_flag(redis_url: str, members: Path) -> None:
+    """`online add` has no --string-ids: the hint said "use --string-ids"."""
+    assert invoke("seed", "load", str(members), "--redis", redis_url).exit_code == 0
+    res = invoke("online", "add", "--tenant", "acme", "abc", "--redis", redis_url)
+    assert_clean_error(res, 2, "seeded with `wsop seed load --string-ids`")
+
+
 def test_seed_synthetic_json(redis_url: str) -> None:
     res = invoke(
         "seed",

@@ -54,3 +54,11 @@ def test_server_configs_refuse_bounded_too() -> None:
     with pytest.raises(UsageError, match="cannot route"):
         LBConfig("127.0.0.1", 0, StaticMembership({}), "bounded")
     assert SidecarConfig(name="s0").algo == "maglev"  # what the LB uses by default
+
+
+def test_no_kubeconfig_names_what_lb_reads(tmp_path) -> None:
+    """`wsop lb` has no --kubeconfig: the hint was "pass --kubeconfig PATH"."""
+    env = {"HOME": str(tmp_path), "KUBECONFIG": "", "KUBERNETES_SERVICE_HOST": ""}
+    done = run_wsop("lb", "--namespace", "chat", "--insecure", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "set KUBECONFIG=PATH" in done.stderr and "--kubeconfig" not in done.stderr

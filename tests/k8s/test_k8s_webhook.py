@@ -331,6 +331,11 @@ def test_serve_with_missing_certificate_is_one_line_exit_2(tmp_path):
     assert "nope.crt: no such file" in result.stderr and "Traceback" not in result.output
 
 
+def test_serve_names_the_sidecar_port_flag():
+    result = runner.invoke(app, ["webhook", "serve", "--sidecar-port", "0"])
+    assert result.exit_code == 2 and "--sidecar-port must be 1–65535" in result.stderr
+
+
 def test_certs_command_writes_a_ca_and_a_serving_certificate(tmp_path):
     out = tmp_path / "c"
     result = runner.invoke(app, ["webhook", "certs", "-n", "chat", "--out", str(out), "--json"])

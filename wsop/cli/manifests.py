@@ -28,12 +28,19 @@ AlgoOpt = Annotated[str, typer.Option("--algo", help="Ring algorithm of the stac
 
 
 def settings_from_flags(
-    namespace: str | None, image: str, port: int, algo: str, lb_tls_secret: str | None = None
+    namespace: str | None,
+    image: str,
+    port: int,
+    algo: str,
+    lb_tls_secret: str | None = None,
+    port_flag: str = "--port",
 ) -> Settings:
+    """`port_flag`: the flag `port` came from (`wsop webhook serve` calls it --sidecar-port:
+    its own --port is the webhook's)."""
     from wsop.ring import PLACEMENTS
 
     if not 1 <= port <= 65535:
-        raise UsageError(f"--port must be 1–65535, got {port}")
+        raise UsageError(f"{port_flag} must be 1–65535, got {port}")
     if not image.strip():
         raise UsageError("--image must not be empty")
     if algo not in PLACEMENTS:

@@ -51,7 +51,7 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0–65535, got {port}")
-    settings = settings_from_flags(None, image, sidecar_port, algo)
+    settings = settings_from_flags(None, image, sidecar_port, algo, port_flag="--sidecar-port")
     server = WebhookServer((host, port), settings, cert, key)
     print(
         f"webhook listening on https://{host}:{server.port}/mutate (image {settings.image})",

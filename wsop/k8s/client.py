@@ -184,9 +184,11 @@ def connect(
     kubeconfig: Path | str | None = None,
     context: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    where: str = "pass --kubeconfig PATH",
 ) -> Cluster:
     """A `Cluster` from `--kubeconfig/--context`, `$KUBECONFIG`, ~/.kube/config, or the
-    pod's service account (in-cluster), in that order. Nothing is contacted yet."""
+    pod's service account (in-cluster), in that order. Nothing is contacted yet.
+    `where`: how the caller's command takes a kubeconfig (`wsop lb` has no --kubeconfig)."""
     cfg = k8s.Configuration()
     path = str(kubeconfig) if kubeconfig is not None else _default_kubeconfig()
     if path is None:
@@ -198,7 +200,7 @@ def connect(
             return _cluster(cfg, IN_CLUSTER, timeout)
         raise UsageError(
             "no kubeconfig: ~/.kube/config does not exist, $KUBECONFIG is unset and this "
-            "is not a pod; pass --kubeconfig PATH"
+            f"is not a pod; {where}"
         )
     files = [p for p in path.split(os.pathsep) if p]
     if not any(Path(p).expanduser().exists() for p in files):

@@ -224,5 +224,7 @@ def kubernetes_source(
     `--namespace/--selector` (in a pod: the service account; else the kubeconfig)."""
     from wsop.k8s.client import connect
 
-    cluster = connect(kubeconfig, context)
+    # `wsop lb`/`sidecar` read no --kubeconfig flag: name what they do read
+    where = "pass --kubeconfig PATH" if kubeconfig is not None else "set KUBECONFIG=PATH"
+    cluster = connect(kubeconfig, context, where=where)
     return KubernetesMembership(cluster, namespace, selector, service, default_port, interval)
