@@ -205,6 +205,24 @@ class RegistryFileMembership(PollingMembership):
             return {}
         return parse_registry(text, str(self.path))
 
+    def check(self) -> None:
+        """At start-up, refuse a file that cannot be a members file (a directory, a CSV,
+        `{"members": 5}`, an empty file). Later reads keep the last good membership on
+        an error (a half-written file must not empty the ring), so without this check a
+        wrong --members-file started a server of "0 sidecars" that never said why. A
+        missing file is fine: the launcher may write it after the server starts."""
+        where = f"--members-file {self.path}"
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise InputError(f"{where}: cannot read ({reason})") from None
+        parse_registry(text, where)
+        if not isinstance(json.loads(text).get("sidecars"), list):
+            raise InputError(f"{where}: no 'sidecars' list; is it a members file `wsop up` writes?")
+
 
 class CallableMembership(PollingMembership):
     """Any ``() -> Members`` function, polled (handy for tests and quick integrations)."""
@@ -235,5 +253,7 @@ def source_from_flags(members_file: Path | None, peers: str | None) -> Membershi
     if peers is not None:
         return StaticMembership.from_spec(peers)
     if members_file is not None:
-        return RegistryFileMembership(members_file)
+        source = RegistryFileMembership(members_file)
+        source.check()
+        return source
     raise UsageError("no sidecars: give --members-file FILE or --peers name=ws://host:port,…")

@@ -62,3 +62,30 @@ def test_no_kubeconfig_names_what_lb_reads(tmp_path) -> None:
     done = run_wsop("lb", "--namespace", "chat", "--insecure", env=env)
     assert done.returncode == 2, done.stderr
     assert "set KUBECONFIG=PATH" in done.stderr and "--kubeconfig" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read (Is a directory)"),
+        ("a,b\n1,2\n", "not JSON"),
+        ('{"members": 5}', "no 'sidecars' list"),
+        ("", "not JSON"),
+        ('{"sidecars": 5}', "'sidecars' must be a list"),
+    ],
+)
+@pytest.mark.parametrize("command", ["lb", "sidecar"])
+def test_a_malformed_members_file_is_refused_at_start(
+    tmp_path, command: str, content: str | None, message: str
+) -> None:
+    """These started a server of "0 sidecars" and said nothing."""
+    path = tmp_path / "members"
+    path.mkdir() if content is None else path.write_text(content)
+    args = [command, "--members-file", str(path), "--insecure", "--port", "0"]
+    if command == "sidecar":
+        args += ["--name", "s0", "--redis", "redis://127.0.0.1:9"]
+    done = run_wsop(*args, timeout=20)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and f"--members-file {path}: " in errors[0]
+    assert message in errors[0]
