@@ -94,9 +94,15 @@ def check_positive_int(value: object, what: str) -> int:
     return value
 
 
+def is_finite_number(value: object) -> bool:
+    """An int or a float (not a bool) that is neither NaN nor infinite: NaN passes every
+    `< 0` test and never limits anything, inf prints as Infinity in --json."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_seconds(value: object, what: str, allow_zero: bool = True) -> float:
     """A finite duration in seconds (>= 0, or > 0 when `allow_zero` is false)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_number(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
         bound = ">= 0" if allow_zero else "> 0"
         raise UsageError(f"{what} must be a number of seconds {bound}, got {value!r}")
@@ -106,7 +112,7 @@ def check_seconds(value: object, what: str, allow_zero: bool = True) -> float:
 def check_rate(value: object, what: str) -> float:
     """A finite rate per second >= 0 (0: no limit). NaN compares false with everything,
     so a NaN limit would never limit; inf would print as Infinity in --json."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_number(value)
     if not ok or value < 0:  # type: ignore[operator]
         raise UsageError(f"{what} must be a finite number >= 0 (0: no limit), got {value!r}")
     return float(value)  # type: ignore[arg-type]
@@ -148,7 +154,7 @@ def redact_url(url: str) -> str:
 def check_number(value: object, what: str, positive: bool = False) -> float:
     """A finite number >= 0 (> 0 when `positive`): a rate, a ratio, an epsilon. NaN
     passes every `<` test and inf prints as Infinity in --json, so both are refused."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_number(value)
     if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
         raise UsageError(
             f"{what} must be a finite number {'>' if positive else '>='} 0, got {value!r}"

@@ -26,12 +26,12 @@ Pure: parsing, validation and the bucket; the sidecar applies them.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from wsop.checks import is_finite_number
 from wsop.errors import InputError, UsageError
 from wsop.names import check_tenant
 
@@ -57,8 +57,7 @@ class Limits:
             value = getattr(self, f.name)
             # finite too: JSON's 1e400 is inf (int(inf) overflows below) and YAML's .nan
             # compares false with everything, so a NaN rate would never limit anything
-            number = not isinstance(value, bool) and isinstance(value, int | float)
-            if not number or not math.isfinite(value) or value < 0:
+            if not is_finite_number(value) or value < 0:  # type: ignore[operator]
                 raise UsageError(f"quota {f.name} must be a number >= 0 (0: none), got {value!r}")
             if f.name not in _RATES and value != int(value):
                 raise UsageError(f"quota {f.name} must be a whole number, got {value!r}")
