@@ -105,9 +105,10 @@ def _rules() -> list[Rule]:
         ok("5.2-length-16-wider-than-needed", "a sender must use the minimal length field; "
            "receivers (websockets, and so wsop) accept a wider one", f(TEXT, b"hi", width=16)),
         ok("5.2-length-64-wider-than-needed", "(as above)", f(TEXT, b"hi", width=64)),
-        fails("5.2-length-64-msb-set", "the 64-bit length's top bit must be 0 (§5.2); the "
-              "RFC names no code: both servers refuse the size first, 1009 (§7.4.1)",
-              f(TEXT, b"x" * 20, width=64, length=(1 << 63) | 20), 1009),
+        fails("5.2-length-64-msb-set", "the 64-bit length's top bit must be 0 (§5.2): "
+              "a broken frame, not a big one, so 1002 (§7.4.1), not the size's 1009",
+              f(TEXT, b"x" * 20, width=64, length=(1 << 63) | 20), 1002,
+              reference_bug="websockets 17.4 checks its size limit first and closes 1009"),
         ok("5.3-zero-mask-key", "a zero masking key is still a masked frame (§5.3)",
            f(TEXT, b"hello", key=bytes(4))),
         fails("10.4-over-the-size-limit", "a frame over the server's limit: 1009 (§7.4.1, "

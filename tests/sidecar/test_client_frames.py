@@ -338,3 +338,20 @@ def test_only_a_whole_nul_led_text_frame_over_an_lb_leg_is_an_lb_control_frame()
 
     assert kinds(via_lb=True) == [(LbControl, moved), (str, moved), (bytes, moved)]
     assert kinds(via_lb=False) == [(str, moved), (str, moved), (bytes, moved)]
+
+
+def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() -> None:
+    """RFC 6455 §5.2: the most significant bit of a 64-bit length MUST be 0 — a broken
+    client, not a big message: 1002, not 1009."""
+
+    async def scenario() -> tuple[list[Frame], Transport, list[bytes]]:
+        session, transport, owner = make()
+        session.data_received(b"\x82\xff" + (1 << 63 | 5).to_bytes(8, "big") + bytes(4))
+        session.data_received(frame(TEXT, b"after", b"\x01\x02\x03\x04"))  # discarded
+        await asyncio.sleep(0)
+        return server_frames(transport.written), transport, owner.messages
+
+    written, transport, messages = asyncio.run(scenario())
+    assert [f.opcode for f in written] == [CLOSE]
+    assert Close.parse(written[0].data).code == 1002
+    assert messages == [] and transport.eof_written

@@ -143,6 +143,10 @@ class FrameReader(asyncio.Protocol):
                     self._need = head
                     return pos
                 length = int.from_bytes(data[pos + 2 : pos + head - 4], "big")
+                if length >> 63:  # RFC 6455 §5.2: the top bit of a 64-bit length is 0
+                    self._fail(1002, "frame length with its most significant bit set")
+                    self._raw = True  # the parser, failed, discards whatever follows
+                    return end
             stop = pos + head + length
             if (
                 (first == 0x81 or first == 0x82)  # FIN, text or binary
