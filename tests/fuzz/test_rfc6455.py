@@ -22,6 +22,8 @@ Where the servers differ by design, the rule says so:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -122,6 +124,46 @@ def test_rule(rule: Rule, target: str, targets: dict[str, tuple[int, str]]) -> N
     assert out.ended == "fin", seen  # the server closed TCP, cleanly (§7.1.1, §7.1.7)
     assert out.seconds < PROMPT_S, seen  # ... at once: it did not wait for a timeout
     assert out.masked == 0, seen  # §5.1
+
+
+MALFORMED_HEADS = {
+    "not-http": b"\x00\x01\x02 hello\r\n\r\n",
+    "no-version": b"GET /ws\r\n\r\n",
+    "header-without-colon": b"GET /ws HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n",
+    "doubled-spaces": b"GET  /ws  HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bare-lf": b"GET /ws HTTP/1.1\nHost: x\n\n",
+}
+
+
+def ask(port: int, data: bytes, half_close: bool = False) -> bytes:
+    """Send `data`, read to the server's close (or 3 s): everything it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        out = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                out += chunk
+        return out
+
+
+@pytest.mark.parametrize("head", sorted(MALFORMED_HEADS))
+@pytest.mark.parametrize("target", ["sidecar", "lb"])
+def test_a_malformed_request_head_gets_a_400(
+    head: str, target: str, targets: dict[str, tuple[int, str]]
+) -> None:
+    """RFC 9112 §3: answered with 400 and closed (websockets alone closes silently)."""
+    out = ask(targets[target][0], MALFORMED_HEADS[head])
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n"), out[:80]
+    assert out.endswith(b"did not receive a valid HTTP request.\n"), out[-80:]
+
+
+@pytest.mark.parametrize("target", ["sidecar", "lb"])
+def test_a_peer_that_left_is_not_answered(target: str, targets: dict[str, tuple[int, str]]) -> None:
+    """A port check that connects and closes (or junk then EOF) gets no 400 written at it."""
+    assert ask(targets[target][0], b"", half_close=True) == b""
+    assert ask(targets[target][0], b"GET /ws HTTP/1.1\r\nHost", half_close=True) == b""
 
 
 def test_no_server_crashed_or_logged_a_traceback(stack: FuzzStack) -> None:

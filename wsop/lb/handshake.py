@@ -9,11 +9,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import OPEN
 
+from wsop.badrequest import AnswersBadRequests
 from wsop.detach import Detachable
 from wsop.httpbody import BodyReading
 
 
-class LBServerConnection(BodyReading, Detachable, ServerConnection):
+class LBServerConnection(AnswersBadRequests, BodyReading, Detachable, ServerConnection):
     """A client's connection to the LB: relayable once the upgrade request is read.
 
     (A refused request is answered by websockets as usual: with `_STASHING` nothing is

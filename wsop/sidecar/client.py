@@ -36,6 +36,7 @@ from websockets.server import ServerProtocol
 
 from wsop import protocol as wire
 from wsop.auth import Identity
+from wsop.badrequest import AnswersBadRequests
 from wsop.detach import Detachable
 from wsop.httpadmin import drop_subprotocol_callback, path_of
 from wsop.httpbody import BodyReading
@@ -369,7 +370,7 @@ class ClientHandshake:
     """Counted in the tenant's connections (quotas)."""
 
 
-class SidecarServerConnection(BodyReading, Detachable, ServerConnection):
+class SidecarServerConnection(AnswersBadRequests, BodyReading, Detachable, ServerConnection):
     """The handshake of any sidecar request; `/ws` clients are detached into sessions
     afterwards and `/trunk` sockets into trunks, peer links and admin requests stay with
     websockets (and API requests with a body have it read beside websockets:
