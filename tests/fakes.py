@@ -21,6 +21,8 @@ class FakeTransport:
         """Fail a write after close (the LB must never write to a closed side)."""
         self.buffered = 0
         """What `get_write_buffer_size` says (a test sets it: nothing is really queued)."""
+        self.extra: dict[str, object] = {}
+        """What `get_extra_info` answers (e.g. "sslcontext" for a TLS transport)."""
 
     @property
     def closing(self) -> bool:
@@ -39,6 +41,9 @@ class FakeTransport:
 
     def can_write_eof(self) -> bool:
         return True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.extra.get(name, default)
 
     def get_write_buffer_size(self) -> int:
         return self.buffered

@@ -127,13 +127,27 @@ def test_a_body_cut_short_is_an_error_not_a_hang() -> None:
         conn.data_received(POST + b'{"a"')
         reading = asyncio.ensure_future(conn.read_body(100))
         await asyncio.sleep(0)
-        conn.eof_received()
+        assert conn.eof_received() is True  # the transport stays open for the answer
         with pytest.raises(BodyError) as info:
             await reading
         assert info.value.status == 400 and "4 of 11" in info.value.message
-        assert conn.eof  # websockets still hears of it
+        assert not conn.eof  # websockets would close the transport before the 400
 
     asyncio.run(run())
+
+
+def test_over_tls_websockets_hears_of_the_eof_as_before() -> None:
+    """(asyncio's TLS transport closes on EOF whatever the protocol returns)"""
+    conn = Conn()
+    conn.transport.extra["sslcontext"] = object()
+    conn.data_received(POST + b'{"a"')
+    assert conn.eof_received() is None and conn.eof
+
+
+def test_a_get_connection_hears_of_eof_as_before() -> None:
+    conn = Conn()
+    conn.data_received(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+    assert conn.eof_received() is None and conn.eof
 
 
 def test_expect_100_continue_is_answered_when_the_body_is_wanted() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,6 +250,40 @@ def test_bad_requests_get_json_errors_from_the_lb_and_the_sidecars(
         if status == 405:
             allowed = response.getheader("Allow")
             assert allowed and method not in allowed.split(", "), (where, allowed)
+    logs = "".join(p.read_text(errors="replace") for p in stack.logs.glob("*.log"))
+    assert "Traceback" not in logs
+
+
+def post_then_half_close(port: int, token: str, body: bytes, declared: int) -> bytes:
+    """A POST whose client shuts its sending side after `body` (of `declared` bytes)."""
+    head = (
+        f"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {declared}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := sock.recv(4096):
+            out += chunk
+        return out
+
+
+def test_a_body_cut_short_by_a_half_close_is_answered_400(stack: Stack) -> None:
+    """The client said it was done sending before its Content-Length: it still reads an
+    answer on its open receiving side (not a silent close), and a whole body followed by
+    a half-close is served as usual."""
+    token = publish_token("pe")
+    whole = json.dumps({"tenant": "pe", "type": "direct", "to": 1, "data": 1, "id": "h"})
+    for where, port in stack.ports.items():
+        out = post_then_half_close(port, token, whole.encode()[:10], len(whole))
+        assert out.startswith(b"HTTP/1.1 400 "), (where, out[:200])
+        answer = json.loads(out.partition(b"\r\n\r\n")[2])
+        assert answer["code"] == "bad_request", (where, answer)
+        assert f"after 10 of {len(whole)} bytes" in answer["message"], (where, answer)
+        out = post_then_half_close(port, token, whole.encode(), len(whole))
+        assert out.startswith(b"HTTP/1.1 200 "), (where, out[:200])
+        assert json.loads(out.partition(b"\r\n\r\n")[2])["type"] == "ack", where
     logs = "".join(p.read_text(errors="replace") for p in stack.logs.glob("*.log"))
     assert "Traceback" not in logs
 
