@@ -22,6 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kubernetes import client as k8s
 from typer.testing import CliRunner
 
@@ -29,7 +31,8 @@ from wsop.cli.main import app
 from wsop.k8s.certs import issue
 from wsop.k8s.inject import SERVICE_ACCOUNT_PATH, inject
 from wsop.k8s.manifests import Settings
-from wsop.k8s.webhook import json_patch
+from wsop.k8s.webhook import describe, json_patch
+from wsop.k8s.webhook import review as answer_review
 from wsop.k8s.webhook_server import WebhookServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,6 +280,39 @@ def test_http_errors_health_and_tls(server, certs):
     with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
         plain.request("GET", "/healthz")  # no plaintext on the HTTPS port
         plain.getresponse().read()
+
+
+def test_malformed_reviews_are_answered_not_dropped(server, certs):
+    """A review the API server would never send (but a broken proxy or a fuzzer might):
+    an AdmissionReview answer for each, never a dropped connection."""
+    for kind, obj in [("Pod", {"spec": 5}), ("Pod", {"spec": {"containers": True}}),
+                      ("Pod", {"metadata": True, "spec": {}}), ("Pod", [1])]:  # fmt: skip
+        malformed = admission_review(obj, kind=kind)  # type: ignore[arg-type]
+        response = review_over_https(server, certs, malformed)
+        assert response["allowed"] is False or "patch" not in response
+    odd = admission_review(app_pod())
+    odd["request"]["kind"] = "Pod"  # not a GroupVersionKind
+    assert review_over_https(server, certs, odd) == {"uid": odd["request"]["uid"], "allowed": True}
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.sampled_from(["Pod", "", "wsop"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["spec", "containers", "metadata", "name", "ports",
+                                       "containerPort", "labels", "kind"]), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=JSONISH | st.just({"group": "", "kind": "Pod"}), obj=JSONISH)
+def test_any_request_shape_gets_an_answer(kind, obj):
+    """`review` and its log line take any JSON under a uid (property)."""
+    request = {"uid": "u", "kind": kind, "operation": "CREATE", "object": obj}
+    answer = answer_review(request, SETTINGS)
+    assert answer["response"]["uid"] == "u" and isinstance(answer["response"]["allowed"], bool)
+    json.dumps(answer)
+    assert describe(request, answer)
 
 
 def test_json_patch_escapes_and_appends():

@@ -40,8 +40,17 @@ class BadReview(ValueError):
     """The request body is not an AdmissionReview v1 with a request uid (HTTP 400)."""
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a mapping, else empty: a review is the API server's JSON, but a
+    malformed one must earn an answer (denied, or admitted untouched), never a dropped
+    connection."""
+    return value if isinstance(value, dict) else {}
+
+
 def has_sidecar(pod: dict[str, Any]) -> bool:
-    containers = (pod.get("spec") or {}).get("containers") or []
+    containers = _dict(pod.get("spec")).get("containers")
+    if not isinstance(containers, list):
+        return False
     return any(isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER for c in containers)
 
 
@@ -51,7 +60,7 @@ def mutate_pod(pod: dict[str, Any], settings: Settings) -> tuple[dict[str, Any],
     `"default"` counts as no service account: the API server sets it before webhooks run.
     """
     out = copy.deepcopy(pod)
-    meta = out.get("metadata") or {}
+    meta = _dict(out.get("metadata"))
     name = meta.get("name") or f"{meta.get('generateName') or ''}<generated>"
     notes: list[str] = []
     inject_pod(out, settings, f"Pod {name}", notes, unset_accounts=(None, "", "default"))
@@ -105,7 +114,7 @@ def parse_review(body: bytes) -> dict[str, Any]:
 def review(request: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The AdmissionReview answering `request` (see the module docstring)."""
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
-    kind = request.get("kind") or {}
+    kind = _dict(request.get("kind"))  # (malformed: not a Pod, admitted untouched)
     pod = request.get("object")
     is_pod_create = (
         request.get("operation") == "CREATE"
@@ -131,7 +140,7 @@ def review(request: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 def describe(request: dict[str, Any], answer: dict[str, Any]) -> str:
     """One log line per review: what was asked and what we did."""
-    meta = (request.get("object") or {}).get("metadata") or {}
+    meta = _dict(_dict(request.get("object")).get("metadata"))
     name = meta.get("name") or f"{meta.get('generateName') or ''}*"
     response = answer["response"]
     if not response["allowed"]:
@@ -142,6 +151,6 @@ def describe(request: dict[str, Any], answer: dict[str, Any]) -> str:
         outcome = "unchanged"
     dry = " (dry run)" if request.get("dryRun") else ""
     return (
-        f"{request.get('operation')} {(request.get('kind') or {}).get('kind')} "
+        f"{request.get('operation')} {_dict(request.get('kind')).get('kind')} "
         f"{request.get('namespace') or '-'}/{name}: {outcome}{dry}"
     )
