@@ -89,3 +89,10 @@ def test_a_malformed_members_file_is_refused_at_start(
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == [errors[0]] and f"--members-file {path}: " in errors[0]
     assert message in errors[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_lb_drain_seconds_errors_name_the_flag(value: str) -> None:
+    done = run_wsop("lb", "--peers", "s0=ws://127.0.0.1:1", "--insecure", "--drain-seconds", value)
+    assert done.returncode == 2, done.stderr
+    assert "--drain-seconds" in done.stderr and "Traceback" not in done.stderr

@@ -63,7 +63,7 @@ class LBConfig:
         check_host(self.host)
         check_port(self.port)
         check_member_name(self.name, "lb name")
-        check_seconds(self.drain_s, "drain_s")
+        check_seconds(self.drain_s, "drain time (drain_s, --drain-seconds)")
         check_seconds(self.open_timeout, "open_timeout", allow_zero=False)
         check_seconds(self.move_drain_s, "move_drain_s")
         check_positive_int(self.max_frame_bytes, "max_frame_bytes")
