@@ -89,3 +89,24 @@ def test_an_interrupted_loadtest_leaves_no_report(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_later_report_removes_only_the_earlier_reports_leftovers(tmp_path: Path) -> None:
+    target = tmp_path / "rep"
+    target.mkdir()
+    (target / "notes.txt").write_text("the user's")
+    with staged_dir(target) as stage:
+        (stage / "results.json").write_text("1")
+        (stage / "worker-1.log").write_text("w1")
+        (stage / "charts").mkdir()
+    with staged_dir(target) as stage:
+        (stage / "results.json").write_text("2")
+    names = sorted(p.name for p in target.iterdir())
+    assert names == [".wsop-report", "notes.txt", "results.json"]
+    assert (target / "results.json").read_text() == "2"
+    (target / ".wsop-report").write_text("../outside\n/etc\nnotes.txt\n.\n")
+    (tmp_path / "outside").write_text("x")
+    with staged_dir(target) as stage:
+        (stage / "results.json").write_text("3")
+    assert (tmp_path / "outside").exists()  # never outside the report directory
+    assert not (target / "notes.txt").exists()  # (the manifest said it was the report's)

@@ -42,10 +42,19 @@ def staged_dir(target: Path) -> Iterator[Path]:
         publish(stage, target)
 
 
+MANIFEST = ".wsop-report"
+"""The names of a report's own files, kept in the report directory: the next report
+into it removes the ones it does not write again (a run with fewer workers leaving an
+older run's worker logs would look like part of the new report), and nothing else."""
+
+
 def publish(stage: Path, target: Path) -> None:
     """Move `stage`'s files into `target`: one rename when `target` is missing or empty;
     else file by file (`target` may hold other things: `--report .` must not replace
-    the current directory)."""
+    the current directory), after removing what the last report there left and this
+    one does not replace (`MANIFEST`)."""
+    names = sorted(item.name for item in stage.iterdir())
+    (stage / MANIFEST).write_text("".join(f"{name}\n" for name in names))
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
     if not target.exists():
@@ -54,9 +63,25 @@ def publish(stage: Path, target: Path) -> None:
     if not target.is_dir():
         shutil.rmtree(stage, ignore_errors=True)
         raise WsopError(f"--report {target}: exists and is not a directory")
+    for name in set(_manifest(target)) - set(names):
+        stale = target / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     for item in stage.iterdir():
         dest = target / item.name
         if dest.is_dir() and not item.is_dir():
             shutil.rmtree(dest)
         os.replace(item, dest)
     stage.rmdir()
+
+
+def _manifest(target: Path) -> list[str]:
+    """The files the last report in `target` wrote (plain names only: a manifest edited
+    to say `../x` or `/etc` names nothing)."""
+    try:
+        lines = (target / MANIFEST).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [n for n in lines if n and n not in (".", "..", MANIFEST) and "/" not in n and "\0" not in n]
