@@ -84,4 +84,4 @@ def _manifest(target: Path) -> list[str]:
         lines = (target / MANIFEST).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
         return []
-    return [n for n in lines if n and n not in (".", "..", MANIFEST) and "/" not in n and "\0" not in n]
+    return [n for n in lines if n not in ("", ".", "..", MANIFEST) and not {"/", "\0"} & set(n)]
