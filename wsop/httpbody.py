@@ -178,16 +178,15 @@ class BodyReading:
         return bytes(body)
 
     def eof_received(self) -> bool | None:
-        tls = self.transport.get_extra_info("sslcontext") is not None  # type: ignore[attr-defined]
-        if self._body_state in (_BODY, _DONE) and not tls:
-            # A request with a body whose client stopped sending: it may still read. Not
-            # told to websockets (its connection closes the transport on EOF, before the
-            # answer: a body cut short got no 400, a whole one no answer at all); the
-            # answer ends the connection as every HTTP answer does. (TLS has no
-            # half-open connections: asyncio closes it whatever is returned.)
-            self._end_body()
-            return True
+        held = self._body_state in (_BODY, _DONE)  # a request with a body: ours
         self._end_body()
+        if held and self.transport.get_extra_info("sslcontext") is None:  # type: ignore[attr-defined]
+            # Its client stopped sending but may still read. Not told to websockets (its
+            # connection closes the transport on EOF, before the answer: a body cut short
+            # got no 400, a whole one no answer at all); the answer ends the connection
+            # as every HTTP answer does. (TLS has no half-open connections: asyncio
+            # closes it whatever is returned.)
+            return True
         return super().eof_received()  # type: ignore[misc,no-any-return]
 
     def connection_lost(self, exc: Exception | None) -> None:
