@@ -129,3 +129,20 @@ def test_latency_samples_unpack_into_whole_millisecond_histograms() -> None:
     assert taken["direct"] == ({0: 1, 2: 2, 150: 1, -1: 1}, 153_700, 460)
     assert taken["team"] == ({7: 1}, 7_499, 200)
     assert book.take() == {} and book.count("direct") == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-(10**6), 10**14), st.integers(0, 1000)), min_size=1))
+def test_latency_histograms_round_every_sample_half_up(samples: list[tuple[int, int]]) -> None:
+    """numpy's histogram and the Python one (latencies past int64) agree with the rule."""
+    from wsop.load.latency import LatencyBook
+
+    book = LatencyBook()
+    for us, size in samples:
+        book.add("direct", us, size)
+    hist, total_us, length = book.take()["direct"]
+    want: dict[int, int] = {}
+    for us, _ in samples:
+        want[(us + 500) // 1000] = want.get((us + 500) // 1000, 0) + 1
+    assert hist == want
+    assert (total_us, length) == (sum(u for u, _ in samples), sum(s for _, s in samples))
