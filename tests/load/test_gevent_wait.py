@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
     def other():  # another greenlet (locust's heartbeat, say): it must get turns
         while True:
             ticks.append(time.monotonic())
-            gevent.sleep(0)
+            gevent.sleep(0.001)
     g = gevent.spawn(other)
 
     t0 = time.monotonic()
@@ -50,6 +50,10 @@ SCRIPT = textwrap.dedent(
         hooks.wait(1.0)  # nothing readable: each wait ends at the cap, not after 1 s
     out["idle_waits_s"] = time.monotonic() - t0
     out["other_ran"] = len(ticks)
+    t0, ran = time.monotonic(), len(ticks)
+    while time.monotonic() - t0 < 0.2:
+        hooks.sleep(0.001)  # the pauses between ticks: plain sleeps, with hub turns
+    out["other_ran_pausing"] = len(ticks) - ran
     b.send(b"x")
     t0 = time.monotonic()
     hooks.wait(1.0)
@@ -80,6 +84,7 @@ def test_the_pool_waits_in_its_own_epoll_and_the_hub_still_gets_turns() -> None:
     # blocked in the pool's epoll, capped: 40 waits of at most BLOCK_MAX_S each
     assert out["idle_waits_s"] < 40 * 0.05
     assert out["other_ran"] >= 5  # the hub ran other greenlets in between
+    assert 5 <= out["other_ran_pausing"] <= 60  # every ~10 ms, not at every 1 ms pause
     assert out["readable_wait_s"] < 0.05  # readable: no wait at all
     assert out["hub_watched_idle"] is False  # no EPOLL_CTL_ADD of the nested epoll
     assert out["woke_with_handshake"] is True  # with handshakes: the hub's wait, as before

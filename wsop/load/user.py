@@ -11,8 +11,9 @@ them in one loop. What the pool needs from this world is here (`GeventHooks`):
   from gevent's socket wrapper so every later `send`/`recv` is one C call;
 - waiting: while handshakes are in flight the pool's epoll fd is watched by the gevent
   hub (the handshakes' greenlets need it); once none is, the loop blocks in the pool's
-  own epoll for a few ms at most and gives the hub a turn at least every
-  `HUB_TURN_S` (locust's heartbeats and messages keep flowing). Watching an epoll fd
+  own epoll for a few ms at most, pauses between ticks with a plain sleep, and gives
+  the hub a turn at least every `HUB_TURN_S` (locust's heartbeats and messages keep
+  flowing). Watching an epoll fd
   from the hub's epoll costs an `EPOLL_CTL_ADD` per wait, and the kernel checks every
   socket of the nested set for loops on each: ~8% of a worker's CPU at 8K msg/s;
 - locust: `connect` rows and failures as request events (rare), delivery latencies in
@@ -43,7 +44,11 @@ from wsop.load.wire import since_query
 CONNECT_TIMEOUT_S = 10.0
 BLOCK_MAX_S = 0.005  # the longest the pool blocks in its own epoll, outside the hub
 HUB_TURN_S = 0.01  # the hub runs at least this often (heartbeats, the master's messages)
+# A hub turn sleeps, however briefly: gevent.sleep(0) returns before the hub's timers
+# run (locust's heartbeat is a timer), a positive sleep goes through them.
+HUB_TURN_SLEEP_S = 0.0002
 _RawSocket = get_original("socket", "socket")
+_sleep = get_original("time", "sleep")  # blocks the process, not just the greenlet
 
 
 def detach(ws: websocket.WebSocket) -> tuple[Any, bool]:
@@ -111,13 +116,13 @@ class GeventHooks:
         self._ep = ep
         self._io = self.hub.loop.io(ep.fileno(), 1)
 
+    def _hub_turn_due(self) -> bool:
+        return self._handshakes > 0 or time.monotonic() - self._hub_at >= HUB_TURN_S
+
     def wait(self, timeout: float) -> None:
         if not self._handshakes:
             self._ep.poll(min(timeout, BLOCK_MAX_S), 1)  # level-triggered: nothing taken
-            now = time.monotonic()
-            if now - self._hub_at >= HUB_TURN_S:
-                self._hub_at = now
-                gevent.sleep(0)
+            self.sleep(0)  # the hub's turn, if one is due
             return
         waiter = Waiter(self.hub)
         timer = self.hub.loop.timer(timeout)
@@ -131,7 +136,14 @@ class GeventHooks:
             timer.close()
 
     def sleep(self, seconds: float) -> None:
-        gevent.sleep(seconds)
+        """The loop's pause between ticks (0: a behind loop letting the hub breathe).
+        Through the hub only when a turn is due: a trip through it costs more than the
+        pause's own syscall."""
+        if not self._hub_turn_due():
+            if seconds > 0:
+                _sleep(seconds)
+            return
+        gevent.sleep(max(seconds, HUB_TURN_SLEEP_S))
         self._hub_at = time.monotonic()
 
     def event(self, name: str, ms: float) -> None:
