@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 # constraints.txt pins every package to the version CI tested, so a fresh machine
 # installs the same set (pyproject.toml keeps the ranges a library user may pick from).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py wsop/load/_hot.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'

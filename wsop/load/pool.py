@@ -43,6 +43,7 @@ from gevent.monkey import get_original
 
 from wsop.load.chaos import reconnect_delay
 from wsop.load.frames import TEXT_HEADS, FrameReader, Masker, apply_mask
+from wsop.load.hot import compiled
 from wsop.load.latency import LatencyBook
 from wsop.load.layout import slot_identity, team_membership, worker_tenants
 from wsop.load.ledger import Ledger
@@ -121,6 +122,7 @@ class Pool(Wire):
         self._wall0 = self._wall1 = self._cpu1 = 0.0
         self.idle_s = 0.0
         self._now_us = 0
+        self.hot = compiled()  # the C twin of the hot loops (`wsop.load.hot`), or None
 
     # -- membership --------------------------------------------------------------------
 
@@ -206,7 +208,11 @@ class Pool(Wire):
     def step(self, now: float) -> bool:
         """One turn: read what is ready, connect what is due, send what is due.
         True when sends are still due (the generator is behind)."""
-        events = self.ep.poll(0)
+        if self.hot is not None:
+            self.hot.step_io(self)  # the loop below, compiled
+            events = None
+        else:
+            events = self.ep.poll(0)
         if events:
             self._now_us = time.time_ns() // 1000
             by_fd = self.by_fd
@@ -352,6 +358,10 @@ class Pool(Wire):
         if not due:
             return False
         n = min(due, max(16, int(self.pacer.rate * BATCH_S)))
+        if self.hot is not None:
+            self.hot.send_direct(self, n)  # the loop below, compiled
+            self.pacer.take(n)
+            return due > n
         conns, order, cursor, k = self.conns, self.order, self.cursor, len(self.order)
         ledger, frame, write = self.ledger, self.masker.frame, self._write
         members = self.member_list

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from wsop.load.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
 from wsop.load.latency import LatencyBook
-from wsop.load.ledger import SEQ_BITS
+from wsop.load.ledger import SEQ_BITS, SEQ_MASK
 
 if TYPE_CHECKING:
     from wsop.load.pool import Pool
@@ -33,9 +33,11 @@ _loads = json.loads
 # The stack's own layout of a delivery of ours and of an ack (`wsop.protocol`), read in
 # place in the received bytes by one regex (a third of the time of json.loads, and no
 # copy of the payload). Anything else (hellos, errors, another key order) goes through
-# json.loads, so this is a shortcut, never a different reading.
+# json.loads, so this is a shortcut, never a different reading. A sender slot or seq of
+# more than 9 digits is not taken here: `_our_data` checks it fits its key (a garbled one
+# could name another message, or crash the bitmaps).
 _FAST = re.compile(
-    rb'\{"type":"(?:message","from":-?\d+,"data":\[(\d+),(\d+),(\d+),(\d+)\],'
+    rb'\{"type":"(?:message","from":-?\d+,"data":\[(\d+),(\d{1,9}),(\d{1,9}),(\d+)\],'
     rb'|ack","id":"(\d+)","delivered":(\d+)(?:,"undelivered":(\d+))?\}\Z)'
 )
 _fast = _FAST.match
@@ -43,6 +45,13 @@ _TEAMS = b'"teams":'
 _OFFSET = b',"offset":"'  # a delivery's last key (`wsop.protocol.with_offset`)
 # data: [worker, sender slot, seq, sent at µs]: what a delivery needs to find its entry
 _TEAM = b'{"type":"team","teams":["%s"],"data":[%d,%d,%d,%d],"id":"%d"}'
+
+
+def _our_data(data: list[Any]) -> bool:
+    """[worker, sender slot, seq, sent at µs] as a generator writes them (a key fits)."""
+    return (
+        all(type(x) is int and x >= 0 for x in data) and data[1] < 1 << 31 and data[2] <= SEQ_MASK
+    )
 
 
 class Hooks(Protocol):
@@ -268,6 +277,9 @@ class Wire:
             if isinstance(offset, str):
                 conn.offset = offset.encode()
             if type(data) is list and len(data) == 4:
+                if not _our_data(data):
+                    ledger.counters.unexpected += 1  # no generator writes such data
+                    return
                 key = (data[1] << SEQ_BITS) | data[2]
                 if data[0] != self.index:
                     ledger.foreign(data[3] / 1e6)  # another worker's tenants: never ours

@@ -1,0 +1,735 @@
+/* The load generator's two hot loops, compiled: a twin of pure Python code.
+ *
+ * `wsop.load.pool.Pool._send_due` (the direct messages it builds, books and sends
+ * inline) and `wsop.load.wire.Wire._read` (the complete short text frames it reads in
+ * place) are the generator's per-message Python. Past them, a worker's CPU per
+ * message is the kernel's loopback TCP: these two loops were most of the rest.
+ *
+ * Twins, not replacements: each function here does what its Python original does,
+ * step for step, on the same objects (the `Conn` slots, the pool's lists and dicts),
+ * and calls the same Python methods for the ledger and for everything rare (team
+ * messages, queued writes, drops, frames that are not the fast layouts). The Python
+ * code stays the reference and the fallback (no compiler, or WSOP_PURE_LOADGEN=1);
+ * tests/load/test_hot.py runs the same traffic through both and compares the books.
+ *
+ * Differences that are not observable in the books: the recipient and the team share
+ * are drawn from a xorshift generator (the Python loop uses `random.random`), and mask
+ * keys come from getrandom(2) 4 KiB at a time (the Python loop: `os.urandom`).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define RECV_BYTES 65536 /* as wsop.load.wire.RECV_BYTES */
+#define OUT_CAP (1 << 20) /* as wsop.load.wire.OUT_CAP */
+#define MAX_EVENTS 1024
+#define KEY_BATCH 4096
+
+/* -- the Conn slots, by offset (bound once: `bind(Conn)`) ---------------------------- */
+
+enum {
+    C_SLOT, C_TENANT, C_USER, C_TENANT_INDEX, C_KEY_BASE, C_MY_TEAMS, C_SOCK, C_FD,
+    C_TLS, C_READER, C_OUT, C_SEQ, C_READY, C_OFFSET, C_REPLAYING, C_COUNT
+};
+static const char *slot_names[C_COUNT] = {
+    "slot", "tenant", "user", "tenant_index", "key_base", "my_teams", "sock", "fd",
+    "tls", "reader", "out", "seq", "ready", "offset", "replaying",
+};
+static Py_ssize_t offsets[C_COUNT];
+static PyTypeObject *conn_type = NULL;
+
+#define GET(conn, i) (*(PyObject **)((char *)(conn) + offsets[i]))
+
+static void set_slot(PyObject *conn, int i, PyObject *value) /* steals `value` */
+{
+    PyObject **where = (PyObject **)((char *)conn + offsets[i]);
+    PyObject *old = *where;
+    *where = value;
+    Py_XDECREF(old);
+}
+
+static PyObject *bind_conn(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind() wants the Conn class");
+        return NULL;
+    }
+    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
+    for (int i = 0; i < C_COUNT; i++) {
+        PyObject *d = PyDict_GetItemString(dict, slot_names[i]);
+        if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type) {
+            PyErr_Format(PyExc_TypeError, "Conn has no slot %s", slot_names[i]);
+            return NULL;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
+            PyErr_Format(PyExc_TypeError, "Conn.%s is not an object slot", slot_names[i]);
+            return NULL;
+        }
+        offsets[i] = m->offset;
+    }
+    Py_XINCREF(cls);
+    Py_XSETREF(conn_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+/* -- small helpers --------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0;
+static unsigned char keys[KEY_BATCH];
+static size_t keys_at = KEY_BATCH;
+
+static int fill_random(unsigned char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(buf + got, n - got, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static double next_random(void) /* xorshift64*: [0, 1) with 53 bits */
+{
+    uint64_t x = rng_state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng_state = x;
+    return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static char *put_int(char *p, long long v)
+{
+    char tmp[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *p++ = '-';
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+static int attr_int(PyObject *obj, const char *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int set_attr_int(PyObject *obj, const char *name, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttrString(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* -- sending: Pool._send_due's loop ---------------------------------------------------- */
+
+/* send_direct(pool, n): hand out `n` due messages, as the loop of Pool._send_due. */
+static PyObject *send_direct(PyObject *module, PyObject *args)
+{
+    PyObject *pool;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "On", &pool, &n))
+        return NULL;
+    if (conn_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind(Conn) first");
+        return NULL;
+    }
+    PyObject *conns = NULL, *order = NULL, *ledger = NULL, *members = NULL, *plan = NULL;
+    PyObject *sent_m = NULL, *cancel_m = NULL, *result = NULL;
+    long long cursor, away, blocked, index, tw;
+    double share;
+    if (attr_int(pool, "cursor", &cursor) || attr_int(pool, "away", &away) ||
+        attr_int(pool, "blocked", &blocked) || attr_int(pool, "index", &index))
+        return NULL;
+    conns = PyObject_GetAttrString(pool, "conns");
+    order = PyObject_GetAttrString(pool, "order");
+    ledger = PyObject_GetAttrString(pool, "ledger");
+    members = PyObject_GetAttrString(pool, "member_list");
+    plan = PyObject_GetAttrString(pool, "plan");
+    if (!conns || !order || !ledger || !members || !plan)
+        goto done;
+    if (!PyList_Check(conns) || !PyList_Check(order) || !PyDict_Check(members)) {
+        PyErr_SetString(PyExc_TypeError, "pool.conns, .order: lists; .member_list: dict");
+        goto done;
+    }
+    if (attr_int(plan, "tenants_per_worker", &tw))
+        goto done;
+    {
+        PyObject *s = PyObject_GetAttrString(plan, "team_share");
+        if (s == NULL)
+            goto done;
+        share = PyFloat_AsDouble(s);
+        Py_DECREF(s);
+        if (share == -1.0 && PyErr_Occurred())
+            goto done;
+    }
+    sent_m = PyObject_GetAttrString(ledger, "sent");
+    cancel_m = PyObject_GetAttrString(ledger, "cancel");
+    if (!sent_m || !cancel_m)
+        goto done;
+    if (rng_state == 0 && fill_random((unsigned char *)&rng_state, sizeof rng_state))
+        goto done;
+    rng_state |= 1;
+
+    Py_ssize_t k = PyList_GET_SIZE(order);
+    for (Py_ssize_t i = 0; i < n && k > 0; i++) {
+        if (cursor >= k)
+            cursor = 0;
+        long long at = PyLong_AsLongLong(PyList_GET_ITEM(order, cursor));
+        if (at == -1 && PyErr_Occurred())
+            goto done;
+        cursor++;
+        if (cursor == k)
+            cursor = 0;
+        if (at < 0 || at >= PyList_GET_SIZE(conns)) {
+            PyErr_SetString(PyExc_IndexError, "pool.order names a slot out of range");
+            goto done;
+        }
+        PyObject *conn = PyList_GET_ITEM(conns, at);
+        if (!PyObject_TypeCheck(conn, conn_type)) {
+            PyErr_SetString(PyExc_TypeError, "pool.conns holds a non-Conn");
+            goto done;
+        }
+        if (GET(conn, C_READY) != Py_True) {
+            away++;
+            continue;
+        }
+        PyObject *out = GET(conn, C_OUT);
+        if (out != NULL && out != Py_None && PyObject_Length(out) > OUT_CAP) {
+            blocked++;
+            continue;
+        }
+        PyObject *my_teams = GET(conn, C_MY_TEAMS);
+        if (my_teams != NULL && PyObject_IsTrue(my_teams) == 1 && next_random() < share) {
+            PyObject *r = PyObject_CallMethod(pool, "_send_team", "O", conn);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+            continue;
+        }
+        long long seq = PyLong_AsLongLong(GET(conn, C_SEQ));
+        long long slot = PyLong_AsLongLong(GET(conn, C_SLOT));
+        long long user_self = PyLong_AsLongLong(GET(conn, C_USER));
+        long long ti = PyLong_AsLongLong(GET(conn, C_TENANT_INDEX));
+        long long key_base = PyLong_AsLongLong(GET(conn, C_KEY_BASE));
+        if (PyErr_Occurred())
+            goto done;
+        set_slot(conn, C_SEQ, PyLong_FromLongLong(seq + 1));
+        int64_t ts = now_us();
+        PyObject *pool_list = PyDict_GetItemWithError(members, GET(conn, C_TENANT));
+        if (pool_list == NULL || !PyList_Check(pool_list) || PyList_GET_SIZE(pool_list) == 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_LookupError, "no member list for the tenant");
+            goto done;
+        }
+        Py_ssize_t m = PyList_GET_SIZE(pool_list);
+        long long user = PyLong_AsLongLong(PyList_GET_ITEM(pool_list, (Py_ssize_t)(next_random() * m)));
+        if (user == user_self && m > 1)
+            user = PyLong_AsLongLong(PyList_GET_ITEM(pool_list, (Py_ssize_t)(next_random() * m)));
+        if (PyErr_Occurred())
+            goto done;
+        long long key = key_base | seq;
+        PyObject *key_o = PyLong_FromLongLong(key);
+        PyObject *to = Py_BuildValue("(L)", user * tw + ti);
+        PyObject *when = PyFloat_FromDouble((double)ts / 1e6);
+        if (!key_o || !to || !when) {
+            Py_XDECREF(key_o), Py_XDECREF(to), Py_XDECREF(when);
+            goto done;
+        }
+        PyObject *sargs[3] = {key_o, to, when};
+        PyObject *r = PyObject_Vectorcall(sent_m, sargs, 3, NULL); /* before it can arrive */
+        Py_DECREF(to), Py_DECREF(when);
+        if (r == NULL) {
+            Py_DECREF(key_o);
+            goto done;
+        }
+        Py_DECREF(r);
+
+        unsigned char frame[2 + 4 + 256]; /* six numbers of at most 20 characters: < 250 */
+        char *text = (char *)frame + 6, *p = text;
+        p = memcpy(p, "{\"type\":\"direct\",\"to\":", 22), p += 22;
+        p = put_int(p, user);
+        memcpy(p, ",\"data\":[", 9), p += 9;
+        p = put_int(p, index), *p++ = ',';
+        p = put_int(p, slot), *p++ = ',';
+        p = put_int(p, seq), *p++ = ',';
+        p = put_int(p, ts);
+        memcpy(p, "],\"id\":\"", 8), p += 8;
+        p = put_int(p, seq);
+        *p++ = '"', *p++ = '}';
+        Py_ssize_t len = p - text;
+        out = GET(conn, C_OUT);
+        if ((out != NULL && out != Py_None) || len > 125 || GET(conn, C_TLS) == Py_True) {
+            PyObject *masker = PyObject_GetAttrString(pool, "masker");
+            PyObject *f = masker ? PyObject_CallMethod(masker, "frame", "y#", text, len) : NULL;
+            Py_XDECREF(masker);
+            PyObject *ok = f ? PyObject_CallMethod(pool, "_write", "OO", conn, f) : NULL;
+            Py_XDECREF(f);
+            if (ok == NULL) {
+                Py_DECREF(key_o);
+                goto done;
+            }
+            int wrote = PyObject_IsTrue(ok);
+            Py_DECREF(ok);
+            if (!wrote) {
+                r = PyObject_CallOneArg(cancel_m, key_o);
+                Py_XDECREF(r);
+                if (r == NULL) {
+                    Py_DECREF(key_o);
+                    goto done;
+                }
+            }
+            Py_DECREF(key_o);
+            continue;
+        }
+        if (keys_at >= KEY_BATCH) {
+            if (fill_random(keys, KEY_BATCH)) {
+                Py_DECREF(key_o);
+                goto done;
+            }
+            keys_at = 0;
+        }
+        unsigned char *mask = frame + 2;
+        memcpy(mask, keys + keys_at, 4);
+        keys_at += 4;
+        frame[0] = 0x81;
+        frame[1] = (unsigned char)(0x80 | len);
+        for (Py_ssize_t j = 0; j < len; j++)
+            frame[6 + j] ^= mask[j & 3];
+        Py_ssize_t total = 6 + len;
+        long long fd = PyLong_AsLongLong(GET(conn, C_FD));
+        ssize_t sent;
+        do {
+            sent = send((int)fd, frame, (size_t)total, 0);
+        } while (sent < 0 && errno == EINTR);
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            sent = 0;
+        if (sent < 0) {
+            r = PyObject_CallOneArg(cancel_m, key_o);
+            Py_DECREF(key_o);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+            r = PyObject_CallMethod(pool, "_drop", "Os", conn, "send failed");
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+            continue;
+        }
+        Py_DECREF(key_o);
+        if (sent < total) {
+            set_slot(conn, C_OUT, PyByteArray_FromStringAndSize((char *)frame + sent, total - sent));
+            if (GET(conn, C_OUT) == NULL) {
+                set_slot(conn, C_OUT, Py_NewRef(Py_None));
+                goto done;
+            }
+            PyObject *ep = PyObject_GetAttrString(pool, "ep");
+            r = ep ? PyObject_CallMethod(ep, "modify", "Li", fd, EPOLLIN | EPOLLOUT) : NULL;
+            Py_XDECREF(ep);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    if (set_attr_int(pool, "cursor", cursor) || set_attr_int(pool, "away", away) ||
+        set_attr_int(pool, "blocked", blocked))
+        Py_CLEAR(result);
+    Py_XDECREF(conns), Py_XDECREF(order), Py_XDECREF(ledger), Py_XDECREF(members);
+    Py_XDECREF(plan), Py_XDECREF(sent_m), Py_XDECREF(cancel_m);
+    return result;
+}
+
+/* -- receiving: Wire._read's fast frames ----------------------------------------------- */
+
+/* The stack's layouts of a delivery of ours and of an ack, as wire._FAST reads them. */
+typedef struct {
+    int kind; /* 1: delivery, 2: ack, 0: neither (the Python path reads it) */
+    long long g[4];
+    Py_ssize_t end; /* a delivery: where its match ends */
+} fast_t;
+
+static int digits(const unsigned char *s, Py_ssize_t *i, Py_ssize_t end, long long *v, int max)
+{
+    Py_ssize_t start = *i;
+    long long x = 0;
+    while (*i < end && s[*i] >= '0' && s[*i] <= '9') {
+        if (*i - start >= max)
+            return -1; /* longer than C reads exactly: the Python path */
+        x = x * 10 + (s[*i] - '0');
+        (*i)++;
+    }
+    if (*i == start)
+        return 0;
+    *v = x;
+    return 1;
+}
+
+static int lit(const unsigned char *s, Py_ssize_t *i, Py_ssize_t end, const char *w)
+{
+    size_t n = strlen(w);
+    if ((size_t)(end - *i) < n || memcmp(s + *i, w, n))
+        return 0;
+    *i += (Py_ssize_t)n;
+    return 1;
+}
+
+/* 0 the layout, -1 not it, -2 it but a number too long for C (the Python path) */
+static int match_fast(const unsigned char *s, Py_ssize_t i, Py_ssize_t end, fast_t *f)
+{
+    f->kind = 0;
+    if (!lit(s, &i, end, "{\"type\":\""))
+        return -1;
+    if (lit(s, &i, end, "message\",\"from\":")) {
+        long long from;
+        if (i < end && s[i] == '-')
+            i++;
+        int r = digits(s, &i, end, &from, 18);
+        if (r <= 0)
+            return r == 0 ? -1 : -2;
+        if (!lit(s, &i, end, ",\"data\":["))
+            return -1;
+        const int max[4] = {18, 9, 9, 18}; /* as wire._FAST: sender and seq, 9 digits */
+        for (int k = 0; k < 4; k++) {
+            r = digits(s, &i, end, &f->g[k], max[k]);
+            if (r <= 0)
+                return r == 0 ? -1 : -2;
+            if (!lit(s, &i, end, k < 3 ? "," : "],"))
+                return -1;
+        }
+        f->kind = 1, f->end = i;
+        return 0;
+    }
+    if (lit(s, &i, end, "ack\",\"id\":\"")) {
+        int r = digits(s, &i, end, &f->g[0], 18);
+        if (r <= 0)
+            return r == 0 ? -1 : -2;
+        if (!lit(s, &i, end, "\",\"delivered\":"))
+            return -1;
+        r = digits(s, &i, end, &f->g[1], 18);
+        if (r <= 0)
+            return r == 0 ? -1 : -2;
+        f->g[2] = 0;
+        if (lit(s, &i, end, ",\"undelivered\":")) {
+            r = digits(s, &i, end, &f->g[2], 18);
+            if (r <= 0)
+                return r == 0 ? -1 : -2;
+        }
+        if (!lit(s, &i, end, "}") || i != end)
+            return -1;
+        f->kind = 2;
+        return 0;
+    }
+    return -1;
+}
+
+static Py_ssize_t find(const unsigned char *s, Py_ssize_t from, Py_ssize_t to, const char *w)
+{
+    size_t n = strlen(w);
+    if (to - from < (Py_ssize_t)n)
+        return -1;
+    const unsigned char *at = memmem(s + from, (size_t)(to - from), w, n);
+    return at ? at - s : -1;
+}
+
+typedef struct {
+    PyObject *pool, *ledger, *received, *acked, *foreign, *direct, *team;
+    long long index, now_us;
+} reading_t;
+
+/* One complete short text frame s[start:pos] (n bytes), as the loop of Wire._read. */
+static int one_frame(reading_t *rd, PyObject *conn, PyObject *sock, const unsigned char *s,
+                     Py_ssize_t start, Py_ssize_t pos, int n, int *gone)
+{
+    fast_t f;
+    int m = match_fast(s, start, pos, &f);
+    if (m == 0 && f.kind == 1) {
+        long long d = rd->now_us - f.g[3];
+        if (d > (1LL << 30) || d < -(1LL << 30))
+            m = -2; /* a latency the packed sample cannot hold in C: the Python path */
+    }
+    if (m != 0) {
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)s + start, pos - start);
+        PyObject *r = raw ? PyObject_CallMethod(rd->pool, "_on_text", "OO", conn, raw) : NULL;
+        Py_XDECREF(raw);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        if (GET(conn, C_SOCK) != sock)
+            *gone = 1; /* dropped while handling the batch */
+        return 0;
+    }
+    PyObject *r;
+    if (f.kind == 1) {
+        long long worker = f.g[0], sender = f.g[1], seq = f.g[2], ts = f.g[3];
+        Py_ssize_t at = find(s, f.end, pos, ",\"offset\":\"");
+        if (at >= 0) {
+            Py_ssize_t a = at + 11, b = pos - 2;
+            PyObject *off = PyBytes_FromStringAndSize((const char *)s + a, b > a ? b - a : 0);
+            if (off == NULL)
+                return -1;
+            set_slot(conn, C_OFFSET, off);
+        }
+        if (worker != rd->index) {
+            PyObject *t = PyFloat_FromDouble((double)ts / 1e6);
+            r = t ? PyObject_CallOneArg(rd->foreign, t) : NULL;
+            Py_XDECREF(t);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+            return 0;
+        }
+        PyObject *key = PyLong_FromUnsignedLongLong(((unsigned long long)sender << 32) |
+                                                    (unsigned long long)seq);
+        PyObject *t = PyFloat_FromDouble((double)ts / 1e6);
+        PyObject *replaying = GET(conn, C_REPLAYING);
+        if (!key || !t) {
+            Py_XDECREF(key), Py_XDECREF(t);
+            return -1;
+        }
+        PyObject *args[4] = {GET(conn, C_SLOT), key, t, replaying ? replaying : Py_False};
+        r = PyObject_Vectorcall(rd->received, args, 4, NULL);
+        Py_DECREF(key), Py_DECREF(t);
+        if (r == NULL)
+            return -1;
+        int first = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (first == 1) {
+            PyObject *list = find(s, f.end, pos, "\"teams\":") >= 0 ? rd->team : rd->direct;
+            long long d = rd->now_us - ts;
+            PyObject *sample = PyLong_FromLongLong(d * 4294967296LL + n);
+            if (sample == NULL || PyList_Append(list, sample) < 0) {
+                Py_XDECREF(sample);
+                return -1;
+            }
+            Py_DECREF(sample);
+        }
+        return 0;
+    }
+    long long key_base = PyLong_AsLongLong(GET(conn, C_KEY_BASE));
+    if (key_base == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *key = PyLong_FromLongLong(key_base | f.g[0]);
+    PyObject *dv = PyLong_FromLongLong(f.g[1]), *un = PyLong_FromLongLong(f.g[2]);
+    if (!key || !dv || !un) {
+        Py_XDECREF(key), Py_XDECREF(dv), Py_XDECREF(un);
+        return -1;
+    }
+    PyObject *args[3] = {key, dv, un};
+    r = PyObject_Vectorcall(rd->acked, args, 3, NULL);
+    Py_DECREF(key), Py_DECREF(dv), Py_DECREF(un);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* One recv on a plain (non-TLS) connection and its frames, as Wire._read. */
+static int read_conn(reading_t *rd, PyObject *conn, unsigned char *buf)
+{
+    PyObject *sock = GET(conn, C_SOCK);
+    if (sock == NULL || sock == Py_None)
+        return 0;
+    long long fd = PyLong_AsLongLong(GET(conn, C_FD));
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    ssize_t got;
+    do {
+        got = recv((int)fd, buf, RECV_BYTES, 0);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 0;
+    if (got <= 0) {
+        PyObject *r = PyObject_CallMethod(rd->pool, "_drop", "O", conn);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    Py_INCREF(sock); /* the identity to compare with after Python calls */
+    Py_ssize_t end = got, pos = 0;
+    int gone = 0, rc = 0;
+    PyObject *reader = GET(conn, C_READER);
+    PyObject *idle = reader ? PyObject_GetAttrString(reader, "idle") : NULL;
+    if (idle == NULL) {
+        rc = -1;
+        goto out;
+    }
+    int is_idle = PyObject_IsTrue(idle);
+    Py_DECREF(idle);
+    if (is_idle == 1) {
+        while (end - pos >= 2 && buf[pos] == 0x81) {
+            int n = buf[pos + 1];
+            Py_ssize_t start = pos + 2;
+            if (n > 125 || start + n > end)
+                break;
+            pos = start + n;
+            if (one_frame(rd, conn, sock, buf, start, pos, n, &gone) < 0) {
+                rc = -1;
+                goto out;
+            }
+            if (gone)
+                goto out;
+        }
+    }
+    if (pos < end) {
+        PyObject *rest = PyBytes_FromStringAndSize((const char *)buf + pos, end - pos);
+        PyObject *r = rest ? PyObject_CallMethod(rd->pool, "_slow_frames", "OOO", conn, sock, rest)
+                           : NULL;
+        Py_XDECREF(rest);
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+    }
+out:
+    Py_DECREF(sock);
+    return rc;
+}
+
+/* step_io(pool): the ready sockets, as the event loop of Pool.step: EPOLLOUT flushes
+ * (Python), readable plain sockets are read here, TLS ones by Wire._read. */
+static PyObject *step_io(PyObject *module, PyObject *pool)
+{
+    if (conn_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind(Conn) first");
+        return NULL;
+    }
+    long long epfd;
+    PyObject *ep = PyObject_GetAttrString(pool, "ep");
+    PyObject *fdo = ep ? PyObject_CallMethod(ep, "fileno", NULL) : NULL;
+    Py_XDECREF(ep);
+    if (fdo == NULL)
+        return NULL;
+    epfd = PyLong_AsLongLong(fdo);
+    Py_DECREF(fdo);
+    if (epfd == -1 && PyErr_Occurred())
+        return NULL;
+    struct epoll_event evs[MAX_EVENTS];
+    int count;
+    do {
+        count = epoll_wait((int)epfd, evs, MAX_EVENTS, 0);
+    } while (count < 0 && errno == EINTR);
+    if (count < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (count == 0)
+        return PyLong_FromLong(0);
+    reading_t rd = {.pool = pool, .now_us = now_us()};
+    PyObject *result = NULL, *by_fd = NULL, *latency = NULL, *samples = NULL;
+    unsigned char *buf = NULL;
+    if (set_attr_int(pool, "_now_us", rd.now_us) || attr_int(pool, "index", &rd.index))
+        return NULL;
+    by_fd = PyObject_GetAttrString(pool, "by_fd");
+    rd.ledger = PyObject_GetAttrString(pool, "ledger");
+    latency = PyObject_GetAttrString(pool, "latency");
+    if (!by_fd || !rd.ledger || !latency || !PyDict_Check(by_fd))
+        goto done;
+    samples = PyObject_GetAttrString(latency, "samples");
+    rd.received = PyObject_GetAttrString(rd.ledger, "received");
+    rd.acked = PyObject_GetAttrString(rd.ledger, "acked");
+    rd.foreign = PyObject_GetAttrString(rd.ledger, "foreign");
+    if (!samples || !rd.received || !rd.acked || !rd.foreign || !PyDict_Check(samples))
+        goto done;
+    rd.direct = PyDict_GetItemString(samples, "direct");
+    rd.team = PyDict_GetItemString(samples, "team");
+    if (!rd.direct || !rd.team || !PyList_Check(rd.direct) || !PyList_Check(rd.team)) {
+        PyErr_SetString(PyExc_TypeError, "latency.samples wants lists 'direct' and 'team'");
+        goto done;
+    }
+    buf = PyMem_Malloc(RECV_BYTES);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int i = 0; i < count; i++) {
+        PyObject *fd = PyLong_FromLong(evs[i].data.fd);
+        if (fd == NULL)
+            goto done;
+        PyObject *conn = PyDict_GetItemWithError(by_fd, fd);
+        Py_DECREF(fd);
+        if (conn == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            continue;
+        }
+        if (!PyObject_TypeCheck(conn, conn_type)) {
+            PyErr_SetString(PyExc_TypeError, "pool.by_fd holds a non-Conn");
+            goto done;
+        }
+        Py_INCREF(conn);
+        uint32_t ev = evs[i].events;
+        int rc = 0;
+        if (ev & EPOLLOUT) {
+            PyObject *r = PyObject_CallMethod(pool, "_flush", "O", conn);
+            rc = r ? 0 : -1;
+            Py_XDECREF(r);
+        }
+        if (rc == 0 && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
+            if (GET(conn, C_TLS) == Py_True) {
+                PyObject *r = PyObject_CallMethod(pool, "_read", "O", conn);
+                rc = r ? 0 : -1;
+                Py_XDECREF(r);
+            } else {
+                rc = read_conn(&rd, conn, buf);
+            }
+        }
+        Py_DECREF(conn);
+        if (rc < 0)
+            goto done;
+    }
+    result = PyLong_FromLong(count);
+done:
+    PyMem_Free(buf);
+    Py_XDECREF(by_fd), Py_XDECREF(latency), Py_XDECREF(samples), Py_XDECREF(rd.ledger);
+    Py_XDECREF(rd.received), Py_XDECREF(rd.acked), Py_XDECREF(rd.foreign);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", bind_conn, METH_O, "Learn the Conn class's slot layout (once, at import)."},
+    {"send_direct", send_direct, METH_VARARGS, "Pool._send_due's loop over n due messages."},
+    {"step_io", step_io, METH_O, "Pool.step's ready sockets; returns how many were ready."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_hot", "The load generator's hot loops, compiled.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__hot(void)
+{
+    return PyModule_Create(&module);
+}
