@@ -227,8 +227,11 @@ def test_sending_due_messages_books_what_leaves(hot: bool) -> None:
     assert queued.startswith(b"queued") and len(queued) > 6
     counts = {"away": pool.away, "blocked": pool.blocked, "cursor": pool.cursor}
     assert counts["away"] >= 4 and counts["blocked"] >= 4
-    assert pool.ledger.counters.sent == sum(c.seq for c in pool.conns)
-    assert pool.ledger.counters.sent + pool.away + pool.blocked == 25
+    c = pool.ledger.counters
+    assert c.sent == sum(conn.seq for conn in pool.conns) == c.direct
+    assert c.sent + pool.away + pool.blocked == 25
+    assert len(pool.ledger._order) == len(pending) == c.sent == pool.ledger.windows[0]["sent"]
+    assert 0 < c.first_send <= c.last_send
     _close(pool, peers)
 
 

@@ -26,6 +26,8 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 
 #define RECV_BYTES 65536 /* as wsop.load.wire.RECV_BYTES */
@@ -83,6 +85,15 @@ static PyObject *bind_conn(PyObject *module, PyObject *cls)
 
 /* -- small helpers --------------------------------------------------------------------- */
 
+/* An attribute by a name interned once (PyObject_GetAttrString builds a str per call). */
+#define ATTR(obj, name)                                                                  \
+    ({                                                                                   \
+        static PyObject *_n = NULL;                                                     \
+        if (_n == NULL)                                                                  \
+            _n = PyUnicode_InternFromString(name);                                       \
+        _n ? PyObject_GetAttr((obj), _n) : NULL;                                         \
+    })
+
 static uint64_t rng_state = 0;
 static unsigned char keys[KEY_BATCH];
 static size_t keys_at = KEY_BATCH;
@@ -136,9 +147,9 @@ static char *put_int(char *p, long long v)
     return p;
 }
 
-static int attr_int(PyObject *obj, const char *name, long long *out)
+#define attr_int(obj, name, out) attr_int_of(ATTR(obj, name), out)
+static int attr_int_of(PyObject *v, long long *out)
 {
-    PyObject *v = PyObject_GetAttrString(obj, name);
     if (v == NULL)
         return -1;
     *out = PyLong_AsLongLong(v);
@@ -156,6 +167,121 @@ static int set_attr_int(PyObject *obj, const char *name, long long value)
     return r;
 }
 
+/* The ledger's own structures, for the common cases booked here (see `Ledger.sent`,
+ * `.received`, `.acked`: the entry is [slots, arrived mask, ack, window, sent at, team,
+ * refused]); NULL members: book through the Python methods. */
+typedef struct {
+    PyObject *pending, *order;
+    long long tenants;
+} book_t;
+
+static int book_open(book_t *b, PyObject *ledger, int sending)
+{
+    b->pending = b->order = NULL;
+    b->tenants = 1;
+    PyObject *pending = ATTR(ledger, "_pending");
+    PyObject *order = ATTR(ledger, "_order");
+    PyObject *edges = ATTR(ledger, "edges");
+    int ok = pending && order && edges && PyDict_CheckExact(pending) && PyList_CheckExact(order);
+    /* windows (chaos): a send's window is Ledger.sent's to work out */
+    if (ok && sending && PyObject_IsTrue(edges) != 0)
+        ok = 0;
+    Py_XDECREF(edges);
+    if (ok && attr_int(ledger, "tenants", &b->tenants))
+        ok = 0;
+    if (PyErr_Occurred()) {
+        Py_XDECREF(pending), Py_XDECREF(order);
+        return -1;
+    }
+    if (ok && b->tenants > 0) {
+        b->pending = pending, b->order = order;
+        return 0;
+    }
+    Py_XDECREF(pending), Py_XDECREF(order);
+    return 0;
+}
+
+static void book_close(book_t *b)
+{
+    Py_CLEAR(b->pending);
+    Py_CLEAR(b->order);
+}
+
+/* Ledger.sent of a direct message, less the counters (the caller hands their sums to
+ * Ledger.booked_direct once per batch). */
+static int book_sent(book_t *b, PyObject *key, PyObject *to, PyObject *when)
+{
+    PyObject *entry = PyList_New(7);
+    if (entry == NULL)
+        return -1;
+    PyList_SET_ITEM(entry, 0, Py_NewRef(to));
+    PyList_SET_ITEM(entry, 1, PyLong_FromLong(0));
+    PyList_SET_ITEM(entry, 2, PyLong_FromLong(-1));
+    PyList_SET_ITEM(entry, 3, PyLong_FromLong(0));
+    PyList_SET_ITEM(entry, 4, Py_NewRef(when));
+    PyList_SET_ITEM(entry, 5, Py_NewRef(Py_False));
+    PyList_SET_ITEM(entry, 6, PyLong_FromLong(0));
+    int r = PyDict_SetItem(b->pending, key, entry);
+    Py_DECREF(entry);
+    if (r < 0)
+        return -1;
+    PyObject *t = PyTuple_Pack(2, when, key);
+    if (t == NULL)
+        return -1;
+    r = PyList_Append(b->order, t);
+    Py_DECREF(t);
+    return r;
+}
+
+static int is_zero(PyObject *o)
+{
+    return PyLong_CheckExact(o) && PyLong_AsLongLong(o) == 0;
+}
+
+/* Ledger.received's common case: a pending, not refused message reaches an expected
+ * recipient of its tenant for the first time (1). 0: anything else, for the Python
+ * method to decide (a duplicate, a replay, a late or unexpected arrival); -1: error. */
+static int book_received(book_t *b, long long receiver, PyObject *key, unsigned long long k)
+{
+    if (b->pending == NULL)
+        return 0;
+    PyObject *entry = PyDict_GetItemWithError(b->pending, key);
+    if (entry == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 7 ||
+        !is_zero(PyList_GET_ITEM(entry, 6)))
+        return 0;
+    PyObject *slots = PyList_GET_ITEM(entry, 0);
+    if (!PyTuple_CheckExact(slots))
+        return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(slots), i;
+    for (i = 0; i < n; i++) {
+        PyObject *s = PyTuple_GET_ITEM(slots, i);
+        if (PyLong_CheckExact(s) && PyLong_AsLongLong(s) == receiver)
+            break;
+    }
+    PyErr_Clear();
+    if (i == n || i >= 62)
+        return 0;
+    if ((long long)((k >> 32) % (unsigned long long)b->tenants) != receiver % b->tenants)
+        return 0;
+    PyObject *mask_o = PyList_GET_ITEM(entry, 1);
+    if (!PyLong_CheckExact(mask_o))
+        return 0;
+    long long mask = PyLong_AsLongLong(mask_o);
+    if (mask == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (mask & (1LL << i))
+        return 0; /* a duplicate: the Python method counts it */
+    PyObject *m = PyLong_FromLongLong(mask | (1LL << i));
+    if (m == NULL)
+        return -1;
+    PyList_SetItem(entry, 1, m);
+    return 1;
+}
+
 /* -- sending: Pool._send_due's loop ---------------------------------------------------- */
 
 /* send_direct(pool, n): hand out `n` due messages, as the loop of Pool._send_due. */
@@ -171,16 +297,19 @@ static PyObject *send_direct(PyObject *module, PyObject *args)
     }
     PyObject *conns = NULL, *order = NULL, *ledger = NULL, *members = NULL, *plan = NULL;
     PyObject *sent_m = NULL, *cancel_m = NULL, *result = NULL;
+    book_t book = {NULL, NULL, 1};
+    long long booked = 0;
+    double first = 0.0, last = 0.0;
     long long cursor, away, blocked, index, tw;
     double share;
     if (attr_int(pool, "cursor", &cursor) || attr_int(pool, "away", &away) ||
         attr_int(pool, "blocked", &blocked) || attr_int(pool, "index", &index))
         return NULL;
-    conns = PyObject_GetAttrString(pool, "conns");
-    order = PyObject_GetAttrString(pool, "order");
-    ledger = PyObject_GetAttrString(pool, "ledger");
-    members = PyObject_GetAttrString(pool, "member_list");
-    plan = PyObject_GetAttrString(pool, "plan");
+    conns = ATTR(pool, "conns");
+    order = ATTR(pool, "order");
+    ledger = ATTR(pool, "ledger");
+    members = ATTR(pool, "member_list");
+    plan = ATTR(pool, "plan");
     if (!conns || !order || !ledger || !members || !plan)
         goto done;
     if (!PyList_Check(conns) || !PyList_Check(order) || !PyDict_Check(members)) {
@@ -190,7 +319,7 @@ static PyObject *send_direct(PyObject *module, PyObject *args)
     if (attr_int(plan, "tenants_per_worker", &tw))
         goto done;
     {
-        PyObject *s = PyObject_GetAttrString(plan, "team_share");
+        PyObject *s = ATTR(plan, "team_share");
         if (s == NULL)
             goto done;
         share = PyFloat_AsDouble(s);
@@ -198,9 +327,9 @@ static PyObject *send_direct(PyObject *module, PyObject *args)
         if (share == -1.0 && PyErr_Occurred())
             goto done;
     }
-    sent_m = PyObject_GetAttrString(ledger, "sent");
-    cancel_m = PyObject_GetAttrString(ledger, "cancel");
-    if (!sent_m || !cancel_m)
+    sent_m = ATTR(ledger, "sent");
+    cancel_m = ATTR(ledger, "cancel");
+    if (!sent_m || !cancel_m || book_open(&book, ledger, 1) < 0)
         goto done;
     if (rng_state == 0 && fill_random((unsigned char *)&rng_state, sizeof rng_state))
         goto done;
@@ -271,8 +400,19 @@ static PyObject *send_direct(PyObject *module, PyObject *args)
             Py_XDECREF(key_o), Py_XDECREF(to), Py_XDECREF(when);
             goto done;
         }
-        PyObject *sargs[3] = {key_o, to, when};
-        PyObject *r = PyObject_Vectorcall(sent_m, sargs, 3, NULL); /* before it can arrive */
+        PyObject *r; /* booked before it can arrive */
+        if (book.pending != NULL) {
+            int b = book_sent(&book, key_o, to, when);
+            r = b < 0 ? NULL : Py_NewRef(Py_None);
+            if (b == 0) {
+                if (!booked++)
+                    first = (double)ts / 1e6;
+                last = (double)ts / 1e6;
+            }
+        } else {
+            PyObject *sargs[3] = {key_o, to, when};
+            r = PyObject_Vectorcall(sent_m, sargs, 3, NULL);
+        }
         Py_DECREF(to), Py_DECREF(when);
         if (r == NULL) {
             Py_DECREF(key_o);
@@ -295,7 +435,7 @@ static PyObject *send_direct(PyObject *module, PyObject *args)
         Py_ssize_t len = p - text;
         out = GET(conn, C_OUT);
         if ((out != NULL && out != Py_None) || len > 125 || GET(conn, C_TLS) == Py_True) {
-            PyObject *masker = PyObject_GetAttrString(pool, "masker");
+            PyObject *masker = ATTR(pool, "masker");
             PyObject *f = masker ? PyObject_CallMethod(masker, "frame", "y#", text, len) : NULL;
             Py_XDECREF(masker);
             PyObject *ok = f ? PyObject_CallMethod(pool, "_write", "OO", conn, f) : NULL;
@@ -358,7 +498,7 @@ static PyObject *send_direct(PyObject *module, PyObject *args)
                 set_slot(conn, C_OUT, Py_NewRef(Py_None));
                 goto done;
             }
-            PyObject *ep = PyObject_GetAttrString(pool, "ep");
+            PyObject *ep = ATTR(pool, "ep");
             r = ep ? PyObject_CallMethod(ep, "modify", "Li", fd, EPOLLIN | EPOLLOUT) : NULL;
             Py_XDECREF(ep);
             if (r == NULL)
@@ -368,6 +508,17 @@ static PyObject *send_direct(PyObject *module, PyObject *args)
     }
     result = Py_NewRef(Py_None);
 done:
+    book_close(&book);
+    if (booked) { /* the counters of what was booked here, even if something failed */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *r = PyObject_CallMethod(ledger, "booked_direct", "Ldd", booked, first, last);
+        if (r == NULL)
+            Py_CLEAR(result);
+        Py_XDECREF(r);
+        if (et != NULL)
+            PyErr_Restore(et, ev, tb);
+    }
     if (set_attr_int(pool, "cursor", cursor) || set_attr_int(pool, "away", away) ||
         set_attr_int(pool, "blocked", blocked))
         Py_CLEAR(result);
@@ -471,6 +622,8 @@ static Py_ssize_t find(const unsigned char *s, Py_ssize_t from, Py_ssize_t to, c
 typedef struct {
     PyObject *pool, *ledger, *received, *acked, *foreign, *direct, *team;
     long long index, now_us;
+    book_t book;
+    long long acks, undelivered, mismatched; /* Ledger.acked's counters, summed here */
 } reading_t;
 
 /* One complete short text frame s[start:pos] (n bytes), as the loop of Wire._read. */
@@ -517,19 +670,40 @@ static int one_frame(reading_t *rd, PyObject *conn, PyObject *sock, const unsign
         }
         PyObject *key = PyLong_FromUnsignedLongLong(((unsigned long long)sender << 32) |
                                                     (unsigned long long)seq);
-        PyObject *t = PyFloat_FromDouble((double)ts / 1e6);
         PyObject *replaying = GET(conn, C_REPLAYING);
-        if (!key || !t) {
-            Py_XDECREF(key), Py_XDECREF(t);
+        if (key == NULL)
             return -1;
+        int first = 0;
+        if (replaying == NULL || replaying == Py_False) {
+            long long receiver = PyLong_AsLongLong(GET(conn, C_SLOT));
+            if (receiver == -1 && PyErr_Occurred()) {
+                Py_DECREF(key);
+                return -1;
+            }
+            first = book_received(&rd->book, receiver, key,
+                                  ((unsigned long long)sender << 32) | (unsigned long long)seq);
+            if (first < 0) {
+                Py_DECREF(key);
+                return -1;
+            }
         }
-        PyObject *args[4] = {GET(conn, C_SLOT), key, t, replaying ? replaying : Py_False};
-        r = PyObject_Vectorcall(rd->received, args, 4, NULL);
-        Py_DECREF(key), Py_DECREF(t);
-        if (r == NULL)
-            return -1;
-        int first = PyObject_IsTrue(r);
-        Py_DECREF(r);
+        if (first == 0) { /* not the common case: Ledger.received decides */
+            PyObject *t = PyFloat_FromDouble((double)ts / 1e6);
+            if (t == NULL) {
+                Py_DECREF(key);
+                return -1;
+            }
+            PyObject *args[4] = {GET(conn, C_SLOT), key, t, replaying ? replaying : Py_False};
+            r = PyObject_Vectorcall(rd->received, args, 4, NULL);
+            Py_DECREF(t);
+            if (r == NULL) {
+                Py_DECREF(key);
+                return -1;
+            }
+            first = PyObject_IsTrue(r);
+            Py_DECREF(r);
+        }
+        Py_DECREF(key);
         if (first == 1) {
             PyObject *list = find(s, f.end, pos, "\"teams\":") >= 0 ? rd->team : rd->direct;
             long long d = rd->now_us - ts;
@@ -546,6 +720,35 @@ static int one_frame(reading_t *rd, PyObject *conn, PyObject *sock, const unsign
     if (key_base == -1 && PyErr_Occurred())
         return -1;
     PyObject *key = PyLong_FromLongLong(key_base | f.g[0]);
+    if (key == NULL)
+        return -1;
+    if (rd->book.pending != NULL && f.g[1] < (1LL << 31) && f.g[2] < (1LL << 31)) {
+        /* Ledger.acked, its counters summed for Ledger.acks_counted */
+        PyObject *entry = PyDict_GetItemWithError(rd->book.pending, key);
+        Py_DECREF(key);
+        if (entry == NULL && PyErr_Occurred())
+            return -1;
+        rd->acks++;
+        rd->undelivered += f.g[2];
+        if (entry == NULL || !PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 7)
+            return 0;
+        PyObject *u = PyLong_FromLongLong(f.g[2]);
+        if (u == NULL)
+            return -1;
+        PyList_SetItem(entry, 2, u);
+        PyObject *team = PyList_GET_ITEM(entry, 5), *slots = PyList_GET_ITEM(entry, 0);
+        int is_team = PyObject_IsTrue(team);
+        if (is_team < 0)
+            return -1;
+        if (is_team) {
+            Py_ssize_t n = PyObject_Length(slots);
+            if (n < 0)
+                return -1;
+            if (f.g[1] + f.g[2] != n)
+                rd->mismatched++;
+        }
+        return 0;
+    }
     PyObject *dv = PyLong_FromLongLong(f.g[1]), *un = PyLong_FromLongLong(f.g[2]);
     if (!key || !dv || !un) {
         Py_XDECREF(key), Py_XDECREF(dv), Py_XDECREF(un);
@@ -570,6 +773,15 @@ static int read_conn(reading_t *rd, PyObject *conn, unsigned char *buf)
     if (fd == -1 && PyErr_Occurred())
         return -1;
     ssize_t got;
+    /* Delayed ACKs on for this read. A small segment read outside "pingpong" mode (we
+     * send on a connection every 100 ms, long after its last arrival) has the kernel
+     * send a bare ACK from inside recv(): a loopback packet, both ends' TCP work, on
+     * our clock (~3 us a message, bench/loadgen.py). TCP_QUICKACK=0 re-enters pingpong
+     * mode, so the ACK rides the next frame out or the delayed-ACK timer. Not sticky
+     * (the timer leaves pingpong mode): set before every read; an AF_UNIX socket (the
+     * tests) refuses it, harmlessly. */
+    static const int zero = 0;
+    setsockopt((int)fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof zero);
     do {
         got = recv((int)fd, buf, RECV_BYTES, 0);
     } while (got < 0 && errno == EINTR);
@@ -584,7 +796,7 @@ static int read_conn(reading_t *rd, PyObject *conn, unsigned char *buf)
     Py_ssize_t end = got, pos = 0;
     int gone = 0, rc = 0;
     PyObject *reader = GET(conn, C_READER);
-    PyObject *idle = reader ? PyObject_GetAttrString(reader, "idle") : NULL;
+    PyObject *idle = reader ? ATTR(reader, "idle") : NULL;
     if (idle == NULL) {
         rc = -1;
         goto out;
@@ -629,7 +841,7 @@ static PyObject *step_io(PyObject *module, PyObject *pool)
         return NULL;
     }
     long long epfd;
-    PyObject *ep = PyObject_GetAttrString(pool, "ep");
+    PyObject *ep = ATTR(pool, "ep");
     PyObject *fdo = ep ? PyObject_CallMethod(ep, "fileno", NULL) : NULL;
     Py_XDECREF(ep);
     if (fdo == NULL)
@@ -647,21 +859,23 @@ static PyObject *step_io(PyObject *module, PyObject *pool)
         return PyErr_SetFromErrno(PyExc_OSError);
     if (count == 0)
         return PyLong_FromLong(0);
-    reading_t rd = {.pool = pool, .now_us = now_us()};
+    reading_t rd = {.pool = pool, .now_us = now_us(), .book = {NULL, NULL, 1}};
     PyObject *result = NULL, *by_fd = NULL, *latency = NULL, *samples = NULL;
     unsigned char *buf = NULL;
     if (set_attr_int(pool, "_now_us", rd.now_us) || attr_int(pool, "index", &rd.index))
         return NULL;
-    by_fd = PyObject_GetAttrString(pool, "by_fd");
-    rd.ledger = PyObject_GetAttrString(pool, "ledger");
-    latency = PyObject_GetAttrString(pool, "latency");
+    by_fd = ATTR(pool, "by_fd");
+    rd.ledger = ATTR(pool, "ledger");
+    latency = ATTR(pool, "latency");
     if (!by_fd || !rd.ledger || !latency || !PyDict_Check(by_fd))
         goto done;
-    samples = PyObject_GetAttrString(latency, "samples");
-    rd.received = PyObject_GetAttrString(rd.ledger, "received");
-    rd.acked = PyObject_GetAttrString(rd.ledger, "acked");
-    rd.foreign = PyObject_GetAttrString(rd.ledger, "foreign");
+    samples = ATTR(latency, "samples");
+    rd.received = ATTR(rd.ledger, "received");
+    rd.acked = ATTR(rd.ledger, "acked");
+    rd.foreign = ATTR(rd.ledger, "foreign");
     if (!samples || !rd.received || !rd.acked || !rd.foreign || !PyDict_Check(samples))
+        goto done;
+    if (book_open(&rd.book, rd.ledger, 0) < 0)
         goto done;
     rd.direct = PyDict_GetItemString(samples, "direct");
     rd.team = PyDict_GetItemString(samples, "team");
@@ -712,6 +926,18 @@ static PyObject *step_io(PyObject *module, PyObject *pool)
     }
     result = PyLong_FromLong(count);
 done:
+    book_close(&rd.book);
+    if (rd.acks) { /* the counters of the acks booked here, even if something failed */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *r = PyObject_CallMethod(rd.ledger, "acks_counted", "LLL", rd.acks,
+                                          rd.undelivered, rd.mismatched);
+        if (r == NULL)
+            Py_CLEAR(result);
+        Py_XDECREF(r);
+        if (et != NULL)
+            PyErr_Restore(et, ev, tb);
+    }
     PyMem_Free(buf);
     Py_XDECREF(by_fd), Py_XDECREF(latency), Py_XDECREF(samples), Py_XDECREF(rd.ledger);
     Py_XDECREF(rd.received), Py_XDECREF(rd.acked), Py_XDECREF(rd.foreign);

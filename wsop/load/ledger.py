@@ -110,6 +110,17 @@ class Ledger:
         self._pending[key] = [recipients, 0, -1, window, now, team, 0]
         self._order.append((now, key))
 
+    def booked_direct(self, n: int, first: float, last: float) -> None:
+        """The counters of `n` direct messages the compiled send loop booked itself
+        (`wsop/load/_hot.c`: their entries as `sent` makes them, in window 0: it books
+        only when there are no windows), sent between `first` and `last`."""
+        c = self.counters
+        c.sent += n
+        c.direct += n
+        c.first_send = min(c.first_send, first) if c.first_send else first
+        c.last_send = max(c.last_send, last)
+        self.windows[0]["sent"] += n
+
     def cancel(self, key: int) -> None:
         """The send failed before the message left: it was never sent, nothing is expected."""
         entry = self._pending.pop(key, None)
@@ -132,6 +143,14 @@ class Ledger:
         entry[_ACK] = undelivered
         if entry[_TEAM] and delivered + undelivered != len(entry[_SLOTS]):
             c.ack_mismatch += 1
+
+    def acks_counted(self, n: int, undelivered: int, mismatched: int) -> None:
+        """The counters of `n` acks the compiled read loop applied to their entries
+        itself, as `acked` does (`wsop/load/_hot.c`)."""
+        c = self.counters
+        c.acks += n
+        c.ack_undelivered += undelivered
+        c.ack_mismatch += mismatched
 
     def refused(self, key: int, code: str) -> None:
         """An error frame answered the message: refused, not accepted; nothing expected."""
