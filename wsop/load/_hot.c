@@ -944,7 +944,203 @@ done:
     return result;
 }
 
+
+/* -- settling: Ledger.settle's loop ---------------------------------------------------- */
+
+static PyObject *str_append, *str_add, *str_add_direct, *str_settle_one;
+
+/* settle_span(ledger, order, head, end, now, windows) -> (missing, done, done_in, stop):
+ * the loop of Ledger.settle over order[head:end], step for step (Ledger._settle_entry);
+ * what it cannot close here goes to Ledger._settle_one, arrivals it cannot row to
+ * Arrivals.add(_direct). It stops before an entry of more than 62 recipients (`stop`;
+ * `end` when it did not), for Python's arithmetic; the caller settles that one and
+ * goes on. */
+static PyObject *settle_span(PyObject *module, PyObject *args)
+{
+    PyObject *ledger, *order, *now;
+    Py_ssize_t head, end, windows;
+    if (!PyArg_ParseTuple(args, "OO!nnOn", &ledger, &PyList_Type, &order, &head, &end, &now,
+                          &windows))
+        return NULL;
+    if (str_append == NULL) {
+        str_append = PyUnicode_InternFromString("append");
+        str_add = PyUnicode_InternFromString("add");
+        str_add_direct = PyUnicode_InternFromString("add_direct");
+        str_settle_one = PyUnicode_InternFromString("_settle_one");
+        if (!str_append || !str_add || !str_add_direct || !str_settle_one)
+            return NULL;
+    }
+    if (head < 0 || end > PyList_GET_SIZE(order) || head > end || windows < 1) {
+        PyErr_SetString(PyExc_ValueError, "settle_span: a span outside the order");
+        return NULL;
+    }
+    PyObject *pending = ATTR(ledger, "_pending"), *upto = ATTR(ledger, "_settled_upto");
+    PyObject *arrivals = ATTR(ledger, "_arrivals"), *rows = NULL, *result = NULL;
+    long long *done_in = PyMem_Calloc((size_t)windows, sizeof(long long));
+    long long missing = 0, done = 0;
+    Py_ssize_t stop = end;
+    if (!pending || !upto || !arrivals || !done_in)
+        goto done;
+    rows = ATTR(arrivals, "rows");
+    if (!rows || !PyDict_Check(pending) || !PyDict_Check(upto) || !PyDict_Check(rows)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "settle_span: the ledger's dicts");
+        goto done;
+    }
+    for (Py_ssize_t at = head; at < end; at++) {
+        PyObject *item = PyList_GET_ITEM(order, at);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "settle_span: order holds (sent at, key)");
+            goto done;
+        }
+        PyObject *key = Py_NewRef(PyTuple_GET_ITEM(item, 1));
+        PyObject *entry = PyDict_GetItemWithError(pending, key);
+        if (entry == NULL) {
+            Py_DECREF(key);
+            if (PyErr_Occurred())
+                goto done;
+            continue; /* cancelled */
+        }
+        Py_INCREF(entry);
+        if (PyDict_DelItem(pending, key) < 0) {
+            Py_DECREF(key), Py_DECREF(entry);
+            goto done;
+        }
+        int rc = -1;
+        unsigned long long k = PyLong_AsUnsignedLongLong(key);
+        if (k == (unsigned long long)-1 && PyErr_Occurred())
+            goto next;
+        if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 7) {
+            PyErr_SetString(PyExc_TypeError, "settle_span: a ledger entry of 7");
+            goto next;
+        }
+        long long sender = (long long)(k >> 32), seq = (long long)(k & 0xFFFFFFFFULL);
+        PyObject *sender_o = PyLong_FromLongLong(sender);
+        if (sender_o == NULL)
+            goto next;
+        PyObject *was = PyDict_GetItemWithError(upto, sender_o);
+        long long prev = -1;
+        if (was != NULL)
+            prev = PyLong_AsLongLong(was);
+        if (PyErr_Occurred()) {
+            Py_DECREF(sender_o);
+            goto next;
+        }
+        if (seq > prev) {
+            PyObject *seq_o = PyLong_FromLongLong(seq);
+            int r = seq_o ? PyDict_SetItem(upto, sender_o, seq_o) : -1;
+            Py_XDECREF(seq_o);
+            if (r < 0) {
+                Py_DECREF(sender_o);
+                goto next;
+            }
+        }
+        PyObject *slots = PyList_GET_ITEM(entry, 0), *mask_o = PyList_GET_ITEM(entry, 1);
+        Py_ssize_t n = PyObject_Length(slots);
+        long long mask = PyLong_AsLongLong(mask_o);
+        int big_mask = mask == -1 && PyErr_Occurred();
+        if (big_mask)
+            PyErr_Clear(); /* more than 63 recipients: the Python loop's arithmetic */
+        if (n < 0 || big_mask || n > 62) { /* a wide team message: Ledger._settle_entry */
+            PyErr_Clear();
+            Py_DECREF(sender_o);
+            /* put it back as it was: the Python method settles it from the start */
+            int r = PyDict_SetItem(pending, key, entry);
+            Py_DECREF(key);
+            Py_DECREF(entry);
+            if (r < 0)
+                goto done;
+            stop = at;
+            break;
+        }
+        if (mask == 1 && n == 1) { /* a direct message that arrived: remembered */
+            PyObject *to = PySequence_GetItem(slots, 0);
+            long long to_v = to ? PyLong_AsLongLong(to) : -1;
+            PyObject *row = PyDict_GetItemWithError(rows, sender_o);
+            PyObject *r = NULL;
+            if (to == NULL || (to_v == -1 && PyErr_Occurred()) || (!row && PyErr_Occurred())) {
+                Py_XDECREF(to);
+                Py_DECREF(sender_o);
+                goto next;
+            }
+            Py_ssize_t len = row ? PyObject_Length(row) : -1;
+            if (row != NULL && len == seq && to_v >= 0 && to_v < (1LL << 31))
+                r = PyObject_CallMethodOneArg(row, str_append, to);
+            else
+                r = PyObject_CallMethodObjArgs(arrivals, str_add_direct, to, key, NULL);
+            Py_DECREF(to);
+            if (r == NULL) {
+                Py_DECREF(sender_o);
+                goto next;
+            }
+            Py_DECREF(r);
+        } else if (mask) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (!(mask >> i & 1))
+                    continue;
+                PyObject *slot = PySequence_GetItem(slots, i);
+                PyObject *r = slot ? PyObject_CallMethodObjArgs(arrivals, str_add, slot, key, NULL)
+                                   : NULL;
+                Py_XDECREF(slot);
+                if (r == NULL) {
+                    Py_DECREF(sender_o);
+                    goto next;
+                }
+                Py_DECREF(r);
+            }
+        }
+        Py_DECREF(sender_o);
+        int refused = PyObject_IsTrue(PyList_GET_ITEM(entry, 6));
+        if (refused < 0)
+            goto next;
+        if (refused) {
+            rc = 0;
+            goto next;
+        }
+        long long ack = PyLong_AsLongLong(PyList_GET_ITEM(entry, 2));
+        long long window = PyLong_AsLongLong(PyList_GET_ITEM(entry, 3));
+        if (PyErr_Occurred())
+            goto next;
+        if (ack < 0)
+            missing++;
+        if (mask == (1LL << n) - 1 && window >= 0 && window < windows) {
+            done += n;
+            done_in[window] += n;
+        } else {
+            PyObject *r = PyObject_CallMethodObjArgs(ledger, str_settle_one, key, entry, now, NULL);
+            if (r == NULL)
+                goto next;
+            Py_DECREF(r);
+        }
+        rc = 0;
+    next:
+        Py_DECREF(key);
+        Py_DECREF(entry);
+        if (rc < 0)
+            goto done;
+    }
+    {
+        PyObject *in = PyList_New(windows);
+        if (in == NULL)
+            goto done;
+        for (Py_ssize_t w = 0; w < windows; w++) {
+            PyObject *v = PyLong_FromLongLong(done_in[w]);
+            if (v == NULL) {
+                Py_DECREF(in);
+                goto done;
+            }
+            PyList_SET_ITEM(in, w, v);
+        }
+        result = Py_BuildValue("LLNn", missing, done, in, stop);
+    }
+done:
+    PyMem_Free(done_in);
+    Py_XDECREF(pending), Py_XDECREF(upto), Py_XDECREF(arrivals), Py_XDECREF(rows);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"settle_span", settle_span, METH_VARARGS, "Ledger.settle's loop over order[head:end]."},
     {"bind", bind_conn, METH_O, "Learn the Conn class's slot layout (once, at import)."},
     {"send_direct", send_direct, METH_VARARGS, "Pool._send_due's loop over n due messages."},
     {"step_io", step_io, METH_O, "Pool.step's ready sockets; returns how many were ready."},

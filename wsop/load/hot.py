@@ -1,29 +1,43 @@
 """Which twin runs the generator's hot loops: the compiled one or the pure Python one.
 
 `wsop/load/_hot.c` is a step-for-step twin of the direct-message loop of
-`Pool._send_due` and of the fast frames of `Wire._read`, on the same objects and
-calling the same ledger methods (see its header). It is built by `pip install` when a
-C compiler is at hand (setup.py; optional). Without it, or with `WSOP_PURE_LOADGEN=1`
-in the environment, the Python loops run: same books, more CPU per message.
+`Pool._send_due`, of the fast frames of `Wire._read` and of the loop of
+`Ledger.settle`, on the same objects; it books the common cases into the ledger's own
+structures and calls the Python methods for everything else (see its header). It is
+built by `pip install` when a C compiler is at hand (setup.py; optional). Without it,
+or with `WSOP_PURE_LOADGEN=1` in the environment, the Python loops run: the same books,
+more CPU per message.
 """
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
-
-from wsop.load.wire import Conn
+from typing import Any
 
 PURE_ENV = "WSOP_PURE_LOADGEN"
 
 
-def compiled() -> ModuleType | None:
-    """The compiled loops, bound to `Conn`'s layout; None: run the Python ones."""
+def _module() -> ModuleType | None:
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return None
     try:
         from wsop.load import _hot
     except ImportError:
         return None
-    _hot.bind(Conn)
     return _hot
+
+
+def compiled() -> ModuleType | None:
+    """The compiled loops, bound to `Conn`'s layout; None: run the Python ones."""
+    hot = _module()
+    if hot is not None:
+        from wsop.load.wire import Conn  # wire imports the ledger, which imports this
+
+        hot.bind(Conn)
+    return hot
+
+
+_hot = _module()
+settle_span: Any = _hot.settle_span if _hot is not None else None
+"""`Ledger.settle`'s loop, compiled (read at import: set WSOP_PURE_LOADGEN before)."""

@@ -39,6 +39,7 @@ from typing import Any
 
 from wsop.load.arrivals import ROW_MAX as _ROW_MAX
 from wsop.load.arrivals import SEQ_BITS, SEQ_MASK, Arrivals
+from wsop.load.hot import settle_span as _settle_span
 from wsop.load.replay import Replayable
 from wsop.load.tallies import LOSS_CLASSES, Counters, classify, new_window
 
@@ -286,8 +287,7 @@ class Ledger:
 
     def settle(self, now: float, everything: bool = False) -> None:
         """Close the books on messages older than the grace period (or on all of them)."""
-        c, windows, order, pending = self.counters, self.windows, self._order, self._pending
-        upto, arrivals, rows = self._settled_upto, self._arrivals, self._arrivals.rows
+        c, windows, order = self.counters, self.windows, self._order
         head = end = self._head
         if everything:
             end = len(order)
@@ -297,34 +297,19 @@ class Ledger:
                 end += 1
         missing = done = 0
         done_in = [0] * len(windows)  # fully delivered, by window: added up once, below
-        for _, key in order[head:end]:
-            entry = pending.pop(key, None)
-            if entry is None:
-                continue  # cancelled
-            sender, seq = key >> SEQ_BITS, key & SEQ_MASK
-            if seq > upto.get(sender, -1):
-                upto[sender] = seq
-            slots, mask = entry[_SLOTS], entry[_MASK]
-            if mask == 1 and len(slots) == 1:  # a direct message that arrived: remembered
-                row = rows.get(sender)  # by its sender's seq (`Arrivals.add_direct`, inline)
-                if row is not None and len(row) == seq and 0 <= slots[0] < _ROW_MAX:
-                    row.append(slots[0])
-                else:
-                    arrivals.add_direct(slots[0], key)
-            elif mask:  # the arrivals the entry recorded outlive it
-                for i, slot in enumerate(slots):
-                    if mask >> i & 1:
-                        arrivals.add(slot, key)
-            if entry[_REFUSED]:
-                continue
-            if entry[_ACK] < 0:
-                missing += 1
-            n = len(slots)
-            if mask == (1 << n) - 1:  # the common case: every delivery arrived
-                done += n
-                done_in[entry[_WIN]] += n
-            else:
-                self._settle_one(key, entry, now)
+        if _settle_span is not None:  # the loop below, compiled (`wsop.load.hot`)
+            at = head
+            while at < end:
+                m, d, span_in, at = _settle_span(self, order, at, end, now, len(windows))
+                missing, done = missing + m, done + d
+                done_in = [a + b for a, b in zip(done_in, span_in, strict=True)]
+                if at < end:  # a wide team message: here
+                    m, d = self._settle_entry(order[at][1], now, done_in)
+                    missing, done, at = missing + m, done + d, at + 1
+        else:
+            for _, key in order[head:end]:
+                m, d = self._settle_entry(key, now, done_in)
+                missing, done = missing + m, done + d
         if end == len(order) or (end > 4096 and end * 2 > len(order)):
             del order[:end]  # the settled part, in bulk
             end = 0
@@ -337,6 +322,37 @@ class Ledger:
                 window["expected"] += n
                 window["delivered"] += n
         self._prune(now)
+
+    def _settle_entry(self, key: int, now: float, done_in: list[int]) -> tuple[int, int]:
+        """Settle `key` (pending or cancelled): (acks missing, deliveries done) of it;
+        its done ones are added to `done_in` by window."""
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return 0, 0  # cancelled
+        sender, seq = key >> SEQ_BITS, key & SEQ_MASK
+        upto, arrivals = self._settled_upto, self._arrivals
+        if seq > upto.get(sender, -1):
+            upto[sender] = seq
+        slots, mask = entry[_SLOTS], entry[_MASK]
+        if mask == 1 and len(slots) == 1:  # a direct message that arrived: remembered
+            row = arrivals.rows.get(sender)  # by its sender's seq (`Arrivals.add_direct`)
+            if row is not None and len(row) == seq and 0 <= slots[0] < _ROW_MAX:
+                row.append(slots[0])
+            else:
+                arrivals.add_direct(slots[0], key)
+        elif mask:  # the arrivals the entry recorded outlive it
+            for i, slot in enumerate(slots):
+                if mask >> i & 1:
+                    arrivals.add(slot, key)
+        if entry[_REFUSED]:
+            return 0, 0
+        n = len(slots)
+        if mask == (1 << n) - 1:  # the common case: every delivery arrived
+            done_in[entry[_WIN]] += n
+        else:
+            self._settle_one(key, entry, now)
+            n = 0
+        return (1 if entry[_ACK] < 0 else 0), n
 
     def _settle_one(self, key: int, entry: list[Any], now: float) -> None:
         slots, mask, ack, window, at = entry[:5]
