@@ -883,8 +883,14 @@ static PyObject *step_io(PyObject *module, PyObject *pool)
         PyErr_SetString(PyExc_TypeError, "latency.samples wants lists 'direct' and 'team'");
         goto done;
     }
-    buf = PyMem_Malloc(RECV_BYTES);
-    if (buf == NULL) {
+    /* one buffer for every call (the GIL is held throughout); a fresh one only if a
+     * Python callback ever re-entered step_io while it is in use */
+    static unsigned char shared[RECV_BYTES];
+    static int shared_busy = 0;
+    if (!shared_busy) {
+        buf = shared;
+        shared_busy = 1;
+    } else if ((buf = PyMem_Malloc(RECV_BYTES)) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -938,7 +944,10 @@ done:
         if (et != NULL)
             PyErr_Restore(et, ev, tb);
     }
-    PyMem_Free(buf);
+    if (buf == shared)
+        shared_busy = 0;
+    else
+        PyMem_Free(buf);
     Py_XDECREF(by_fd), Py_XDECREF(latency), Py_XDECREF(samples), Py_XDECREF(rd.ledger);
     Py_XDECREF(rd.received), Py_XDECREF(rd.acked), Py_XDECREF(rd.foreign);
     return result;
