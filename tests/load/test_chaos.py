@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import run_wsop
+from tests.load.ledger_events import EVENT, play
 from wsop.errors import UsageError
 from wsop.load.chaos import Fault, parse_spec, reconnect_delay, windows
 from wsop.load.ledger import Ledger, message_key
@@ -127,42 +128,13 @@ def test_every_expected_delivery_lands_in_exactly_one_class(
         assert c.reported_undelivered <= max(0, ack - away)
 
 
-_event = st.one_of(
-    st.tuples(st.just("send"), st.integers(0, 5), st.lists(st.integers(0, 5), max_size=4)),
-    st.tuples(st.just("arrive"), st.integers(0, 5), st.integers(0, 20)),
-    st.tuples(st.just("ack"), st.integers(0, 20), st.integers(0, 4)),
-    st.tuples(st.just("refuse"), st.integers(0, 20), st.just(0)),
-    st.tuples(st.just("drop"), st.integers(0, 5), st.just(0)),
-    st.tuples(st.just("back"), st.integers(0, 5), st.just(0)),
-    st.tuples(st.just("settle"), st.just(0), st.just(0)),
-)
-
-
-@given(st.lists(_event, max_size=60))
+@given(st.lists(EVENT, max_size=60))
 def test_ledger_books_balance_whatever_happens(events: list) -> None:
-    """Any interleaving of sends, arrivals, acks, refusals, drops and settles: each
-    expected delivery is delivered or in exactly one loss class, overall and per window."""
+    """Any interleaving of sends, arrivals, acks, refusals, cancels, drops and settles:
+    each expected delivery is delivered or in exactly one loss class, overall and per
+    window."""
     ledger = _ledger(edges=(1.0, 2.0))
-    sent: list[int] = []
-    now = 100.0
-    for kind, a, b in events:
-        now += 0.25
-        if kind == "send":
-            key = message_key(a, len(sent))
-            ledger.sent(key, tuple(dict.fromkeys(b)), now, team=len(b) > 1)
-            sent.append(key)
-        elif sent and kind == "arrive":
-            ledger.received(a, sent[b % len(sent)], now - 0.1)
-        elif sent and kind == "ack":
-            ledger.acked(sent[a % len(sent)], 0, b)
-        elif sent and kind == "refuse":
-            ledger.refused(sent[a % len(sent)], "forbidden")
-        elif kind == "drop":
-            ledger.dropped(a, now)
-        elif kind == "back":
-            ledger.back(a, now)
-        elif kind == "settle":
-            ledger.settle(now)
+    sent, now = play(ledger, events, 100.0)
     ledger.settle(now + 10, everything=True)
     snap = ledger.snapshot()
     assert snap["pending"] == 0
@@ -172,7 +144,7 @@ def test_ledger_books_balance_whatever_happens(events: list) -> None:
         assert tally["lost"] == sum(tally[k] for k in LOSS_CLASSES)
         assert min(tally[k] for k in LOSS_CLASSES) >= 0
     assert sum(w["expected"] for w in snap["windows"]) == snap["expected"]
-    assert snap["sent"] == len(sent) == sum(w["sent"] for w in snap["windows"])
+    assert snap["sent"] == sent == sum(w["sent"] for w in snap["windows"])
 
 
 # -- the ledger (pure) -------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.load.ledger_events import EVENT, play
 from wsop.load.frames import FrameReader, apply_mask
 from wsop.load.hot import compiled
 from wsop.load.ledger import message_key
@@ -291,19 +292,8 @@ def test_a_garbled_delivery_is_unexpected_not_a_crash_or_another_message(hot: bo
 
 # -- settling: the compiled loop against Ledger._settle_entry --------------------------
 
-op = st.one_of(
-    st.tuples(st.just("direct"), st.integers(0, 3), st.integers(0, 7)),
-    st.tuples(st.just("team"), st.integers(0, 3), st.integers(1, 70)),  # > 62: wide
-    st.tuples(st.just("arrive"), st.integers(0, 40), st.integers(0, 69)),
-    st.tuples(st.just("ack"), st.integers(0, 40), st.integers(-1, 2)),
-    st.tuples(st.just("refuse"), st.integers(0, 40), st.just(0)),
-    st.tuples(st.just("cancel"), st.integers(0, 40), st.just(0)),
-    st.tuples(st.just("drop"), st.integers(0, 7), st.just(0)),
-    st.tuples(st.just("settle"), st.integers(0, 3), st.just(0)),
-)
 
-
-def _replay(ops: list[tuple[str, int, int]], compiled_settle: bool) -> dict[str, Any]:
+def _replay(events: list, compiled_settle: bool) -> dict[str, Any]:
     import wsop.load.ledger as ledger_module
 
     saved = ledger_module._settle_span
@@ -311,30 +301,7 @@ def _replay(ops: list[tuple[str, int, int]], compiled_settle: bool) -> dict[str,
     try:
         ledger = ledger_module.Ledger(1.0, 2, (3.0,), 0)
         ledger.run_started_at = 1000.0
-        keys: list[int] = []
-        now = 1000.0
-        seqs = [0] * 4
-        for kind, a, b in ops:
-            now += 0.25
-            if kind in ("direct", "team"):
-                key = message_key(a, seqs[a])
-                seqs[a] += 1
-                to = (b,) if kind == "direct" else tuple(range(b))
-                ledger.sent(key, to, now, kind == "team")
-                keys.append(key)
-            elif keys and kind == "arrive":
-                ledger.received(b, keys[a % len(keys)], now - 0.1)
-            elif keys and kind == "ack":
-                ledger.acked(keys[a % len(keys)], 1, b)
-            elif keys and kind == "refuse":
-                ledger.refused(keys[a % len(keys)], "rate_limited")
-            elif keys and kind == "cancel":
-                ledger.cancel(keys[a % len(keys)])
-            elif kind == "drop":
-                ledger.dropped(a, now)
-                ledger.back(a, now + 0.1)
-            elif kind == "settle":
-                ledger.settle(now + a)
+        _, now = play(ledger, events, 1000.0)
         ledger.settle(now + 10, everything=True)
         return {
             "snapshot": ledger.snapshot(),
@@ -349,6 +316,6 @@ def _replay(ops: list[tuple[str, int, int]], compiled_settle: bool) -> dict[str,
 
 @needs_hot
 @settings(max_examples=150, deadline=None)
-@given(st.lists(op, max_size=60))
-def test_settling_compiled_closes_the_same_books(ops: list[tuple[str, int, int]]) -> None:
-    assert _replay(ops, True) == _replay(ops, False)
+@given(st.lists(EVENT, max_size=60))
+def test_settling_compiled_closes_the_same_books(events: list) -> None:
+    assert _replay(events, True) == _replay(events, False)
