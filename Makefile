@@ -87,7 +87,7 @@ demo: $(STAMP) redis
 test: $(STAMP) redis chromium peers
 	$(BIN)/ruff check wsop tests bench examples
 	$(BIN)/ruff format --check wsop tests bench examples
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check wsop tests bench examples
