@@ -84,10 +84,14 @@ peers:
 demo: $(STAMP) redis
 	$(BIN)/python examples/demo.py
 
+# Three pytest workers on a 2-core machine: the long tests mostly wait (on the servers and
+# locust processes they start), so a third worker fills the idle time; worksteal keeps
+# one worker from sitting idle while the other still has a queue. Measured on a fresh
+# clone: 7 min 24 s (-n 3) against 10 min 10 s (-n 2), the same 1,589 tests passing.
 test: $(STAMP) redis chromium peers
 	$(BIN)/ruff check wsop tests bench examples
 	$(BIN)/ruff format --check wsop tests bench examples
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check wsop tests bench examples
