@@ -1,20 +1,26 @@
-/* The load generator's two hot loops, compiled: a twin of pure Python code.
+/* The load generator's hot loops, compiled: twins of pure Python code.
  *
  * `wsop.load.pool.Pool._send_due` (the direct messages it builds, books and sends
- * inline) and `wsop.load.wire.Wire._read` (the complete short text frames it reads in
- * place) are the generator's per-message Python. Past them, a worker's CPU per
- * message is the kernel's loopback TCP: these two loops were most of the rest.
+ * inline), `wsop.load.wire.Wire._read` (the complete short text frames it reads in
+ * place) and `wsop.load.ledger.Ledger.settle` (its loop: `Ledger._settle_entry`) are
+ * the generator's per-message Python. Past them, a worker's CPU per message is the
+ * kernel's loopback TCP.
  *
  * Twins, not replacements: each function here does what its Python original does,
- * step for step, on the same objects (the `Conn` slots, the pool's lists and dicts),
- * and calls the same Python methods for the ledger and for everything rare (team
- * messages, queued writes, drops, frames that are not the fast layouts). The Python
- * code stays the reference and the fallback (no compiler, or WSOP_PURE_LOADGEN=1);
- * tests/load/test_hot.py runs the same traffic through both and compares the books.
+ * step for step, on the same objects (the `Conn` slots, the pool's lists and dicts,
+ * the ledger's `_pending` and `_order`). It books the ledger's common cases itself —
+ * a direct send, a first arrival, an ack, a settled entry — and hands the counters
+ * over once per call (`Ledger.booked_direct`, `Ledger.acks_counted`); everything else
+ * goes through the same Python methods (team messages, queued writes, drops,
+ * duplicates, replays, windows of a chaos run, frames that are not the fast layouts,
+ * teams wider than 62). The Python code stays the reference and the fallback (no
+ * compiler, or WSOP_PURE_LOADGEN=1); tests/load/test_hot.py gives both the same bytes
+ * and the same ledger histories and compares the books.
  *
  * Differences that are not observable in the books: the recipient and the team share
- * are drawn from a xorshift generator (the Python loop uses `random.random`), and mask
- * keys come from getrandom(2) 4 KiB at a time (the Python loop: `os.urandom`).
+ * are drawn from a xorshift generator (the Python loop uses `random.random`), mask
+ * keys come from getrandom(2) 4 KiB at a time (the Python loop: `os.urandom`), and
+ * each read is preceded by TCP_QUICKACK=0 (see `read_conn`).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

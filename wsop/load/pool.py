@@ -24,6 +24,9 @@ reconnects with backoff (`reconnect_delay`) and says hello to itself before it s
 it asks `?since=` the last offset it received, and the replay before `recovered` is
 booked as deliveries (`wsop.load.replay`, docs/loadtest.md "Recovery").
 
+The direct-message loop of `_send_due` and the fast frames of `Wire._read` have a
+compiled twin (`wsop.load.hot`, `wsop/load/_hot.c`): `self.hot`, None without it.
+
 I/O-world neutral: the gevent glue (handshakes in greenlets, waiting in the hub, locust
 events) is injected as `Hooks` (`wsop.load.user`); tests drive a `Pool` with plain
 blocking hooks. Never imports the asyncio servers (of `websockets`, only its C
