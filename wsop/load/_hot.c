@@ -239,9 +239,9 @@ static int book_sent(book_t *b, PyObject *key, PyObject *to, PyObject *when)
     return r;
 }
 
-static int is_zero(PyObject *o)
+static int is_zero(PyObject *o) /* never leaves an error set (an int past 64 bits) */
 {
-    return PyLong_CheckExact(o) && PyLong_AsLongLong(o) == 0;
+    return PyLong_CheckExact(o) && PyObject_IsTrue(o) == 0;
 }
 
 /* Ledger.received's common case: a pending, not refused message reaches an expected
@@ -838,7 +838,7 @@ out:
     return rc;
 }
 
-/* step_io(pool): the ready sockets, as the event loop of Pool.step: EPOLLOUT flushes
+/* step_io(pool): the ready sockets, as Pool._ready_io: EPOLLOUT flushes
  * (Python), readable plain sockets are read here, TLS ones by Wire._read. */
 static PyObject *step_io(PyObject *module, PyObject *pool)
 {
@@ -1158,7 +1158,7 @@ static PyMethodDef methods[] = {
     {"settle_span", settle_span, METH_VARARGS, "Ledger.settle's loop over order[head:end]."},
     {"bind", bind_conn, METH_O, "Learn the Conn class's slot layout (once, at import)."},
     {"send_direct", send_direct, METH_VARARGS, "Pool._send_due's loop over n due messages."},
-    {"step_io", step_io, METH_O, "Pool.step's ready sockets; returns how many were ready."},
+    {"step_io", step_io, METH_O, "Pool._ready_io, compiled; returns how many were ready."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,7 +5,8 @@
 `Ledger.settle`, on the same objects; it books the common cases into the ledger's own
 structures and calls the Python methods for everything else (see its header). It is
 built by `pip install` when a C compiler is at hand (setup.py; optional). Without it,
-or with `WSOP_PURE_LOADGEN=1` in the environment, the Python loops run: the same books,
+or with `WSOP_PURE_LOADGEN=1` in the environment when wsop is imported, the Python
+loops run: the same books,
 more CPU per message.
 """
 
@@ -28,16 +29,19 @@ def _module() -> ModuleType | None:
     return _hot
 
 
+_hot = _module()  # chosen once, at import: the ledger and the pool run the same twin
+_bound = False
+
+settle_span: Any = _hot.settle_span if _hot is not None else None
+"""`Ledger.settle`'s loop, compiled, or None."""
+
+
 def compiled() -> ModuleType | None:
     """The compiled loops, bound to `Conn`'s layout; None: run the Python ones."""
-    hot = _module()
-    if hot is not None:
+    global _bound
+    if _hot is not None and not _bound:
         from wsop.load.wire import Conn  # wire imports the ledger, which imports this
 
-        hot.bind(Conn)
-    return hot
-
-
-_hot = _module()
-settle_span: Any = _hot.settle_span if _hot is not None else None
-"""`Ledger.settle`'s loop, compiled (read at import: set WSOP_PURE_LOADGEN before)."""
+        _hot.bind(Conn)
+        _bound = True
+    return _hot

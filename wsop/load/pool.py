@@ -213,10 +213,18 @@ class Pool(Wire):
         """One turn: read what is ready, connect what is due, send what is due.
         True when sends are still due (the generator is behind)."""
         if self.hot is not None:
-            self.hot.step_io(self)  # the loop below, compiled
-            events = None
+            self.hot.step_io(self)  # `_ready_io`, compiled
         else:
-            events = self.ep.poll(0)
+            self._ready_io()
+        self._connects(now)
+        behind = self._send_due(time.monotonic())
+        if now >= self._house_at:
+            self._housekeeping(now)
+        return behind
+
+    def _ready_io(self) -> None:
+        """Flush and read every ready socket (their Python loop; see `self.hot`)."""
+        events = self.ep.poll(0)
         if events:
             self._now_us = time.time_ns() // 1000
             by_fd = self.by_fd
@@ -228,11 +236,6 @@ class Pool(Wire):
                     self._flush(conn)
                 if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
                     self._read(conn)
-        self._connects(now)
-        behind = self._send_due(time.monotonic())
-        if now >= self._house_at:
-            self._housekeeping(now)
-        return behind
 
     def stop(self) -> None:
         self.stopping = True

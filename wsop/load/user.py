@@ -13,9 +13,9 @@ them in one loop. What the pool needs from this world is here (`GeventHooks`):
   hub (the handshakes' greenlets need it); once none is, the loop blocks in the pool's
   own epoll for a few ms at most, pauses between ticks with a plain sleep, and gives
   the hub a turn at least every `HUB_TURN_S` (locust's heartbeats and messages keep
-  flowing). Watching an epoll fd
-  from the hub's epoll costs an `EPOLL_CTL_ADD` per wait, and the kernel checks every
-  socket of the nested set for loops on each: ~8% of a worker's CPU at 8K msg/s;
+  flowing). Watching an epoll fd from the hub's epoll costs an `EPOLL_CTL_ADD` per
+  wait, and the kernel checks every socket of the nested set for loops on each: ~8% of
+  a worker's CPU at 8K msg/s;
 - locust: `connect` rows and failures as request events (rare), delivery latencies in
   bulk once a second (`wsop.load.latency.flush`), the connect progress to the master
   (`wsop_spawned`).
